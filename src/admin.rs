@@ -1,0 +1,88 @@
+//! The admin port: `/healthz` (the process is up), `/readyz` (group joined, database reachable,
+//! model loaded) and `/metrics` (Prometheus text exposition).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// Readiness facts the pipeline publishes.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub group_joined: AtomicBool,
+    pub model_loaded: AtomicBool,
+}
+
+#[derive(Clone)]
+struct AppState {
+    health: Arc<Health>,
+    store: Store,
+    prometheus: PrometheusHandle,
+}
+
+/// Binds the admin listener now (so a port clash fails start-up) and serves it until `shutdown`.
+pub async fn spawn(
+    listen: SocketAddr,
+    health: Arc<Health>,
+    store: Store,
+    prometheus: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.listen {listen}: cannot bind: {e}"))?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState {
+            health,
+            store,
+            prometheus,
+        });
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!("admin server failed: {e}");
+        }
+    });
+    Ok((addr, task))
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let group = s.health.group_joined.load(Ordering::Relaxed);
+    let model = s.health.model_loaded.load(Ordering::Relaxed);
+    let database = s.store.ping(Duration::from_secs(1)).await;
+    let ready = group && model && database;
+    let body = serde_json::json!({
+        "ready": ready,
+        "checks": {"kafka_group_joined": group, "database_reachable": database, "model_loaded": model}
+    });
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    s.prometheus.run_upkeep();
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.prometheus.render(),
+    )
+}

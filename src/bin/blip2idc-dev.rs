@@ -1,0 +1,195 @@
+//! `blip2idc-dev`: local-stack helpers for the quickstart and for trying the service by hand.
+//! Reads the same configuration as `blip2idc` (defaults < --config < BLIP2IDC_* env).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use blip2idc::config::Config;
+use blip2idc::devtools;
+
+/// Development helpers for the local stack (deploy/local/up.sh): create the topics and the bucket,
+/// publish sample image pairs, print stored captions.
+#[derive(Parser)]
+#[command(name = "blip2idc-dev", version)]
+struct Cli {
+    /// TOML file overriding the built-in defaults.
+    #[arg(
+        long,
+        short = 'c',
+        env = "BLIP2IDC_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the input topic (with PARTITIONS partitions), the dead-letter topic and the first
+    /// allowed bucket.
+    Setup {
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+    },
+    /// Upload N synthetic image pairs (coloured squares, one edit each) and publish their events;
+    /// with --bad, also publish one event of every bad-input kind.
+    Seed {
+        #[arg(long, default_value_t = 5)]
+        pairs: u64,
+        /// Side of the square images, in pixels.
+        #[arg(long, default_value_t = 96)]
+        size: u32,
+        /// Also publish malformed events (they end up on the dead-letter topic).
+        #[arg(long)]
+        bad: bool,
+        /// Prefix of the event ids and object keys.
+        #[arg(long, default_value = "demo")]
+        prefix: String,
+    },
+    /// Print the latest stored captions (from the latest_captions view).
+    Captions {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Only ids with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Wait until COUNT captions with the prefix are stored (or TIMEOUT passes).
+    Wait {
+        #[arg(long)]
+        count: i64,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Setup { partitions } => {
+            devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.input_topic, partitions).await?;
+            devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.dlq_topic, 1).await?;
+            let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
+            devtools::ensure_bucket(&s3, &cfg.s3.allowed_buckets[0]).await?;
+            println!(
+                "topics {} ({partitions} partitions) and {}; bucket {}",
+                cfg.kafka.input_topic, cfg.kafka.dlq_topic, cfg.s3.allowed_buckets[0]
+            );
+        }
+        Command::Seed {
+            pairs,
+            size,
+            bad,
+            prefix,
+        } => {
+            let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
+            let bucket = &cfg.s3.allowed_buckets[0];
+            let producer = devtools::producer(&cfg.kafka.brokers)?;
+            for i in 0..pairs {
+                let (a, b, truth) = devtools::synthetic_pair(i, size);
+                let (ka, kb) = (
+                    format!("{prefix}/{i}/original.jpg"),
+                    format!("{prefix}/{i}/republished.jpg"),
+                );
+                devtools::put(&s3, bucket, &ka, devtools::jpeg(&a, 90)).await?;
+                devtools::put(&s3, bucket, &kb, devtools::jpeg(&b, 90)).await?;
+                let event = serde_json::json!({
+                    "event_id": format!("{prefix}-{i}"),
+                    "original": format!("s3://{bucket}/{ka}"),
+                    "republished": format!("s3://{bucket}/{kb}"),
+                    "source_url": format!("https://news.example/{prefix}/{i}"),
+                    "observed_at": chrono::Utc::now().to_rfc3339(),
+                    "attributes": {"synthetic_truth": truth},
+                });
+                devtools::publish(
+                    &producer,
+                    &cfg.kafka.input_topic,
+                    &format!("{prefix}-{i}"),
+                    event.to_string().as_bytes(),
+                )
+                .await?;
+                println!("published {prefix}-{i}: {truth}");
+            }
+            if bad {
+                devtools::put(
+                    &s3,
+                    bucket,
+                    &format!("{prefix}/not-an-image.jpg"),
+                    b"hello".to_vec(),
+                )
+                .await?;
+                let ok = format!("s3://{bucket}/{prefix}/0/original.jpg");
+                let bad_events = [
+                    "{not json".to_owned(),
+                    serde_json::json!({"original": ok, "republished": ok}).to_string(),
+                    serde_json::json!({"event_id": format!("{prefix}-bad-uri"), "original": "http://x/y", "republished": ok}).to_string(),
+                    serde_json::json!({"event_id": format!("{prefix}-bucket"), "original": "s3://elsewhere/k", "republished": ok}).to_string(),
+                    serde_json::json!({"event_id": format!("{prefix}-missing"), "original": format!("s3://{bucket}/nope.jpg"), "republished": ok}).to_string(),
+                    serde_json::json!({"event_id": format!("{prefix}-notimg"), "original": format!("s3://{bucket}/{prefix}/not-an-image.jpg"), "republished": ok}).to_string(),
+                ];
+                for (i, e) in bad_events.iter().enumerate() {
+                    devtools::publish(
+                        &producer,
+                        &cfg.kafka.input_topic,
+                        &format!("{prefix}-bad-{i}"),
+                        e.as_bytes(),
+                    )
+                    .await?;
+                }
+                println!(
+                    "published {} bad events (they go to {})",
+                    bad_events.len(),
+                    cfg.kafka.dlq_topic
+                );
+            }
+        }
+        Command::Captions { limit, prefix } => {
+            let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
+            let rows: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT event_id, model_version, caption FROM latest_captions
+                 WHERE event_id LIKE $1 || '%' ORDER BY captioned_at DESC, event_id LIMIT $2",
+            )
+            .bind(&prefix)
+            .bind(limit)
+            .fetch_all(store.pool())
+            .await?;
+            for (id, version, caption) in rows {
+                println!("{id}\t{version}\t{caption}");
+            }
+        }
+        Command::Wait {
+            count,
+            prefix,
+            timeout,
+        } => {
+            let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM captions WHERE event_id LIKE $1 || '%'",
+                )
+                .bind(&prefix)
+                .fetch_one(store.pool())
+                .await
+                .unwrap_or(0);
+                if n >= count {
+                    println!("{n} captions stored");
+                    break;
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "only {n} of {count} captions after {timeout:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The BLIP2IDC captioner behind the service's [`Captioner`] trait.
+
+use std::path::PathBuf;
+
+use super::{Captioner, CaptionerFactory};
+use crate::config::ModelConfig;
+use crate::model::loader::{parse_device, parse_dtype};
+use crate::model::preprocess::ImageProcessorConfig;
+use crate::model::{Blip2Idc, LoadOptions};
+
+/// A loaded model plus its generation settings and version.
+pub struct Blip2Captioner {
+    model: Blip2Idc,
+    version: String,
+    max_new_tokens: usize,
+}
+
+impl Blip2Captioner {
+    pub fn load(cfg: &ModelConfig) -> anyhow::Result<Blip2Captioner> {
+        Self::load_with_adapter(
+            cfg,
+            cfg.adapter.as_deref().map(PathBuf::from),
+            cfg.version.clone(),
+        )
+    }
+
+    /// Loads the configured base with another adapter (hot swap).
+    pub fn load_with_adapter(
+        cfg: &ModelConfig,
+        adapter: Option<PathBuf>,
+        version: Option<String>,
+    ) -> anyhow::Result<Blip2Captioner> {
+        let opts = LoadOptions {
+            checkpoint: cfg.checkpoint.clone(),
+            adapter,
+            dtype: parse_dtype(&cfg.dtype)?,
+            device: parse_device(&cfg.device)?,
+            merge_adapter: true,
+        };
+        let model = Blip2Idc::load(&opts)?;
+        let version = match version {
+            Some(v) => v,
+            None => model.default_version()?,
+        };
+        Ok(Blip2Captioner {
+            model,
+            version,
+            max_new_tokens: cfg.max_new_tokens,
+        })
+    }
+
+    pub fn model(&self) -> &Blip2Idc {
+        &self.model
+    }
+}
+
+impl Captioner for Blip2Captioner {
+    fn model_version(&self) -> &str {
+        &self.version
+    }
+
+    fn processor(&self) -> &ImageProcessorConfig {
+        &self.model.processor
+    }
+
+    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .model
+            .caption_pixels(pixel_values, self.max_new_tokens)?
+            .into_iter()
+            .map(|g| g.caption)
+            .collect())
+    }
+}
+
+/// A factory that loads the configured model on the captioner thread.
+pub fn factory(cfg: &ModelConfig) -> anyhow::Result<CaptionerFactory> {
+    // Fail fast on what can be checked without loading.
+    parse_dtype(&cfg.dtype)?;
+    let cfg = cfg.clone();
+    Ok(Box::new(move || {
+        Ok(Box::new(Blip2Captioner::load(&cfg)?) as Box<dyn super::Captioner>)
+    }))
+}

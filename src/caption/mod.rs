@@ -1,0 +1,189 @@
+//! The captioner: a trait for models, and the dedicated thread that runs one.
+//!
+//! A model holds a GPU (or all CPU cores) and is not `Sync`; it lives on its own OS thread and takes
+//! batches over a channel. Between batches the thread can swap in another model (a newly promoted
+//! adapter) without losing or splitting a batch; every result names the model version that made it.
+
+pub mod blip2;
+
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::oneshot;
+
+use crate::model::preprocess::ImageProcessorConfig;
+
+/// A pair-difference captioning model.
+pub trait Captioner: Send + 'static {
+    /// The version recorded with every caption this model produces.
+    fn model_version(&self) -> &str;
+    /// The preprocessing its `pixel_values` must come from.
+    fn processor(&self) -> &ImageProcessorConfig;
+    /// Captions a batch of preprocessed pairs (CHW `f32` each); one caption per input, in order.
+    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>>;
+}
+
+/// Builds a captioner on the worker thread (so a GPU context is created where it is used).
+pub type CaptionerFactory = Box<dyn FnOnce() -> anyhow::Result<Box<dyn Captioner>> + Send>;
+
+/// What a batch produced.
+#[derive(Debug)]
+pub struct BatchOutput {
+    /// The model version that produced every caption of this batch.
+    pub model_version: String,
+    /// One result per input: a caption, or why this input alone failed.
+    pub captions: Vec<Result<String, String>>,
+    pub inference: Duration,
+}
+
+enum Request {
+    Caption {
+        batch: Vec<Vec<f32>>,
+        reply: oneshot::Sender<BatchOutput>,
+    },
+    Swap {
+        factory: CaptionerFactory,
+        reply: oneshot::Sender<anyhow::Result<String>>,
+    },
+}
+
+/// Handle to the captioner thread.
+pub struct CaptionWorker {
+    tx: std::sync::mpsc::SyncSender<Request>,
+    version: Arc<RwLock<String>>,
+    processor: ImageProcessorConfig,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CaptionWorker {
+    /// Starts the thread and builds the model on it; returns once the model is loaded.
+    pub fn spawn(factory: CaptionerFactory) -> anyhow::Result<CaptionWorker> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Request>(2);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("captioner".into())
+            .spawn(move || {
+                let mut model = match factory() {
+                    Ok(m) => {
+                        let _ = ready_tx.send(Ok((m.model_version().to_owned(), m.processor().clone())));
+                        m
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(req) = rx.recv() {
+                    match req {
+                        Request::Caption { batch, reply } => {
+                            let _ = reply.send(run_batch(model.as_mut(), &batch));
+                        }
+                        Request::Swap { factory, reply } => {
+                            let result = factory().and_then(|new| {
+                                anyhow::ensure!(
+                                    new.processor() == model.processor(),
+                                    "the new model expects different preprocessing ({:?}) than the running one \
+                                     ({:?}); restart the service to switch base models",
+                                    new.processor(),
+                                    model.processor()
+                                );
+                                Ok(new)
+                            });
+                            let _ = reply.send(result.map(|new| {
+                                model = new;
+                                model.model_version().to_owned()
+                            }));
+                        }
+                    }
+                }
+            })
+            .context("spawning the captioner thread")?;
+        let (version, processor) = ready_rx
+            .recv()
+            .context("the captioner thread died while loading the model")?
+            .context("loading the model")?;
+        Ok(CaptionWorker {
+            tx,
+            version: Arc::new(RwLock::new(version)),
+            processor,
+            thread: Some(thread),
+        })
+    }
+
+    /// The version of the model currently loaded.
+    pub fn model_version(&self) -> String {
+        self.version.read().expect("version lock").clone()
+    }
+
+    /// The preprocessing the loaded model expects (fixed for the worker's life).
+    pub fn processor(&self) -> &ImageProcessorConfig {
+        &self.processor
+    }
+
+    /// Captions one batch on the worker thread.
+    pub async fn caption(&self, batch: Vec<Vec<f32>>) -> anyhow::Result<BatchOutput> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Caption { batch, reply }).await?;
+        rx.await.context("the captioner thread stopped")
+    }
+
+    /// Replaces the model between two batches. On error the running model stays.
+    pub async fn swap(&self, factory: CaptionerFactory) -> anyhow::Result<String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Swap { factory, reply }).await?;
+        let version = rx.await.context("the captioner thread stopped")??;
+        *self.version.write().expect("version lock") = version.clone();
+        Ok(version)
+    }
+
+    async fn send(&self, req: Request) -> anyhow::Result<()> {
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || tx.send(req))
+            .await?
+            .map_err(|_| anyhow::anyhow!("the captioner thread stopped"))
+    }
+}
+
+impl Drop for CaptionWorker {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after its current batch.
+        let (dead_tx, _) = std::sync::mpsc::sync_channel(1);
+        drop(std::mem::replace(&mut self.tx, dead_tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_batch(model: &mut dyn Captioner, batch: &[Vec<f32>]) -> BatchOutput {
+    let started = Instant::now();
+    let refs: Vec<&[f32]> = batch.iter().map(|v| v.as_slice()).collect();
+    let captions = match model.caption_batch(&refs) {
+        Ok(c) if c.len() == batch.len() => c.into_iter().map(Ok).collect(),
+        first => {
+            let why = match first {
+                Ok(c) => format!("returned {} captions for {} inputs", c.len(), batch.len()),
+                Err(e) => format!("{e:#}"),
+            };
+            tracing::warn!(
+                batch = batch.len(),
+                "batch captioning failed ({why}); captioning one by one"
+            );
+            // Isolate the culprit: only the inputs that fail alone are rejected.
+            refs.iter()
+                .map(|one| match model.caption_batch(std::slice::from_ref(one)) {
+                    Ok(mut c) if c.len() == 1 => Ok(c.remove(0)),
+                    Ok(c) => Err(format!("returned {} captions for 1 input", c.len())),
+                    Err(e) => Err(format!("{e:#}")),
+                })
+                .collect()
+        }
+    };
+    BatchOutput {
+        model_version: model.model_version().to_owned(),
+        captions,
+        inference: started.elapsed(),
+    }
+}

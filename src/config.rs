@@ -1,0 +1,515 @@
+//! Service configuration: `config/default.toml` (compiled in) < `--config FILE` < `BLIP2IDC_*` env.
+//!
+//! Every value is validated at start-up with a message naming the key, so a bad deploy fails before it
+//! touches Kafka. Secrets (the database URL's password) are wrapped in [`Secret`] and never printed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The default configuration, as shipped in `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub s3: S3Config,
+    pub decode: DecodeConfig,
+    pub database: DatabaseConfig,
+    pub model: ModelConfig,
+    pub pipeline: PipelineConfig,
+    pub dlq: DlqConfig,
+    pub admin: AdminConfig,
+    pub shutdown: ShutdownConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topic: String,
+    pub dlq_topic: String,
+    pub client_id: String,
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    pub auto_offset_reset: String,
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub force_path_style: bool,
+    pub allowed_buckets: Vec<String>,
+    pub max_object_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub max_concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeConfig {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_alloc_bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub checkpoint: String,
+    pub adapter: Option<String>,
+    pub version: Option<String>,
+    pub dtype: String,
+    pub device: String,
+    pub max_new_tokens: usize,
+    #[serde(with = "humantime_serde")]
+    pub reload_poll_interval: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub max_batch_size: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_batch_wait: Duration,
+    pub max_in_flight: usize,
+    pub decode_concurrency: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    pub breaker_window: usize,
+    pub breaker_max_ratio: f64,
+    pub breaker_min_events: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub consumer_close_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: String,
+    pub filter: String,
+}
+
+/// A string that never appears in logs or `Debug` output; `Serialize` writes a redacted form.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// A printable form: URLs keep everything but their password.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// `scheme://user:password@host/...` → `scheme://user:***@host/...`; anything else unchanged except a
+/// `password=` query parameter.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find('/')
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
+            }
+        }
+    }
+    if let Some(i) = out.find("password=") {
+        let end = out[i..].find('&').map_or(out.len(), |j| i + j);
+        out.replace_range(i + "password=".len()..end, "***");
+    }
+    out
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the environment; then validates.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            fig = fig.merge(("database.url", url));
+        }
+        fig = fig.merge(Env::prefixed("BLIP2IDC_").split("__"));
+        let cfg: Config = fig.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("invalid configuration:\n  - {}", msgs.join("\n  - "))
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every cross-field and range constraint; the error lists all problems at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut errs: Vec<String> = Vec::new();
+        let mut check = |ok: bool, msg: String| {
+            if !ok {
+                errs.push(msg)
+            }
+        };
+        let k = &self.kafka;
+        check(
+            !k.brokers.trim().is_empty(),
+            "kafka.brokers is empty; expected host:port[,host:port]".into(),
+        );
+        for b in k.brokers.split(',') {
+            check(
+                b.trim()
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                format!("kafka.brokers entry {b:?} is not host:port"),
+            );
+        }
+        for (name, t) in [
+            ("kafka.input_topic", &k.input_topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+        ] {
+            check(
+                valid_topic(t),
+                format!("{name} {t:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)"),
+            );
+        }
+        check(
+            k.input_topic != k.dlq_topic,
+            format!(
+                "kafka.dlq_topic must differ from kafka.input_topic (both are {:?})",
+                k.input_topic
+            ),
+        );
+        check(!k.group_id.is_empty(), "kafka.group_id is empty".into());
+        check(
+            matches!(k.auto_offset_reset.as_str(), "earliest" | "latest"),
+            format!(
+                "kafka.auto_offset_reset is {:?}; expected \"earliest\" or \"latest\"",
+                k.auto_offset_reset
+            ),
+        );
+        check(
+            !k.commit_interval.is_zero(),
+            "kafka.commit_interval must be > 0".into(),
+        );
+        for key in k.properties.keys() {
+            check(
+                !matches!(
+                    key.as_str(),
+                    "enable.auto.commit" | "enable.auto.offset.store" | "group.id"
+                ),
+                format!("kafka.properties.{key} is managed by blip2idc and cannot be overridden"),
+            );
+        }
+
+        let s = &self.s3;
+        if let Some(ep) = &s.endpoint {
+            check(
+                ep.starts_with("http://") || ep.starts_with("https://"),
+                format!("s3.endpoint {ep:?} must start with http:// or https://"),
+            );
+        }
+        check(!s.region.is_empty(), "s3.region is empty".into());
+        check(
+            !s.allowed_buckets.is_empty(),
+            "s3.allowed_buckets is empty: the service could read nothing".into(),
+        );
+        for b in &s.allowed_buckets {
+            check(
+                crate::event::S3Uri::parse(&format!("s3://{b}/k")).is_ok(),
+                format!("s3.allowed_buckets entry {b:?} is not a valid bucket name"),
+            );
+        }
+        check(
+            s.max_object_bytes > 0,
+            "s3.max_object_bytes must be > 0".into(),
+        );
+        check(
+            s.max_concurrency > 0,
+            "s3.max_concurrency must be > 0".into(),
+        );
+        check(
+            !s.request_timeout.is_zero(),
+            "s3.request_timeout must be > 0".into(),
+        );
+        check(
+            s.retry_initial_backoff <= s.retry_max_backoff,
+            "s3.retry_initial_backoff must not exceed s3.retry_max_backoff".into(),
+        );
+
+        let d = &self.decode;
+        check(
+            d.max_width > 0 && d.max_height > 0,
+            "decode.max_width and decode.max_height must be > 0".into(),
+        );
+        check(
+            d.max_alloc_bytes >= 1 << 20,
+            "decode.max_alloc_bytes must be at least 1 MiB".into(),
+        );
+
+        let db = &self.database;
+        check(
+            db.url.expose().starts_with("postgres://")
+                || db.url.expose().starts_with("postgresql://"),
+            format!(
+                "database.url {} must be a postgres:// URL",
+                db.url.redacted()
+            ),
+        );
+        check(
+            db.max_connections > 0,
+            "database.max_connections must be > 0".into(),
+        );
+        check(
+            db.retry_initial_backoff <= db.retry_max_backoff,
+            "database.retry_initial_backoff must not exceed database.retry_max_backoff".into(),
+        );
+
+        let m = &self.model;
+        check(!m.checkpoint.is_empty(), "model.checkpoint is empty".into());
+        check(
+            matches!(m.dtype.as_str(), "f32" | "f16" | "bf16"),
+            format!("model.dtype is {:?}; expected f32, f16 or bf16", m.dtype),
+        );
+        check(
+            matches!(m.device.as_str(), "cpu" | "cuda") || m.device.starts_with("cuda:"),
+            format!(
+                "model.device is {:?}; expected cpu, cuda or cuda:N",
+                m.device
+            ),
+        );
+        check(
+            m.max_new_tokens > 0,
+            "model.max_new_tokens must be > 0".into(),
+        );
+
+        let p = &self.pipeline;
+        check(
+            p.max_batch_size > 0,
+            "pipeline.max_batch_size must be > 0".into(),
+        );
+        check(
+            p.max_in_flight >= p.max_batch_size,
+            format!(
+                "pipeline.max_in_flight ({}) must be at least pipeline.max_batch_size ({})",
+                p.max_in_flight, p.max_batch_size
+            ),
+        );
+        check(
+            p.decode_concurrency > 0,
+            "pipeline.decode_concurrency must be > 0".into(),
+        );
+
+        let q = &self.dlq;
+        check(
+            q.breaker_window > 0,
+            "dlq.breaker_window must be > 0".into(),
+        );
+        check(
+            q.breaker_max_ratio > 0.0 && q.breaker_max_ratio <= 1.0,
+            format!(
+                "dlq.breaker_max_ratio is {}; expected a ratio in (0, 1]",
+                q.breaker_max_ratio
+            ),
+        );
+        check(
+            q.breaker_min_events <= q.breaker_window,
+            "dlq.breaker_min_events must not exceed dlq.breaker_window".into(),
+        );
+
+        check(
+            matches!(self.log.format.as_str(), "auto" | "json" | "pretty"),
+            format!(
+                "log.format is {:?}; expected auto, json or pretty",
+                self.log.format
+            ),
+        );
+        check(
+            tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_ok(),
+            format!(
+                "log.filter {:?} is not a valid tracing filter",
+                self.log.filter
+            ),
+        );
+
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid configuration:\n  - {}", errs.join("\n  - "))
+        }
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
+        toml_string(self).context("rendering the configuration")
+    }
+}
+
+fn toml_string(c: &Config) -> anyhow::Result<String> {
+    // figment has no TOML writer; JSON is a faithful, readable substitute.
+    Ok(serde_json::to_string_pretty(c)?)
+}
+
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use super::*;
+
+    fn defaults() -> Config {
+        Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        defaults().validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_every_bad_key() {
+        let mut c = defaults();
+        c.kafka.dlq_topic = c.kafka.input_topic.clone();
+        c.pipeline.max_batch_size = 0;
+        c.dlq.breaker_max_ratio = 1.5;
+        c.model.dtype = "f64".into();
+        let err = c.validate().unwrap_err().to_string();
+        for needle in [
+            "kafka.dlq_topic",
+            "pipeline.max_batch_size",
+            "dlq.breaker_max_ratio",
+            "model.dtype",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn file_and_env_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[pipeline]\nmax_batch_size = 3\n[kafka]\ngroup_id = \"g\"\n",
+            )?;
+            jail.set_env("BLIP2IDC_KAFKA__GROUP_ID", "from-env");
+            jail.set_env("DATABASE_URL", "postgres://u:hunter2@db/x");
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.pipeline.max_batch_size, 3);
+            assert_eq!(c.kafka.group_id, "from-env");
+            assert_eq!(c.database.url.expose(), "postgres://u:hunter2@db/x");
+            let shown = format!("{:?} {}", c.database, c.to_redacted_toml().unwrap());
+            assert!(!shown.contains("hunter2"), "password leaked: {shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[pipeline]\nmax_bach_size = 3\n")?;
+            let err = Config::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_bach_size"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:p@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgres://h/db?password=x&a=b"),
+            "postgres://h/db?password=***&a=b"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Decoding with explicit limits, then the BLIP2IDC pair preprocessing.
+//!
+//! The format is sniffed from the bytes (never trusted from the key's extension). Dimensions are read
+//! from the header and checked against `decode.max_width`/`max_height` before any pixel buffer exists,
+//! and the decoder runs under an allocation cap, so a decompression bomb is rejected, not allocated.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageError, ImageFormat, ImageReader};
+
+use crate::config::DecodeConfig;
+use crate::error::{RejectKind, Rejection};
+use crate::model::preprocess::ImageProcessorConfig;
+
+/// Formats the service accepts.
+pub const ACCEPTED: [ImageFormat; 3] = [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP];
+
+/// Decodes one image under `limits`. `what` names the image in error messages.
+pub fn decode(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<DynamicImage, Rejection> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Rejection::new(RejectKind::NotAnImage, format!("{what}: {e}")))?;
+    let format = match reader.format() {
+        Some(f) if ACCEPTED.contains(&f) => f,
+        Some(f) => {
+            return Err(Rejection::new(
+                RejectKind::NotAnImage,
+                format!("{what}: {f:?} images are not accepted (JPEG, PNG, WebP are)"),
+            ))
+        }
+        None => {
+            return Err(Rejection::new(
+                RejectKind::NotAnImage,
+                format!(
+                    "{what}: {} bytes in no recognised image format",
+                    bytes.len()
+                ),
+            ))
+        }
+    };
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(limits.max_width);
+    lim.max_image_height = Some(limits.max_height);
+    lim.max_alloc = Some(limits.max_alloc_bytes);
+    let mut reader = reader;
+    reader.limits(lim);
+    reader.decode().map_err(|e| match e {
+        ImageError::Limits(l) => Rejection::new(
+            RejectKind::ImageTooLarge,
+            format!(
+                "{what}: {format:?} exceeds the decode limits ({}x{} px, {} bytes): {l}",
+                limits.max_width, limits.max_height, limits.max_alloc_bytes
+            ),
+        ),
+        ImageError::Unsupported(u) => Rejection::new(
+            RejectKind::NotAnImage,
+            format!("{what}: unsupported {format:?} variant: {u}"),
+        ),
+        other => Rejection::new(
+            RejectKind::CorruptImage,
+            format!("{what}: corrupt {format:?}: {other}"),
+        ),
+    })
+}
+
+/// Decodes both images of a pair and produces the model's `pixel_values`.
+pub fn decode_pair(
+    original: &[u8],
+    republished: &[u8],
+    limits: &DecodeConfig,
+    processor: &ImageProcessorConfig,
+) -> Result<Vec<f32>, Rejection> {
+    let a = decode(original, limits, "original")?;
+    let b = decode(republished, limits, "republished")?;
+    Ok(processor.preprocess_pair(&a, &b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageEncoder, RgbImage};
+
+    fn limits() -> DecodeConfig {
+        DecodeConfig {
+            max_width: 4096,
+            max_height: 4096,
+            max_alloc_bytes: 64 << 20,
+        }
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn decodes_png() {
+        let img = decode(&png(10, 7), &limits(), "x").unwrap();
+        assert_eq!((img.width(), img.height()), (10, 7));
+    }
+
+    #[test]
+    fn rejects_text_and_truncated_images() {
+        assert_eq!(
+            decode(b"hello world", &limits(), "x").unwrap_err().kind,
+            RejectKind::NotAnImage
+        );
+        let mut p = png(50, 50);
+        p.truncate(p.len() / 2);
+        assert_eq!(
+            decode(&p, &limits(), "x").unwrap_err().kind,
+            RejectKind::CorruptImage
+        );
+        let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
+        assert_eq!(
+            decode(gif, &limits(), "x").unwrap_err().kind,
+            RejectKind::NotAnImage
+        );
+    }
+
+    #[test]
+    fn bomb_is_rejected_before_allocation() {
+        // A PNG header claiming 60000 x 60000 (10.8 GB of RGB) with almost no data.
+        let small = DecodeConfig {
+            max_width: 8192,
+            max_height: 8192,
+            max_alloc_bytes: 64 << 20,
+        };
+        let mut p = png(1, 1);
+        // IHDR width/height live at bytes 16..24; the CRC check fails before pixels, so fix it up.
+        p[16..20].copy_from_slice(&60000u32.to_be_bytes());
+        p[20..24].copy_from_slice(&60000u32.to_be_bytes());
+        let crc = crc32(&p[12..29]);
+        p[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode(&p, &small, "bomb").unwrap_err();
+        assert_eq!(err.kind, RejectKind::ImageTooLarge, "{err}");
+        // Within the dimension limits but over the allocation cap.
+        let tight = DecodeConfig {
+            max_width: 100_000,
+            max_height: 100_000,
+            max_alloc_bytes: 1 << 20,
+        };
+        assert_eq!(
+            decode(&p, &tight, "bomb").unwrap_err().kind,
+            RejectKind::ImageTooLarge
+        );
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+}

@@ -1,0 +1,121 @@
+//! The dead-letter queue: rejected events, verbatim, with the reason in headers.
+//!
+//! A dead letter carries the original payload and key, and the headers
+//! `error.kind`, `error.message`, `source.topic`, `source.partition`, `source.offset`,
+//! `source.timestamp` (the input message's timestamp, ms since the epoch, when it had one) and
+//! `dead_lettered_at` (RFC 3339). It is produced with `acks=all` and awaited: only a delivered dead
+//! letter lets its event count as done.
+
+pub mod breaker;
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::config::KafkaConfig;
+use crate::error::Rejection;
+
+/// Where a rejected event came from.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Producer for the dead-letter topic.
+pub struct DeadLetterQueue {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl DeadLetterQueue {
+    pub fn new(cfg: &KafkaConfig) -> anyhow::Result<Self> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", format!("{}-dlq", cfg.client_id))
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .set("linger.ms", "5");
+        for (k, v) in &cfg.properties {
+            cc.set(k, v);
+        }
+        Ok(DeadLetterQueue {
+            producer: cc.create()?,
+            topic: cfg.dlq_topic.clone(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Waits for queued dead letters to be delivered.
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        use rdkafka::producer::Producer;
+        self.producer
+            .flush(timeout)
+            .map_err(|e| anyhow::anyhow!("flushing the dead-letter producer: {e}"))
+    }
+
+    /// Produces one dead letter and waits for the broker's acknowledgement.
+    pub async fn send(
+        &self,
+        payload: Option<&[u8]>,
+        key: Option<&[u8]>,
+        origin: &Origin,
+        why: &Rejection,
+    ) -> anyhow::Result<()> {
+        let partition = origin.partition.to_string();
+        let offset = origin.offset.to_string();
+        let source_ts = origin.timestamp_ms.map(|t| t.to_string());
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut headers = OwnedHeaders::new_with_capacity(7)
+            .insert(Header {
+                key: "error.kind",
+                value: Some(why.kind.as_str()),
+            })
+            .insert(Header {
+                key: "error.message",
+                value: Some(why.message.as_str()),
+            })
+            .insert(Header {
+                key: "source.topic",
+                value: Some(origin.topic.as_str()),
+            })
+            .insert(Header {
+                key: "source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "source.offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "dead_lettered_at",
+                value: Some(now.as_str()),
+            });
+        if let Some(ts) = &source_ts {
+            headers = headers.insert(Header {
+                key: "source.timestamp",
+                value: Some(ts.as_str()),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).headers(headers);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        self.producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| anyhow::anyhow!("producing to dead-letter topic {}: {e}", self.topic))
+    }
+}

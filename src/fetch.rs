@@ -1,0 +1,200 @@
+//! The fetcher: both images of a pair from S3, concurrently, bounded, with retries.
+//!
+//! Guarantees: an event can only read buckets on the allow-list; an object larger than
+//! `s3.max_object_bytes` is refused before (Content-Length) and while (streamed count) it is read;
+//! a missing object is a rejection; everything else that can heal (5xx, throttling, timeouts,
+//! connection errors, access denied while credentials rotate) is retried with capped exponential
+//! backoff and jitter until it succeeds or the service's hard deadline cancels it.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Region};
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::S3Config;
+use crate::error::{RejectKind, Rejection, StepError};
+use crate::event::S3Uri;
+use crate::retry::Backoff;
+
+/// S3 client plus the policy around it.
+#[derive(Clone)]
+pub struct Fetcher {
+    client: Client,
+    allowed: HashSet<String>,
+    max_bytes: u64,
+    backoff: Backoff,
+}
+
+/// Builds an S3 client for `cfg` (custom endpoint, path style, timeouts; SDK retries off: the fetcher
+/// owns the retry policy). Credentials come from the AWS default chain (env, profile, web identity).
+pub async fn s3_client(cfg: &S3Config) -> Client {
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(cfg.region.clone()))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(cfg.connect_timeout)
+                .operation_attempt_timeout(cfg.request_timeout)
+                .build(),
+        )
+        .retry_config(RetryConfig::disabled())
+        .load()
+        .await;
+    let mut b = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(cfg.force_path_style);
+    if let Some(ep) = &cfg.endpoint {
+        b = b.endpoint_url(ep);
+    }
+    Client::from_conf(b.build())
+}
+
+impl Fetcher {
+    pub fn new(client: Client, cfg: &S3Config) -> Self {
+        Fetcher {
+            client,
+            allowed: cfg.allowed_buckets.iter().cloned().collect(),
+            max_bytes: cfg.max_object_bytes,
+            backoff: Backoff::new(cfg.retry_initial_backoff, cfg.retry_max_backoff),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Fetches both objects concurrently. A rejection of either rejects the pair.
+    pub async fn fetch_pair(
+        &self,
+        original: &S3Uri,
+        republished: &S3Uri,
+        cancel: &CancellationToken,
+    ) -> Result<(Bytes, Bytes), StepError> {
+        let started = Instant::now();
+        let (a, b) = tokio::join!(
+            self.fetch(original, cancel),
+            self.fetch(republished, cancel)
+        );
+        metrics::histogram!(crate::metrics::FETCH_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok((a?, b?))
+    }
+
+    /// Fetches one object, retrying transient failures until `cancel` fires.
+    pub async fn fetch(&self, uri: &S3Uri, cancel: &CancellationToken) -> Result<Bytes, StepError> {
+        if !self.allowed.contains(&uri.bucket) {
+            return Err(Rejection::new(
+                RejectKind::BucketNotAllowed,
+                format!(
+                    "bucket {:?} of {uri} is not in s3.allowed_buckets",
+                    uri.bucket
+                ),
+            )
+            .into());
+        }
+        let mut attempt = 0u32;
+        loop {
+            match self.get_once(uri).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(StepError::Transient(e)) => {
+                    attempt += 1;
+                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => "fetch")
+                        .increment(1);
+                    let delay = self.backoff.delay(attempt);
+                    tracing::warn!(uri = %uri, attempt, retry_in = ?delay, "S3 fetch failed transiently: {e:#}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => return Err(StepError::Transient(e.context("cancelled while retrying"))),
+                    }
+                }
+                Err(reject) => return Err(reject),
+            }
+        }
+    }
+
+    async fn get_once(&self, uri: &S3Uri) -> Result<Bytes, StepError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&uri.bucket)
+            .key(&uri.key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => return Err(classify(uri, e)),
+        };
+        if let Some(len) = out.content_length() {
+            if len as u64 > self.max_bytes {
+                return Err(too_large(uri, len as u64, self.max_bytes));
+            }
+        }
+        let capacity = out.content_length().unwrap_or(0).max(0) as usize;
+        let mut body = out.body;
+        let mut buf = BytesMut::with_capacity(capacity);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk
+                .map_err(|e| StepError::Transient(anyhow::anyhow!("reading body of {uri}: {e}")))?;
+            if (buf.len() + chunk.len()) as u64 > self.max_bytes {
+                return Err(too_large(
+                    uri,
+                    (buf.len() + chunk.len()) as u64,
+                    self.max_bytes,
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+fn too_large(uri: &S3Uri, len: u64, max: u64) -> StepError {
+    Rejection::new(
+        RejectKind::ObjectTooLarge,
+        format!("{uri} is {len} bytes or more; s3.max_object_bytes is {max}"),
+    )
+    .into()
+}
+
+fn classify<E, R>(uri: &S3Uri, err: SdkError<E, R>) -> StepError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static + HasStatus,
+{
+    match &err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status_code();
+            let code = ctx.err().code().unwrap_or("");
+            if status == 404 || matches!(code, "NoSuchKey" | "NoSuchBucket" | "NotFound") {
+                let what = if code == "NoSuchBucket" {
+                    "bucket does not exist"
+                } else {
+                    "no such object"
+                };
+                return Rejection::new(RejectKind::ObjectMissing, format!("{uri}: {what}")).into();
+            }
+            StepError::Transient(anyhow::anyhow!(
+                "GET {uri}: HTTP {status} {code}: {}",
+                ctx.err().message().unwrap_or("")
+            ))
+        }
+        SdkError::TimeoutError(_) => StepError::Transient(anyhow::anyhow!("GET {uri}: timed out")),
+        _ => StepError::Transient(anyhow::anyhow!(
+            "GET {uri}: {}",
+            aws_sdk_s3::error::DisplayErrorContext(&err)
+        )),
+    }
+}
+
+/// The HTTP status of a raw response (a seam so `classify` stays generic over the SDK's response type).
+pub trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}

@@ -1,0 +1,214 @@
+//! The `blip2idc` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use blip2idc::config::Config;
+
+/// Image difference captioning: tells what changed between an original image and a republished copy.
+///
+/// Configuration comes from config/default.toml (built in), then --config FILE, then environment
+/// variables BLIP2IDC_<SECTION>__<KEY> (e.g. BLIP2IDC_KAFKA__BROKERS). Secrets come from the
+/// environment only: DATABASE_URL, and the AWS default chain (AWS_ACCESS_KEY_ID, ...).
+#[derive(Parser)]
+#[command(name = "blip2idc", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// TOML file overriding the built-in defaults (see config/default.toml for every key).
+    #[arg(long, short = 'c', env = "BLIP2IDC_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the streaming service: consume image-pair events from Kafka, fetch the images from S3,
+    /// caption them with BLIP2IDC and store the captions in PostgreSQL. Stops gracefully on
+    /// SIGTERM/SIGINT (drains, commits, leaves the group). Exit code 3 when the dead-letter breaker trips.
+    Serve(ConfigArg),
+    /// Apply the database migrations and exit.
+    Migrate(ConfigArg),
+    /// Validate the configuration and print it (secrets redacted).
+    Config(ConfigArg),
+    /// Caption one pair of local image files: what changed from ORIGINAL to MODIFIED.
+    Caption(CaptionArgs),
+    /// Score predicted captions against references with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D,
+    /// exactly as pycocoevalcap 1.2 computes them.
+    Eval(blip2idc::eval::cli::EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct CaptionArgs {
+    /// Checkpoint directory written by save_pretrained (config.json, *.safetensors, tokenizer.json,
+    /// optional preprocessor_config.json), or a hub id such as Salesforce/blip2-opt-2.7b (resolved
+    /// through the HF cache in HF_HOME, downloaded when the network allows).
+    #[arg(long, value_name = "DIR|HUB_ID")]
+    model: String,
+    /// PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors or .bin).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// Most tokens to generate (the authors use 77).
+    #[arg(long, default_value_t = 77, value_name = "N")]
+    max_new_tokens: usize,
+    /// Weight dtype.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
+    /// Device: cpu, cuda or cuda:N (cuda needs a binary built with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Keep the adapter as a separate LoRA branch instead of merging it into the weights.
+    #[arg(long)]
+    unmerged: bool,
+    /// Print one JSON object {"caption": "...", "token_ids": [...]} (token_ids: the generated tokens
+    /// after the bos prompt, up to but excluding the first eos).
+    #[arg(long)]
+    json: bool,
+    /// The original image (JPEG, PNG or WebP).
+    original: PathBuf,
+    /// The modified (republished) image.
+    modified: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(c) => serve(Config::load(c.config.as_deref())?).await,
+        Command::Migrate(c) => {
+            let cfg = Config::load(c.config.as_deref())?;
+            blip2idc::telemetry::init(&cfg.log.format, &cfg.log.filter);
+            let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
+            store.migrate().await?;
+            eprintln!("migrations applied to {}", cfg.database.url.redacted());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Caption(a) => caption(a),
+        Command::Eval(args) => {
+            blip2idc::eval::cli::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(c) => {
+            let cfg = Config::load(c.config.as_deref())?;
+            println!("{}", cfg.to_redacted_toml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
+    use blip2idc::model::loader::{parse_device, parse_dtype};
+    blip2idc::telemetry::init("pretty", "warn");
+    let opts = blip2idc::model::LoadOptions {
+        checkpoint: a.model.clone(),
+        adapter: a.adapter.clone(),
+        dtype: parse_dtype(&a.dtype)?,
+        device: parse_device(&a.device)?,
+        merge_adapter: !a.unmerged,
+    };
+    let limits = Config::load(None).map(|c| c.decode)?;
+    let read = |p: &PathBuf| -> anyhow::Result<image::DynamicImage> {
+        let bytes =
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+        Ok(blip2idc::decode::decode(
+            &bytes,
+            &limits,
+            &p.display().to_string(),
+        )?)
+    };
+    let (original, modified) = (read(&a.original)?, read(&a.modified)?);
+    let model = blip2idc::model::Blip2Idc::load(&opts)?;
+    if model.files.random_weights && !a.json {
+        eprintln!(
+            "note: {} has RANDOM weights; this caption means nothing",
+            a.model
+        );
+    }
+    let g = model.caption_images(&original, &modified, a.max_new_tokens)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"caption": g.caption, "token_ids": g.token_ids})
+        );
+    } else {
+        println!("{}", g.caption);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
+    blip2idc::telemetry::init(&cfg.log.format, &cfg.log.filter);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "starting blip2idc serve"
+    );
+    let prometheus = blip2idc::metrics::install();
+    let health = Arc::new(blip2idc::admin::Health::default());
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+
+    let admin_stop = CancellationToken::new();
+    let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
+    let (addr, admin) = blip2idc::admin::spawn(
+        cfg.admin.listen,
+        health.clone(),
+        store,
+        prometheus,
+        admin_stop.clone(),
+    )
+    .await?;
+    tracing::info!(%addr, "admin endpoints: /healthz /readyz /metrics");
+
+    let factory = blip2idc::caption::blip2::factory(&cfg.model)?;
+    let summary = blip2idc::pipeline::run(&cfg, factory, health, shutdown, |_| {}).await?;
+    admin_stop.cancel();
+    let _ = admin.await;
+    Ok(match summary.fatal {
+        Some(blip2idc::pipeline::outcome::Fatal::BreakerTripped { .. }) => ExitCode::from(3),
+        Some(_) => ExitCode::FAILURE,
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        for n in 0.. {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if n > 0 {
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            }
+            tracing::info!(
+                "signal received: shutting down gracefully (send again to exit at once)"
+            );
+            shutdown.cancel();
+        }
+    });
+}

@@ -1,0 +1,94 @@
+//! Prometheus metrics: names, help texts and the process-wide recorder behind `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONSUMED: &str = "blip2idc_events_consumed_total";
+pub const CAPTIONED: &str = "blip2idc_captions_stored_total";
+pub const DEAD_LETTERED: &str = "blip2idc_dead_lettered_total";
+pub const TRANSIENT_RETRIES: &str = "blip2idc_transient_retries_total";
+pub const BATCH_SIZE: &str = "blip2idc_batch_size";
+pub const FETCH_SECONDS: &str = "blip2idc_fetch_seconds";
+pub const DECODE_SECONDS: &str = "blip2idc_decode_seconds";
+pub const INFERENCE_SECONDS: &str = "blip2idc_inference_seconds";
+pub const STORE_SECONDS: &str = "blip2idc_store_seconds";
+pub const END_TO_END_SECONDS: &str = "blip2idc_end_to_end_seconds";
+pub const PARTITION_LAG: &str = "blip2idc_partition_lag";
+pub const IN_FLIGHT: &str = "blip2idc_in_flight_events";
+pub const PAUSED: &str = "blip2idc_consumer_paused";
+pub const COMMITS: &str = "blip2idc_offset_commits_total";
+pub const MODEL_SWAPS: &str = "blip2idc_model_swaps_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once (later calls return the same handle) and describes every metric.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ];
+            let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &sizes))
+                .expect("static bucket lists are non-empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(CONSUMED, "Events read from the input topic.");
+    describe_counter!(CAPTIONED, "Captions durably stored in PostgreSQL.");
+    describe_counter!(
+        DEAD_LETTERED,
+        "Events sent to the dead-letter topic, by error kind."
+    );
+    describe_counter!(
+        TRANSIENT_RETRIES,
+        "Retries after transient failures, by pipeline step."
+    );
+    describe_histogram!(BATCH_SIZE, "Pairs per captioning batch.");
+    describe_histogram!(
+        FETCH_SECONDS,
+        Unit::Seconds,
+        "Time to fetch both images of a pair from S3."
+    );
+    describe_histogram!(
+        DECODE_SECONDS,
+        Unit::Seconds,
+        "Time to decode and preprocess a pair."
+    );
+    describe_histogram!(INFERENCE_SECONDS, Unit::Seconds, "Model time per batch.");
+    describe_histogram!(
+        STORE_SECONDS,
+        Unit::Seconds,
+        "Time to store a batch in PostgreSQL."
+    );
+    describe_histogram!(
+        END_TO_END_SECONDS,
+        Unit::Seconds,
+        "From consumption to durable storage, per event."
+    );
+    describe_gauge!(
+        PARTITION_LAG,
+        "Consumer lag per partition (messages), from librdkafka statistics."
+    );
+    describe_gauge!(
+        IN_FLIGHT,
+        "Events consumed but not yet stored or dead-lettered."
+    );
+    describe_gauge!(
+        PAUSED,
+        "1 while the input partitions are paused for backpressure."
+    );
+    describe_counter!(COMMITS, "Offset commits, by outcome.");
+    describe_counter!(MODEL_SWAPS, "Hot swaps of the captioning model.");
+}

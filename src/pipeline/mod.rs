@@ -1,0 +1,357 @@
+//! The pipeline: source → prepare (parse, fetch, decode) → batch → caption → store → commit.
+//!
+//! Steps are tasks joined by bounded channels; every event in flight holds a permit, so memory is
+//! bounded and a slow step pauses consumption (see [`crate::source`]). Shutdown drains: consumption
+//! stops, in-flight events finish within `shutdown.drain_timeout`, stored offsets are committed, and the
+//! consumer leaves its group within `shutdown.consumer_close_timeout`.
+
+pub mod outcome;
+pub mod prepare;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::message::Message;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Health;
+use crate::caption::{CaptionWorker, CaptionerFactory};
+use crate::config::Config;
+use crate::dlq::breaker::Breaker;
+use crate::dlq::DeadLetterQueue;
+use crate::error::{RejectKind, Rejection};
+use crate::fetch::Fetcher;
+use crate::retry::Backoff;
+use crate::source::{Job, Source};
+use crate::store::{CaptionRecord, Store};
+use outcome::{Fatal, Outcomes};
+use prepare::{Prepare, Prepared};
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// Positions committed at shutdown.
+    pub committed: Vec<(crate::source::offsets::TopicPartition, i64)>,
+    /// Set when the pipeline stopped itself (breaker, dead captioner).
+    pub fatal: Option<Fatal>,
+    /// True when in-flight work did not finish within the drain timeout.
+    pub drain_timed_out: bool,
+}
+
+/// Handles to a running service, for callers that need them (admin server, hot swap).
+pub struct Runtime {
+    pub health: Arc<Health>,
+    pub store: Store,
+    pub worker: Arc<CaptionWorker>,
+}
+
+/// A captioned batch on its way to the store.
+struct Captioned {
+    items: Vec<(Prepared, String)>,
+    model_version: String,
+    inference_seconds: f64,
+    batch_size: usize,
+}
+
+/// Runs the service until `shutdown` fires (or a fatal condition), then drains and commits.
+/// `on_ready` receives the runtime handles once the model is loaded and the pipeline is wired.
+pub async fn run(
+    cfg: &Config,
+    factory: CaptionerFactory,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Runtime),
+) -> anyhow::Result<RunSummary> {
+    let store = Store::connect_lazy(&cfg.database)?;
+    if cfg.database.migrate_on_start {
+        store.migrate_retrying(&shutdown).await?;
+    }
+
+    tracing::info!(checkpoint = %cfg.model.checkpoint, adapter = ?cfg.model.adapter, "loading the captioner");
+    let worker =
+        Arc::new(tokio::task::spawn_blocking(move || CaptionWorker::spawn(factory)).await??);
+    health
+        .model_loaded
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(model_version = %worker.model_version(), "captioner ready");
+
+    let s3 = crate::fetch::s3_client(&cfg.s3).await;
+    let source = Arc::new(Source::new(&cfg.kafka, health.clone())?);
+    let dlq = DeadLetterQueue::new(&cfg.kafka)?;
+    let hard_stop = CancellationToken::new();
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+    let outcomes = Arc::new(Outcomes::new(
+        source.clone(),
+        dlq,
+        Breaker::new(
+            cfg.dlq.breaker_window,
+            cfg.dlq.breaker_max_ratio,
+            cfg.dlq.breaker_min_events,
+        ),
+        Backoff::new(cfg.s3.retry_initial_backoff, cfg.s3.retry_max_backoff),
+        hard_stop.clone(),
+        fatal_tx,
+    ));
+    on_ready(&Runtime {
+        health: health.clone(),
+        store: store.clone(),
+        worker: worker.clone(),
+    });
+
+    let p = &cfg.pipeline;
+    let permits = Arc::new(Semaphore::new(p.max_in_flight));
+    let (job_tx, job_rx) = mpsc::channel::<Job>(p.max_in_flight);
+    let (prep_tx, prep_rx) = mpsc::channel::<Prepared>(p.max_batch_size * 2);
+    let (cap_tx, cap_rx) = mpsc::channel::<Captioned>(2);
+
+    let stop_consuming = CancellationToken::new();
+    let source_task = {
+        let (source, permits, stop) = (source.clone(), permits.clone(), stop_consuming.clone());
+        tokio::spawn(async move { source.run(job_tx, permits, stop).await })
+    };
+    let prepare = Arc::new(Prepare {
+        fetcher: Fetcher::new(s3, &cfg.s3),
+        limits: cfg.decode.clone(),
+        processor: worker.processor().clone(),
+        decode_slots: Arc::new(Semaphore::new(p.decode_concurrency)),
+        outcomes: outcomes.clone(),
+    });
+    let prepare_task = tokio::spawn(prepare_step(
+        prepare,
+        job_rx,
+        prep_tx,
+        cfg.s3.max_concurrency,
+    ));
+    let caption_task = tokio::spawn(caption_step(
+        worker.clone(),
+        outcomes.clone(),
+        prep_rx,
+        cap_tx,
+        p.max_batch_size,
+        p.max_batch_wait,
+    ));
+    let store_task = tokio::spawn(store_step(store.clone(), outcomes.clone(), cap_rx));
+    let commit_task = {
+        let (source, every, stop) = (source.clone(), cfg.kafka.commit_interval, hard_stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => source.commit_progress(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    };
+    let gauge_task = {
+        let (permits, stop, total) = (permits.clone(), hard_stop.clone(), p.max_in_flight);
+        tokio::spawn(async move {
+            loop {
+                metrics::gauge!(crate::metrics::IN_FLIGHT)
+                    .set((total - permits.available_permits()) as f64);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    };
+
+    // Run until asked to stop or something fatal happens.
+    let mut store_task = store_task;
+    let fatal = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        f = fatal_rx.recv() => f,
+        r = &mut store_task => Some(Fatal::Failed(format!("the store step ended unexpectedly: {r:?}"))),
+    };
+    match &fatal {
+        Some(f) => tracing::error!("{f}"),
+        None => tracing::info!("shutdown requested: draining in-flight events"),
+    }
+
+    // Drain: stop consuming; the steps finish what they hold and end as their inputs close.
+    stop_consuming.cancel();
+    let _ = source_task.await;
+    let store_abort = store_task.abort_handle();
+    let drain = async move {
+        let _ = prepare_task.await;
+        let _ = caption_task.await;
+        if !store_task.is_finished() {
+            let _ = store_task.await;
+        }
+    };
+    let drain_timed_out = if matches!(fatal, Some(Fatal::Failed(_))) {
+        true
+    } else {
+        tokio::time::timeout(cfg.shutdown.drain_timeout, drain)
+            .await
+            .is_err()
+    };
+    if drain_timed_out {
+        tracing::warn!(timeout = ?cfg.shutdown.drain_timeout, "drain timed out: unfinished events stay uncommitted");
+    }
+    hard_stop.cancel();
+    store_abort.abort();
+    let _ = commit_task.await;
+    gauge_task.abort();
+
+    let committed = match source.commit_all_sync() {
+        Ok(c) => {
+            tracing::info!(positions = ?c, "final offsets committed");
+            c
+        }
+        Err(e) => {
+            tracing::error!(
+                "final commit failed (events since the last commit will be redelivered): {e}"
+            );
+            Vec::new()
+        }
+    };
+    if let Err(e) = outcomes.dlq_flush(Duration::from_secs(5)) {
+        tracing::warn!("dead-letter producer flush: {e}");
+    }
+    drop(outcomes);
+    close_consumer(source, cfg.shutdown.consumer_close_timeout).await;
+    Ok(RunSummary {
+        committed,
+        fatal,
+        drain_timed_out,
+    })
+}
+
+/// Leaves the group and closes the consumer, giving up after `timeout`.
+async fn close_consumer(source: Arc<Source>, timeout: Duration) {
+    let closing = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        source.consumer.unsubscribe();
+        drop(source);
+    });
+    if tokio::time::timeout(timeout, closing).await.is_err() {
+        tracing::warn!(
+            ?timeout,
+            "the consumer did not close in time; exiting anyway"
+        );
+    }
+}
+
+async fn prepare_step(
+    prepare: Arc<Prepare>,
+    jobs: mpsc::Receiver<Job>,
+    out: mpsc::Sender<Prepared>,
+    concurrency: usize,
+) {
+    let stream = tokio_stream_from(jobs);
+    let mut prepared = stream
+        .map(|job| {
+            let prepare = prepare.clone();
+            async move { prepare.run(job).await }
+        })
+        .buffer_unordered(concurrency);
+    while let Some(item) = prepared.next().await {
+        if let Some(p) = item {
+            if out.send(p).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn caption_step(
+    worker: Arc<CaptionWorker>,
+    outcomes: Arc<Outcomes>,
+    mut input: mpsc::Receiver<Prepared>,
+    out: mpsc::Sender<Captioned>,
+    max_batch: usize,
+    max_wait: Duration,
+) {
+    while let Some(mut batch) = crate::batch::next_batch(&mut input, max_batch, max_wait).await {
+        let pixels: Vec<Vec<f32>> = batch
+            .iter_mut()
+            .map(|p| std::mem::take(&mut p.pixel_values))
+            .collect();
+        let batch_size = batch.len();
+        metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch_size as f64);
+        let result = match worker.caption(pixels).await {
+            Ok(r) => r,
+            Err(e) => {
+                outcomes.fatal(Fatal::Failed(format!("captioner: {e:#}")));
+                return;
+            }
+        };
+        metrics::histogram!(crate::metrics::INFERENCE_SECONDS)
+            .record(result.inference.as_secs_f64());
+        let mut items = Vec::with_capacity(batch_size);
+        for (prepared, caption) in batch.into_iter().zip(result.captions) {
+            match caption {
+                Ok(c) => items.push((prepared, c)),
+                Err(why) => {
+                    outcomes
+                        .dead_letter(prepared.job, Rejection::new(RejectKind::CaptionFailed, why))
+                        .await;
+                }
+            }
+        }
+        if items.is_empty() {
+            continue;
+        }
+        let captioned = Captioned {
+            items,
+            model_version: result.model_version,
+            inference_seconds: result.inference.as_secs_f64(),
+            batch_size,
+        };
+        if out.send(captioned).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn store_step(store: Store, outcomes: Arc<Outcomes>, mut input: mpsc::Receiver<Captioned>) {
+    while let Some(batch) = input.recv().await {
+        let records: Vec<CaptionRecord> = batch
+            .items
+            .iter()
+            .map(|(p, caption)| CaptionRecord {
+                event: p.event.clone(),
+                kafka_topic: p.job.message.topic().to_owned(),
+                kafka_partition: p.job.message.partition(),
+                kafka_offset: p.job.message.offset(),
+                model_version: batch.model_version.clone(),
+                caption: caption.clone(),
+                inference_seconds: batch.inference_seconds,
+                end_to_end_seconds: p.job.received_at.elapsed().as_secs_f64(),
+                batch_size: batch.batch_size as i32,
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        match store
+            .store_batch_retrying(&records, &outcomes.hard_stop)
+            .await
+        {
+            Ok(()) => {
+                metrics::histogram!(crate::metrics::STORE_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!(crate::metrics::CAPTIONED).increment(records.len() as u64);
+                for (p, _) in batch.items {
+                    outcomes.stored(p.job);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    events = records.len(),
+                    "batch not stored before the deadline: {e:#}"
+                );
+                return;
+            }
+        }
+    }
+}

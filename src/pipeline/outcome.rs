@@ -1,0 +1,143 @@
+//! Where events end: stored, or dead-lettered. Both release the event's permit and let its offset be
+//! committed; the dead-letter path first asks the breaker and waits for the broker's acknowledgement.
+
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::dlq::breaker::{Breaker, Verdict};
+use crate::dlq::{DeadLetterQueue, Origin};
+use crate::error::Rejection;
+use crate::retry::Backoff;
+use crate::source::{Job, Source};
+use rdkafka::message::Message;
+
+/// Why the pipeline stopped on its own.
+#[derive(Debug, Clone)]
+pub enum Fatal {
+    /// The dead-letter ratio went over `dlq.breaker_max_ratio`.
+    BreakerTripped {
+        ratio: f64,
+        events: usize,
+        last: Rejection,
+    },
+    /// A step that cannot continue (the captioner thread died).
+    Failed(String),
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fatal::BreakerTripped { ratio, events, last } => write!(
+                f,
+                "dead-letter breaker tripped: {:.0}% of the last {events} events were rejected (last: {last}); \
+                 consumption stopped so the input is not emptied into the dead-letter topic — fix the cause \
+                 (config, credentials, deploy) and restart; unhandled events will be redelivered",
+                ratio * 100.0
+            ),
+            Fatal::Failed(why) => write!(f, "pipeline failed: {why}"),
+        }
+    }
+}
+
+/// Shared end-of-life accounting for jobs.
+pub struct Outcomes {
+    pub source: Arc<Source>,
+    dlq: DeadLetterQueue,
+    breaker: Mutex<Breaker>,
+    backoff: Backoff,
+    /// Fires at the hard deadline: retries give up, unfinished jobs stay uncommitted.
+    pub hard_stop: CancellationToken,
+    fatal_tx: tokio::sync::mpsc::UnboundedSender<Fatal>,
+}
+
+impl Outcomes {
+    pub fn new(
+        source: Arc<Source>,
+        dlq: DeadLetterQueue,
+        breaker: Breaker,
+        backoff: Backoff,
+        hard_stop: CancellationToken,
+        fatal_tx: tokio::sync::mpsc::UnboundedSender<Fatal>,
+    ) -> Self {
+        Outcomes {
+            source,
+            dlq,
+            breaker: Mutex::new(breaker),
+            backoff,
+            hard_stop,
+            fatal_tx,
+        }
+    }
+
+    /// Reports a condition that stops the pipeline.
+    pub fn fatal(&self, f: Fatal) {
+        let _ = self.fatal_tx.send(f);
+    }
+
+    /// The job's caption is durably stored.
+    pub fn stored(&self, job: Job) {
+        self.breaker.lock().expect("breaker lock").record_ok();
+        let e2e = job.received_at.elapsed().as_secs_f64();
+        metrics::histogram!(crate::metrics::END_TO_END_SECONDS).record(e2e);
+        self.finish(job);
+    }
+
+    /// Dead-letters a job (unless the breaker trips), then completes it.
+    pub async fn dead_letter(&self, job: Job, why: Rejection) {
+        let verdict = self
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .record_dead_letter();
+        if let Verdict::Trip { ratio, events } = verdict {
+            // The job is dropped uncompleted: its offset is never committed past.
+            self.fatal(Fatal::BreakerTripped {
+                ratio,
+                events,
+                last: why,
+            });
+            return;
+        }
+        let m = &job.message;
+        tracing::info!(
+            topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = %why.kind,
+            "dead-lettering: {}", why.message
+        );
+        let origin = Origin {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+        };
+        let mut attempt = 0;
+        loop {
+            match self.dlq.send(m.payload(), m.key(), &origin, &why).await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => "dead_letter")
+                        .increment(1);
+                    let delay = self.backoff.delay(attempt);
+                    tracing::warn!(attempt, retry_in = ?delay, "dead-letter produce failed: {e:#}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.hard_stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+        metrics::counter!(crate::metrics::DEAD_LETTERED, "kind" => why.kind.as_str()).increment(1);
+        self.finish(job);
+    }
+
+    fn finish(&self, job: Job) {
+        self.source.complete(&job.ticket);
+        drop(job.permit);
+    }
+
+    /// Flushes the dead-letter producer (shutdown).
+    pub fn dlq_flush(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        self.dlq.flush(timeout)
+    }
+}

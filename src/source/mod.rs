@@ -1,0 +1,351 @@
+//! The source: the Kafka consumer, its rebalance hooks, backpressure and offset commits.
+//!
+//! Offsets are never auto-committed. Each consumed offset is registered in the [`OffsetTracker`] and
+//! committed only when it and every earlier offset of its partition are stored or dead-lettered:
+//! periodically, on partition revoke (inside the rebalance callback, synchronously) and on shutdown.
+//!
+//! Backpressure: every event in flight holds a permit; when none is left, the assigned partitions are
+//! paused while the loop keeps polling (so the member stays in its group and sees rebalances), and are
+//! resumed once half the permits are back. A rebalance resets librdkafka's pause state, so the pause is
+//! re-applied to the new assignment.
+
+pub mod offsets;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Health;
+use crate::config::KafkaConfig;
+use offsets::{OffsetTracker, Ticket, TopicPartition};
+
+/// The consumer type the service uses.
+pub type KafkaConsumer = StreamConsumer<SourceContext>;
+
+/// One consumed message on its way through the pipeline. Dropping it without completing its ticket
+/// leaves its offset uncommitted (it will be redelivered); completing it releases its permit.
+pub struct Job {
+    pub message: OwnedMessage,
+    pub ticket: Ticket,
+    pub received_at: Instant,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Rebalance hooks, statistics and commit logging.
+pub struct SourceContext {
+    tracker: Arc<Mutex<OffsetTracker>>,
+    health: Arc<Health>,
+    rebalanced: AtomicBool,
+}
+
+impl SourceContext {
+    /// True once after each rebalance.
+    fn take_rebalanced(&self) -> bool {
+        self.rebalanced.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (id, p) in &t.partitions {
+                if *id >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(crate::metrics::PARTITION_LAG, "topic" => topic.clone(), "partition" => id.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!("kafka client error: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let tps = tps_of(tpl);
+            let mut tracker = self.tracker.lock().expect("tracker lock");
+            let positions = tracker.positions_of(&tps);
+            if !positions.is_empty() {
+                match consumer.commit(&tpl_of(&positions), CommitMode::Sync) {
+                    Ok(()) => {
+                        tracing::info!(?positions, "committed stored offsets of revoked partitions")
+                    }
+                    Err(e) => {
+                        tracing::warn!("commit on revoke failed (events will be redelivered): {e}")
+                    }
+                }
+            }
+            tracker.revoke(&tps);
+            tracing::info!(partitions = ?tps, "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let tps = tps_of(tpl);
+                tracing::info!(partitions = ?tps, "partitions assigned");
+                self.tracker.lock().expect("tracker lock").assign(tps);
+                self.health.group_joined.store(true, Ordering::Relaxed);
+                self.rebalanced.store(true, Ordering::Release);
+            }
+            Rebalance::Revoke(_) => self.rebalanced.store(true, Ordering::Release),
+            Rebalance::Error(e) => tracing::error!("rebalance error: {e}"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                metrics::counter!(crate::metrics::COMMITS, "outcome" => "ok").increment(1);
+                tracing::debug!(offsets = ?positions_of_tpl(offsets), "offsets committed");
+            }
+            Err(e) => {
+                metrics::counter!(crate::metrics::COMMITS, "outcome" => "error").increment(1);
+                tracing::warn!("offset commit failed: {e}");
+            }
+        }
+    }
+}
+
+fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+fn positions_of_tpl(tpl: &TopicPartitionList) -> Vec<(String, i32, i64)> {
+    tpl.elements()
+        .iter()
+        .map(|e| {
+            (
+                e.topic().to_owned(),
+                e.partition(),
+                e.offset().to_raw().unwrap_or(-1),
+            )
+        })
+        .collect()
+}
+
+fn tpl_of(positions: &[(TopicPartition, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (tp, off) in positions {
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off))
+            .expect("valid offset");
+    }
+    tpl
+}
+
+/// The consumer plus the state it shares with the rest of the pipeline.
+pub struct Source {
+    pub consumer: Arc<KafkaConsumer>,
+    pub tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl Source {
+    /// Creates the consumer and subscribes to the input topic.
+    pub fn new(cfg: &KafkaConfig, health: Arc<Health>) -> anyhow::Result<Source> {
+        let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+        let ctx = SourceContext {
+            tracker: tracker.clone(),
+            health,
+            rebalanced: AtomicBool::new(false),
+        };
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &cfg.brokers)
+            .set("group.id", &cfg.group_id)
+            .set("client.id", &cfg.client_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", &cfg.auto_offset_reset)
+            .set(
+                "session.timeout.ms",
+                cfg.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "statistics.interval.ms",
+                cfg.statistics_interval.as_millis().to_string(),
+            );
+        for (k, v) in &cfg.properties {
+            cc.set(k, v);
+        }
+        let consumer: KafkaConsumer = cc.create_with_context(ctx)?;
+        consumer.subscribe(&[&cfg.input_topic])?;
+        Ok(Source {
+            consumer: Arc::new(consumer),
+            tracker,
+        })
+    }
+
+    /// Commits what moved since the last commit (asynchronously).
+    pub fn commit_progress(&self) {
+        let positions = self
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .take_uncommitted();
+        if !positions.is_empty() {
+            if let Err(e) = self.consumer.commit(&tpl_of(&positions), CommitMode::Async) {
+                tracing::warn!("offset commit failed: {e}");
+            }
+        }
+    }
+
+    /// Commits every tracked position synchronously (shutdown).
+    pub fn commit_all_sync(&self) -> anyhow::Result<Vec<(TopicPartition, i64)>> {
+        let positions = self.tracker.lock().expect("tracker lock").positions();
+        if !positions.is_empty() {
+            self.consumer
+                .commit(&tpl_of(&positions), CommitMode::Sync)?;
+        }
+        Ok(positions)
+    }
+
+    /// Marks a job done (stored or dead-lettered); its offset may now be committed.
+    pub fn complete(&self, ticket: &Ticket) {
+        self.tracker.lock().expect("tracker lock").complete(ticket);
+    }
+
+    /// The consume loop; returns when `stop` fires. Jobs go to `out`; `permits` bounds the jobs in
+    /// flight (a permit returns to the pool when its job is completed or dropped).
+    pub async fn run(
+        &self,
+        out: mpsc::Sender<Job>,
+        permits: Arc<Semaphore>,
+        stop: CancellationToken,
+    ) {
+        let total = permits.available_permits();
+        let resume_at = (total / 2).max(1);
+        let ctx = self.consumer.context();
+        let mut stash: VecDeque<OwnedMessage> = VecDeque::new();
+        let mut paused = false;
+        loop {
+            if ctx.take_rebalanced() {
+                // Stashed messages belong to the previous assignment: drop them (uncommitted, so they
+                // are redelivered) to keep each partition's offsets in order.
+                stash.clear();
+                if paused {
+                    self.set_paused(true);
+                }
+            }
+            if paused && permits.available_permits() >= resume_at {
+                self.set_paused(false);
+                paused = false;
+            }
+            // Dispatch what is stashed while permits last.
+            while !paused {
+                let Some(msg) = stash.pop_front() else { break };
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        if !self.dispatch(msg, permit, &out).await {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        stash.push_front(msg);
+                        self.set_paused(true);
+                        paused = true;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.consumer.recv() => match r {
+                    Ok(m) => {
+                        let m = m.detach();
+                        if ctx.take_rebalanced() {
+                            stash.clear();
+                            if paused {
+                                self.set_paused(true);
+                            }
+                        }
+                        stash.push_back(m);
+                    }
+                    Err(e) => {
+                        tracing::warn!("kafka consume error: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                // While paused, wake up regularly to check permits and rebalances.
+                _ = tokio::time::sleep(Duration::from_millis(20)), if paused => {}
+            }
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        msg: OwnedMessage,
+        permit: OwnedSemaphorePermit,
+        out: &mpsc::Sender<Job>,
+    ) -> bool {
+        metrics::counter!(crate::metrics::CONSUMED).increment(1);
+        let tp = TopicPartition::new(msg.topic(), msg.partition());
+        let Some(ticket) = self
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .register(&tp, msg.offset())
+        else {
+            tracing::debug!(
+                ?tp,
+                offset = msg.offset(),
+                "dropping a message of a revoked partition"
+            );
+            return true;
+        };
+        out.send(Job {
+            message: msg,
+            ticket,
+            received_at: Instant::now(),
+            permit,
+        })
+        .await
+        .is_ok()
+    }
+
+    fn set_paused(&self, pause: bool) {
+        let assignment = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("reading the assignment failed: {e}");
+                return;
+            }
+        };
+        if assignment.count() == 0 {
+            return;
+        }
+        let r = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match r {
+            Ok(()) => {
+                metrics::gauge!(crate::metrics::PAUSED).set(if pause { 1.0 } else { 0.0 });
+                tracing::debug!(
+                    paused = pause,
+                    partitions = assignment.count(),
+                    "backpressure"
+                );
+            }
+            Err(e) => tracing::warn!("pause/resume failed: {e}"),
+        }
+    }
+}

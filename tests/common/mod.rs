@@ -1,0 +1,276 @@
+//! Shared harness of the integration tests: they run against the real local stack started by
+//! `deploy/local/up.sh` (PostgreSQL, tansu, s3s-fs) with the endpoints of `deploy/local/env`.
+//! Every test gets its own topics, consumer group, bucket and event-id prefix.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use blip2idc::caption::{Captioner, CaptionerFactory};
+use blip2idc::config::Config;
+use blip2idc::devtools;
+use blip2idc::model::preprocess::ImageProcessorConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+
+/// Loads `deploy/local/env` into the process environment (without overriding what is set).
+pub fn load_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/env");
+        for line in std::fs::read_to_string(path)
+            .expect("deploy/local/env")
+            .lines()
+        {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once('=') {
+                if std::env::var_os(k).is_none() {
+                    std::env::set_var(k, v);
+                }
+            }
+        }
+    });
+}
+
+/// A unique, lower-case name for this test run.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 100_000_000;
+    format!(
+        "{prefix}-{}-{t}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A test's isolated slice of the stack.
+pub struct Scope {
+    pub cfg: Config,
+    pub prefix: String,
+    pub bucket: String,
+}
+
+impl Scope {
+    /// Creates topics (3 input partitions) and a bucket for this test.
+    pub async fn new(name: &str) -> Scope {
+        load_env();
+        blip2idc::telemetry::init("pretty", "info,rdkafka=warn");
+        let mut cfg = Config::load(None).expect("config");
+        let id = unique(name);
+        cfg.kafka.input_topic = format!("{id}-in");
+        cfg.kafka.dlq_topic = format!("{id}-dlq");
+        cfg.kafka.group_id = format!("{id}-group");
+        cfg.kafka.commit_interval = Duration::from_millis(200);
+        cfg.kafka.session_timeout = Duration::from_secs(10);
+        let bucket = id.replace('_', "-");
+        cfg.s3.allowed_buckets = vec![bucket.clone()];
+        cfg.s3.retry_initial_backoff = Duration::from_millis(50);
+        cfg.s3.retry_max_backoff = Duration::from_millis(500);
+        cfg.database.retry_initial_backoff = Duration::from_millis(50);
+        cfg.database.retry_max_backoff = Duration::from_millis(500);
+        cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.pipeline.max_batch_wait = Duration::from_millis(20);
+        cfg.shutdown.drain_timeout = Duration::from_secs(15);
+        devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.input_topic, 3)
+            .await
+            .expect("input topic");
+        devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.dlq_topic, 1)
+            .await
+            .expect("dlq topic");
+        let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
+        devtools::ensure_bucket(&s3, &bucket).await.expect("bucket");
+        let store = blip2idc::store::Store::connect_lazy(&cfg.database).unwrap();
+        store.migrate().await.expect("migrations");
+        Scope {
+            cfg,
+            prefix: id,
+            bucket,
+        }
+    }
+
+    pub async fn s3(&self) -> aws_sdk_s3::Client {
+        blip2idc::fetch::s3_client(&self.cfg.s3).await
+    }
+
+    pub fn store(&self) -> blip2idc::store::Store {
+        blip2idc::store::Store::connect_lazy(&self.cfg.database).unwrap()
+    }
+
+    /// Uploads `n` synthetic pairs (`size` px JPEGs) and publishes their events, ids `{prefix}-{i}`.
+    pub async fn seed(&self, range: std::ops::Range<u64>, size: u32) -> Vec<String> {
+        let s3 = self.s3().await;
+        let mut ids = Vec::new();
+        for i in range {
+            let (a, b, _) = devtools::synthetic_pair(i, size);
+            let (ka, kb) = (format!("{i}/a.jpg"), format!("{i}/b.jpg"));
+            devtools::put(&s3, &self.bucket, &ka, devtools::jpeg(&a, 90))
+                .await
+                .unwrap();
+            devtools::put(&s3, &self.bucket, &kb, devtools::jpeg(&b, 90))
+                .await
+                .unwrap();
+            let id = format!("{}-{i}", self.prefix);
+            self.publish_json(&id, &self.event(&id, &ka, &kb)).await;
+            ids.push(id);
+        }
+        ids
+    }
+
+    pub fn event(&self, id: &str, key_a: &str, key_b: &str) -> serde_json::Value {
+        serde_json::json!({
+            "event_id": id,
+            "original": format!("s3://{}/{key_a}", self.bucket),
+            "republished": format!("s3://{}/{key_b}", self.bucket),
+            "source_url": "https://news.example/story",
+            "observed_at": "2026-11-26T10:00:00Z",
+            "attributes": {"test": true}
+        })
+    }
+
+    pub async fn publish_json(&self, key: &str, v: &serde_json::Value) {
+        self.publish_raw(key, v.to_string().as_bytes()).await;
+    }
+
+    pub async fn publish_raw(&self, key: &str, payload: &[u8]) {
+        let producer = devtools::producer(&self.cfg.kafka.brokers).unwrap();
+        devtools::publish(&producer, &self.cfg.kafka.input_topic, key, payload)
+            .await
+            .unwrap();
+    }
+
+    /// Caption rows stored for this test's events.
+    pub async fn caption_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM captions WHERE event_id LIKE $1 || '-%'")
+            .bind(&self.prefix)
+            .fetch_one(self.store().pool())
+            .await
+            .unwrap()
+    }
+
+    /// Distinct events with a caption.
+    pub async fn captioned_events(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(DISTINCT event_id) FROM captions WHERE event_id LIKE $1 || '-%'",
+        )
+        .bind(&self.prefix)
+        .fetch_one(self.store().pool())
+        .await
+        .unwrap()
+    }
+
+    /// Waits until `n` caption rows exist (panics after `timeout`).
+    pub async fn wait_for_captions(&self, n: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.caption_count().await;
+            if got >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {got} of {n} captions after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sum of committed offsets over the input partitions (= events committed, from offset 0).
+    pub fn committed_total(&self) -> i64 {
+        devtools::committed_offsets(
+            &self.cfg.kafka.brokers,
+            &self.cfg.kafka.group_id,
+            &self.cfg.kafka.input_topic,
+            3,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|o| o.max(0))
+        .sum()
+    }
+
+    /// Reads every dead letter (waits until `expect` arrived or `timeout`).
+    pub fn dead_letters(&self, expect: usize, timeout: Duration) -> Vec<DeadLetter> {
+        // Assigned, not subscribed: no consumer-group round trips.
+        let c: BaseConsumer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", &self.cfg.kafka.brokers)
+            .set("enable.auto.commit", "false")
+            .set("group.id", unique("dlq-reader"))
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&self.cfg.kafka.dlq_topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < expect && Instant::now() < deadline {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                let mut headers = std::collections::BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        headers.insert(
+                            hd.key.to_owned(),
+                            String::from_utf8_lossy(hd.value.unwrap_or(b"")).into_owned(),
+                        );
+                    }
+                }
+                out.push(DeadLetter {
+                    payload: m.payload().unwrap_or(b"").to_vec(),
+                    headers,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub payload: Vec<u8>,
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// A deterministic captioner for tests: the caption is a hash of the pixels.
+pub struct TestCaptioner {
+    pub version: String,
+    pub processor: ImageProcessorConfig,
+    pub delay: Duration,
+}
+
+impl Captioner for TestCaptioner {
+    fn model_version(&self) -> &str {
+        &self.version
+    }
+    fn processor(&self) -> &ImageProcessorConfig {
+        &self.processor
+    }
+    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>> {
+        std::thread::sleep(self.delay);
+        Ok(pixel_values
+            .iter()
+            .map(|pv| {
+                let h = pv.iter().fold(0u64, |h, v| {
+                    h.wrapping_mul(31).wrapping_add(v.to_bits() as u64)
+                });
+                format!("test caption {h:016x}")
+            })
+            .collect())
+    }
+}
+
+pub fn test_captioner(delay: Duration) -> CaptionerFactory {
+    Box::new(move || {
+        Ok(Box::new(TestCaptioner {
+            version: "test-captioner-v1".into(),
+            processor: ImageProcessorConfig::for_image_size(32),
+            delay,
+        }) as Box<dyn Captioner>)
+    })
+}
