@@ -1,0 +1,168 @@
+//! `Blip2ForConditionalGeneration` (transformers 4.35, OPT language model): vision tower → Q-Former
+//! over the learned query tokens → `language_projection` → the projected queries are concatenated
+//! *before* the prompt's token embeddings and OPT continues from there.
+
+use candle_core::{DType, Device, IndexOp, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::Blip2Config;
+use super::linear::Linear;
+use super::lora::Adapter;
+use super::ops::Mode;
+use super::opt::{KvCache, OptForCausalLM};
+use super::qformer::QFormerModel;
+use super::vision::VisionModel;
+
+/// The whole model.
+#[derive(Clone, Debug)]
+pub struct Blip2Model {
+    pub config: Blip2Config,
+    pub vision_model: VisionModel,
+    pub query_tokens: Tensor,
+    pub qformer: QFormerModel,
+    pub language_projection: Linear,
+    pub language_model: OptForCausalLM,
+}
+
+impl Blip2Model {
+    /// `vb` is the checkpoint root (HF names: `vision_model.*`, `qformer.*`, `language_model.*`, ...).
+    pub fn new(vb: VarBuilder, config: &Blip2Config) -> Result<Self> {
+        let q = &config.qformer_config;
+        Ok(Blip2Model {
+            vision_model: VisionModel::new(vb.pp("vision_model"), &config.vision_config)?,
+            query_tokens: vb.get((1, config.num_query_tokens, q.hidden_size), "query_tokens")?,
+            qformer: QFormerModel::new(vb.pp("qformer"), q)?,
+            language_projection: Linear::new(
+                vb.pp("language_projection"),
+                q.hidden_size,
+                config.text_config.hidden_size,
+                true,
+            )?,
+            language_model: OptForCausalLM::new(vb.pp("language_model"), &config.text_config)?,
+            config: config.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.query_tokens.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.query_tokens.dtype()
+    }
+
+    /// Every linear layer of the model, named by HF module path.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = self.vision_model.linears_mut();
+        v.extend(self.qformer.linears_mut());
+        v.push(&mut self.language_projection);
+        v.extend(self.language_model.linears_mut());
+        v
+    }
+
+    /// Attaches `adapter`'s LoRA branches to the modules it targets (PEFT matching), merged into the
+    /// weights when `merge`. Returns the adapted module names, sorted.
+    pub fn apply_adapter(&mut self, adapter: &Adapter, merge: bool) -> anyhow::Result<Vec<String>> {
+        let mut adapted = Vec::new();
+        for lin in self.linears_mut() {
+            anyhow::ensure!(
+                !lin.merged && lin.lora.is_none(),
+                "{} already carries an adapter",
+                lin.name
+            );
+            if let Some(branch) = adapter.branch_for(&lin.name, lin.in_dim(), lin.out_dim())? {
+                lin.lora = Some(branch);
+                if merge {
+                    lin.merge_lora()?;
+                }
+                adapted.push(lin.name.clone());
+            }
+        }
+        adapter.check_all_used(&adapted)?;
+        adapted.sort();
+        Ok(adapted)
+    }
+
+    /// Vision → Q-Former → projection: the language model's image prefix [B, Q, D_text].
+    pub fn image_prefix(&self, pixel_values: &Tensor, mode: Mode) -> Result<Tensor> {
+        let image_embeds = self.vision_model.forward(pixel_values, mode)?;
+        let b = image_embeds.dim(0)?;
+        let (_, nq, dq) = self.query_tokens.dims3()?;
+        let queries = self.query_tokens.broadcast_as((b, nq, dq))?.contiguous()?;
+        let q = self.qformer.forward(&queries, &image_embeds, mode)?;
+        self.language_projection.forward(&q, mode)
+    }
+
+    /// Full logits [B, Q + L, vocab] for `pixel_values` [B, 3, S, S] and prompt `input_ids` [B, L]
+    /// (what `model(pixel_values=..., input_ids=...)` returns).
+    pub fn forward(&self, pixel_values: &Tensor, input_ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        let prefix = self.image_prefix(pixel_values, mode)?;
+        let embeds = Tensor::cat(
+            &[
+                &prefix,
+                &self
+                    .language_model
+                    .embed(input_ids)?
+                    .to_dtype(prefix.dtype())?,
+            ],
+            1,
+        )?;
+        let hidden = self.language_model.forward_embeds(&embeds, None, mode)?;
+        self.language_model.logits(&hidden, mode)
+    }
+
+    /// Greedy decoding with a KV cache, batched. Every sequence starts from `[bos]` after the image
+    /// prefix and stops at the first id in `eos` (not included) or after `max_new_tokens`. Finished
+    /// sequences leave the batch, so the others run at the cost of the survivors only.
+    pub fn generate_greedy(
+        &self,
+        pixel_values: &Tensor,
+        max_new_tokens: usize,
+        eos: &[u32],
+    ) -> Result<Vec<Vec<u32>>> {
+        let mode = Mode::Inference;
+        let lm = &self.language_model;
+        let b = pixel_values.dim(0)?;
+        let bos = self.config.text_config.bos_token_id;
+        let prefix = self.image_prefix(pixel_values, mode)?;
+        let bos_ids = Tensor::new(vec![bos; b], self.device())?.reshape((b, 1))?;
+        let embeds = Tensor::cat(
+            &[&prefix, &lm.embed(&bos_ids)?.to_dtype(prefix.dtype())?],
+            1,
+        )?;
+        let mut cache = KvCache::new(lm.layers.len());
+        let mut hidden = lm.forward_embeds(&embeds, Some(&mut cache), mode)?;
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut alive: Vec<usize> = (0..b).collect();
+        for step in 0..max_new_tokens {
+            let last = hidden.i((.., hidden.dim(1)? - 1, ..))?;
+            let next: Vec<u32> = lm
+                .logits(&last, mode)?
+                .to_dtype(DType::F32)?
+                .argmax(1)?
+                .to_vec1()?;
+            let mut keep_rows = Vec::with_capacity(alive.len());
+            let mut keep_ids = Vec::with_capacity(alive.len());
+            for (row, (&seq, &tok)) in alive.iter().zip(&next).enumerate() {
+                if eos.contains(&tok) {
+                    continue;
+                }
+                out[seq].push(tok);
+                keep_rows.push(row as u32);
+                keep_ids.push(tok);
+            }
+            if keep_rows.is_empty() || step + 1 == max_new_tokens {
+                break;
+            }
+            if keep_rows.len() < alive.len() {
+                let rows = Tensor::new(keep_rows.as_slice(), self.device())?;
+                cache.select_rows(&rows)?;
+                alive = keep_rows.iter().map(|&r| alive[r as usize]).collect();
+            }
+            let n = keep_ids.len();
+            let ids = Tensor::new(keep_ids, self.device())?.reshape((n, 1))?;
+            hidden = lm.forward_embeds(&lm.embed(&ids)?, Some(&mut cache), mode)?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,27 @@
+//! `nn.LayerNorm` (weight + bias), kernel chosen by [`super::ops`].
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::ops::{self, Mode};
+
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps, mode)
+    }
+}

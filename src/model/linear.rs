@@ -1,0 +1,91 @@
+//! `nn.Linear` with an optional PEFT LoRA branch, named by its HF module path.
+//!
+//! `y = x Wᵀ + b + (alpha/r) · B(A(dropout(x)))`, the LoRA branch computed in the adapter's dtype
+//! (f32) and added in the base dtype, as PEFT 0.6 does. A LoRA can also be merged into `W`
+//! (`W += (alpha/r)·B·A`, in f32, then cast), which is what inference uses by default.
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::ops::{self, Mode};
+
+/// A LoRA branch: `A` [r, in], `B` [out, r], both f32.
+#[derive(Clone, Debug)]
+pub struct LoraBranch {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+impl LoraBranch {
+    /// `scale · B · A` [out, in] in f32.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        self.b.matmul(&self.a)? * self.scale
+    }
+}
+
+/// A linear layer of the base model.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// The HF module path, e.g. `language_model.model.decoder.layers.0.self_attn.q_proj`.
+    pub name: String,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    /// An unmerged LoRA branch.
+    pub lora: Option<LoraBranch>,
+    /// Set when a LoRA was merged into `weight` (so it can be told apart from the base weights).
+    pub merged: bool,
+}
+
+impl Linear {
+    /// Loads `weight` [out, in] and, when `bias`, `bias` [out] under `vb`.
+    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            name: vb.prefix(),
+            weight,
+            bias,
+            lora: None,
+            merged: false,
+        })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut y = ops::frozen_matmul(x, &self.weight, mode)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let h = ops::lora_dropout(x, l.dropout, mode)?.to_dtype(l.a.dtype())?;
+            let delta = (h.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)? * l.scale)?;
+            let delta = delta.to_dtype(y.dtype())?;
+            y = (y + delta)?;
+        }
+        Ok(y)
+    }
+
+    /// Folds the LoRA branch into the weight (PEFT's `merge`).
+    pub fn merge_lora(&mut self) -> Result<()> {
+        if let Some(l) = self.lora.take() {
+            let dtype = self.weight.dtype();
+            let w = (self.weight.to_dtype(DType::F32)? + l.delta_weight()?)?;
+            self.weight = w.to_dtype(dtype)?;
+            self.merged = true;
+        }
+        Ok(())
+    }
+}

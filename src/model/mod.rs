@@ -1,0 +1,202 @@
+//! The BLIP2IDC model (BLIP-2, OPT variant, with PEFT LoRA adapters) in candle.
+//!
+//! One file per HF module family, HF weight names kept 1:1: [`vision`] (`Blip2VisionModel`),
+//! [`qformer`] (`Blip2QFormerModel`), [`opt`] (`OPTForCausalLM`), [`blip2`]
+//! (`Blip2ForConditionalGeneration`); [`lora`] reads and writes PEFT adapters; [`preprocess`] is the
+//! pair input; [`ops`] is the single place that picks kernels. [`Blip2Idc`] bundles model, tokenizer
+//! and preprocessing for captioning.
+
+pub mod blip2;
+pub mod config;
+pub mod layer_norm;
+pub mod linear;
+pub mod loader;
+pub mod lora;
+pub mod ops;
+pub mod opt;
+pub mod preprocess;
+pub mod qformer;
+pub mod vision;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use blip2::Blip2Model;
+use config::Blip2Config;
+use loader::CheckpointFiles;
+use lora::Adapter;
+use preprocess::ImageProcessorConfig;
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Checkpoint directory or hub id.
+    pub checkpoint: String,
+    /// PEFT adapter directory.
+    pub adapter: Option<PathBuf>,
+    pub dtype: DType,
+    pub device: Device,
+    /// Merge the adapter into the base weights (faster inference; same outputs).
+    pub merge_adapter: bool,
+}
+
+/// One generated caption.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    pub caption: String,
+    /// Tokens generated after the bos prompt, up to (excluding) the first eos.
+    pub token_ids: Vec<u32>,
+}
+
+/// Model + tokenizer + preprocessing.
+pub struct Blip2Idc {
+    pub model: Blip2Model,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub processor: ImageProcessorConfig,
+    pub eos_token_ids: Vec<u32>,
+    pub files: CheckpointFiles,
+    pub adapter: Option<Adapter>,
+    /// Names of the modules the adapter adapted.
+    pub adapted_modules: Vec<String>,
+}
+
+impl Blip2Idc {
+    pub fn load(opts: &LoadOptions) -> anyhow::Result<Blip2Idc> {
+        let files = loader::resolve(&opts.checkpoint)?;
+        let config = Blip2Config::from_file(&files.config)?;
+        let processor = match &files.preprocessor {
+            Some(p) => ImageProcessorConfig::from_file(p, config.vision_config.image_size as u32)?,
+            None => ImageProcessorConfig::for_image_size(config.vision_config.image_size as u32),
+        };
+        let tokenizer = tokenizers::Tokenizer::from_file(&files.tokenizer)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", files.tokenizer.display()))?;
+        // SAFETY: the files are memory-mapped read-only; they must not be modified while loading.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&files.weights, opts.dtype, &opts.device)?
+        };
+        let mut model = Blip2Model::new(vb, &config)
+            .with_context(|| format!("loading the weights of {}", files.source))?;
+        let (adapter, adapted_modules) = match &opts.adapter {
+            None => (None, Vec::new()),
+            Some(dir) => {
+                let adapter = Adapter::load(dir, &opts.device)
+                    .with_context(|| format!("loading the adapter {}", dir.display()))?;
+                let adapted = model
+                    .apply_adapter(&adapter, opts.merge_adapter)
+                    .with_context(|| format!("applying the adapter {}", dir.display()))?;
+                (Some(adapter), adapted)
+            }
+        };
+        if files.random_weights {
+            tracing::warn!(checkpoint = %files.source, "THIS CHECKPOINT HAS RANDOM WEIGHTS: its captions are gibberish (a test/quickstart model)");
+        }
+        let eos_token_ids = config.eos_token_ids();
+        Ok(Blip2Idc {
+            model,
+            tokenizer,
+            processor,
+            eos_token_ids,
+            files,
+            adapter,
+            adapted_modules,
+        })
+    }
+
+    /// A stable name for this base + adapter, recorded with every caption.
+    pub fn default_version(&self) -> anyhow::Result<String> {
+        let base = short_name(&self.files.source);
+        Ok(match &self.adapter {
+            None => base,
+            Some(a) => {
+                let dir = a.source.as_deref().unwrap_or(Path::new("adapter"));
+                let files: Vec<PathBuf> = [
+                    "adapter_config.json",
+                    "adapter_model.safetensors",
+                    "adapter_model.bin",
+                ]
+                .iter()
+                .map(|f| dir.join(f))
+                .filter(|p| p.exists())
+                .collect();
+                format!(
+                    "{base}+{}@{}",
+                    short_name(&dir.to_string_lossy()),
+                    loader::fingerprint(&files)?
+                )
+            }
+        })
+    }
+
+    /// Stacks CHW pixel arrays into a [B, 3, H, W] tensor on the model's device and dtype.
+    pub fn pixel_batch(&self, pixel_values: &[&[f32]]) -> anyhow::Result<Tensor> {
+        let (h, w) = (
+            self.processor.height as usize,
+            self.processor.width as usize,
+        );
+        let mut flat = Vec::with_capacity(pixel_values.len() * 3 * h * w);
+        for pv in pixel_values {
+            anyhow::ensure!(
+                pv.len() == 3 * h * w,
+                "pixel_values of {} floats, expected 3x{h}x{w}",
+                pv.len()
+            );
+            flat.extend_from_slice(pv);
+        }
+        Ok(
+            Tensor::from_vec(flat, (pixel_values.len(), 3, h, w), self.model.device())?
+                .to_dtype(self.model.dtype())?,
+        )
+    }
+
+    /// Greedy captions for a batch of preprocessed pairs.
+    pub fn caption_pixels(
+        &self,
+        pixel_values: &[&[f32]],
+        max_new_tokens: usize,
+    ) -> anyhow::Result<Vec<Generated>> {
+        if pixel_values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pv = self.pixel_batch(pixel_values)?;
+        let ids = self
+            .model
+            .generate_greedy(&pv, max_new_tokens, &self.eos_token_ids)?;
+        ids.into_iter()
+            .map(|token_ids| {
+                let caption = self
+                    .tokenizer
+                    .decode(&token_ids, true)
+                    .map_err(|e| anyhow::anyhow!("decoding tokens: {e}"))?
+                    .trim()
+                    .to_owned();
+                Ok(Generated { caption, token_ids })
+            })
+            .collect()
+    }
+
+    /// Caption for one (original, modified) pair of images.
+    pub fn caption_images(
+        &self,
+        original: &image::DynamicImage,
+        modified: &image::DynamicImage,
+        max_new_tokens: usize,
+    ) -> anyhow::Result<Generated> {
+        let pv = self.processor.preprocess_pair(original, modified);
+        Ok(self.caption_pixels(&[&pv], max_new_tokens)?.remove(0))
+    }
+}
+
+/// Last path component of a directory, or the hub id.
+fn short_name(source: &str) -> String {
+    let trimmed = source.trim_end_matches('/');
+    if Path::new(trimmed).is_dir() {
+        Path::new(trimmed)
+            .file_name()
+            .map_or(trimmed.to_owned(), |n| n.to_string_lossy().into_owned())
+    } else {
+        trimmed.to_owned()
+    }
+}

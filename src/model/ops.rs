@@ -1,0 +1,236 @@
+//! The one place that picks kernels: candle's fused ops for inference, differentiable compositions for
+//! training.
+//!
+//! candle's fused `softmax_last_dim` and `layer_norm` are built with `apply_op*_no_bwd`: a graph that
+//! goes through them silently gets no gradient. Every model file calls these helpers with the
+//! [`Mode`] it runs in instead of calling candle directly, so a training forward can never pick a
+//! kernel without a backward pass.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+
+/// How a forward pass runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    /// Fused kernels, no dropout, no graph.
+    Inference,
+    /// Differentiable kernels. `dropout` enables the configured dropouts (LoRA's, and the base
+    /// model's when `base_dropout` is set), as `model.train()` does in PyTorch.
+    Train { dropout: bool, base_dropout: bool },
+}
+
+impl Mode {
+    pub fn is_train(self) -> bool {
+        matches!(self, Mode::Train { .. })
+    }
+    fn lora_dropout(self) -> bool {
+        matches!(self, Mode::Train { dropout: true, .. })
+    }
+    fn base_dropout(self) -> bool {
+        matches!(
+            self,
+            Mode::Train {
+                dropout: true,
+                base_dropout: true
+            }
+        )
+    }
+}
+
+/// Softmax over the last dimension, computed in f32 for half inputs (as OPT does for f16).
+pub fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x32 = if dtype == DType::F32 {
+        x.clone()
+    } else {
+        x.to_dtype(DType::F32)?
+    };
+    let y = if mode.is_train() {
+        candle_nn::ops::softmax(&x32, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&x32)?
+    };
+    if dtype == DType::F32 {
+        Ok(y)
+    } else {
+        y.to_dtype(dtype)
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension.
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    mode: Mode,
+) -> Result<Tensor> {
+    if mode.is_train() {
+        candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)
+    } else {
+        let x = x.contiguous()?;
+        candle_nn::ops::layer_norm(&x, weight, bias, eps as f32)
+    }
+}
+
+/// Exact (erf) GELU, HF's `"gelu"`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// Dropout of the base model (Q-Former and OPT hidden/attention dropouts).
+pub fn base_dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
+    if p > 0.0 && mode.base_dropout() {
+        candle_nn::ops::dropout(x, p as f32)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// LoRA's dropout on the adapter's input.
+pub fn lora_dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
+    if p > 0.0 && mode.lora_dropout() {
+        candle_nn::ops::dropout(x, p as f32)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// `x @ wᵀ` for a frozen weight `w` [out, in], with `x` of any rank ≥ 2 ([..., in]).
+///
+/// In inference this is one GEMM over the flattened leading dimensions. In training, candle's matmul
+/// backward would also compute (and allocate) the gradient of `w`, which is frozen; instead the
+/// product is computed outside the graph and re-attached to `x` through [`GradToInputOnly`], whose
+/// backward is `grad @ w` alone.
+pub fn frozen_matmul(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (inner, lead) = dims.split_last().expect("rank >= 1");
+    let rows: usize = lead.iter().product();
+    let y = x.detach().reshape((rows, *inner))?.matmul(&w.t()?)?;
+    let mut out_dims = lead.to_vec();
+    out_dims.push(w.dim(0)?);
+    let y = y.reshape(out_dims)?;
+    if mode.is_train() && x.track_op() {
+        x.apply_op2(&y, GradToInputOnly { w: w.clone() })
+    } else {
+        Ok(y)
+    }
+}
+
+/// Forward: returns its second argument (the precomputed `x @ wᵀ`); backward: `grad @ w` to the
+/// first argument, nothing to the second and nothing to `w`.
+struct GradToInputOnly {
+    w: Tensor,
+}
+
+impl CustomOp2 for GradToInputOnly {
+    fn name(&self) -> &'static str {
+        "grad-to-input-only-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        contiguous_clone(s2, l2)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        contiguous_clone(s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dims = grad.dims().to_vec();
+        let (out, lead) = dims.split_last().expect("rank >= 1");
+        let rows: usize = lead.iter().product();
+        let g = grad
+            .reshape((rows, *out))?
+            .matmul(&self.w.to_dtype(grad.dtype())?)?;
+        let mut in_dims = lead.to_vec();
+        in_dims.push(self.w.dim(1)?);
+        Ok((Some(g.reshape(in_dims)?), None))
+    }
+}
+
+fn contiguous_clone<S: candle_core::backend::BackendStorage>(
+    s: &S,
+    l: &Layout,
+) -> Result<(S, Shape)> {
+    match l.contiguous_offsets() {
+        Some((0, end)) if end == l.shape().elem_count() => Ok((s.try_clone(l)?, l.shape().clone())),
+        _ => candle_core::bail!("grad-to-input-only-linear expects a fresh contiguous product"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn frozen_matmul_matches_matmul_and_gives_input_gradient_only() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::new(&[[[1f32, 2., 3.], [4., 5., 6.]]], &dev)?; // [1, 2, 3]
+        let w = Tensor::new(&[[1f32, 0., -1.], [0.5, 0.5, 0.5]], &dev)?; // [2, 3]
+        let mode = Mode::Train {
+            dropout: false,
+            base_dropout: false,
+        };
+        let y = frozen_matmul(x.as_tensor(), &w, mode)?;
+        let reference = x.as_tensor().broadcast_matmul(&w.t()?)?;
+        assert_eq!(y.to_vec3::<f32>()?, reference.to_vec3::<f32>()?);
+        let loss = (y.sqr()?.sum_all()? * 0.5)?;
+        let grads = loss.backward()?;
+        let gx = grads
+            .get(x.as_tensor())
+            .expect("x has a gradient")
+            .to_vec3::<f32>()?;
+        // d/dx 0.5·|x wᵀ|² = (x wᵀ) w
+        let expected = reference.broadcast_matmul(&w)?.to_vec3::<f32>()?;
+        assert_eq!(gx, expected);
+        assert!(
+            grads.get(&w).is_none(),
+            "the frozen weight must get no gradient buffer"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn train_kernels_match_fused_kernels() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 3., (2, 5, 16), &dev)?;
+        let (w, b) = (
+            Tensor::randn(1f32, 0.1, 16, &dev)?,
+            Tensor::randn(0f32, 0.1, 16, &dev)?,
+        );
+        let train = Mode::Train {
+            dropout: false,
+            base_dropout: false,
+        };
+        let d = (softmax_last_dim(&x, train)? - softmax_last_dim(&x, Mode::Inference)?)?
+            .abs()?
+            .max_all()?;
+        assert!(d.to_scalar::<f32>()? < 1e-6);
+        let d = (layer_norm(&x, &w, &b, 1e-6, train)?
+            - layer_norm(&x, &w, &b, 1e-6, Mode::Inference)?)?
+        .abs()?
+        .max_all()?;
+        assert!(d.to_scalar::<f32>()? < 1e-5);
+        Ok(())
+    }
+}

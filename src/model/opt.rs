@@ -1,0 +1,292 @@
+//! `OPTForCausalLM` (transformers 4.35): learned positions with offset 2, pre-LN decoder layers,
+//! ReLU MLP, final LayerNorm, `lm_head` tied to `embed_tokens` when the file has none; with a
+//! per-layer KV cache for generation. Weight names are HF's, under `language_model.`.
+//!
+//! Positions are `past_len + index + 2`, which is what OPT computes from an all-ones attention mask;
+//! BLIP-2 always builds one (query slots and prompt are never padded), so no mask is taken.
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::OptConfig;
+use super::layer_norm::LayerNorm;
+use super::linear::Linear;
+use super::ops::{self, Mode};
+
+/// OPT's position offset (`OPTLearnedPositionalEmbedding.offset`).
+pub const POSITION_OFFSET: usize = 2;
+
+/// Keys and values of every layer, [B, heads, past, head_dim] each.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; layers],
+        }
+    }
+
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps only the batch rows `rows` (finished sequences leave the batch).
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// `OPTAttention`.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    heads: usize,
+    scaling: f64,
+    dropout: f64,
+}
+
+impl Attention {
+    pub fn new(vb: VarBuilder, cfg: &OptConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let bias = cfg.enable_bias;
+        Ok(Attention {
+            q_proj: Linear::new(vb.pp("q_proj"), d, d, bias)?,
+            k_proj: Linear::new(vb.pp("k_proj"), d, d, bias)?,
+            v_proj: Linear::new(vb.pp("v_proj"), d, d, bias)?,
+            out_proj: Linear::new(vb.pp("out_proj"), d, d, bias)?,
+            heads: cfg.num_attention_heads,
+            scaling: ((d / cfg.num_attention_heads) as f64).powf(-0.5),
+            dropout: cfg.attention_dropout,
+        })
+    }
+
+    fn shape(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        x.reshape((b, t, self.heads, d / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        causal_mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let q = self.shape(&(self.q_proj.forward(x, mode)? * self.scaling)?)?;
+        let mut k = self.shape(&self.k_proj.forward(x, mode)?)?;
+        let mut v = self.shape(&self.v_proj.forward(x, mode)?)?;
+        if let Some(cache) = cache {
+            if let Some((pk, pv)) = cache.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *cache = Some((k.clone(), v.clone()));
+        }
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(mask) = causal_mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = ops::base_dropout(&ops::softmax_last_dim(&scores, mode)?, self.dropout, mode)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        self.out_proj.forward(&out, mode)
+    }
+}
+
+/// `OPTDecoderLayer` (pre-LN).
+#[derive(Clone, Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub self_attn_layer_norm: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub final_layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl DecoderLayer {
+    pub fn new(vb: VarBuilder, cfg: &OptConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(DecoderLayer {
+            self_attn: Attention::new(vb.pp("self_attn"), cfg)?,
+            self_attn_layer_norm: LayerNorm::new(vb.pp("self_attn_layer_norm"), d, 1e-5)?,
+            fc1: Linear::new(vb.pp("fc1"), d, cfg.ffn_dim, cfg.enable_bias)?,
+            fc2: Linear::new(vb.pp("fc2"), cfg.ffn_dim, d, cfg.enable_bias)?,
+            final_layer_norm: LayerNorm::new(vb.pp("final_layer_norm"), d, 1e-5)?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let h = self.self_attn.forward(
+            &self.self_attn_layer_norm.forward(x, mode)?,
+            mask,
+            cache,
+            mode,
+        )?;
+        let x = (x + ops::base_dropout(&h, self.dropout, mode)?)?;
+        let h = self
+            .fc1
+            .forward(&self.final_layer_norm.forward(&x, mode)?, mode)?
+            .relu()?;
+        let h = self.fc2.forward(&h, mode)?;
+        x + ops::base_dropout(&h, self.dropout, mode)?
+    }
+}
+
+/// `OPTForCausalLM`.
+#[derive(Clone, Debug)]
+pub struct OptForCausalLM {
+    pub embed_tokens: Tensor,
+    pub embed_positions: Tensor,
+    pub project_in: Option<Linear>,
+    pub project_out: Option<Linear>,
+    pub layers: Vec<DecoderLayer>,
+    pub final_layer_norm: Option<LayerNorm>,
+    pub lm_head: Tensor,
+}
+
+impl OptForCausalLM {
+    /// `vb` points at `language_model`.
+    pub fn new(vb: VarBuilder, cfg: &OptConfig) -> Result<Self> {
+        let dec = vb.pp("model.decoder");
+        let d = cfg.hidden_size;
+        let proj = cfg.word_embed_proj_dim.unwrap_or(d);
+        let embed_tokens = dec.get((cfg.vocab_size, proj), "embed_tokens.weight")?;
+        let embed_positions = dec.get(
+            (cfg.max_position_embeddings + POSITION_OFFSET, d),
+            "embed_positions.weight",
+        )?;
+        let (project_in, project_out) = if proj != d {
+            (
+                Some(Linear::new(dec.pp("project_in"), proj, d, false)?),
+                Some(Linear::new(dec.pp("project_out"), d, proj, false)?),
+            )
+        } else {
+            (None, None)
+        };
+        let final_layer_norm = if cfg.do_layer_norm_before && !cfg.remove_final_layer_norm {
+            Some(LayerNorm::new(dec.pp("final_layer_norm"), d, 1e-5)?)
+        } else {
+            None
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(dec.pp("layers").pp(i), cfg))
+            .collect::<Result<_>>()?;
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            vb.get((cfg.vocab_size, proj), "lm_head.weight")?
+        } else {
+            embed_tokens.clone()
+        };
+        Ok(OptForCausalLM {
+            embed_tokens,
+            embed_positions,
+            project_in,
+            project_out,
+            layers,
+            final_layer_norm,
+            lm_head,
+        })
+    }
+
+    /// Token embeddings of `ids` [B, L].
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let d = self.embed_tokens.dim(1)?;
+        self.embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, l, d))
+    }
+
+    /// Decoder hidden states (after the final LayerNorm / project_out) for `embeds` [B, T, D] that
+    /// follow `cache.len()` cached positions; appends to the cache when given.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (_, t, _) = embeds.dims3()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let mut x = match &self.project_in {
+            Some(p) => p.forward(embeds, mode)?,
+            None => embeds.clone(),
+        };
+        let pos = self.embed_positions.narrow(0, past + POSITION_OFFSET, t)?;
+        x = x.broadcast_add(&pos.unsqueeze(0)?.to_dtype(x.dtype())?)?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, past, x.dtype(), x.device())?)
+        } else {
+            None
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(&x, mask.as_ref(), layer_cache, mode)?;
+        }
+        if let Some(ln) = &self.final_layer_norm {
+            x = ln.forward(&x, mode)?;
+        }
+        if let Some(p) = &self.project_out {
+            x = p.forward(&x, mode)?;
+        }
+        Ok(x)
+    }
+
+    /// `lm_head(hidden)`: logits [.., vocab].
+    pub fn logits(&self, hidden: &Tensor, mode: Mode) -> Result<Tensor> {
+        ops::frozen_matmul(hidden, &self.lm_head, mode)
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = Vec::new();
+        for l in &mut self.layers {
+            let a = &mut l.self_attn;
+            v.extend([
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.out_proj,
+                &mut l.fc1,
+                &mut l.fc2,
+            ]);
+        }
+        v.extend(self.project_in.iter_mut());
+        v.extend(self.project_out.iter_mut());
+        v
+    }
+}
+
+/// Additive causal mask [1, 1, t, past + t]: 0 where allowed, -inf above the diagonal.
+fn causal_mask(t: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let s = past + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (1, 1, t, s), device)?.to_dtype(dtype)
+}

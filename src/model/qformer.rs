@@ -1,0 +1,201 @@
+//! `Blip2QFormerModel`: the query tokens, layer-normed, go through BERT-like layers with
+//! self-attention every layer and cross-attention to the image every `cross_attention_frequency`
+//! layers, then the query feed-forward (`intermediate_query` / `output_query`). Only the query path
+//! exists (BLIP-2 generation feeds no text to the Q-Former). Weight names are HF's, under `qformer.`.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::QFormerConfig;
+use super::layer_norm::LayerNorm;
+use super::linear::Linear;
+use super::ops::{self, Mode};
+
+/// `Blip2QFormerMultiHeadAttention` (self- or cross-attention).
+#[derive(Clone, Debug)]
+pub struct MultiHeadAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    heads: usize,
+    dropout: f64,
+}
+
+impl MultiHeadAttention {
+    pub fn new(vb: VarBuilder, cfg: &QFormerConfig, is_cross: bool) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let kv_in = if is_cross { cfg.encoder_hidden_size } else { d };
+        Ok(MultiHeadAttention {
+            query: Linear::new(vb.pp("query"), d, d, true)?,
+            key: Linear::new(vb.pp("key"), kv_in, d, true)?,
+            value: Linear::new(vb.pp("value"), kv_in, d, true)?,
+            heads: cfg.num_attention_heads,
+            dropout: cfg.attention_probs_dropout_prob,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        x.reshape((b, t, self.heads, d / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `kv_source` is the image embeddings for cross-attention, `x` itself for self-attention.
+    pub fn forward(&self, x: &Tensor, kv_source: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let q = self.split_heads(&self.query.forward(x, mode)?)?;
+        let k = self.split_heads(&self.key.forward(kv_source, mode)?)?;
+        let v = self.split_heads(&self.value.forward(kv_source, mode)?)?;
+        let head_dim = (d / self.heads) as f64;
+        // HF divides by sqrt(head_dim) (BERT style) rather than multiplying by a scale.
+        let scores = (q.matmul(&k.t()?)? / head_dim.sqrt())?;
+        let probs = ops::base_dropout(&ops::softmax_last_dim(&scores, mode)?, self.dropout, mode)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))
+    }
+}
+
+/// `Blip2QFormerSelfOutput` / `Blip2QFormerOutput`: dense → dropout → LayerNorm(h + residual).
+#[derive(Clone, Debug)]
+pub struct ResidualOutput {
+    pub dense: Linear,
+    pub layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl ResidualOutput {
+    pub fn new(vb: VarBuilder, in_dim: usize, cfg: &QFormerConfig) -> Result<Self> {
+        Ok(ResidualOutput {
+            dense: Linear::new(vb.pp("dense"), in_dim, cfg.hidden_size, true)?,
+            layer_norm: LayerNorm::new(vb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    pub fn forward(&self, h: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = ops::base_dropout(&self.dense.forward(h, mode)?, self.dropout, mode)?;
+        self.layer_norm.forward(&(h + residual)?, mode)
+    }
+}
+
+/// `Blip2QFormerAttention`: attention + residual output.
+#[derive(Clone, Debug)]
+pub struct AttentionBlock {
+    pub attention: MultiHeadAttention,
+    pub output: ResidualOutput,
+}
+
+impl AttentionBlock {
+    pub fn new(vb: VarBuilder, cfg: &QFormerConfig, is_cross: bool) -> Result<Self> {
+        Ok(AttentionBlock {
+            attention: MultiHeadAttention::new(vb.pp("attention"), cfg, is_cross)?,
+            output: ResidualOutput::new(vb.pp("output"), cfg.hidden_size, cfg)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, kv_source: &Tensor, mode: Mode) -> Result<Tensor> {
+        let a = self.attention.forward(x, kv_source, mode)?;
+        self.output.forward(&a, x, mode)
+    }
+}
+
+/// `Blip2QFormerLayer` (query path).
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub attention: AttentionBlock,
+    pub crossattention: Option<AttentionBlock>,
+    pub intermediate_query: Linear,
+    pub output_query: ResidualOutput,
+}
+
+impl Layer {
+    pub fn new(vb: VarBuilder, cfg: &QFormerConfig, index: usize) -> Result<Self> {
+        let crossattention = if index.is_multiple_of(cfg.cross_attention_frequency) {
+            Some(AttentionBlock::new(vb.pp("crossattention"), cfg, true)?)
+        } else {
+            None
+        };
+        Ok(Layer {
+            attention: AttentionBlock::new(vb.pp("attention"), cfg, false)?,
+            crossattention,
+            intermediate_query: Linear::new(
+                vb.pp("intermediate_query.dense"),
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                true,
+            )?,
+            output_query: ResidualOutput::new(vb.pp("output_query"), cfg.intermediate_size, cfg)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, image_embeds: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut h = self.attention.forward(x, x, mode)?;
+        if let Some(cross) = &self.crossattention {
+            h = cross.forward(&h, image_embeds, mode)?;
+        }
+        let inter = ops::gelu(&self.intermediate_query.forward(&h, mode)?)?;
+        self.output_query.forward(&inter, &h, mode)
+    }
+}
+
+/// `Blip2QFormerModel`.
+#[derive(Clone, Debug)]
+pub struct QFormerModel {
+    pub layernorm: LayerNorm,
+    pub layers: Vec<Layer>,
+    dropout: f64,
+}
+
+impl QFormerModel {
+    pub fn new(vb: VarBuilder, cfg: &QFormerConfig) -> Result<Self> {
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::new(vb.pp("encoder.layer").pp(i), cfg, i))
+            .collect::<Result<_>>()?;
+        Ok(QFormerModel {
+            layernorm: LayerNorm::new(vb.pp("layernorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            layers,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// `last_hidden_state` for `query_embeds` [B, Q, hidden] attending to `image_embeds`.
+    pub fn forward(
+        &self,
+        query_embeds: &Tensor,
+        image_embeds: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let mut x = ops::base_dropout(
+            &self.layernorm.forward(query_embeds, mode)?,
+            self.dropout,
+            mode,
+        )?;
+        for layer in &self.layers {
+            x = layer.forward(&x, image_embeds, mode)?;
+        }
+        Ok(x)
+    }
+
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = Vec::new();
+        for l in &mut self.layers {
+            let a = &mut l.attention;
+            v.extend([
+                &mut a.attention.query,
+                &mut a.attention.key,
+                &mut a.attention.value,
+                &mut a.output.dense,
+            ]);
+            if let Some(c) = &mut l.crossattention {
+                v.extend([
+                    &mut c.attention.query,
+                    &mut c.attention.key,
+                    &mut c.attention.value,
+                    &mut c.output.dense,
+                ]);
+            }
+            v.extend([&mut l.intermediate_query, &mut l.output_query.dense]);
+        }
+        v
+    }
+}
