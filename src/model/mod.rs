@@ -57,6 +57,8 @@ pub struct Blip2Idc {
     pub tokenizer: tokenizers::Tokenizer,
     pub processor: ImageProcessorConfig,
     pub eos_token_ids: Vec<u32>,
+    /// transformers' `clean_up_tokenization_spaces` (on unless `tokenizer_config.json` turns it off).
+    pub clean_up_tokenization_spaces: bool,
     pub files: CheckpointFiles,
     pub adapter: Option<Adapter>,
     /// Names of the modules the adapter adapted.
@@ -94,11 +96,22 @@ impl Blip2Idc {
             tracing::warn!(checkpoint = %files.source, "THIS CHECKPOINT HAS RANDOM WEIGHTS: its captions are gibberish (a test/quickstart model)");
         }
         let eos_token_ids = config.eos_token_ids();
+        let clean_up_tokenization_spaces = match &files.tokenizer_config {
+            None => true,
+            Some(p) => {
+                let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p)?)
+                    .with_context(|| format!("{} is not JSON", p.display()))?;
+                v.get("clean_up_tokenization_spaces")
+                    .and_then(|b| b.as_bool())
+                    .unwrap_or(true)
+            }
+        };
         Ok(Blip2Idc {
             model,
             tokenizer,
             processor,
             eos_token_ids,
+            clean_up_tokenization_spaces,
             files,
             adapter,
             adapted_modules,
@@ -166,15 +179,27 @@ impl Blip2Idc {
             .generate_greedy(&pv, max_new_tokens, &self.eos_token_ids)?;
         ids.into_iter()
             .map(|token_ids| {
-                let caption = self
-                    .tokenizer
-                    .decode(&token_ids, true)
-                    .map_err(|e| anyhow::anyhow!("decoding tokens: {e}"))?
-                    .trim()
-                    .to_owned();
-                Ok(Generated { caption, token_ids })
+                Ok(Generated {
+                    caption: self.decode(&token_ids)?,
+                    token_ids,
+                })
             })
             .collect()
+    }
+
+    /// Token ids to text as transformers 4.35 does: special tokens skipped, tokenization spaces
+    /// cleaned up (when configured), then trimmed.
+    pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        let text = self
+            .tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow::anyhow!("decoding tokens: {e}"))?;
+        let text = if self.clean_up_tokenization_spaces {
+            clean_up_tokenization(&text)
+        } else {
+            text
+        };
+        Ok(text.trim().to_owned())
     }
 
     /// Caption for one (original, modified) pair of images.
@@ -187,6 +212,21 @@ impl Blip2Idc {
         let pv = self.processor.preprocess_pair(original, modified);
         Ok(self.caption_pixels(&[&pv], max_new_tokens)?.remove(0))
     }
+}
+
+/// transformers' `clean_up_tokenization`: removes the spaces a word-piece tokenizer leaves before
+/// punctuation and English contractions.
+pub fn clean_up_tokenization(s: &str) -> String {
+    s.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
 }
 
 /// Last path component of a directory, or the hub id.

@@ -241,64 +241,97 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Pillow's `Image.resize((w, h), Image.BICUBIC)` on an RGB image, bit-exact.
+/// Which separable pass Pillow runs first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassOrder {
+    /// Pillow ≤ 12 (the authors' and transformers 4.35's): always horizontal, then vertical.
+    Legacy,
+    /// Pillow ≥ 13 (python-pillow/Pillow#9549): vertical first when the height shrinks by more
+    /// than twice as many pixels as the width.
+    Pillow13,
+}
+
+/// Pillow's `Image.resize((w, h), Image.BICUBIC)` on an RGB image, bit-exact with Pillow ≤ 12.
 pub fn resize_bicubic(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    resize_bicubic_with(img, out_w, out_h, PassOrder::Legacy)
+}
+
+/// [`resize_bicubic`] with an explicit pass order.
+pub fn resize_bicubic_with(img: &RgbImage, out_w: u32, out_h: u32, order: PassOrder) -> RgbImage {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let (ow, oh) = (out_w as usize, out_h as usize);
-    if (in_w, in_h) == (ow, oh) {
-        return img.clone();
-    }
-    let horiz = precompute_coeffs(in_w, ow);
-    let vert = precompute_coeffs(in_h, oh);
+    let need_h = in_w != ow;
+    let need_v = in_h != oh;
     let src = img.as_raw();
-    let half = 1i32 << (PRECISION_BITS - 1);
-
-    // Horizontal pass over the rows the vertical pass will read.
-    let (tmp, tmp_w, row_first) = if in_w != ow {
-        let first = vert.bounds[0].0;
-        let last = vert.bounds[oh - 1].0 + vert.bounds[oh - 1].1;
-        let rows = last - first;
-        let mut tmp = vec![0u8; rows * ow * 3];
-        for y in 0..rows {
-            let src_row = &src[(y + first) * in_w * 3..(y + first + 1) * in_w * 3];
-            let dst_row = &mut tmp[y * ow * 3..(y + 1) * ow * 3];
-            for (xx, &(xmin, xmax)) in horiz.bounds.iter().enumerate() {
-                let k = &horiz.weights[xx * horiz.ksize..xx * horiz.ksize + xmax];
-                let (mut s0, mut s1, mut s2) = (half, half, half);
-                for (x, &w) in k.iter().enumerate() {
-                    let p = (xmin + x) * 3;
-                    s0 += src_row[p] as i32 * w;
-                    s1 += src_row[p + 1] as i32 * w;
-                    s2 += src_row[p + 2] as i32 * w;
-                }
-                dst_row[xx * 3] = clip8(s0);
-                dst_row[xx * 3 + 1] = clip8(s1);
-                dst_row[xx * 3 + 2] = clip8(s2);
+    let out = match (need_h, need_v) {
+        (false, false) => return img.clone(),
+        (true, false) => horizontal_pass(src, in_w, 0..in_h, &precompute_coeffs(in_w, ow)),
+        (false, true) => vertical_pass(src, in_w, 0, &precompute_coeffs(in_h, oh)),
+        (true, true) => {
+            let horiz = precompute_coeffs(in_w, ow);
+            let vert = precompute_coeffs(in_h, oh);
+            let vertical_first = order == PassOrder::Pillow13
+                && in_h > oh
+                && (in_h - oh) as i64 > 2 * (in_w as i64 - ow as i64);
+            if vertical_first {
+                let tmp = vertical_pass(src, in_w, 0, &vert);
+                horizontal_pass(&tmp, in_w, 0..oh, &horiz)
+            } else {
+                // Only the rows the vertical pass reads are resampled horizontally.
+                let first = vert.bounds[0].0;
+                let last = vert.bounds[oh - 1].0 + vert.bounds[oh - 1].1;
+                let tmp = horizontal_pass(src, in_w, first..last, &horiz);
+                vertical_pass(&tmp, ow, first, &vert)
             }
         }
-        (tmp, ow, first)
-    } else {
-        (src.to_vec(), in_w, 0)
     };
+    RgbImage::from_raw(out_w, out_h, out).expect("buffer size matches")
+}
 
-    if in_h == oh {
-        return RgbImage::from_raw(out_w, out_h, tmp).expect("buffer size matches");
+/// Resamples `rows` of an RGB buffer of width `w` horizontally (Pillow's `ImagingResampleHorizontal_8bpc`).
+fn horizontal_pass(src: &[u8], w: usize, rows: std::ops::Range<usize>, c: &Coeffs) -> Vec<u8> {
+    let ow = c.bounds.len();
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut out = vec![0u8; rows.len() * ow * 3];
+    for (y, src_y) in rows.enumerate() {
+        let src_row = &src[src_y * w * 3..(src_y + 1) * w * 3];
+        let dst_row = &mut out[y * ow * 3..(y + 1) * ow * 3];
+        for (xx, &(xmin, xmax)) in c.bounds.iter().enumerate() {
+            let k = &c.weights[xx * c.ksize..xx * c.ksize + xmax];
+            let (mut s0, mut s1, mut s2) = (half, half, half);
+            for (x, &wt) in k.iter().enumerate() {
+                let p = (xmin + x) * 3;
+                s0 += src_row[p] as i32 * wt;
+                s1 += src_row[p + 1] as i32 * wt;
+                s2 += src_row[p + 2] as i32 * wt;
+            }
+            dst_row[xx * 3] = clip8(s0);
+            dst_row[xx * 3 + 1] = clip8(s1);
+            dst_row[xx * 3 + 2] = clip8(s2);
+        }
     }
-    let mut out = vec![0u8; ow * oh * 3];
-    let stride = tmp_w * 3;
-    for (yy, &(ymin, ymax)) in vert.bounds.iter().enumerate() {
-        let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + ymax];
-        let base = ymin - row_first;
+    out
+}
+
+/// Resamples an RGB buffer of width `w` vertically; `row_offset` is the source row of `src`'s first
+/// row (Pillow's `ImagingResampleVertical_8bpc` with shifted bounds).
+fn vertical_pass(src: &[u8], w: usize, row_offset: usize, c: &Coeffs) -> Vec<u8> {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let stride = w * 3;
+    let mut out = vec![0u8; c.bounds.len() * stride];
+    for (yy, &(ymin, ymax)) in c.bounds.iter().enumerate() {
+        let k = &c.weights[yy * c.ksize..yy * c.ksize + ymax];
+        let base = ymin - row_offset;
         let dst = &mut out[yy * stride..(yy + 1) * stride];
         for (i, d) in dst.iter_mut().enumerate() {
             let mut s = half;
-            for (y, &w) in k.iter().enumerate() {
-                s += tmp[(base + y) * stride + i] as i32 * w;
+            for (y, &wt) in k.iter().enumerate() {
+                s += src[(base + y) * stride + i] as i32 * wt;
             }
             *d = clip8(s);
         }
     }
-    RgbImage::from_raw(out_w, out_h, out).expect("buffer size matches")
+    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,362 @@
+//! Parity of the candle BLIP2IDC with transformers 4.35 + PEFT 0.6.2 on the committed tiny random
+//! checkpoints (`tests/fixtures/blip2/`, written by `make_fixtures.py`): preprocessing, logits,
+//! intermediate activations, greedy ids (with and without adapter, batched and one by one), captions,
+//! and the `blip2idc caption --json` contract.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use blip2idc::model::ops::Mode;
+use blip2idc::model::preprocess::{
+    resize_bicubic, resize_bicubic_with, stack_pair, ImageProcessorConfig, PassOrder,
+};
+use blip2idc::model::{Blip2Idc, LoadOptions};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use image::RgbImage;
+use serde_json::Value;
+
+const CHECKPOINTS: [&str; 2] = ["tiny-a", "tiny-b"];
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/blip2")
+}
+
+fn manifest() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir().join("manifest.json")).unwrap()).unwrap()
+}
+
+fn expected(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(
+        dir().join("expected").join(format!("{name}.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn load(ckpt: &str, adapter: bool, merge: bool) -> Blip2Idc {
+    Blip2Idc::load(&LoadOptions {
+        checkpoint: dir().join(ckpt).to_string_lossy().into_owned(),
+        adapter: adapter.then(|| dir().join(format!("{ckpt}-adapter"))),
+        dtype: DType::F32,
+        device: Device::Cpu,
+        merge_adapter: merge,
+    })
+    .unwrap()
+}
+
+fn rgb(t: &Tensor) -> RgbImage {
+    let (h, w, _) = t.dims3().unwrap();
+    RgbImage::from_raw(
+        w as u32,
+        h as u32,
+        t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
+    )
+    .unwrap()
+}
+
+fn max_diff_u8(a: &RgbImage, b: &RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn pairs() -> usize {
+    manifest()["pairs"].as_array().unwrap().len()
+}
+
+#[test]
+fn stacking_and_bicubic_resize_are_pil_exact() {
+    let pre = expected("preprocess");
+    for i in 0..pairs() {
+        let orig = rgb(&pre[&format!("pair{i}.original_rgb")]);
+        let modi = rgb(&pre[&format!("pair{i}.modified_rgb")]);
+        let stacked = stack_pair(&orig, &modi);
+        let want = rgb(&pre[&format!("pair{i}.stacked")]);
+        assert_eq!(
+            max_diff_u8(&stacked, &want),
+            0,
+            "pair {i}: stacked image differs from PIL"
+        );
+        let r224 = resize_bicubic(&want, 224, 224);
+        assert_eq!(
+            max_diff_u8(&r224, &rgb(&pre[&format!("pair{i}.stacked_224")])),
+            0,
+            "pair {i}: 224 resize"
+        );
+        for ckpt in CHECKPOINTS {
+            let exp = expected(ckpt);
+            let size = manifest()["checkpoints"][ckpt]["image_size"]
+                .as_u64()
+                .unwrap() as u32;
+            let proc = ImageProcessorConfig::from_file(
+                &dir().join(ckpt).join("preprocessor_config.json"),
+                size,
+            )
+            .unwrap();
+            let resized = proc.resize(&want);
+            // Exact against Pillow < 13 (the authors' and transformers 4.35's, our default), and in
+            // Pillow 13's pass order against Pillow 13 (python-pillow/Pillow#9549).
+            let legacy = rgb(&expected("resize_pillow11")[&format!("pair{i}.resized_{size}")]);
+            assert_eq!(
+                max_diff_u8(&resized, &legacy),
+                0,
+                "{ckpt} pair {i}: differs from Pillow 11"
+            );
+            let pillow13 = resize_bicubic_with(&want, size, size, PassOrder::Pillow13);
+            let d = max_diff_u8(&pillow13, &rgb(&exp[&format!("pair{i}.resized_u8")]));
+            assert_eq!(
+                d, 0,
+                "{ckpt} pair {i}: Pillow 13 pass order differs from Pillow 13"
+            );
+            // Rescale and normalisation of Pillow 13's resize reproduce its pixel_values.
+            let no_resize = ImageProcessorConfig {
+                do_resize: false,
+                ..proc.clone()
+            };
+            let pv = no_resize.pixel_values(&pillow13);
+            let got =
+                Tensor::from_vec(pv, (1, 3, size as usize, size as usize), &Device::Cpu).unwrap();
+            let d = max_abs(&got, &exp[&format!("pair{i}.pixel_values")]);
+            assert!(d < 1e-5, "{ckpt} pair {i}: pixel_values differ by {d}");
+        }
+    }
+}
+
+#[test]
+fn decoding_files_matches_pil() {
+    let pre = expected("preprocess");
+    let limits = blip2idc::config::DecodeConfig {
+        max_width: 4096,
+        max_height: 4096,
+        max_alloc_bytes: 1 << 28,
+    };
+    for (i, p) in manifest()["pairs"].as_array().unwrap().iter().enumerate() {
+        for (field, name) in [("original", "original_rgb"), ("modified", "modified_rgb")] {
+            let file = p[field].as_str().unwrap();
+            let bytes = std::fs::read(dir().join(file)).unwrap();
+            let img = blip2idc::decode::decode(&bytes, &limits, file).unwrap();
+            let ours = blip2idc::model::preprocess::to_rgb(&img);
+            let d = max_diff_u8(&ours, &rgb(&pre[&format!("pair{i}.{name}")]));
+            assert_eq!(d, 0, "{file}: decoded RGB differs from PIL by {d} levels");
+        }
+    }
+    // End to end, files → pixel_values: exact with Pillow 11 + BlipImageProcessor, and within two
+    // levels of Pillow 13 (its new pass order, python-pillow/Pillow#9549, moves a few pixels).
+    let legacy = expected("resize_pillow11");
+    for ckpt in CHECKPOINTS {
+        let exp = expected(ckpt);
+        let model = load(ckpt, false, true);
+        let no_resize = ImageProcessorConfig {
+            do_resize: false,
+            ..model.processor.clone()
+        };
+        for (i, p) in manifest()["pairs"].as_array().unwrap().iter().enumerate() {
+            let read = |f: &str| {
+                blip2idc::decode::decode(
+                    &std::fs::read(dir().join(p[f].as_str().unwrap())).unwrap(),
+                    &limits,
+                    f,
+                )
+                .unwrap()
+            };
+            let pv = model
+                .processor
+                .preprocess_pair(&read("original"), &read("modified"));
+            let s = model.processor.height as usize;
+            let got = Tensor::from_vec(pv, (1, 3, s, s), &Device::Cpu).unwrap();
+            let pil11 = no_resize.pixel_values(&rgb(&legacy[&format!("pair{i}.resized_{s}")]));
+            let pil11 = Tensor::from_vec(pil11, (1, 3, s, s), &Device::Cpu).unwrap();
+            let d = max_abs(&got, &pil11);
+            assert!(
+                d < 1e-6,
+                "{ckpt} pair {i}: pixel_values from files differ from Pillow 11's by {d}"
+            );
+            let d = max_abs(&got, &exp[&format!("pair{i}.pixel_values")]);
+            let two_levels = 2.0 / 255.0 / 0.2613; // the smallest CLIP std
+            assert!(
+                d <= two_levels + 1e-5,
+                "{ckpt} pair {i}: pixel_values from files differ by {d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn adapter_targets_exactly_the_modules_peft_adapted() {
+    for ckpt in CHECKPOINTS {
+        let model = load(ckpt, true, true);
+        let mut want: Vec<String> = manifest()["checkpoints"][ckpt]["adapter"]["adapted_modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        want.sort();
+        assert_eq!(model.adapted_modules, want, "{ckpt}");
+        assert!(
+            !model
+                .adapted_modules
+                .iter()
+                .any(|m| m.ends_with("attention.attention.query") && !m.contains("crossattention")),
+            "the Q-Former self-attention query must not be adapted"
+        );
+        assert!(model
+            .adapted_modules
+            .iter()
+            .any(|m| m.ends_with("crossattention.attention.query")));
+    }
+}
+
+#[test]
+fn logits_and_activations_match_the_reference() {
+    for ckpt in CHECKPOINTS {
+        let exp = expected(ckpt);
+        for (variant, adapter, merge) in [
+            ("base", false, true),
+            ("adapter", true, true),
+            ("adapter", true, false),
+        ] {
+            let model = load(ckpt, adapter, merge);
+            let m = &model.model;
+            let bos = Tensor::new(&[[2u32]], &Device::Cpu).unwrap();
+            for i in 0..pairs() {
+                let pv = &exp[&format!("pair{i}.pixel_values")];
+                let logits = m.forward(pv, &bos, Mode::Inference).unwrap();
+                let d = max_abs(&logits, &exp[&format!("pair{i}.logits.{variant}")]);
+                assert!(
+                    d <= 1e-4,
+                    "{ckpt} {variant} (merged {merge}) pair {i}: logits max|Δ| = {d}"
+                );
+            }
+            let pv = &exp["pair0.pixel_values"];
+            let emb = m.vision_model.embeddings.forward(pv).unwrap();
+            assert!(max_abs(&emb, &exp[&format!("pair0.vision_embeddings.{variant}")]) < 1e-5);
+            let vis = m.vision_model.forward(pv, Mode::Inference).unwrap();
+            let d = max_abs(
+                &vis,
+                &exp[&format!("pair0.vision_last_hidden_state.{variant}")],
+            );
+            assert!(d < 1e-4, "{ckpt} {variant}: vision {d}");
+            let prefix = m.image_prefix(pv, Mode::Inference).unwrap();
+            let d = max_abs(
+                &prefix,
+                &exp[&format!("pair0.language_projection.{variant}")],
+            );
+            assert!(d < 1e-4, "{ckpt} {variant}: language projection {d}");
+        }
+    }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn greedy_ids_and_captions_match_batched_and_one_by_one() {
+    for ckpt in CHECKPOINTS {
+        let exp = expected(ckpt);
+        let man = manifest();
+        for (variant, adapter) in [("base", false), ("adapter", true)] {
+            let model = load(ckpt, adapter, true);
+            let reference = man["checkpoints"][ckpt]["greedy"][variant]["one_by_one"]
+                .as_array()
+                .unwrap();
+            let pvs: Vec<Vec<f32>> = (0..pairs())
+                .map(|i| {
+                    exp[&format!("pair{i}.pixel_values")]
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                })
+                .collect();
+            let refs: Vec<&[f32]> = pvs.iter().map(|v| v.as_slice()).collect();
+            let batch = model.caption_pixels(&refs, 77).unwrap();
+            let mut stopped = 0;
+            for (i, r) in reference.iter().enumerate() {
+                let want = ids(&r["token_ids"]);
+                assert_eq!(
+                    batch[i].token_ids, want,
+                    "{ckpt} {variant} pair {i} (batched)"
+                );
+                let one = model.caption_pixels(&refs[i..=i], 77).unwrap().remove(0);
+                assert_eq!(
+                    one.token_ids, want,
+                    "{ckpt} {variant} pair {i} (one by one)"
+                );
+                assert_eq!(
+                    one.caption,
+                    r["caption"].as_str().unwrap(),
+                    "{ckpt} {variant} pair {i} caption"
+                );
+                stopped += r["stopped_at_eos"].as_bool().unwrap() as usize;
+            }
+            assert!(
+                stopped > 0 && stopped < reference.len(),
+                "the fixture exercises both stop conditions"
+            );
+            // The raw batched rows agree too (bos first, then ids, eos, then pad).
+            let rows = exp[&format!("batch.greedy_rows.{variant}")]
+                .to_dtype(DType::I64)
+                .unwrap();
+            for (i, g) in batch.iter().enumerate() {
+                let row: Vec<i64> = rows.i(i).unwrap().to_vec1().unwrap();
+                assert_eq!(row[0], 2);
+                let gen: Vec<i64> = g.token_ids.iter().map(|&t| t as i64).collect();
+                assert_eq!(
+                    &row[1..=gen.len()],
+                    gen.as_slice(),
+                    "{ckpt} {variant} batch row {i}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn caption_cli_prints_the_json_contract() {
+    let man = manifest();
+    let p = &man["pairs"][0];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blip2idc"))
+        .args(["caption", "--model"])
+        .arg(dir().join("tiny-a"))
+        .arg("--adapter")
+        .arg(dir().join("tiny-a-adapter"))
+        .arg("--json")
+        .arg(dir().join(p["original"].as_str().unwrap()))
+        .arg(dir().join(p["modified"].as_str().unwrap()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v: Value = serde_json::from_str(stdout.trim()).expect("exactly one JSON object on stdout");
+    let r = &man["checkpoints"]["tiny-a"]["greedy"]["adapter"]["one_by_one"][0];
+    assert_eq!(ids(&v["token_ids"]), ids(&r["token_ids"]));
+    assert_eq!(v["caption"], r["caption"]);
+}
