@@ -85,11 +85,7 @@ fn generate(items: usize, refs_per_item: usize, seed: u64) -> (Vec<String>, Vec<
     for _ in 0..items {
         let base_len = 5 + rng.below(16);
         let base: Vec<&str> = (0..base_len).map(|_| word(&mut rng)).collect();
-        refs.push(
-            (0..refs_per_item)
-                .map(|_| variant(&mut rng, &base))
-                .collect(),
-        );
+        refs.push((0..refs_per_item).map(|_| variant(&mut rng, &base)).collect());
         cands.push(variant(&mut rng, &base));
     }
     (cands, refs)
@@ -149,33 +145,16 @@ fn main() {
     println!("eval bench: {items} items x 5 references, pretokenized, seed 0x5EEDCAFE");
 
     let (t_seq, scores) = best_of(5, || ours(&cands, &refs));
-    let opts = EvalOptions {
-        pretokenized: true,
-        ..EvalOptions::native()
-    };
+    let opts = EvalOptions { pretokenized: true, ..EvalOptions::native() };
     let (t_par, report) = best_of(5, || score_captions(&cands, &refs, &opts).expect("score"));
     assert_eq!(report.corpus.cider, scores.corpus[5].1);
-    println!(
-        "ours  BLEU+ROUGE-L+CIDEr-D, one thread:           {:>9.3} s",
-        t_seq.as_secs_f64()
-    );
-    println!(
-        "ours  score_captions (3 scorers in parallel):      {:>9.3} s",
-        t_par.as_secs_f64()
-    );
+    println!("ours  BLEU+ROUGE-L+CIDEr-D, one thread:           {:>9.3} s", t_seq.as_secs_f64());
+    println!("ours  score_captions (3 scorers in parallel):      {:>9.3} s", t_par.as_secs_f64());
     // For information: our PTB tokenizer on all these captions (not part of
     // the comparison, which is pretokenized as the benchmark asks).
-    let all: Vec<&str> = cands
-        .iter()
-        .chain(refs.iter().flatten())
-        .map(String::as_str)
-        .collect();
+    let all: Vec<&str> = cands.iter().chain(refs.iter().flatten()).map(String::as_str).collect();
     let (t_tok, _) = best_of(3, || ptb::tokenize_captions(&all));
-    println!(
-        "ours  PTB tokenization of all {} captions (info): {:>9.3} s",
-        all.len(),
-        t_tok.as_secs_f64()
-    );
+    println!("ours  PTB tokenization of all {} captions (info): {:>9.3} s", all.len(), t_tok.as_secs_f64());
 
     // pycocoevalcap on the same data.
     let dir = std::env::temp_dir().join(format!("blip2idc-eval-bench-{}", std::process::id()));
@@ -188,40 +167,22 @@ fn main() {
         gts.insert(format!("{i}"), serde_json::json!(r));
         res.insert(format!("{i}"), serde_json::json!([c]));
     }
-    std::fs::write(
-        &data_path,
-        serde_json::json!({ "gts": gts, "res": res }).to_string(),
-    )
-    .expect("write data");
-    let script: PathBuf = [
-        env!("CARGO_MANIFEST_DIR"),
-        "benches",
-        "pycocoevalcap_bench.py",
-    ]
-    .iter()
-    .collect();
+    std::fs::write(&data_path, serde_json::json!({ "gts": gts, "res": res }).to_string()).expect("write data");
+    let script: PathBuf = [env!("CARGO_MANIFEST_DIR"), "benches", "pycocoevalcap_bench.py"].iter().collect();
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
     let t = Instant::now();
-    let status = Command::new(&python)
-        .arg(&script)
-        .arg(&data_path)
-        .arg(&out_path)
-        .status();
+    let status = Command::new(&python).arg(&script).arg(&data_path).arg(&out_path).status();
     let wall = t.elapsed();
     match status {
         Ok(s) if s.success() => {}
         other => {
-            println!(
-                "pycocoevalcap not run ({python} {}: {other:?}); only our timings above",
-                script.display()
-            );
+            println!("pycocoevalcap not run ({python} {}: {other:?}); only our timings above", script.display());
             let _ = std::fs::remove_dir_all(&dir);
             return;
         }
     }
     let out: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&out_path).expect("read python output"))
-            .expect("json");
+        serde_json::from_str(&std::fs::read_to_string(&out_path).expect("read python output")).expect("json");
     let _ = std::fs::remove_dir_all(&dir);
     let secs = |k: &str| out["seconds"][k].as_f64().expect("seconds");
     let t_py = secs("Bleu") + secs("Rouge") + secs("Cider");
@@ -240,20 +201,14 @@ fn main() {
     );
 
     // Agreement: |ours - pycocoevalcap| <= 1e-9 everywhere; count bit-identical.
-    let parse =
-        |v: &serde_json::Value| -> f64 { v.as_str().expect("repr string").parse().expect("float") };
+    let parse = |v: &serde_json::Value| -> f64 { v.as_str().expect("repr string").parse().expect("float") };
     let mut worst = 0.0f64;
     let mut identical = 0usize;
     let mut total = 0usize;
     let mut report_lines = String::new();
     for ((name, corpus), (_, per)) in scores.corpus.iter().zip(&scores.per_item) {
         let py_corpus = parse(&out["corpus"][name]);
-        let py_per: Vec<f64> = out["per_item"][name]
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(parse)
-            .collect();
+        let py_per: Vec<f64> = out["per_item"][name].as_array().expect("list").iter().map(parse).collect();
         assert_eq!(py_per.len(), per.len(), "{name}: item count");
         let mut diff = (corpus - py_corpus).abs();
         let mut same = usize::from(corpus.to_bits() == py_corpus.to_bits());
@@ -271,11 +226,6 @@ fn main() {
         );
     }
     print!("{report_lines}");
-    println!(
-        "agreement: max |diff| {worst:.1e} (limit 1e-9), {identical}/{total} values bit-identical"
-    );
-    assert!(
-        worst <= 1e-9,
-        "scores differ from pycocoevalcap by {worst:e}"
-    );
+    println!("agreement: max |diff| {worst:.1e} (limit 1e-9), {identical}/{total} values bit-identical");
+    assert!(worst <= 1e-9, "scores differ from pycocoevalcap by {worst:e}");
 }

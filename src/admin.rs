@@ -46,11 +46,7 @@ pub async fn spawn(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState {
-            health,
-            store,
-            prometheus,
-        });
+        .with_state(AppState { health, store, prometheus });
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(e) = serve.await {
@@ -69,20 +65,10 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         "ready": ready,
         "checks": {"kafka_group_joined": group, "database_reachable": database, "model_loaded": model}
     });
-    (
-        if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        Json(body),
-    )
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.prometheus.run_upkeep();
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        s.prometheus.render(),
-    )
+    ([("content-type", "text/plain; version=0.0.4")], s.prometheus.render())
 }

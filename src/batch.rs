@@ -8,11 +8,7 @@ use tokio::time::Instant;
 
 /// Waits for the next batch. Returns `None` once the channel is closed and empty; a partial batch is
 /// returned as soon as the channel closes, so shutdown never waits out `max_wait`.
-pub async fn next_batch<T>(
-    rx: &mut Receiver<T>,
-    max_size: usize,
-    max_wait: Duration,
-) -> Option<Vec<T>> {
+pub async fn next_batch<T>(rx: &mut Receiver<T>, max_size: usize, max_wait: Duration) -> Option<Vec<T>> {
     let first = rx.recv().await?;
     let mut batch = Vec::with_capacity(max_size);
     batch.push(first);
@@ -46,9 +42,7 @@ mod tests {
         for i in 0..5 {
             tx.send(i).await.unwrap();
         }
-        let b = next_batch(&mut rx, 4, Duration::from_secs(3600))
-            .await
-            .unwrap();
+        let b = next_batch(&mut rx, 4, Duration::from_secs(3600)).await.unwrap();
         assert_eq!(b, vec![0, 1, 2, 3]);
     }
 
@@ -57,9 +51,7 @@ mod tests {
         let (tx, mut rx) = channel(16);
         tx.send(1).await.unwrap();
         let start = Instant::now();
-        let b = next_batch(&mut rx, 4, Duration::from_millis(50))
-            .await
-            .unwrap();
+        let b = next_batch(&mut rx, 4, Duration::from_millis(50)).await.unwrap();
         assert_eq!(b, vec![1]);
         assert_eq!(start.elapsed(), Duration::from_millis(50));
         drop(tx);
@@ -71,13 +63,7 @@ mod tests {
         tx.send(1).await.unwrap();
         tx.send(2).await.unwrap();
         drop(tx);
-        assert_eq!(
-            next_batch(&mut rx, 4, Duration::from_secs(3600)).await,
-            Some(vec![1, 2])
-        );
-        assert_eq!(
-            next_batch(&mut rx, 4, Duration::from_secs(3600)).await,
-            None
-        );
+        assert_eq!(next_batch(&mut rx, 4, Duration::from_secs(3600)).await, Some(vec![1, 2]));
+        assert_eq!(next_batch(&mut rx, 4, Duration::from_secs(3600)).await, None);
     }
 }

@@ -30,6 +30,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    #[serde(default)]
+    pub retrain: crate::train::job::RetrainConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -182,9 +184,7 @@ pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find('/')
-            .map_or(out.len(), |i| rest_start + i);
+        let authority_end = out[rest_start..].find('/').map_or(out.len(), |i| rest_start + i);
         if let Some(at) = out[rest_start..authority_end].rfind('@') {
             let userinfo = &out[rest_start..rest_start + at];
             if let Some(colon) = userinfo.find(':') {
@@ -230,52 +230,29 @@ impl Config {
             }
         };
         let k = &self.kafka;
-        check(
-            !k.brokers.trim().is_empty(),
-            "kafka.brokers is empty; expected host:port[,host:port]".into(),
-        );
+        check(!k.brokers.trim().is_empty(), "kafka.brokers is empty; expected host:port[,host:port]".into());
         for b in k.brokers.split(',') {
             check(
-                b.trim()
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                b.trim().rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
                 format!("kafka.brokers entry {b:?} is not host:port"),
             );
         }
-        for (name, t) in [
-            ("kafka.input_topic", &k.input_topic),
-            ("kafka.dlq_topic", &k.dlq_topic),
-        ] {
-            check(
-                valid_topic(t),
-                format!("{name} {t:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)"),
-            );
+        for (name, t) in [("kafka.input_topic", &k.input_topic), ("kafka.dlq_topic", &k.dlq_topic)] {
+            check(valid_topic(t), format!("{name} {t:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)"));
         }
         check(
             k.input_topic != k.dlq_topic,
-            format!(
-                "kafka.dlq_topic must differ from kafka.input_topic (both are {:?})",
-                k.input_topic
-            ),
+            format!("kafka.dlq_topic must differ from kafka.input_topic (both are {:?})", k.input_topic),
         );
         check(!k.group_id.is_empty(), "kafka.group_id is empty".into());
         check(
             matches!(k.auto_offset_reset.as_str(), "earliest" | "latest"),
-            format!(
-                "kafka.auto_offset_reset is {:?}; expected \"earliest\" or \"latest\"",
-                k.auto_offset_reset
-            ),
+            format!("kafka.auto_offset_reset is {:?}; expected \"earliest\" or \"latest\"", k.auto_offset_reset),
         );
-        check(
-            !k.commit_interval.is_zero(),
-            "kafka.commit_interval must be > 0".into(),
-        );
+        check(!k.commit_interval.is_zero(), "kafka.commit_interval must be > 0".into());
         for key in k.properties.keys() {
             check(
-                !matches!(
-                    key.as_str(),
-                    "enable.auto.commit" | "enable.auto.offset.store" | "group.id"
-                ),
+                !matches!(key.as_str(), "enable.auto.commit" | "enable.auto.offset.store" | "group.id"),
                 format!("kafka.properties.{key} is managed by blip2idc and cannot be overridden"),
             );
         }
@@ -288,56 +265,31 @@ impl Config {
             );
         }
         check(!s.region.is_empty(), "s3.region is empty".into());
-        check(
-            !s.allowed_buckets.is_empty(),
-            "s3.allowed_buckets is empty: the service could read nothing".into(),
-        );
+        check(!s.allowed_buckets.is_empty(), "s3.allowed_buckets is empty: the service could read nothing".into());
         for b in &s.allowed_buckets {
             check(
                 crate::event::S3Uri::parse(&format!("s3://{b}/k")).is_ok(),
                 format!("s3.allowed_buckets entry {b:?} is not a valid bucket name"),
             );
         }
-        check(
-            s.max_object_bytes > 0,
-            "s3.max_object_bytes must be > 0".into(),
-        );
-        check(
-            s.max_concurrency > 0,
-            "s3.max_concurrency must be > 0".into(),
-        );
-        check(
-            !s.request_timeout.is_zero(),
-            "s3.request_timeout must be > 0".into(),
-        );
+        check(s.max_object_bytes > 0, "s3.max_object_bytes must be > 0".into());
+        check(s.max_concurrency > 0, "s3.max_concurrency must be > 0".into());
+        check(!s.request_timeout.is_zero(), "s3.request_timeout must be > 0".into());
         check(
             s.retry_initial_backoff <= s.retry_max_backoff,
             "s3.retry_initial_backoff must not exceed s3.retry_max_backoff".into(),
         );
 
         let d = &self.decode;
-        check(
-            d.max_width > 0 && d.max_height > 0,
-            "decode.max_width and decode.max_height must be > 0".into(),
-        );
-        check(
-            d.max_alloc_bytes >= 1 << 20,
-            "decode.max_alloc_bytes must be at least 1 MiB".into(),
-        );
+        check(d.max_width > 0 && d.max_height > 0, "decode.max_width and decode.max_height must be > 0".into());
+        check(d.max_alloc_bytes >= 1 << 20, "decode.max_alloc_bytes must be at least 1 MiB".into());
 
         let db = &self.database;
         check(
-            db.url.expose().starts_with("postgres://")
-                || db.url.expose().starts_with("postgresql://"),
-            format!(
-                "database.url {} must be a postgres:// URL",
-                db.url.redacted()
-            ),
+            db.url.expose().starts_with("postgres://") || db.url.expose().starts_with("postgresql://"),
+            format!("database.url {} must be a postgres:// URL", db.url.redacted()),
         );
-        check(
-            db.max_connections > 0,
-            "database.max_connections must be > 0".into(),
-        );
+        check(db.max_connections > 0, "database.max_connections must be > 0".into());
         check(
             db.retry_initial_backoff <= db.retry_max_backoff,
             "database.retry_initial_backoff must not exceed database.retry_max_backoff".into(),
@@ -351,21 +303,12 @@ impl Config {
         );
         check(
             matches!(m.device.as_str(), "cpu" | "cuda") || m.device.starts_with("cuda:"),
-            format!(
-                "model.device is {:?}; expected cpu, cuda or cuda:N",
-                m.device
-            ),
+            format!("model.device is {:?}; expected cpu, cuda or cuda:N", m.device),
         );
-        check(
-            m.max_new_tokens > 0,
-            "model.max_new_tokens must be > 0".into(),
-        );
+        check(m.max_new_tokens > 0, "model.max_new_tokens must be > 0".into());
 
         let p = &self.pipeline;
-        check(
-            p.max_batch_size > 0,
-            "pipeline.max_batch_size must be > 0".into(),
-        );
+        check(p.max_batch_size > 0, "pipeline.max_batch_size must be > 0".into());
         check(
             p.max_in_flight >= p.max_batch_size,
             format!(
@@ -373,22 +316,13 @@ impl Config {
                 p.max_in_flight, p.max_batch_size
             ),
         );
-        check(
-            p.decode_concurrency > 0,
-            "pipeline.decode_concurrency must be > 0".into(),
-        );
+        check(p.decode_concurrency > 0, "pipeline.decode_concurrency must be > 0".into());
 
         let q = &self.dlq;
-        check(
-            q.breaker_window > 0,
-            "dlq.breaker_window must be > 0".into(),
-        );
+        check(q.breaker_window > 0, "dlq.breaker_window must be > 0".into());
         check(
             q.breaker_max_ratio > 0.0 && q.breaker_max_ratio <= 1.0,
-            format!(
-                "dlq.breaker_max_ratio is {}; expected a ratio in (0, 1]",
-                q.breaker_max_ratio
-            ),
+            format!("dlq.breaker_max_ratio is {}; expected a ratio in (0, 1]", q.breaker_max_ratio),
         );
         check(
             q.breaker_min_events <= q.breaker_window,
@@ -397,19 +331,16 @@ impl Config {
 
         check(
             matches!(self.log.format.as_str(), "auto" | "json" | "pretty"),
-            format!(
-                "log.format is {:?}; expected auto, json or pretty",
-                self.log.format
-            ),
+            format!("log.format is {:?}; expected auto, json or pretty", self.log.format),
         );
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_ok(),
-            format!(
-                "log.filter {:?} is not a valid tracing filter",
-                self.log.filter
-            ),
+            format!("log.filter {:?} is not a valid tracing filter", self.log.filter),
         );
 
+        if let Err(e) = self.retrain.validate() {
+            errs.push(e);
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -433,8 +364,7 @@ fn valid_topic(t: &str) -> bool {
         && t.len() <= 249
         && t != "."
         && t != ".."
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -459,12 +389,7 @@ mod tests {
         c.dlq.breaker_max_ratio = 1.5;
         c.model.dtype = "f64".into();
         let err = c.validate().unwrap_err().to_string();
-        for needle in [
-            "kafka.dlq_topic",
-            "pipeline.max_batch_size",
-            "dlq.breaker_max_ratio",
-            "model.dtype",
-        ] {
+        for needle in ["kafka.dlq_topic", "pipeline.max_batch_size", "dlq.breaker_max_ratio", "model.dtype"] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
     }
@@ -472,10 +397,7 @@ mod tests {
     #[test]
     fn file_and_env_override_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "c.toml",
-                "[pipeline]\nmax_batch_size = 3\n[kafka]\ngroup_id = \"g\"\n",
-            )?;
+            jail.create_file("c.toml", "[pipeline]\nmax_batch_size = 3\n[kafka]\ngroup_id = \"g\"\n")?;
             jail.set_env("BLIP2IDC_KAFKA__GROUP_ID", "from-env");
             jail.set_env("DATABASE_URL", "postgres://u:hunter2@db/x");
             let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
@@ -492,9 +414,7 @@ mod tests {
     fn unknown_keys_are_errors() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[pipeline]\nmax_bach_size = 3\n")?;
-            let err = Config::load(Some(Path::new("c.toml")))
-                .unwrap_err()
-                .to_string();
+            let err = Config::load(Some(Path::new("c.toml"))).unwrap_err().to_string();
             assert!(err.contains("max_bach_size"), "{err}");
             Ok(())
         });
@@ -502,14 +422,8 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://u:p@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(redact_url("postgres://u:p@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(
-            redact_url("postgres://h/db?password=x&a=b"),
-            "postgres://h/db?password=***&a=b"
-        );
+        assert_eq!(redact_url("postgres://h/db?password=x&a=b"), "postgres://h/db?password=***&a=b");
     }
 }

@@ -35,10 +35,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<Dynamic
         None => {
             return Err(Rejection::new(
                 RejectKind::NotAnImage,
-                format!(
-                    "{what}: {} bytes in no recognised image format",
-                    bytes.len()
-                ),
+                format!("{what}: {} bytes in no recognised image format", bytes.len()),
             ))
         }
     };
@@ -61,34 +58,19 @@ pub fn decode(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<Dynamic
                 limits.max_width, limits.max_height, limits.max_alloc_bytes
             ),
         ),
-        ImageError::Unsupported(u) => Rejection::new(
-            RejectKind::NotAnImage,
-            format!("{what}: unsupported {format:?} variant: {u}"),
-        ),
-        other => Rejection::new(
-            RejectKind::CorruptImage,
-            format!("{what}: corrupt {format:?}: {other}"),
-        ),
+        ImageError::Unsupported(u) => {
+            Rejection::new(RejectKind::NotAnImage, format!("{what}: unsupported {format:?} variant: {u}"))
+        }
+        other => Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt {format:?}: {other}")),
     })
 }
 
 /// libjpeg-turbo decoding to RGB; `Ok(None)` when it cannot produce RGB (the caller falls back).
-fn decode_jpeg_turbo(
-    bytes: &[u8],
-    limits: &DecodeConfig,
-    what: &str,
-) -> Result<Option<DynamicImage>, Rejection> {
-    let header = turbojpeg::read_header(bytes).map_err(|e| {
-        Rejection::new(
-            RejectKind::CorruptImage,
-            format!("{what}: corrupt JPEG header: {e}"),
-        )
-    })?;
+fn decode_jpeg_turbo(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<Option<DynamicImage>, Rejection> {
+    let header = turbojpeg::read_header(bytes)
+        .map_err(|e| Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt JPEG header: {e}")))?;
     let (w, h) = (header.width as u64, header.height as u64);
-    if w > limits.max_width as u64
-        || h > limits.max_height as u64
-        || w * h * 3 > limits.max_alloc_bytes
-    {
+    if w > limits.max_width as u64 || h > limits.max_height as u64 || w * h * 3 > limits.max_alloc_bytes {
         return Err(Rejection::new(
             RejectKind::ImageTooLarge,
             format!(
@@ -97,17 +79,11 @@ fn decode_jpeg_turbo(
             ),
         ));
     }
-    if header.colorspace == turbojpeg::Colorspace::CMYK
-        || header.colorspace == turbojpeg::Colorspace::YCCK
-    {
+    if header.colorspace == turbojpeg::Colorspace::CMYK || header.colorspace == turbojpeg::Colorspace::YCCK {
         return Ok(None);
     }
-    let img = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB).map_err(|e| {
-        Rejection::new(
-            RejectKind::CorruptImage,
-            format!("{what}: corrupt JPEG: {e}"),
-        )
-    })?;
+    let img = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB)
+        .map_err(|e| Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt JPEG: {e}")))?;
     let mut rgb = Vec::with_capacity(img.width * img.height * 3);
     for row in img.pixels.chunks(img.pitch).take(img.height) {
         rgb.extend_from_slice(&row[..img.width * 3]);
@@ -135,11 +111,7 @@ mod tests {
     use image::{ImageEncoder, RgbImage};
 
     fn limits() -> DecodeConfig {
-        DecodeConfig {
-            max_width: 4096,
-            max_height: 4096,
-            max_alloc_bytes: 64 << 20,
-        }
+        DecodeConfig { max_width: 4096, max_height: 4096, max_alloc_bytes: 64 << 20 }
     }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
@@ -159,31 +131,18 @@ mod tests {
 
     #[test]
     fn rejects_text_and_truncated_images() {
-        assert_eq!(
-            decode(b"hello world", &limits(), "x").unwrap_err().kind,
-            RejectKind::NotAnImage
-        );
+        assert_eq!(decode(b"hello world", &limits(), "x").unwrap_err().kind, RejectKind::NotAnImage);
         let mut p = png(50, 50);
         p.truncate(p.len() / 2);
-        assert_eq!(
-            decode(&p, &limits(), "x").unwrap_err().kind,
-            RejectKind::CorruptImage
-        );
+        assert_eq!(decode(&p, &limits(), "x").unwrap_err().kind, RejectKind::CorruptImage);
         let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
-        assert_eq!(
-            decode(gif, &limits(), "x").unwrap_err().kind,
-            RejectKind::NotAnImage
-        );
+        assert_eq!(decode(gif, &limits(), "x").unwrap_err().kind, RejectKind::NotAnImage);
     }
 
     #[test]
     fn bomb_is_rejected_before_allocation() {
         // A PNG header claiming 60000 x 60000 (10.8 GB of RGB) with almost no data.
-        let small = DecodeConfig {
-            max_width: 8192,
-            max_height: 8192,
-            max_alloc_bytes: 64 << 20,
-        };
+        let small = DecodeConfig { max_width: 8192, max_height: 8192, max_alloc_bytes: 64 << 20 };
         let mut p = png(1, 1);
         // IHDR width/height live at bytes 16..24; the CRC check fails before pixels, so fix it up.
         p[16..20].copy_from_slice(&60000u32.to_be_bytes());
@@ -193,15 +152,8 @@ mod tests {
         let err = decode(&p, &small, "bomb").unwrap_err();
         assert_eq!(err.kind, RejectKind::ImageTooLarge, "{err}");
         // Within the dimension limits but over the allocation cap.
-        let tight = DecodeConfig {
-            max_width: 100_000,
-            max_height: 100_000,
-            max_alloc_bytes: 1 << 20,
-        };
-        assert_eq!(
-            decode(&p, &tight, "bomb").unwrap_err().kind,
-            RejectKind::ImageTooLarge
-        );
+        let tight = DecodeConfig { max_width: 100_000, max_height: 100_000, max_alloc_bytes: 1 << 20 };
+        assert_eq!(decode(&p, &tight, "bomb").unwrap_err().kind, RejectKind::ImageTooLarge);
     }
 
     fn crc32(data: &[u8]) -> u32 {
@@ -209,11 +161,7 @@ mod tests {
         for &b in data {
             c ^= b as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
             }
         }
         !c

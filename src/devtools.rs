@@ -15,10 +15,8 @@ use rdkafka::TopicPartitionList;
 
 /// Creates `topic` with `partitions` partitions; an existing topic is fine.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .context("admin client")?;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().context("admin client")?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for r in admin.create_topics([&new], &opts).await? {
@@ -40,85 +38,40 @@ pub async fn ensure_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> anyhow::Res
         .bucket(bucket)
         .send()
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "creating bucket {bucket}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("creating bucket {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)))?;
     Ok(())
 }
 
 /// Uploads one object.
-pub async fn put(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-    bytes: Vec<u8>,
-) -> anyhow::Result<()> {
-    s3.put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(bytes.into())
-        .send()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "uploading s3://{bucket}/{key}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            )
-        })?;
+pub async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+    s3.put_object().bucket(bucket).key(key).body(bytes.into()).send().await.map_err(|e| {
+        anyhow::anyhow!("uploading s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))
+    })?;
     Ok(())
 }
 
 /// A producer for test and demo events.
 pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("acks", "all")
-        .create()?)
+    Ok(ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").set("acks", "all").create()?)
 }
 
 /// Publishes `payload` with `key` and waits for the acknowledgement.
-pub async fn publish(
-    p: &FutureProducer,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-) -> anyhow::Result<()> {
-    p.send(
-        FutureRecord::to(topic).key(key).payload(payload),
-        Duration::from_secs(10),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))
+pub async fn publish(p: &FutureProducer, topic: &str, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+    p.send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(10))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))
 }
 
 /// The committed offsets of `group` for `topic`'s partitions `0..partitions` (-1 where none).
-pub fn committed_offsets(
-    brokers: &str,
-    group: &str,
-    topic: &str,
-    partitions: i32,
-) -> anyhow::Result<Vec<i64>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()?;
+pub fn committed_offsets(brokers: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<Vec<i64>> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
     let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
-    Ok((0..partitions)
-        .map(|p| {
-            got.find_partition(topic, p)
-                .and_then(|e| e.offset().to_raw())
-                .unwrap_or(-1)
-        })
-        .collect())
+    Ok((0..partitions).map(|p| got.find_partition(topic, p).and_then(|e| e.offset().to_raw()).unwrap_or(-1)).collect())
 }
 
 /// The kinds of synthetic edits.
@@ -139,15 +92,8 @@ pub fn synthetic_pair(seed: u64, size: u32) -> (RgbImage, RgbImage, String) {
     let mut rng = SplitMix(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5bd1_e995);
     let n = 2 + rng.below(3) as usize;
     let s = (size / 5).max(2);
-    let mut shapes: Vec<(u32, u32, usize)> = (0..n)
-        .map(|_| {
-            (
-                rng.below(size - s),
-                rng.below(size - s),
-                rng.below(COLOURS.len() as u32) as usize,
-            )
-        })
-        .collect();
+    let mut shapes: Vec<(u32, u32, usize)> =
+        (0..n).map(|_| (rng.below(size - s), rng.below(size - s), rng.below(COLOURS.len() as u32) as usize)).collect();
     let original = draw(&shapes, size, s, seed);
     let edit = EDITS[rng.below(4) as usize];
     let caption = match edit {
@@ -196,12 +142,7 @@ fn draw(shapes: &[(u32, u32, usize)], size: u32, s: u32, seed: u64) -> RgbImage 
 pub fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
         .expect("encoding to memory cannot fail");
     out
 }

@@ -83,10 +83,7 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(kind: RejectKind, message: impl Into<String>) -> Self {
-        Rejection {
-            kind,
-            message: message.into(),
-        }
+        Rejection { kind, message: message.into() }
     }
 }
 

@@ -39,18 +39,9 @@ pub struct S3Uri {
 impl S3Uri {
     /// Parses `s3://bucket/key`; the key may contain further slashes but must not be empty.
     pub fn parse(s: &str) -> Result<S3Uri, Rejection> {
-        let bad = |why: &str| {
-            Rejection::new(
-                RejectKind::BadUri,
-                format!("{s:?} is not an s3://bucket/key URI: {why}"),
-            )
-        };
-        let rest = s
-            .strip_prefix("s3://")
-            .ok_or_else(|| bad("it must start with s3://"))?;
-        let (bucket, key) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("no key after the bucket"))?;
+        let bad = |why: &str| Rejection::new(RejectKind::BadUri, format!("{s:?} is not an s3://bucket/key URI: {why}"));
+        let rest = s.strip_prefix("s3://").ok_or_else(|| bad("it must start with s3://"))?;
+        let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("no key after the bucket"))?;
         if bucket.is_empty() {
             return Err(bad("empty bucket"));
         }
@@ -58,21 +49,14 @@ impl S3Uri {
             return Err(bad("empty key"));
         }
         let bucket_ok = bucket.len() <= 63
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
         if !bucket_ok {
-            return Err(bad(
-                "bucket names are 1-63 characters of a-z, 0-9, '-' and '.'",
-            ));
+            return Err(bad("bucket names are 1-63 characters of a-z, 0-9, '-' and '.'"));
         }
         if key.len() > 1024 {
             return Err(bad("key longer than 1024 bytes"));
         }
-        Ok(S3Uri {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-        })
+        Ok(S3Uri { bucket: bucket.to_owned(), key: key.to_owned() })
     }
 }
 
@@ -85,17 +69,10 @@ impl fmt::Display for S3Uri {
 impl ImagePairEvent {
     /// Parses and validates a payload. Every failure is a [`Rejection`] naming the offending field.
     pub fn parse(payload: &[u8]) -> Result<ImagePairEvent, Rejection> {
-        let value: Value = serde_json::from_slice(payload).map_err(|e| {
-            Rejection::new(
-                RejectKind::MalformedJson,
-                format!("payload is not valid JSON: {e}"),
-            )
-        })?;
+        let value: Value = serde_json::from_slice(payload)
+            .map_err(|e| Rejection::new(RejectKind::MalformedJson, format!("payload is not valid JSON: {e}")))?;
         let Value::Object(mut obj) = value else {
-            return Err(Rejection::new(
-                RejectKind::MalformedJson,
-                "payload is JSON but not an object",
-            ));
+            return Err(Rejection::new(RejectKind::MalformedJson, "payload is JSON but not an object"));
         };
         if let Some(path) = find_nul(&Value::Object(obj.clone()), String::new()) {
             return Err(Rejection::new(
@@ -106,18 +83,12 @@ impl ImagePairEvent {
 
         let event_id = required_string(&mut obj, "event_id")?;
         if event_id.trim().is_empty() {
-            return Err(Rejection::new(
-                RejectKind::InvalidField,
-                "event_id is empty",
-            ));
+            return Err(Rejection::new(RejectKind::InvalidField, "event_id is empty"));
         }
         if event_id.len() > MAX_EVENT_ID_LEN {
             return Err(Rejection::new(
                 RejectKind::InvalidField,
-                format!(
-                    "event_id is {} bytes long; the limit is {MAX_EVENT_ID_LEN}",
-                    event_id.len()
-                ),
+                format!("event_id is {} bytes long; the limit is {MAX_EVENT_ID_LEN}", event_id.len()),
             ));
         }
         let original = S3Uri::parse(&required_string(&mut obj, "original")?)?;
@@ -128,10 +99,7 @@ impl ImagePairEvent {
             Some(s) => Some(
                 DateTime::parse_from_rfc3339(&s)
                     .map_err(|e| {
-                        Rejection::new(
-                            RejectKind::InvalidField,
-                            format!("observed_at {s:?} is not RFC 3339: {e}"),
-                        )
+                        Rejection::new(RejectKind::InvalidField, format!("observed_at {s:?} is not RFC 3339: {e}"))
                     })?
                     .with_timezone(&Utc),
             ),
@@ -142,10 +110,7 @@ impl ImagePairEvent {
             Some(other) => {
                 return Err(Rejection::new(
                     RejectKind::InvalidField,
-                    format!(
-                        "attributes must be a JSON object, got {}",
-                        type_name(&other)
-                    ),
+                    format!("attributes must be a JSON object, got {}", type_name(&other)),
                 ))
             }
         };
@@ -153,23 +118,15 @@ impl ImagePairEvent {
         for (k, v) in obj {
             attributes.entry(k).or_insert(v);
         }
-        Ok(ImagePairEvent {
-            event_id,
-            original,
-            republished,
-            source_url,
-            observed_at,
-            attributes,
-        })
+        Ok(ImagePairEvent { event_id, original, republished, source_url, observed_at, attributes })
     }
 }
 
 fn required_string(obj: &mut Map<String, Value>, field: &str) -> Result<String, Rejection> {
     match obj.remove(field) {
-        None | Some(Value::Null) => Err(Rejection::new(
-            RejectKind::MissingField,
-            format!("required field {field:?} is missing"),
-        )),
+        None | Some(Value::Null) => {
+            Err(Rejection::new(RejectKind::MissingField, format!("required field {field:?} is missing")))
+        }
         Some(Value::String(s)) => Ok(s),
         Some(other) => Err(Rejection::new(
             RejectKind::InvalidField,
@@ -203,21 +160,10 @@ fn type_name(v: &Value) -> &'static str {
 /// Finds the first string (key or value) containing NUL, returning a JSON-path-like location.
 fn find_nul(v: &Value, path: String) -> Option<String> {
     match v {
-        Value::String(s) if s.contains('\0') => Some(if path.is_empty() {
-            "a value".into()
-        } else {
-            path
-        }),
-        Value::Array(a) => a
-            .iter()
-            .enumerate()
-            .find_map(|(i, x)| find_nul(x, format!("{path}[{i}]"))),
+        Value::String(s) if s.contains('\0') => Some(if path.is_empty() { "a value".into() } else { path }),
+        Value::Array(a) => a.iter().enumerate().find_map(|(i, x)| find_nul(x, format!("{path}[{i}]"))),
         Value::Object(m) => m.iter().find_map(|(k, x)| {
-            let p = if path.is_empty() {
-                k.clone()
-            } else {
-                format!("{path}.{k}")
-            };
+            let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
             if k.contains('\0') {
                 Some(p)
             } else {
@@ -245,28 +191,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.event_id, "e1");
-        assert_eq!(
-            e.original,
-            S3Uri {
-                bucket: "imgs".into(),
-                key: "a/b.jpg".into()
-            }
-        );
+        assert_eq!(e.original, S3Uri { bucket: "imgs".into(), key: "a/b.jpg".into() });
         assert_eq!(e.republished.to_string(), "s3://imgs/c.png");
-        assert_eq!(
-            e.observed_at.unwrap().to_rfc3339(),
-            "2026-11-26T09:00:00+00:00"
-        );
+        assert_eq!(e.observed_at.unwrap().to_rfc3339(), "2026-11-26T09:00:00+00:00");
         assert_eq!(e.attributes["extra"], "kept");
         assert_eq!(e.attributes["k"], 1);
     }
 
     #[test]
     fn optional_fields_may_be_absent() {
-        let e = ImagePairEvent::parse(
-            br#"{"event_id":"e","original":"s3://b/k","republished":"s3://b/k2"}"#,
-        )
-        .unwrap();
+        let e = ImagePairEvent::parse(br#"{"event_id":"e","original":"s3://b/k","republished":"s3://b/k2"}"#).unwrap();
         assert!(e.source_url.is_none() && e.observed_at.is_none() && e.attributes.is_empty());
     }
 
@@ -274,50 +208,23 @@ mod tests {
     fn classifies_bad_payloads() {
         assert_eq!(kind("not json"), RejectKind::MalformedJson);
         assert_eq!(kind("[1,2]"), RejectKind::MalformedJson);
+        assert_eq!(kind(r#"{"original":"s3://b/k","republished":"s3://b/k"}"#), RejectKind::MissingField);
+        assert_eq!(kind(r#"{"event_id":"e","republished":"s3://b/k"}"#), RejectKind::MissingField);
+        assert_eq!(kind(r#"{"event_id":7,"original":"s3://b/k","republished":"s3://b/k"}"#), RejectKind::InvalidField);
+        assert_eq!(kind(r#"{"event_id":"","original":"s3://b/k","republished":"s3://b/k"}"#), RejectKind::InvalidField);
+        assert_eq!(kind(r#"{"event_id":"e","original":"http://b/k","republished":"s3://b/k"}"#), RejectKind::BadUri);
+        assert_eq!(kind(r#"{"event_id":"e","original":"s3://b/","republished":"s3://b/k"}"#), RejectKind::BadUri);
+        assert_eq!(kind(r#"{"event_id":"e","original":"s3://B_x/k","republished":"s3://b/k"}"#), RejectKind::BadUri);
         assert_eq!(
-            kind(r#"{"original":"s3://b/k","republished":"s3://b/k"}"#),
-            RejectKind::MissingField
-        );
-        assert_eq!(
-            kind(r#"{"event_id":"e","republished":"s3://b/k"}"#),
-            RejectKind::MissingField
-        );
-        assert_eq!(
-            kind(r#"{"event_id":7,"original":"s3://b/k","republished":"s3://b/k"}"#),
+            kind(r#"{"event_id":"e","original":"s3://b/k","republished":"s3://b/k","observed_at":"yesterday"}"#),
             RejectKind::InvalidField
         );
         assert_eq!(
-            kind(r#"{"event_id":"","original":"s3://b/k","republished":"s3://b/k"}"#),
+            kind(r#"{"event_id":"e","original":"s3://b/k","republished":"s3://b/k","attributes":[1]}"#),
             RejectKind::InvalidField
         );
         assert_eq!(
-            kind(r#"{"event_id":"e","original":"http://b/k","republished":"s3://b/k"}"#),
-            RejectKind::BadUri
-        );
-        assert_eq!(
-            kind(r#"{"event_id":"e","original":"s3://b/","republished":"s3://b/k"}"#),
-            RejectKind::BadUri
-        );
-        assert_eq!(
-            kind(r#"{"event_id":"e","original":"s3://B_x/k","republished":"s3://b/k"}"#),
-            RejectKind::BadUri
-        );
-        assert_eq!(
-            kind(
-                r#"{"event_id":"e","original":"s3://b/k","republished":"s3://b/k","observed_at":"yesterday"}"#
-            ),
-            RejectKind::InvalidField
-        );
-        assert_eq!(
-            kind(
-                r#"{"event_id":"e","original":"s3://b/k","republished":"s3://b/k","attributes":[1]}"#
-            ),
-            RejectKind::InvalidField
-        );
-        assert_eq!(
-            kind(
-                r#"{"event_id":"e","original":"s3://b/k","republished":"s3://b/k","attributes":{"a":"x\u0000"}}"#
-            ),
+            kind(r#"{"event_id":"e","original":"s3://b/k","republished":"s3://b/k","attributes":{"a":"x\u0000"}}"#),
             RejectKind::InvalidField
         );
     }

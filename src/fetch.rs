@@ -74,10 +74,7 @@ impl Fetcher {
         cancel: &CancellationToken,
     ) -> Result<(Bytes, Bytes), StepError> {
         let started = Instant::now();
-        let (a, b) = tokio::join!(
-            self.fetch(original, cancel),
-            self.fetch(republished, cancel)
-        );
+        let (a, b) = tokio::join!(self.fetch(original, cancel), self.fetch(republished, cancel));
         metrics::histogram!(crate::metrics::FETCH_SECONDS).record(started.elapsed().as_secs_f64());
         Ok((a?, b?))
     }
@@ -87,10 +84,7 @@ impl Fetcher {
         if !self.allowed.contains(&uri.bucket) {
             return Err(Rejection::new(
                 RejectKind::BucketNotAllowed,
-                format!(
-                    "bucket {:?} of {uri} is not in s3.allowed_buckets",
-                    uri.bucket
-                ),
+                format!("bucket {:?} of {uri} is not in s3.allowed_buckets", uri.bucket),
             )
             .into());
         }
@@ -100,8 +94,7 @@ impl Fetcher {
                 Ok(bytes) => return Ok(bytes),
                 Err(StepError::Transient(e)) => {
                     attempt += 1;
-                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => "fetch")
-                        .increment(1);
+                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => "fetch").increment(1);
                     let delay = self.backoff.delay(attempt);
                     tracing::warn!(uri = %uri, attempt, retry_in = ?delay, "S3 fetch failed transiently: {e:#}");
                     tokio::select! {
@@ -115,14 +108,7 @@ impl Fetcher {
     }
 
     async fn get_once(&self, uri: &S3Uri) -> Result<Bytes, StepError> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&uri.bucket)
-            .key(&uri.key)
-            .send()
-            .await
-        {
+        let out = match self.client.get_object().bucket(&uri.bucket).key(&uri.key).send().await {
             Ok(out) => out,
             Err(e) => return Err(classify(uri, e)),
         };
@@ -135,14 +121,9 @@ impl Fetcher {
         let mut body = out.body;
         let mut buf = BytesMut::with_capacity(capacity);
         while let Some(chunk) = body.next().await {
-            let chunk = chunk
-                .map_err(|e| StepError::Transient(anyhow::anyhow!("reading body of {uri}: {e}")))?;
+            let chunk = chunk.map_err(|e| StepError::Transient(anyhow::anyhow!("reading body of {uri}: {e}")))?;
             if (buf.len() + chunk.len()) as u64 > self.max_bytes {
-                return Err(too_large(
-                    uri,
-                    (buf.len() + chunk.len()) as u64,
-                    self.max_bytes,
-                ));
+                return Err(too_large(uri, (buf.len() + chunk.len()) as u64, self.max_bytes));
             }
             buf.extend_from_slice(&chunk);
         }
@@ -151,11 +132,8 @@ impl Fetcher {
 }
 
 fn too_large(uri: &S3Uri, len: u64, max: u64) -> StepError {
-    Rejection::new(
-        RejectKind::ObjectTooLarge,
-        format!("{uri} is {len} bytes or more; s3.max_object_bytes is {max}"),
-    )
-    .into()
+    Rejection::new(RejectKind::ObjectTooLarge, format!("{uri} is {len} bytes or more; s3.max_object_bytes is {max}"))
+        .into()
 }
 
 fn classify<E, R>(uri: &S3Uri, err: SdkError<E, R>) -> StepError
@@ -168,11 +146,7 @@ where
             let status = ctx.raw().status_code();
             let code = ctx.err().code().unwrap_or("");
             if status == 404 || matches!(code, "NoSuchKey" | "NoSuchBucket" | "NotFound") {
-                let what = if code == "NoSuchBucket" {
-                    "bucket does not exist"
-                } else {
-                    "no such object"
-                };
+                let what = if code == "NoSuchBucket" { "bucket does not exist" } else { "no such object" };
                 return Rejection::new(RejectKind::ObjectMissing, format!("{uri}: {what}")).into();
             }
             StepError::Transient(anyhow::anyhow!(
@@ -181,10 +155,7 @@ where
             ))
         }
         SdkError::TimeoutError(_) => StepError::Transient(anyhow::anyhow!("GET {uri}: timed out")),
-        _ => StepError::Transient(anyhow::anyhow!(
-            "GET {uri}: {}",
-            aws_sdk_s3::error::DisplayErrorContext(&err)
-        )),
+        _ => StepError::Transient(anyhow::anyhow!("GET {uri}: {}", aws_sdk_s3::error::DisplayErrorContext(&err))),
     }
 }
 

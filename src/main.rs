@@ -79,10 +79,7 @@ struct CaptionArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
@@ -128,28 +125,17 @@ fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
     };
     let limits = Config::load(None).map(|c| c.decode)?;
     let read = |p: &PathBuf| -> anyhow::Result<image::DynamicImage> {
-        let bytes =
-            std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
-        Ok(blip2idc::decode::decode(
-            &bytes,
-            &limits,
-            &p.display().to_string(),
-        )?)
+        let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+        Ok(blip2idc::decode::decode(&bytes, &limits, &p.display().to_string())?)
     };
     let (original, modified) = (read(&a.original)?, read(&a.modified)?);
     let model = blip2idc::model::Blip2Idc::load(&opts)?;
     if model.files.random_weights && !a.json {
-        eprintln!(
-            "note: {} has RANDOM weights; this caption means nothing",
-            a.model
-        );
+        eprintln!("note: {} has RANDOM weights; this caption means nothing", a.model);
     }
     let g = model.caption_images(&original, &modified, a.max_new_tokens)?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"caption": g.caption, "token_ids": g.token_ids})
-        );
+        println!("{}", serde_json::json!({"caption": g.caption, "token_ids": g.token_ids}));
     } else {
         println!("{}", g.caption);
     }
@@ -158,10 +144,7 @@ fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     blip2idc::telemetry::init(&cfg.log.format, &cfg.log.filter);
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        "starting blip2idc serve"
-    );
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting blip2idc serve");
     let prometheus = blip2idc::metrics::install();
     let health = Arc::new(blip2idc::admin::Health::default());
     let shutdown = CancellationToken::new();
@@ -169,14 +152,8 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
 
     let admin_stop = CancellationToken::new();
     let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
-    let (addr, admin) = blip2idc::admin::spawn(
-        cfg.admin.listen,
-        health.clone(),
-        store,
-        prometheus,
-        admin_stop.clone(),
-    )
-    .await?;
+    let (addr, admin) =
+        blip2idc::admin::spawn(cfg.admin.listen, health.clone(), store, prometheus, admin_stop.clone()).await?;
     tracing::info!(%addr, "admin endpoints: /healthz /readyz /metrics");
 
     let factory = blip2idc::caption::blip2::factory(&cfg.model)?;
@@ -205,9 +182,7 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
                 eprintln!("second signal: exiting now");
                 std::process::exit(130);
             }
-            tracing::info!(
-                "signal received: shutting down gracefully (send again to exit at once)"
-            );
+            tracing::info!("signal received: shutting down gracefully (send again to exit at once)");
             shutdown.cancel();
         }
     });

@@ -26,10 +26,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let seconds = [
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                60.0,
-            ];
+            let seconds = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
             let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
@@ -47,48 +44,17 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(CONSUMED, "Events read from the input topic.");
     describe_counter!(CAPTIONED, "Captions durably stored in PostgreSQL.");
-    describe_counter!(
-        DEAD_LETTERED,
-        "Events sent to the dead-letter topic, by error kind."
-    );
-    describe_counter!(
-        TRANSIENT_RETRIES,
-        "Retries after transient failures, by pipeline step."
-    );
+    describe_counter!(DEAD_LETTERED, "Events sent to the dead-letter topic, by error kind.");
+    describe_counter!(TRANSIENT_RETRIES, "Retries after transient failures, by pipeline step.");
     describe_histogram!(BATCH_SIZE, "Pairs per captioning batch.");
-    describe_histogram!(
-        FETCH_SECONDS,
-        Unit::Seconds,
-        "Time to fetch both images of a pair from S3."
-    );
-    describe_histogram!(
-        DECODE_SECONDS,
-        Unit::Seconds,
-        "Time to decode and preprocess a pair."
-    );
+    describe_histogram!(FETCH_SECONDS, Unit::Seconds, "Time to fetch both images of a pair from S3.");
+    describe_histogram!(DECODE_SECONDS, Unit::Seconds, "Time to decode and preprocess a pair.");
     describe_histogram!(INFERENCE_SECONDS, Unit::Seconds, "Model time per batch.");
-    describe_histogram!(
-        STORE_SECONDS,
-        Unit::Seconds,
-        "Time to store a batch in PostgreSQL."
-    );
-    describe_histogram!(
-        END_TO_END_SECONDS,
-        Unit::Seconds,
-        "From consumption to durable storage, per event."
-    );
-    describe_gauge!(
-        PARTITION_LAG,
-        "Consumer lag per partition (messages), from librdkafka statistics."
-    );
-    describe_gauge!(
-        IN_FLIGHT,
-        "Events consumed but not yet stored or dead-lettered."
-    );
-    describe_gauge!(
-        PAUSED,
-        "1 while the input partitions are paused for backpressure."
-    );
+    describe_histogram!(STORE_SECONDS, Unit::Seconds, "Time to store a batch in PostgreSQL.");
+    describe_histogram!(END_TO_END_SECONDS, Unit::Seconds, "From consumption to durable storage, per event.");
+    describe_gauge!(PARTITION_LAG, "Consumer lag per partition (messages), from librdkafka statistics.");
+    describe_gauge!(IN_FLIGHT, "Events consumed but not yet stored or dead-lettered.");
+    describe_gauge!(PAUSED, "1 while the input partitions are paused for backpressure.");
     describe_counter!(COMMITS, "Offset commits, by outcome.");
     describe_counter!(MODEL_SWAPS, "Hot swaps of the captioning model.");
 }

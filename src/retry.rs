@@ -12,24 +12,18 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            initial,
-            max: max.max(initial),
-        }
+        Backoff { initial, max: max.max(initial) }
     }
 
     /// The un-jittered delay before retry number `attempt` (1-based).
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1).min(30))
-            .unwrap_or(u32::MAX);
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(30)).unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
     }
 
     /// The jittered delay before retry number `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
-        self.ceiling(attempt)
-            .mul_f64(0.5 + rand::random::<f64>() * 0.5)
+        self.ceiling(attempt).mul_f64(0.5 + rand::random::<f64>() * 0.5)
     }
 }
 

@@ -12,15 +12,9 @@ pub fn init(format: &str, filter: &str) {
         "pretty" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json {
-        builder
-            .json()
-            .with_current_span(false)
-            .flatten_event(true)
-            .try_init()
+        builder.json().with_current_span(false).flatten_event(true).try_init()
     } else {
         builder.compact().try_init()
     };

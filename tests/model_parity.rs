@@ -7,9 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use blip2idc::model::ops::Mode;
-use blip2idc::model::preprocess::{
-    resize_bicubic, resize_bicubic_with, stack_pair, ImageProcessorConfig, PassOrder,
-};
+use blip2idc::model::preprocess::{resize_bicubic, resize_bicubic_with, stack_pair, ImageProcessorConfig, PassOrder};
 use blip2idc::model::{Blip2Idc, LoadOptions};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use image::RgbImage;
@@ -26,11 +24,7 @@ fn manifest() -> Value {
 }
 
 fn expected(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(
-        dir().join("expected").join(format!("{name}.safetensors")),
-        &Device::Cpu,
-    )
-    .unwrap()
+    candle_core::safetensors::load(dir().join("expected").join(format!("{name}.safetensors")), &Device::Cpu).unwrap()
 }
 
 fn load(ckpt: &str, adapter: bool, merge: bool) -> Blip2Idc {
@@ -46,36 +40,17 @@ fn load(ckpt: &str, adapter: bool, merge: bool) -> Blip2Idc {
 
 fn rgb(t: &Tensor) -> RgbImage {
     let (h, w, _) = t.dims3().unwrap();
-    RgbImage::from_raw(
-        w as u32,
-        h as u32,
-        t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-    )
-    .unwrap()
+    RgbImage::from_raw(w as u32, h as u32, t.flatten_all().unwrap().to_vec1::<u8>().unwrap()).unwrap()
 }
 
 fn max_diff_u8(a: &RgbImage, b: &RgbImage) -> u8 {
     assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
+    a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0)
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 fn pairs() -> usize {
@@ -90,50 +65,26 @@ fn stacking_and_bicubic_resize_are_pil_exact() {
         let modi = rgb(&pre[&format!("pair{i}.modified_rgb")]);
         let stacked = stack_pair(&orig, &modi);
         let want = rgb(&pre[&format!("pair{i}.stacked")]);
-        assert_eq!(
-            max_diff_u8(&stacked, &want),
-            0,
-            "pair {i}: stacked image differs from PIL"
-        );
+        assert_eq!(max_diff_u8(&stacked, &want), 0, "pair {i}: stacked image differs from PIL");
         let r224 = resize_bicubic(&want, 224, 224);
-        assert_eq!(
-            max_diff_u8(&r224, &rgb(&pre[&format!("pair{i}.stacked_224")])),
-            0,
-            "pair {i}: 224 resize"
-        );
+        assert_eq!(max_diff_u8(&r224, &rgb(&pre[&format!("pair{i}.stacked_224")])), 0, "pair {i}: 224 resize");
         for ckpt in CHECKPOINTS {
             let exp = expected(ckpt);
-            let size = manifest()["checkpoints"][ckpt]["image_size"]
-                .as_u64()
-                .unwrap() as u32;
-            let proc = ImageProcessorConfig::from_file(
-                &dir().join(ckpt).join("preprocessor_config.json"),
-                size,
-            )
-            .unwrap();
+            let size = manifest()["checkpoints"][ckpt]["image_size"].as_u64().unwrap() as u32;
+            let proc =
+                ImageProcessorConfig::from_file(&dir().join(ckpt).join("preprocessor_config.json"), size).unwrap();
             let resized = proc.resize(&want);
             // Exact against Pillow < 13 (the authors' and transformers 4.35's, our default), and in
             // Pillow 13's pass order against Pillow 13 (python-pillow/Pillow#9549).
             let legacy = rgb(&expected("resize_pillow11")[&format!("pair{i}.resized_{size}")]);
-            assert_eq!(
-                max_diff_u8(&resized, &legacy),
-                0,
-                "{ckpt} pair {i}: differs from Pillow 11"
-            );
+            assert_eq!(max_diff_u8(&resized, &legacy), 0, "{ckpt} pair {i}: differs from Pillow 11");
             let pillow13 = resize_bicubic_with(&want, size, size, PassOrder::Pillow13);
             let d = max_diff_u8(&pillow13, &rgb(&exp[&format!("pair{i}.resized_u8")]));
-            assert_eq!(
-                d, 0,
-                "{ckpt} pair {i}: Pillow 13 pass order differs from Pillow 13"
-            );
+            assert_eq!(d, 0, "{ckpt} pair {i}: Pillow 13 pass order differs from Pillow 13");
             // Rescale and normalisation of Pillow 13's resize reproduce its pixel_values.
-            let no_resize = ImageProcessorConfig {
-                do_resize: false,
-                ..proc.clone()
-            };
+            let no_resize = ImageProcessorConfig { do_resize: false, ..proc.clone() };
             let pv = no_resize.pixel_values(&pillow13);
-            let got =
-                Tensor::from_vec(pv, (1, 3, size as usize, size as usize), &Device::Cpu).unwrap();
+            let got = Tensor::from_vec(pv, (1, 3, size as usize, size as usize), &Device::Cpu).unwrap();
             let d = max_abs(&got, &exp[&format!("pair{i}.pixel_values")]);
             assert!(d < 1e-5, "{ckpt} pair {i}: pixel_values differ by {d}");
         }
@@ -143,11 +94,7 @@ fn stacking_and_bicubic_resize_are_pil_exact() {
 #[test]
 fn decoding_files_matches_pil() {
     let pre = expected("preprocess");
-    let limits = blip2idc::config::DecodeConfig {
-        max_width: 4096,
-        max_height: 4096,
-        max_alloc_bytes: 1 << 28,
-    };
+    let limits = blip2idc::config::DecodeConfig { max_width: 4096, max_height: 4096, max_alloc_bytes: 1 << 28 };
     for (i, p) in manifest()["pairs"].as_array().unwrap().iter().enumerate() {
         for (field, name) in [("original", "original_rgb"), ("modified", "modified_rgb")] {
             let file = p[field].as_str().unwrap();
@@ -164,37 +111,22 @@ fn decoding_files_matches_pil() {
     for ckpt in CHECKPOINTS {
         let exp = expected(ckpt);
         let model = load(ckpt, false, true);
-        let no_resize = ImageProcessorConfig {
-            do_resize: false,
-            ..model.processor.clone()
-        };
+        let no_resize = ImageProcessorConfig { do_resize: false, ..model.processor.clone() };
         for (i, p) in manifest()["pairs"].as_array().unwrap().iter().enumerate() {
             let read = |f: &str| {
-                blip2idc::decode::decode(
-                    &std::fs::read(dir().join(p[f].as_str().unwrap())).unwrap(),
-                    &limits,
-                    f,
-                )
-                .unwrap()
+                blip2idc::decode::decode(&std::fs::read(dir().join(p[f].as_str().unwrap())).unwrap(), &limits, f)
+                    .unwrap()
             };
-            let pv = model
-                .processor
-                .preprocess_pair(&read("original"), &read("modified"));
+            let pv = model.processor.preprocess_pair(&read("original"), &read("modified"));
             let s = model.processor.height as usize;
             let got = Tensor::from_vec(pv, (1, 3, s, s), &Device::Cpu).unwrap();
             let pil11 = no_resize.pixel_values(&rgb(&legacy[&format!("pair{i}.resized_{s}")]));
             let pil11 = Tensor::from_vec(pil11, (1, 3, s, s), &Device::Cpu).unwrap();
             let d = max_abs(&got, &pil11);
-            assert!(
-                d < 1e-6,
-                "{ckpt} pair {i}: pixel_values from files differ from Pillow 11's by {d}"
-            );
+            assert!(d < 1e-6, "{ckpt} pair {i}: pixel_values from files differ from Pillow 11's by {d}");
             let d = max_abs(&got, &exp[&format!("pair{i}.pixel_values")]);
             let two_levels = 2.0 / 255.0 / 0.2613; // the smallest CLIP std
-            assert!(
-                d <= two_levels + 1e-5,
-                "{ckpt} pair {i}: pixel_values from files differ by {d}"
-            );
+            assert!(d <= two_levels + 1e-5, "{ckpt} pair {i}: pixel_values from files differ by {d}");
         }
     }
 }
@@ -218,10 +150,7 @@ fn adapter_targets_exactly_the_modules_peft_adapted() {
                 .any(|m| m.ends_with("attention.attention.query") && !m.contains("crossattention")),
             "the Q-Former self-attention query must not be adapted"
         );
-        assert!(model
-            .adapted_modules
-            .iter()
-            .any(|m| m.ends_with("crossattention.attention.query")));
+        assert!(model.adapted_modules.iter().any(|m| m.ends_with("crossattention.attention.query")));
     }
 }
 
@@ -229,11 +158,7 @@ fn adapter_targets_exactly_the_modules_peft_adapted() {
 fn logits_and_activations_match_the_reference() {
     for ckpt in CHECKPOINTS {
         let exp = expected(ckpt);
-        for (variant, adapter, merge) in [
-            ("base", false, true),
-            ("adapter", true, true),
-            ("adapter", true, false),
-        ] {
+        for (variant, adapter, merge) in [("base", false, true), ("adapter", true, true), ("adapter", true, false)] {
             let model = load(ckpt, adapter, merge);
             let m = &model.model;
             let bos = Tensor::new(&[[2u32]], &Device::Cpu).unwrap();
@@ -241,36 +166,23 @@ fn logits_and_activations_match_the_reference() {
                 let pv = &exp[&format!("pair{i}.pixel_values")];
                 let logits = m.forward(pv, &bos, Mode::Inference).unwrap();
                 let d = max_abs(&logits, &exp[&format!("pair{i}.logits.{variant}")]);
-                assert!(
-                    d <= 1e-4,
-                    "{ckpt} {variant} (merged {merge}) pair {i}: logits max|Δ| = {d}"
-                );
+                assert!(d <= 1e-4, "{ckpt} {variant} (merged {merge}) pair {i}: logits max|Δ| = {d}");
             }
             let pv = &exp["pair0.pixel_values"];
             let emb = m.vision_model.embeddings.forward(pv).unwrap();
             assert!(max_abs(&emb, &exp[&format!("pair0.vision_embeddings.{variant}")]) < 1e-5);
             let vis = m.vision_model.forward(pv, Mode::Inference).unwrap();
-            let d = max_abs(
-                &vis,
-                &exp[&format!("pair0.vision_last_hidden_state.{variant}")],
-            );
+            let d = max_abs(&vis, &exp[&format!("pair0.vision_last_hidden_state.{variant}")]);
             assert!(d < 1e-4, "{ckpt} {variant}: vision {d}");
             let prefix = m.image_prefix(pv, Mode::Inference).unwrap();
-            let d = max_abs(
-                &prefix,
-                &exp[&format!("pair0.language_projection.{variant}")],
-            );
+            let d = max_abs(&prefix, &exp[&format!("pair0.language_projection.{variant}")]);
             assert!(d < 1e-4, "{ckpt} {variant}: language projection {d}");
         }
     }
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 #[test]
@@ -280,56 +192,29 @@ fn greedy_ids_and_captions_match_batched_and_one_by_one() {
         let man = manifest();
         for (variant, adapter) in [("base", false), ("adapter", true)] {
             let model = load(ckpt, adapter, true);
-            let reference = man["checkpoints"][ckpt]["greedy"][variant]["one_by_one"]
-                .as_array()
-                .unwrap();
+            let reference = man["checkpoints"][ckpt]["greedy"][variant]["one_by_one"].as_array().unwrap();
             let pvs: Vec<Vec<f32>> = (0..pairs())
-                .map(|i| {
-                    exp[&format!("pair{i}.pixel_values")]
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap()
-                })
+                .map(|i| exp[&format!("pair{i}.pixel_values")].flatten_all().unwrap().to_vec1().unwrap())
                 .collect();
             let refs: Vec<&[f32]> = pvs.iter().map(|v| v.as_slice()).collect();
             let batch = model.caption_pixels(&refs, 77).unwrap();
             let mut stopped = 0;
             for (i, r) in reference.iter().enumerate() {
                 let want = ids(&r["token_ids"]);
-                assert_eq!(
-                    batch[i].token_ids, want,
-                    "{ckpt} {variant} pair {i} (batched)"
-                );
+                assert_eq!(batch[i].token_ids, want, "{ckpt} {variant} pair {i} (batched)");
                 let one = model.caption_pixels(&refs[i..=i], 77).unwrap().remove(0);
-                assert_eq!(
-                    one.token_ids, want,
-                    "{ckpt} {variant} pair {i} (one by one)"
-                );
-                assert_eq!(
-                    one.caption,
-                    r["caption"].as_str().unwrap(),
-                    "{ckpt} {variant} pair {i} caption"
-                );
+                assert_eq!(one.token_ids, want, "{ckpt} {variant} pair {i} (one by one)");
+                assert_eq!(one.caption, r["caption"].as_str().unwrap(), "{ckpt} {variant} pair {i} caption");
                 stopped += r["stopped_at_eos"].as_bool().unwrap() as usize;
             }
-            assert!(
-                stopped > 0 && stopped < reference.len(),
-                "the fixture exercises both stop conditions"
-            );
+            assert!(stopped > 0 && stopped < reference.len(), "the fixture exercises both stop conditions");
             // The raw batched rows agree too (bos first, then ids, eos, then pad).
-            let rows = exp[&format!("batch.greedy_rows.{variant}")]
-                .to_dtype(DType::I64)
-                .unwrap();
+            let rows = exp[&format!("batch.greedy_rows.{variant}")].to_dtype(DType::I64).unwrap();
             for (i, g) in batch.iter().enumerate() {
                 let row: Vec<i64> = rows.i(i).unwrap().to_vec1().unwrap();
                 assert_eq!(row[0], 2);
                 let gen: Vec<i64> = g.token_ids.iter().map(|&t| t as i64).collect();
-                assert_eq!(
-                    &row[1..=gen.len()],
-                    gen.as_slice(),
-                    "{ckpt} {variant} batch row {i}"
-                );
+                assert_eq!(&row[1..=gen.len()], gen.as_slice(), "{ckpt} {variant} batch row {i}");
             }
         }
     }
@@ -349,11 +234,7 @@ fn caption_cli_prints_the_json_contract() {
         .arg(dir().join(p["modified"].as_str().unwrap()))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let v: Value = serde_json::from_str(stdout.trim()).expect("exactly one JSON object on stdout");
     let r = &man["checkpoints"]["tiny-a"]["greedy"]["adapter"]["one_by_one"][0];

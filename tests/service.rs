@@ -25,21 +25,13 @@ fn start(cfg: &Config, factory: CaptionerFactory) -> Running {
     let health = Arc::new(Health::default());
     let (s, h) = (shutdown.clone(), health.clone());
     let task = tokio::spawn(async move { pipeline::run(&cfg, factory, h, s, |_| {}).await });
-    Running {
-        shutdown,
-        task,
-        health,
-    }
+    Running { shutdown, task, health }
 }
 
 impl Running {
     async fn stop(self) -> RunSummary {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("shutdown in time")
-            .unwrap()
-            .unwrap()
+        tokio::time::timeout(Duration::from_secs(60), self.task).await.expect("shutdown in time").unwrap().unwrap()
     }
 }
 
@@ -49,51 +41,35 @@ async fn happy_path_stores_every_event_once_and_commits() {
     let ids = scope.seed(0..30, 48).await;
     let run = start(&scope.cfg, test_captioner(Duration::ZERO));
     scope.wait_for_captions(30, Duration::from_secs(60)).await;
-    assert!(run
-        .health
-        .group_joined
-        .load(std::sync::atomic::Ordering::Relaxed));
-    assert!(run
-        .health
-        .model_loaded
-        .load(std::sync::atomic::Ordering::Relaxed));
+    assert!(run.health.group_joined.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(run.health.model_loaded.load(std::sync::atomic::Ordering::Relaxed));
     let summary = run.stop().await;
-    assert!(
-        summary.fatal.is_none() && !summary.drain_timed_out,
-        "{summary:?}"
-    );
+    assert!(summary.fatal.is_none() && !summary.drain_timed_out, "{summary:?}");
     assert_eq!(scope.caption_count().await, 30);
-    assert_eq!(
-        scope.committed_total(),
-        30,
-        "every stored event is committed at shutdown"
-    );
+    assert_eq!(scope.committed_total(), 30, "every stored event is committed at shutdown");
 
     // Source metadata and the analyst views.
-    let (uri, attrs, host): (String, serde_json::Value, Option<String>) = sqlx::query_as(
-        "SELECT original_uri, attributes, source_host FROM image_pairs WHERE event_id = $1",
-    )
-    .bind(&ids[0])
-    .fetch_one(scope.store().pool())
-    .await
-    .unwrap();
+    let (uri, attrs, host): (String, serde_json::Value, Option<String>) =
+        sqlx::query_as("SELECT original_uri, attributes, source_host FROM image_pairs WHERE event_id = $1")
+            .bind(&ids[0])
+            .fetch_one(scope.store().pool())
+            .await
+            .unwrap();
     assert_eq!(uri, format!("s3://{}/0/a.jpg", scope.bucket));
     assert_eq!(attrs["test"], true);
     assert_eq!(host.as_deref(), Some("news.example"));
-    let latest: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM latest_captions WHERE event_id LIKE $1 || '-%'")
+    let latest: i64 = sqlx::query_scalar("SELECT count(*) FROM latest_captions WHERE event_id LIKE $1 || '-%'")
+        .bind(&scope.prefix)
+        .fetch_one(scope.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(latest, 30);
+    let found: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM search_captions('test caption') WHERE event_id LIKE $1 || '-%'")
             .bind(&scope.prefix)
             .fetch_one(scope.store().pool())
             .await
             .unwrap();
-    assert_eq!(latest, 30);
-    let found: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM search_captions('test caption') WHERE event_id LIKE $1 || '-%'",
-    )
-    .bind(&scope.prefix)
-    .fetch_one(scope.store().pool())
-    .await
-    .unwrap();
     assert_eq!(found, 30, "full-text search finds the captions");
 }
 
@@ -125,9 +101,7 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
         ("malformed_json", b"{\"event_id\": ".to_vec()),
         (
             "missing_field",
-            serde_json::json!({"event_id": format!("{p}-x"), "original": "s3://a/b"})
-                .to_string()
-                .into_bytes(),
+            serde_json::json!({"event_id": format!("{p}-x"), "original": "s3://a/b"}).to_string().into_bytes(),
         ),
         ("bad_uri", {
             let mut e = ev("uri", "good.jpg");
@@ -139,32 +113,15 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
             e["original"] = "s3://someone-elses-bucket/a.jpg".into();
             e.to_string().into_bytes()
         }),
-        (
-            "object_missing",
-            ev("missing", "does/not/exist.jpg").to_string().into_bytes(),
-        ),
-        (
-            "object_too_large",
-            ev("large", "huge.bin").to_string().into_bytes(),
-        ),
-        (
-            "not_an_image",
-            ev("text", "text.jpg").to_string().into_bytes(),
-        ),
-        (
-            "corrupt_image",
-            ev("corrupt", "truncated.jpg").to_string().into_bytes(),
-        ),
-        (
-            "image_too_large",
-            ev("bomb", "bomb.png").to_string().into_bytes(),
-        ),
+        ("object_missing", ev("missing", "does/not/exist.jpg").to_string().into_bytes()),
+        ("object_too_large", ev("large", "huge.bin").to_string().into_bytes()),
+        ("not_an_image", ev("text", "text.jpg").to_string().into_bytes()),
+        ("corrupt_image", ev("corrupt", "truncated.jpg").to_string().into_bytes()),
+        ("image_too_large", ev("bomb", "bomb.png").to_string().into_bytes()),
     ];
     cases.push((
         "invalid_field",
-        serde_json::json!({"event_id": 5, "original": "s3://a/b", "republished": "s3://a/c"})
-            .to_string()
-            .into_bytes(),
+        serde_json::json!({"event_id": 5, "original": "s3://a/b", "republished": "s3://a/c"}).to_string().into_bytes(),
     ));
     for (i, (_, payload)) in cases.iter().enumerate() {
         scope.publish_raw(&format!("bad-{i}"), payload).await;
@@ -176,21 +133,10 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
     let letters = scope.dead_letters(cases.len(), Duration::from_secs(30));
     let summary = run.stop().await;
     assert!(summary.fatal.is_none(), "{summary:?}");
-    assert_eq!(
-        scope.caption_count().await,
-        6,
-        "good events flow around the bad ones"
-    );
-    assert_eq!(
-        letters.len(),
-        cases.len(),
-        "one dead letter per bad event: {letters:#?}"
-    );
+    assert_eq!(scope.caption_count().await, 6, "good events flow around the bad ones");
+    assert_eq!(letters.len(), cases.len(), "one dead letter per bad event: {letters:#?}");
     for (kind, payload) in &cases {
-        let l = letters
-            .iter()
-            .find(|l| &l.payload == payload)
-            .unwrap_or_else(|| panic!("no dead letter for {kind}"));
+        let l = letters.iter().find(|l| &l.payload == payload).unwrap_or_else(|| panic!("no dead letter for {kind}"));
         assert_eq!(l.headers["error.kind"], *kind, "{l:#?}");
         assert!(!l.headers["error.message"].is_empty());
         assert_eq!(l.headers["source.topic"], scope.cfg.kafka.input_topic);
@@ -198,11 +144,7 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
         assert!(l.headers["source.partition"].parse::<i32>().is_ok());
         assert!(l.headers.contains_key("dead_lettered_at"));
     }
-    assert_eq!(
-        scope.committed_total(),
-        (6 + cases.len()) as i64,
-        "dead-lettered events count as done"
-    );
+    assert_eq!(scope.committed_total(), (6 + cases.len()) as i64, "dead-lettered events count as done");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -215,24 +157,12 @@ async fn breaker_stops_consumption_when_everything_is_rejected() {
         scope.publish_raw(&format!("k{i}"), b"garbage").await;
     }
     let run = start(&scope.cfg, test_captioner(Duration::ZERO));
-    let summary = tokio::time::timeout(Duration::from_secs(60), run.task)
-        .await
-        .expect("stops by itself")
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(summary.fatal, Some(Fatal::BreakerTripped { .. })),
-        "{summary:?}"
-    );
+    let summary =
+        tokio::time::timeout(Duration::from_secs(60), run.task).await.expect("stops by itself").unwrap().unwrap();
+    assert!(matches!(summary.fatal, Some(Fatal::BreakerTripped { .. })), "{summary:?}");
     let dead = scope.dead_letters(30, Duration::from_secs(12)).len();
-    assert!(
-        (4..30).contains(&dead),
-        "the breaker stopped the flood after {dead} dead letters"
-    );
-    assert!(
-        scope.committed_total() <= dead as i64,
-        "nothing past the tripping event is committed"
-    );
+    assert!((4..30).contains(&dead), "the breaker stopped the flood after {dead} dead letters");
+    assert!(scope.committed_total() <= dead as i64, "nothing past the tripping event is committed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -248,18 +178,11 @@ async fn redelivered_events_never_make_second_rows() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while scope.committed_total() < 12 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the second group did not finish"
-        );
+        assert!(std::time::Instant::now() < deadline, "the second group did not finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     run.stop().await;
-    assert_eq!(
-        scope.caption_count().await,
-        12,
-        "upsert on (event_id, model_version)"
-    );
+    assert_eq!(scope.caption_count().await, 12, "upsert on (event_id, model_version)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -291,21 +214,10 @@ async fn graceful_shutdown_commits_exactly_what_was_stored() {
         .fetch_one(scope.store().pool())
         .await
         .unwrap();
-        assert_eq!(
-            stored_below,
-            c.max(0),
-            "partition {p}: committed {c} but only {stored_below} stored below it"
-        );
+        assert_eq!(stored_below, c.max(0), "partition {p}: committed {c} but only {stored_below} stored below it");
     }
-    assert_eq!(
-        scope.committed_total(),
-        scope.caption_count().await,
-        "drained: all stored work is committed"
-    );
-    assert!(
-        scope.caption_count().await < 40,
-        "shutdown happened mid-stream"
-    );
+    assert_eq!(scope.committed_total(), scope.caption_count().await, "drained: all stored work is committed");
+    assert!(scope.caption_count().await < 40, "shutdown happened mid-stream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -327,26 +239,17 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     let prometheus = blip2idc::metrics::install();
     let health = Arc::new(Health::default());
     let stop = CancellationToken::new();
-    let (addr, task) = blip2idc::admin::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        health.clone(),
-        scope.store(),
-        prometheus,
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let (addr, task) =
+        blip2idc::admin::spawn("127.0.0.1:0".parse().unwrap(), health.clone(), scope.store(), prometheus, stop.clone())
+            .await
+            .unwrap();
     let (code, body) = http_get(addr, "/healthz").await;
     assert_eq!((code, body.trim()), (200, "ok"));
     let (code, body) = http_get(addr, "/readyz").await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("\"database_reachable\":true"), "{body}");
-    health
-        .group_joined
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    health
-        .model_loaded
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    health.group_joined.store(true, std::sync::atomic::Ordering::Relaxed);
+    health.model_loaded.store(true, std::sync::atomic::Ordering::Relaxed);
     let (code, _) = http_get(addr, "/readyz").await;
     assert_eq!(code, 200);
     metrics::counter!(blip2idc::metrics::CONSUMED).increment(1);
@@ -360,16 +263,11 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let code = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
+    let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
     (code, body)
 }
 
@@ -377,9 +275,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 fn png_bomb(w: u32, h: u32) -> Vec<u8> {
     use image::ImageEncoder;
     let mut p = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut p)
-        .write_image(&[0, 0, 0], 1, 1, image::ExtendedColorType::Rgb8)
-        .unwrap();
+    image::codecs::png::PngEncoder::new(&mut p).write_image(&[0, 0, 0], 1, 1, image::ExtendedColorType::Rgb8).unwrap();
     p[16..20].copy_from_slice(&w.to_be_bytes());
     p[20..24].copy_from_slice(&h.to_be_bytes());
     let crc = crc32(&p[12..29]);
@@ -392,11 +288,7 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
         }
     }
     !c

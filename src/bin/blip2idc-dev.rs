@@ -14,13 +14,7 @@ use blip2idc::devtools;
 #[command(name = "blip2idc-dev", version)]
 struct Cli {
     /// TOML file overriding the built-in defaults.
-    #[arg(
-        long,
-        short = 'c',
-        env = "BLIP2IDC_CONFIG",
-        value_name = "FILE",
-        global = true
-    )]
+    #[arg(long, short = 'c', env = "BLIP2IDC_CONFIG", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -83,21 +77,13 @@ async fn main() -> anyhow::Result<()> {
                 cfg.kafka.input_topic, cfg.kafka.dlq_topic, cfg.s3.allowed_buckets[0]
             );
         }
-        Command::Seed {
-            pairs,
-            size,
-            bad,
-            prefix,
-        } => {
+        Command::Seed { pairs, size, bad, prefix } => {
             let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
             let bucket = &cfg.s3.allowed_buckets[0];
             let producer = devtools::producer(&cfg.kafka.brokers)?;
             for i in 0..pairs {
                 let (a, b, truth) = devtools::synthetic_pair(i, size);
-                let (ka, kb) = (
-                    format!("{prefix}/{i}/original.jpg"),
-                    format!("{prefix}/{i}/republished.jpg"),
-                );
+                let (ka, kb) = (format!("{prefix}/{i}/original.jpg"), format!("{prefix}/{i}/republished.jpg"));
                 devtools::put(&s3, bucket, &ka, devtools::jpeg(&a, 90)).await?;
                 devtools::put(&s3, bucket, &kb, devtools::jpeg(&b, 90)).await?;
                 let event = serde_json::json!({
@@ -118,13 +104,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("published {prefix}-{i}: {truth}");
             }
             if bad {
-                devtools::put(
-                    &s3,
-                    bucket,
-                    &format!("{prefix}/not-an-image.jpg"),
-                    b"hello".to_vec(),
-                )
-                .await?;
+                devtools::put(&s3, bucket, &format!("{prefix}/not-an-image.jpg"), b"hello".to_vec()).await?;
                 let ok = format!("s3://{bucket}/{prefix}/0/original.jpg");
                 let bad_events = [
                     "{not json".to_owned(),
@@ -135,19 +115,10 @@ async fn main() -> anyhow::Result<()> {
                     serde_json::json!({"event_id": format!("{prefix}-notimg"), "original": format!("s3://{bucket}/{prefix}/not-an-image.jpg"), "republished": ok}).to_string(),
                 ];
                 for (i, e) in bad_events.iter().enumerate() {
-                    devtools::publish(
-                        &producer,
-                        &cfg.kafka.input_topic,
-                        &format!("{prefix}-bad-{i}"),
-                        e.as_bytes(),
-                    )
-                    .await?;
+                    devtools::publish(&producer, &cfg.kafka.input_topic, &format!("{prefix}-bad-{i}"), e.as_bytes())
+                        .await?;
                 }
-                println!(
-                    "published {} bad events (they go to {})",
-                    bad_events.len(),
-                    cfg.kafka.dlq_topic
-                );
+                println!("published {} bad events (they go to {})", bad_events.len(), cfg.kafka.dlq_topic);
             }
         }
         Command::Captions { limit, prefix } => {
@@ -164,29 +135,20 @@ async fn main() -> anyhow::Result<()> {
                 println!("{id}\t{version}\t{caption}");
             }
         }
-        Command::Wait {
-            count,
-            prefix,
-            timeout,
-        } => {
+        Command::Wait { count, prefix, timeout } => {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
             let deadline = std::time::Instant::now() + timeout;
             loop {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM captions WHERE event_id LIKE $1 || '%'",
-                )
-                .bind(&prefix)
-                .fetch_one(store.pool())
-                .await
-                .unwrap_or(0);
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM captions WHERE event_id LIKE $1 || '%'")
+                    .bind(&prefix)
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap_or(0);
                 if n >= count {
                     println!("{n} captions stored");
                     break;
                 }
-                anyhow::ensure!(
-                    std::time::Instant::now() < deadline,
-                    "only {n} of {count} captions after {timeout:?}"
-                );
+                anyhow::ensure!(std::time::Instant::now() < deadline, "only {n} of {count} captions after {timeout:?}");
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }

@@ -17,11 +17,7 @@ pub struct Blip2Captioner {
 
 impl Blip2Captioner {
     pub fn load(cfg: &ModelConfig) -> anyhow::Result<Blip2Captioner> {
-        Self::load_with_adapter(
-            cfg,
-            cfg.adapter.as_deref().map(PathBuf::from),
-            cfg.version.clone(),
-        )
+        Self::load_with_adapter(cfg, cfg.adapter.as_deref().map(PathBuf::from), cfg.version.clone())
     }
 
     /// Loads the configured base with another adapter (hot swap).
@@ -42,11 +38,7 @@ impl Blip2Captioner {
             Some(v) => v,
             None => model.default_version()?,
         };
-        Ok(Blip2Captioner {
-            model,
-            version,
-            max_new_tokens: cfg.max_new_tokens,
-        })
+        Ok(Blip2Captioner { model, version, max_new_tokens: cfg.max_new_tokens })
     }
 
     pub fn model(&self) -> &Blip2Idc {
@@ -64,12 +56,7 @@ impl Captioner for Blip2Captioner {
     }
 
     fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>> {
-        Ok(self
-            .model
-            .caption_pixels(pixel_values, self.max_new_tokens)?
-            .into_iter()
-            .map(|g| g.caption)
-            .collect())
+        Ok(self.model.caption_pixels(pixel_values, self.max_new_tokens)?.into_iter().map(|g| g.caption).collect())
     }
 }
 
@@ -78,7 +65,5 @@ pub fn factory(cfg: &ModelConfig) -> anyhow::Result<CaptionerFactory> {
     // Fail fast on what can be checked without loading.
     parse_dtype(&cfg.dtype)?;
     let cfg = cfg.clone();
-    Ok(Box::new(move || {
-        Ok(Box::new(Blip2Captioner::load(&cfg)?) as Box<dyn super::Captioner>)
-    }))
+    Ok(Box::new(move || Ok(Box::new(Blip2Captioner::load(&cfg)?) as Box<dyn super::Captioner>)))
 }

@@ -39,14 +39,8 @@ pub struct BatchOutput {
 }
 
 enum Request {
-    Caption {
-        batch: Vec<Vec<f32>>,
-        reply: oneshot::Sender<BatchOutput>,
-    },
-    Swap {
-        factory: CaptionerFactory,
-        reply: oneshot::Sender<anyhow::Result<String>>,
-    },
+    Caption { batch: Vec<Vec<f32>>, reply: oneshot::Sender<BatchOutput> },
+    Swap { factory: CaptionerFactory, reply: oneshot::Sender<anyhow::Result<String>> },
 }
 
 /// Handle to the captioner thread.
@@ -104,12 +98,7 @@ impl CaptionWorker {
             .recv()
             .context("the captioner thread died while loading the model")?
             .context("loading the model")?;
-        Ok(CaptionWorker {
-            tx,
-            version: Arc::new(RwLock::new(version)),
-            processor,
-            thread: Some(thread),
-        })
+        Ok(CaptionWorker { tx, version: Arc::new(RwLock::new(version)), processor, thread: Some(thread) })
     }
 
     /// The version of the model currently loaded.
@@ -167,10 +156,7 @@ fn run_batch(model: &mut dyn Captioner, batch: &[Vec<f32>]) -> BatchOutput {
                 Ok(c) => format!("returned {} captions for {} inputs", c.len(), batch.len()),
                 Err(e) => format!("{e:#}"),
             };
-            tracing::warn!(
-                batch = batch.len(),
-                "batch captioning failed ({why}); captioning one by one"
-            );
+            tracing::warn!(batch = batch.len(), "batch captioning failed ({why}); captioning one by one");
             // Isolate the culprit: only the inputs that fail alone are rejected.
             refs.iter()
                 .map(|one| match model.caption_batch(std::slice::from_ref(one)) {
@@ -181,9 +167,5 @@ fn run_batch(model: &mut dyn Captioner, batch: &[Vec<f32>]) -> BatchOutput {
                 .collect()
         }
     };
-    BatchOutput {
-        model_version: model.model_version().to_owned(),
-        captions,
-        inference: started.elapsed(),
-    }
+    BatchOutput { model_version: model.model_version().to_owned(), captions, inference: started.elapsed() }
 }

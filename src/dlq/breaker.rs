@@ -30,13 +30,7 @@ pub enum Verdict {
 
 impl Breaker {
     pub fn new(window: usize, max_ratio: f64, min_events: usize) -> Self {
-        Breaker {
-            window: window.max(1),
-            max_ratio,
-            min_events,
-            outcomes: VecDeque::new(),
-            dead: 0,
-        }
+        Breaker { window: window.max(1), max_ratio, min_events, outcomes: VecDeque::new(), dead: 0 }
     }
 
     fn push(&mut self, dead: bool) {
@@ -90,16 +84,9 @@ mod tests {
     fn all_bad_trips_after_min_events() {
         let mut b = Breaker::new(100, 0.5, 10);
         for _ in 0..9 {
-            assert_eq!(
-                b.record_dead_letter(),
-                Verdict::Ok,
-                "below min_events nothing trips"
-            );
+            assert_eq!(b.record_dead_letter(), Verdict::Ok, "below min_events nothing trips");
         }
-        assert!(matches!(
-            b.record_dead_letter(),
-            Verdict::Trip { events: 10, .. }
-        ));
+        assert!(matches!(b.record_dead_letter(), Verdict::Trip { events: 10, .. }));
     }
 
     #[test]

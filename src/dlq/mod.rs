@@ -43,10 +43,7 @@ impl DeadLetterQueue {
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
-        Ok(DeadLetterQueue {
-            producer: cc.create()?,
-            topic: cfg.dlq_topic.clone(),
-        })
+        Ok(DeadLetterQueue { producer: cc.create()?, topic: cfg.dlq_topic.clone() })
     }
 
     pub fn topic(&self) -> &str {
@@ -56,9 +53,7 @@ impl DeadLetterQueue {
     /// Waits for queued dead letters to be delivered.
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
         use rdkafka::producer::Producer;
-        self.producer
-            .flush(timeout)
-            .map_err(|e| anyhow::anyhow!("flushing the dead-letter producer: {e}"))
+        self.producer.flush(timeout).map_err(|e| anyhow::anyhow!("flushing the dead-letter producer: {e}"))
     }
 
     /// Produces one dead letter and waits for the broker's acknowledgement.
@@ -74,38 +69,16 @@ impl DeadLetterQueue {
         let source_ts = origin.timestamp_ms.map(|t| t.to_string());
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut headers = OwnedHeaders::new_with_capacity(7)
-            .insert(Header {
-                key: "error.kind",
-                value: Some(why.kind.as_str()),
-            })
-            .insert(Header {
-                key: "error.message",
-                value: Some(why.message.as_str()),
-            })
-            .insert(Header {
-                key: "source.topic",
-                value: Some(origin.topic.as_str()),
-            })
-            .insert(Header {
-                key: "source.partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "source.offset",
-                value: Some(offset.as_str()),
-            })
-            .insert(Header {
-                key: "dead_lettered_at",
-                value: Some(now.as_str()),
-            });
+            .insert(Header { key: "error.kind", value: Some(why.kind.as_str()) })
+            .insert(Header { key: "error.message", value: Some(why.message.as_str()) })
+            .insert(Header { key: "source.topic", value: Some(origin.topic.as_str()) })
+            .insert(Header { key: "source.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "source.offset", value: Some(offset.as_str()) })
+            .insert(Header { key: "dead_lettered_at", value: Some(now.as_str()) });
         if let Some(ts) = &source_ts {
-            headers = headers.insert(Header {
-                key: "source.timestamp",
-                value: Some(ts.as_str()),
-            });
+            headers = headers.insert(Header { key: "source.timestamp", value: Some(ts.as_str()) });
         }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).headers(headers);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(p) = payload {
             record = record.payload(p);
         }

@@ -66,12 +66,8 @@ pub fn item_stats(candidate: &[u32], references: &[Vec<u32>], scratch: &mut Scra
     };
     sc.cand_ids.clear();
     {
-        let (cand_count, ref_max, order, cand_ids) = (
-            &mut sc.cand_count,
-            &mut sc.ref_max,
-            &mut sc.order,
-            &mut sc.cand_ids,
-        );
+        let (cand_count, ref_max, order, cand_ids) =
+            (&mut sc.cand_count, &mut sc.ref_max, &mut sc.order, &mut sc.cand_ids);
         sc.ngrams.windows(candidate, MAX_N, |id, n| {
             grow(cand_count, id);
             grow(ref_max, id);
@@ -111,11 +107,7 @@ pub fn item_stats(candidate: &[u32], references: &[Vec<u32>], scratch: &mut Scra
             sc.ref_count[i] = 0;
         }
     }
-    let mut stats = BleuStats {
-        testlen,
-        reflen: reflen.unwrap_or(0),
-        ..BleuStats::default()
-    };
+    let mut stats = BleuStats { testlen, reflen: reflen.unwrap_or(0), ..BleuStats::default() };
     for k in 0..MAX_N {
         stats.guess[k] = (testlen + 1).saturating_sub(k as u64 + 1);
     }
@@ -161,30 +153,19 @@ pub fn from_stats(stats: &[BleuStats]) -> BleuScores {
             bleu_from_stats(s)
         })
         .collect();
-    BleuScores {
-        corpus: bleu_from_stats(&total),
-        per_item,
-    }
+    BleuScores { corpus: bleu_from_stats(&total), per_item }
 }
 
 /// Per-item statistics for tokenized captions (words separated by
 /// whitespace). `references[i]` must not be empty.
-pub fn stats<C: AsRef<str>, R: AsRef<str>>(
-    candidates: &[C],
-    references: &[Vec<R>],
-) -> Vec<BleuStats> {
+pub fn stats<C: AsRef<str>, R: AsRef<str>>(candidates: &[C], references: &[Vec<R>]) -> Vec<BleuStats> {
     corpus_stats(&Corpus::new(candidates, references))
 }
 
 /// Per-item statistics of an interned corpus.
 pub fn corpus_stats(corpus: &Corpus) -> Vec<BleuStats> {
     let mut scratch = Scratch::default();
-    corpus
-        .candidates
-        .iter()
-        .zip(&corpus.references)
-        .map(|(cand, refs)| item_stats(cand, refs, &mut scratch))
-        .collect()
+    corpus.candidates.iter().zip(&corpus.references).map(|(cand, refs)| item_stats(cand, refs, &mut scratch)).collect()
 }
 
 /// BLEU-1..4 of tokenized captions, as `Bleu(4).compute_score(gts, res)`.
@@ -217,15 +198,7 @@ mod tests {
     #[test]
     fn empty_candidate() {
         let s = stats(&[""], &[vec!["a b"]]);
-        assert_eq!(
-            s[0],
-            BleuStats {
-                testlen: 0,
-                reflen: 2,
-                guess: [0; 4],
-                correct: [0; 4]
-            }
-        );
+        assert_eq!(s[0], BleuStats { testlen: 0, reflen: 2, guess: [0; 4], correct: [0; 4] });
         let b = bleu_from_stats(&s[0]);
         // Precisions of (0 + 1e-15) / (0 + 1e-9), then a brevity penalty of
         // exp(1 - 1/ratio) with ratio = 1e-15 / (2 + 1e-9): exactly 0.

@@ -39,9 +39,7 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context};
 
-use super::ngrams::{
-    ngram_key, ngram_words, Corpus, Entry, FxHashMap, NgramInterner, NgramKey, Vocab, MAX_N,
-};
+use super::ngrams::{ngram_key, ngram_words, Corpus, Entry, FxHashMap, NgramInterner, NgramKey, Vocab, MAX_N};
 use super::pycompat::{np_mean, py_pow, py_split};
 
 /// pycocoevalcap's σ for the length penalty.
@@ -86,10 +84,7 @@ fn idf_table(log_df: impl Iterator<Item = f64>, ref_len: f64) -> Vec<Idf> {
     log_df
         .map(|l| {
             let weight = ref_len - l;
-            Idf {
-                weight,
-                weight_sq: py_pow(weight, 2.0),
-            }
+            Idf { weight, weight_sq: py_pow(weight, 2.0) }
         })
         .collect()
 }
@@ -119,20 +114,11 @@ fn counts2vec(entries: &[Entry], idf: &[Idf]) -> Vector {
     for v in &mut norm {
         *v = v.sqrt();
     }
-    Vector {
-        weights,
-        norm,
-        length,
-    }
+    Vector { weights, norm, length }
 }
 
 /// The CIDEr-D of one item. `index` is scratch space.
-fn item_score(
-    candidate: &[Entry],
-    references: &[Vec<Entry>],
-    idf: &[Idf],
-    index: &mut FxHashMap<u32, usize>,
-) -> f64 {
+fn item_score(candidate: &[Entry], references: &[Vec<Entry>], idf: &[Idf], index: &mut FxHashMap<u32, usize>) -> f64 {
     let hyp = counts2vec(candidate, idf);
     // Position of each candidate n-gram, to look up reference weights.
     index.clear();
@@ -155,10 +141,7 @@ fn item_score(
             val[usize::from(e.order)] += py_min(wh, wr) * wr;
         }
         let delta = hyp.length as f64 - r.length as f64;
-        let penalty = py_pow(
-            std::f64::consts::E,
-            -py_pow(delta, 2.0) / penalty_denominator,
-        );
+        let penalty = py_pow(std::f64::consts::E, -py_pow(delta, 2.0) / penalty_denominator);
         for n in 0..MAX_N {
             if hyp.norm[n] != 0.0 && r.norm[n] != 0.0 {
                 val[n] /= hyp.norm[n] * r.norm[n];
@@ -211,29 +194,13 @@ pub fn score_corpus(corpus: &Corpus) -> CiderScores {
     let mut refs = Vec::with_capacity(corpus.candidates.len());
     for (c, rs) in corpus.candidates.iter().zip(&corpus.references) {
         cands.push(interner.count(c, MAX_N));
-        refs.push(
-            rs.iter()
-                .map(|r| interner.count(r, MAX_N))
-                .collect::<Vec<_>>(),
-        );
+        refs.push(rs.iter().map(|r| interner.count(r, MAX_N)).collect::<Vec<_>>());
     }
     let ref_len = (refs.len() as f64).ln();
-    let idf = idf_table(
-        document_frequency(&refs, interner.len())
-            .into_iter()
-            .map(log_df),
-        ref_len,
-    );
+    let idf = idf_table(document_frequency(&refs, interner.len()).into_iter().map(log_df), ref_len);
     let mut scratch = FxHashMap::default();
-    let per_item: Vec<f64> = cands
-        .iter()
-        .zip(&refs)
-        .map(|(c, rs)| item_score(c, rs, &idf, &mut scratch))
-        .collect();
-    CiderScores {
-        corpus: np_mean(&per_item),
-        per_item,
-    }
+    let per_item: Vec<f64> = cands.iter().zip(&refs).map(|(c, rs)| item_score(c, rs, &idf, &mut scratch)).collect();
+    CiderScores { corpus: np_mean(&per_item), per_item }
 }
 
 /// Frozen document frequencies of a reference corpus, for scoring single
@@ -255,11 +222,7 @@ impl FixedIdf {
         let mut interner = NgramInterner::default();
         let refs: Vec<Vec<Vec<Entry>>> = references
             .iter()
-            .map(|rs| {
-                rs.iter()
-                    .map(|r| interner.count(&vocab.intern_caption(r.as_ref()), MAX_N))
-                    .collect()
-            })
+            .map(|rs| rs.iter().map(|r| interner.count(&vocab.intern_caption(r.as_ref()), MAX_N)).collect())
             .collect();
         let df = document_frequency(&refs, interner.len())
             .into_iter()
@@ -270,12 +233,7 @@ impl FixedIdf {
     }
 
     fn from_parts(vocab: Vocab, num_images: usize, df: FxHashMap<NgramKey, f64>) -> FixedIdf {
-        FixedIdf {
-            vocab,
-            num_images,
-            ref_len: (num_images as f64).ln(),
-            df,
-        }
+        FixedIdf { vocab, num_images, ref_len: (num_images as f64).ln(), df }
     }
 
     /// Number of images of the frozen corpus (`N`).
@@ -290,10 +248,7 @@ impl FixedIdf {
             .df
             .iter()
             .map(|(&k, &v)| {
-                let words: Vec<&str> = ngram_words(k)
-                    .into_iter()
-                    .map(|w| self.vocab.word(w))
-                    .collect();
+                let words: Vec<&str> = ngram_words(k).into_iter().map(|w| self.vocab.word(w)).collect();
                 (words.join(" "), v)
             })
             .collect();
@@ -307,12 +262,9 @@ impl FixedIdf {
 
     /// Loads what [`FixedIdf::to_json`] wrote.
     pub fn from_json(value: &serde_json::Value) -> anyhow::Result<FixedIdf> {
-        let num_images = value["num_images"]
-            .as_u64()
-            .context("fixed IDF: missing or invalid \"num_images\"")?;
-        let map = value["document_frequency"]
-            .as_object()
-            .context("fixed IDF: missing or invalid \"document_frequency\"")?;
+        let num_images = value["num_images"].as_u64().context("fixed IDF: missing or invalid \"num_images\"")?;
+        let map =
+            value["document_frequency"].as_object().context("fixed IDF: missing or invalid \"document_frequency\"")?;
         let mut vocab = Vocab::default();
         let mut df = FxHashMap::default();
         for (ngram, count) in map {
@@ -320,9 +272,7 @@ impl FixedIdf {
             if words.is_empty() || words.len() > MAX_N {
                 bail!("fixed IDF: invalid n-gram {ngram:?}");
             }
-            let count = count
-                .as_f64()
-                .with_context(|| format!("fixed IDF: invalid count for {ngram:?}"))?;
+            let count = count.as_f64().with_context(|| format!("fixed IDF: invalid count for {ngram:?}"))?;
             df.insert(ngram_key(&words), count);
         }
         let num_images = usize::try_from(num_images).context("fixed IDF: num_images too large")?;
@@ -332,45 +282,25 @@ impl FixedIdf {
     /// Fixed-IDF CIDEr-D of one tokenized candidate against its tokenized
     /// references (at least one).
     pub fn score_item<R: AsRef<str>>(&self, candidate: &str, references: &[R]) -> f64 {
-        assert!(
-            !references.is_empty(),
-            "CIDEr-D needs at least one reference"
-        );
+        assert!(!references.is_empty(), "CIDEr-D needs at least one reference");
         let mut extra = HashMap::new();
         let mut interner = NgramInterner::default();
         let cand = interner.count(&self.ids(candidate, &mut extra), MAX_N);
-        let refs: Vec<Vec<Entry>> = references
-            .iter()
-            .map(|r| interner.count(&self.ids(r.as_ref(), &mut extra), MAX_N))
-            .collect();
+        let refs: Vec<Vec<Entry>> =
+            references.iter().map(|r| interner.count(&self.ids(r.as_ref(), &mut extra), MAX_N)).collect();
         let idf = idf_table(
-            (0..interner.len() as u32)
-                .map(|id| log_df(self.df.get(&interner.key(id)).copied().unwrap_or(0.0))),
+            (0..interner.len() as u32).map(|id| log_df(self.df.get(&interner.key(id)).copied().unwrap_or(0.0))),
             self.ref_len,
         );
         item_score(&cand, &refs, &idf, &mut FxHashMap::default())
     }
 
     /// Fixed-IDF CIDEr-D of many items; `corpus` is their mean.
-    pub fn score<C: AsRef<str>, R: AsRef<str>>(
-        &self,
-        candidates: &[C],
-        references: &[Vec<R>],
-    ) -> CiderScores {
-        assert_eq!(
-            candidates.len(),
-            references.len(),
-            "one reference list per candidate"
-        );
-        let per_item: Vec<f64> = candidates
-            .iter()
-            .zip(references)
-            .map(|(c, refs)| self.score_item(c.as_ref(), refs))
-            .collect();
-        CiderScores {
-            corpus: np_mean(&per_item),
-            per_item,
-        }
+    pub fn score<C: AsRef<str>, R: AsRef<str>>(&self, candidates: &[C], references: &[Vec<R>]) -> CiderScores {
+        assert_eq!(candidates.len(), references.len(), "one reference list per candidate");
+        let per_item: Vec<f64> =
+            candidates.iter().zip(references).map(|(c, refs)| self.score_item(c.as_ref(), refs)).collect();
+        CiderScores { corpus: np_mean(&per_item), per_item }
     }
 
     /// Word ids for a caption; words unknown to the frozen corpus get ids

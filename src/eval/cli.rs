@@ -114,10 +114,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     } else {
         render_tables(&report, args.pretokenized)
     };
-    std::io::stdout()
-        .lock()
-        .write_all(out.as_bytes())
-        .context("writing to stdout")?;
+    std::io::stdout().lock().write_all(out.as_bytes()).context("writing to stdout")?;
     Ok(())
 }
 
@@ -128,21 +125,16 @@ pub fn json_summary(report: &Report) -> Value {
         let mut cats = serde_json::Map::new();
         for c in &report.by_category {
             let mut v = c.scores.to_json();
-            v.as_object_mut()
-                .expect("object")
-                .insert("n".to_string(), Value::from(c.count));
+            v.as_object_mut().expect("object").insert("n".to_string(), Value::from(c.count));
             cats.insert(c.category.clone(), v);
         }
-        obj.as_object_mut()
-            .expect("object")
-            .insert("by_category".to_string(), Value::Object(cats));
+        obj.as_object_mut().expect("object").insert("by_category".to_string(), Value::Object(cats));
     }
     obj
 }
 
 fn write_per_item(path: &Path, report: &Report) -> anyhow::Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = std::io::BufWriter::new(file);
     for item in &report.items {
         let mut obj = serde_json::Map::new();
@@ -156,8 +148,7 @@ fn write_per_item(path: &Path, report: &Report) -> anyhow::Result<()> {
         serde_json::to_writer(&mut w, &Value::Object(obj))?;
         w.write_all(b"\n")?;
     }
-    w.flush()
-        .with_context(|| format!("writing {}", path.display()))
+    w.flush().with_context(|| format!("writing {}", path.display()))
 }
 
 fn fmt_value(v: Option<f64>, decimals: usize) -> String {
@@ -175,11 +166,7 @@ pub fn render_tables(report: &Report, pretokenized: bool) -> String {
         s,
         "pycocoevalcap metrics, {} items, {}",
         report.items.len(),
-        if pretokenized {
-            "pretokenized"
-        } else {
-            "PTB-tokenized"
-        }
+        if pretokenized { "pretokenized" } else { "PTB-tokenized" }
     );
     for (name, value) in METRIC_NAMES.iter().zip(report.corpus.values()) {
         let mut line = format!("  {name:<8} {}", fmt_value(value, 6));
@@ -191,13 +178,8 @@ pub fn render_tables(report: &Report, pretokenized: bool) -> String {
         let _ = writeln!(s, "{line}");
     }
     if !report.by_category.is_empty() {
-        let width = report
-            .by_category
-            .iter()
-            .map(|c| c.category.chars().count())
-            .max()
-            .unwrap_or(0)
-            .max("Category".len());
+        let width =
+            report.by_category.iter().map(|c| c.category.chars().count()).max().unwrap_or(0).max("Category".len());
         let _ = writeln!(s);
         let mut header = format!("{:<width$} {:>6}", "Category", "N");
         for name in METRIC_NAMES {
@@ -238,8 +220,8 @@ fn read_jsonl(path: &Path) -> anyhow::Result<Vec<(usize, Value)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1))?;
+        let v: Value =
+            serde_json::from_str(&line).with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1))?;
         out.push((i + 1, v));
     }
     Ok(out)
@@ -249,18 +231,8 @@ fn read_jsonl(path: &Path) -> anyhow::Result<Vec<(usize, Value)>> {
 fn name_ids(ids: &[&str]) -> String {
     const SHOWN: usize = 5;
     let shown: Vec<String> = ids.iter().take(SHOWN).map(|s| format!("{s:?}")).collect();
-    let more = if ids.len() > SHOWN {
-        format!(", … ({} more)", ids.len() - SHOWN)
-    } else {
-        String::new()
-    };
-    format!(
-        "{} id{}: {}{}",
-        ids.len(),
-        if ids.len() == 1 { "" } else { "s" },
-        shown.join(", "),
-        more
-    )
+    let more = if ids.len() > SHOWN { format!(", … ({} more)", ids.len() - SHOWN) } else { String::new() };
+    format!("{} id{}: {}{}", ids.len(), if ids.len() == 1 { "" } else { "s" }, shown.join(", "), more)
 }
 
 /// Reads and joins the two files into items in the references' order.
@@ -270,10 +242,8 @@ pub fn load_items(predictions: &Path, references: &Path) -> anyhow::Result<Vec<E
     for (line, v) in read_jsonl(predictions)? {
         let what = format!("{}:{line}", predictions.display());
         let id = read_id(&v["id"], &what)?;
-        let caption = v["caption"]
-            .as_str()
-            .with_context(|| format!("{what}: \"caption\" must be a string"))?
-            .to_string();
+        let caption =
+            v["caption"].as_str().with_context(|| format!("{what}: \"caption\" must be a string"))?.to_string();
         if preds.insert(id.clone(), caption).is_some() {
             bail!("{what}: duplicate prediction id {id:?}");
         }
@@ -302,23 +272,10 @@ pub fn load_items(predictions: &Path, references: &Path) -> anyhow::Result<Vec<E
             Value::String(s) => Some(s.clone()),
             other => bail!("{what}: \"category\" must be a string, not {other}"),
         };
-        items.push(EvalItem {
-            id,
-            candidate: String::new(),
-            references: refs,
-            category,
-        });
+        items.push(EvalItem { id, candidate: String::new(), references: refs, category });
     }
-    let missing_pred: Vec<&str> = items
-        .iter()
-        .map(|i| i.id.as_str())
-        .filter(|id| !preds.contains_key(*id))
-        .collect();
-    let missing_ref: Vec<&str> = pred_order
-        .iter()
-        .map(String::as_str)
-        .filter(|id| !seen.contains(*id))
-        .collect();
+    let missing_pred: Vec<&str> = items.iter().map(|i| i.id.as_str()).filter(|id| !preds.contains_key(*id)).collect();
+    let missing_ref: Vec<&str> = pred_order.iter().map(String::as_str).filter(|id| !seen.contains(*id)).collect();
     if !missing_pred.is_empty() || !missing_ref.is_empty() {
         let mut msg = String::from("predictions and references do not cover the same ids");
         if !missing_pred.is_empty() {
@@ -396,11 +353,7 @@ mod tests {
     #[test]
     fn joins_in_reference_order_and_reports_missing_ids() {
         let d = tempdir("join");
-        let p = write(
-            &d,
-            "p.jsonl",
-            "{\"id\": \"b\", \"caption\": \"B\"}\n\n{\"id\": 7, \"caption\": \"seven\"}\n",
-        );
+        let p = write(&d, "p.jsonl", "{\"id\": \"b\", \"caption\": \"B\"}\n\n{\"id\": 7, \"caption\": \"seven\"}\n");
         let r = write(
             &d,
             "r.jsonl",
@@ -415,31 +368,16 @@ mod tests {
         let r2 = write(&d, "r2.jsonl", "{\"id\": \"q\", \"references\": [\"x\"]}\n");
         let err = load_items(&p, &r2).expect_err("missing").to_string();
         assert!(err.contains("no prediction for 1 id: \"q\""), "{err}");
-        assert!(
-            err.contains("no references for 2 ids: \"b\", \"7\""),
-            "{err}"
-        );
+        assert!(err.contains("no references for 2 ids: \"b\", \"7\""), "{err}");
 
-        let dup = write(
-            &d,
-            "dup.jsonl",
-            "{\"id\": \"b\", \"caption\": \"B\"}\n{\"id\": \"b\", \"caption\": \"C\"}\n",
-        );
-        assert!(load_items(&dup, &r)
-            .expect_err("dup")
-            .to_string()
-            .contains("duplicate prediction id"));
+        let dup = write(&d, "dup.jsonl", "{\"id\": \"b\", \"caption\": \"B\"}\n{\"id\": \"b\", \"caption\": \"C\"}\n");
+        assert!(load_items(&dup, &r).expect_err("dup").to_string().contains("duplicate prediction id"));
         let bad = write(&d, "bad.jsonl", "{\"id\": \"b\"}\n");
         assert!(load_items(&bad, &r).is_err());
-        let many: String = (0..9)
-            .map(|i| format!("{{\"id\": \"m{i}\", \"references\": [\"x\"]}}\n"))
-            .collect();
+        let many: String = (0..9).map(|i| format!("{{\"id\": \"m{i}\", \"references\": [\"x\"]}}\n")).collect();
         let r3 = write(&d, "r3.jsonl", &many);
         let err = load_items(&p, &r3).expect_err("missing").to_string();
-        assert!(
-            err.contains("9 ids: \"m0\", \"m1\", \"m2\", \"m3\", \"m4\", … (4 more)"),
-            "{err}"
-        );
+        assert!(err.contains("9 ids: \"m0\", \"m1\", \"m2\", \"m3\", \"m4\", … (4 more)"), "{err}");
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -458,31 +396,11 @@ mod tests {
              {\"id\": \"2\", \"references\": [\"a dog was added\"], \"category\": \"add\"}\n",
         );
         let items = load_items(&p, &r).expect("load");
-        let opts = EvalOptions {
-            by_category: true,
-            ..EvalOptions::native()
-        };
+        let opts = EvalOptions { by_category: true, ..EvalOptions::native() };
         let report = evaluate(&items, &opts).expect("evaluate");
         let json = json_summary(&report);
-        let keys: Vec<&str> = json
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(
-            keys,
-            vec![
-                "Bleu_1",
-                "Bleu_2",
-                "Bleu_3",
-                "Bleu_4",
-                "METEOR",
-                "ROUGE_L",
-                "CIDEr",
-                "by_category"
-            ]
-        );
+        let keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
+        assert_eq!(keys, vec!["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "by_category"]);
         assert_eq!(json["by_category"]["add"]["n"], 1);
         let table = render_tables(&report, false);
         assert!(table.contains("Category"), "{table}");

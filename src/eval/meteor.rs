@@ -50,22 +50,14 @@ pub struct MeteorConfig {
 
 impl Default for MeteorConfig {
     fn default() -> Self {
-        MeteorConfig {
-            enabled: true,
-            jar: None,
-            java: PathBuf::from("java"),
-            required: false,
-        }
+        MeteorConfig { enabled: true, jar: None, java: PathBuf::from("java"), required: false }
     }
 }
 
 impl MeteorConfig {
     /// METEOR switched off.
     pub fn disabled() -> Self {
-        MeteorConfig {
-            enabled: false,
-            ..MeteorConfig::default()
-        }
+        MeteorConfig { enabled: false, ..MeteorConfig::default() }
     }
 }
 
@@ -92,19 +84,12 @@ pub fn locate_jar(explicit: Option<&Path>) -> Result<PathBuf, String> {
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(format!(
-                "METEOR jar {} (from {JAR_ENV}) not found",
-                path.display()
-            ))
+            Err(format!("METEOR jar {} (from {JAR_ENV}) not found", path.display()))
         };
     }
     let script = "import os, pycocoevalcap; \
                   print(os.path.join(list(pycocoevalcap.__path__)[0], 'meteor', 'meteor-1.5.jar'))";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output();
+    let out = Command::new("python3").args(["-c", script]).stdin(Stdio::null()).stderr(Stdio::null()).output();
     match out {
         Ok(out) if out.status.success() => {
             let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -114,9 +99,7 @@ pub fn locate_jar(explicit: Option<&Path>) -> Result<PathBuf, String> {
                 Err(format!("METEOR jar not found in the pycocoevalcap install ({})", path.display()))
             }
         }
-        _ => Err(format!(
-            "METEOR jar not found (give --meteor-jar or set {JAR_ENV}, or pip install pycocoevalcap)"
-        )),
+        _ => Err(format!("METEOR jar not found (give --meteor-jar or set {JAR_ENV}, or pip install pycocoevalcap)")),
     }
 }
 
@@ -140,11 +123,7 @@ fn one_line(s: &str) -> String {
 /// The `SCORE` line pycocoevalcap sends for one item.
 pub fn score_line<R: AsRef<str>>(hypothesis: &str, references: &[R]) -> String {
     let refs: Vec<String> = references.iter().map(|r| one_line(r.as_ref())).collect();
-    format!(
-        "SCORE ||| {} ||| {}\n",
-        refs.join(" ||| "),
-        one_line(&clean_hypothesis(hypothesis))
-    )
+    format!("SCORE ||| {} ||| {}\n", refs.join(" ||| "), one_line(&clean_hypothesis(hypothesis)))
 }
 
 impl Meteor {
@@ -153,10 +132,7 @@ impl Meteor {
     pub fn start(config: &MeteorConfig) -> Result<Meteor, String> {
         let jar = locate_jar(config.jar.as_deref())?;
         let jar = jar.canonicalize().unwrap_or(jar);
-        let dir = jar
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = jar.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let mut child = Command::new(&config.java)
             .arg("-jar")
             .arg("-Xmx2G")
@@ -169,10 +145,7 @@ impl Meteor {
             .spawn()
             .map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
-                    format!(
-                        "java not found ({}); METEOR needs a Java runtime",
-                        config.java.display()
-                    )
+                    format!("java not found ({}); METEOR needs a Java runtime", config.java.display())
                 } else {
                     format!("cannot start {}: {e}", config.java.display())
                 }
@@ -185,20 +158,12 @@ impl Meteor {
             let _ = err.read_to_string(&mut s);
             s
         });
-        Ok(Meteor {
-            child,
-            stdin,
-            stdout,
-            stderr: Some(stderr),
-        })
+        Ok(Meteor { child, stdin, stdout, stderr: Some(stderr) })
     }
 
     fn read_line(&mut self) -> anyhow::Result<String> {
         let mut line = String::new();
-        let n = self
-            .stdout
-            .read_line(&mut line)
-            .context("reading from METEOR")?;
+        let n = self.stdout.read_line(&mut line).context("reading from METEOR")?;
         if n == 0 {
             bail!("METEOR exited unexpectedly{}", self.stderr_tail());
         }
@@ -208,11 +173,7 @@ impl Meteor {
     /// Last line of the process's stderr, after it has exited.
     fn stderr_tail(&mut self) -> String {
         let _ = self.child.wait();
-        let text = self
-            .stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
+        let text = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
         match text.lines().rev().find(|l| !l.trim().is_empty()) {
             Some(l) => format!(": {}", l.trim()),
             None => String::new(),
@@ -227,11 +188,7 @@ impl Meteor {
         candidates: &[C],
         references: &[Vec<R>],
     ) -> anyhow::Result<Vec<String>> {
-        assert_eq!(
-            candidates.len(),
-            references.len(),
-            "one reference list per candidate"
-        );
+        assert_eq!(candidates.len(), references.len(), "one reference list per candidate");
         let mut stdin = self.stdin.take().context("METEOR stdin closed")?;
         let (stdin, stats) = std::thread::scope(|scope| {
             let writer = scope.spawn(move || -> std::io::Result<ChildStdin> {
@@ -254,9 +211,7 @@ impl Meteor {
                     }
                 }
             }
-            let stdin = writer
-                .join()
-                .map_err(|_| anyhow!("METEOR writer thread panicked"));
+            let stdin = writer.join().map_err(|_| anyhow!("METEOR writer thread panicked"));
             (stdin, result.map(|()| stats))
         });
         let stats = stats?;
@@ -277,13 +232,9 @@ impl Meteor {
         }
         line.push('\n');
         let stdin = self.stdin.as_mut().context("METEOR stdin closed")?;
-        stdin
-            .write_all(line.as_bytes())
-            .and_then(|()| stdin.flush())
-            .context("writing to METEOR")?;
+        stdin.write_all(line.as_bytes()).and_then(|()| stdin.flush()).context("writing to METEOR")?;
         let parse = |s: String| -> anyhow::Result<f64> {
-            s.parse::<f64>()
-                .with_context(|| format!("METEOR returned {s:?}, not a number"))
+            s.parse::<f64>().with_context(|| format!("METEOR returned {s:?}, not a number"))
         };
         let mut per_item = Vec::with_capacity(stats.len());
         for _ in 0..stats.len() {
@@ -325,34 +276,20 @@ mod tests {
 
     #[test]
     fn score_line_preprocessing() {
-        assert_eq!(
-            score_line("a ||| b   c", &["r 1", "r  2"]),
-            "SCORE ||| r 1 ||| r  2 ||| a b  c\n"
-        );
+        assert_eq!(score_line("a ||| b   c", &["r 1", "r  2"]), "SCORE ||| r 1 ||| r  2 ||| a b  c\n");
         assert_eq!(score_line("x\ny", &["z"]), "SCORE ||| z ||| x y\n");
     }
 
     #[test]
     fn missing_java_or_jar_is_a_reason_not_an_error() {
-        let cfg = MeteorConfig {
-            jar: Some(PathBuf::from("/nonexistent/meteor-1.5.jar")),
-            ..MeteorConfig::default()
-        };
-        let reason = score(&["a"], &[vec!["a"]], &cfg)
-            .expect("no hard error")
-            .expect_err("unavailable");
+        let cfg = MeteorConfig { jar: Some(PathBuf::from("/nonexistent/meteor-1.5.jar")), ..MeteorConfig::default() };
+        let reason = score(&["a"], &[vec!["a"]], &cfg).expect("no hard error").expect_err("unavailable");
         assert!(reason.contains("not found"), "{reason}");
         assert!(!reason.contains('\n'));
 
         let jar = std::env::current_exe().expect("exe"); // any existing file
-        let cfg = MeteorConfig {
-            jar: Some(jar),
-            java: PathBuf::from("/nonexistent/java"),
-            ..MeteorConfig::default()
-        };
-        let reason = score(&["a"], &[vec!["a"]], &cfg)
-            .expect("no hard error")
-            .expect_err("unavailable");
+        let cfg = MeteorConfig { jar: Some(jar), java: PathBuf::from("/nonexistent/java"), ..MeteorConfig::default() };
+        let reason = score(&["a"], &[vec!["a"]], &cfg).expect("no hard error").expect_err("unavailable");
         assert!(reason.starts_with("java not found"), "{reason}");
     }
 }

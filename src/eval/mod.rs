@@ -43,9 +43,7 @@ use serde::{Deserialize, Serialize};
 pub use meteor::MeteorConfig;
 
 /// pycocoevalcap's metric names, in its order.
-pub const METRIC_NAMES: [&str; 7] = [
-    "Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr",
-];
+pub const METRIC_NAMES: [&str; 7] = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"];
 
 /// One item to score: a candidate caption and its reference captions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,10 +74,7 @@ pub struct EvalOptions {
 impl EvalOptions {
     /// BLEU, ROUGE-L and CIDEr-D only (no Java process), raw captions.
     pub fn native() -> Self {
-        EvalOptions {
-            meteor: MeteorConfig::disabled(),
-            ..EvalOptions::default()
-        }
+        EvalOptions { meteor: MeteorConfig::disabled(), ..EvalOptions::default() }
     }
 }
 
@@ -102,10 +97,7 @@ impl Scores {
     pub fn to_json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();
         for (name, value) in METRIC_NAMES.iter().zip(self.values()) {
-            map.insert(
-                (*name).to_string(),
-                value.map_or(serde_json::Value::Null, serde_json::Value::from),
-            );
+            map.insert((*name).to_string(), value.map_or(serde_json::Value::Null, serde_json::Value::from));
         }
         serde_json::Value::Object(map)
     }
@@ -207,12 +199,7 @@ fn native(cands: &[String], refs: &[Vec<String>]) -> Native {
 /// METEOR on the whole set and on each group of item indices.
 type MeteorResult = anyhow::Result<Result<(meteor::MeteorScores, Vec<f64>), String>>;
 
-fn run_meteor(
-    cands: &[String],
-    refs: &[Vec<String>],
-    groups: &[Vec<usize>],
-    config: &MeteorConfig,
-) -> MeteorResult {
+fn run_meteor(cands: &[String], refs: &[Vec<String>], groups: &[Vec<usize>], config: &MeteorConfig) -> MeteorResult {
     let mut m = match meteor::Meteor::start(config) {
         Ok(m) => m,
         Err(reason) => return Ok(Err(reason)),
@@ -235,28 +222,14 @@ fn run_meteor(
 pub fn evaluate(items: &[EvalItem], opts: &EvalOptions) -> anyhow::Result<Report> {
     validate(items)?;
     let (cands, refs): (Vec<String>, Vec<Vec<String>>) = if opts.pretokenized {
-        (
-            items.iter().map(|i| i.candidate.clone()).collect(),
-            items.iter().map(|i| i.references.clone()).collect(),
-        )
+        (items.iter().map(|i| i.candidate.clone()).collect(), items.iter().map(|i| i.references.clone()).collect())
     } else {
         // pycocoevalcap tokenizes all references in one run and all
         // candidates in another.
-        let flat: Vec<&str> = items
-            .iter()
-            .flat_map(|i| i.references.iter().map(String::as_str))
-            .collect();
+        let flat: Vec<&str> = items.iter().flat_map(|i| i.references.iter().map(String::as_str)).collect();
         let mut tokenized = ptb::tokenize_captions(&flat).into_iter();
-        let refs = items
-            .iter()
-            .map(|i| tokenized.by_ref().take(i.references.len()).collect())
-            .collect();
-        let cands = ptb::tokenize_captions(
-            &items
-                .iter()
-                .map(|i| i.candidate.as_str())
-                .collect::<Vec<_>>(),
-        );
+        let refs = items.iter().map(|i| tokenized.by_ref().take(i.references.len()).collect()).collect();
+        let cands = ptb::tokenize_captions(&items.iter().map(|i| i.candidate.as_str()).collect::<Vec<_>>());
         (cands, refs)
     };
 
@@ -264,10 +237,7 @@ pub fn evaluate(items: &[EvalItem], opts: &EvalOptions) -> anyhow::Result<Report
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     if opts.by_category {
         for (i, item) in items.iter().enumerate() {
-            let name = item
-                .category
-                .clone()
-                .unwrap_or_else(|| NO_CATEGORY.to_string());
+            let name = item.category.clone().unwrap_or_else(|| NO_CATEGORY.to_string());
             match groups.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, g)) => g.push(i),
                 None => groups.push((name, vec![i])),
@@ -277,28 +247,16 @@ pub fn evaluate(items: &[EvalItem], opts: &EvalOptions) -> anyhow::Result<Report
     let index_groups: Vec<Vec<usize>> = groups.iter().map(|(_, g)| g.clone()).collect();
 
     let (nat, meteor) = std::thread::scope(|s| {
-        let meteor = opts
-            .meteor
-            .enabled
-            .then(|| s.spawn(|| run_meteor(&cands, &refs, &index_groups, &opts.meteor)));
+        let meteor = opts.meteor.enabled.then(|| s.spawn(|| run_meteor(&cands, &refs, &index_groups, &opts.meteor)));
         let nat = native(&cands, &refs);
-        (
-            nat,
-            meteor.map(|h| h.join().expect("METEOR thread panicked")),
-        )
+        (nat, meteor.map(|h| h.join().expect("METEOR thread panicked")))
     });
 
     let (meteor, reason) = match meteor {
         None => (None, None),
         Some(Ok(Ok(m))) => (Some(m), None),
         Some(Ok(Err(reason))) => (None, Some(reason)),
-        Some(Err(e)) => (
-            None,
-            Some(format!(
-                "METEOR failed: {}",
-                format!("{e:#}").replace('\n', " ")
-            )),
-        ),
+        Some(Err(e)) => (None, Some(format!("METEOR failed: {}", format!("{e:#}").replace('\n', " ")))),
     };
     if let (Some(reason), true) = (&reason, opts.meteor.required) {
         bail!("METEOR is required but unavailable: {reason}");
@@ -332,10 +290,7 @@ pub fn evaluate(items: &[EvalItem], opts: &EvalOptions) -> anyhow::Result<Report
             let rouge: Vec<f64> = idx.iter().map(|&i| nat.rouge.per_item[i]).collect();
             let sub_cands: Vec<&str> = idx.iter().map(|&i| cands[i].as_str()).collect();
             let sub_refs: Vec<&Vec<String>> = idx.iter().map(|&i| &refs[i]).collect();
-            let sub_refs: Vec<Vec<&str>> = sub_refs
-                .iter()
-                .map(|r| r.iter().map(String::as_str).collect())
-                .collect();
+            let sub_refs: Vec<Vec<&str>> = sub_refs.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
             CategoryScores {
                 category: name.clone(),
                 count: idx.len(),
@@ -348,12 +303,7 @@ pub fn evaluate(items: &[EvalItem], opts: &EvalOptions) -> anyhow::Result<Report
             }
         })
         .collect();
-    Ok(Report {
-        corpus,
-        items: item_scores,
-        by_category,
-        meteor_unavailable_reason: reason,
-    })
+    Ok(Report { corpus, items: item_scores, by_category, meteor_unavailable_reason: reason })
 }
 
 /// Scores candidate captions against their references (`references[i]`
@@ -378,11 +328,7 @@ pub fn score_captions<C: AsRef<str>, R: AsRef<str>>(
     opts: &EvalOptions,
 ) -> anyhow::Result<Report> {
     if candidates.len() != references.len() {
-        bail!(
-            "{} candidates but {} reference lists",
-            candidates.len(),
-            references.len()
-        );
+        bail!("{} candidates but {} reference lists", candidates.len(), references.len());
     }
     let items: Vec<EvalItem> = candidates
         .iter()

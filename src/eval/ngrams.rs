@@ -151,38 +151,21 @@ pub struct Corpus {
 impl Corpus {
     /// Splits and interns tokenized captions.
     pub fn new<C: AsRef<str>, R: AsRef<str>>(candidates: &[C], references: &[Vec<R>]) -> Corpus {
-        assert_eq!(
-            candidates.len(),
-            references.len(),
-            "one reference list per candidate"
-        );
+        assert_eq!(candidates.len(), references.len(), "one reference list per candidate");
         let mut vocab = Vocab::default();
         let mut cands = Vec::with_capacity(candidates.len());
         let mut refs = Vec::with_capacity(candidates.len());
         for (c, rs) in candidates.iter().zip(references) {
             cands.push(vocab.intern_caption(c.as_ref()));
-            refs.push(
-                rs.iter()
-                    .map(|r| vocab.intern_caption(r.as_ref()))
-                    .collect(),
-            );
+            refs.push(rs.iter().map(|r| vocab.intern_caption(r.as_ref())).collect());
         }
-        Corpus {
-            vocab,
-            candidates: cands,
-            references: refs,
-        }
+        Corpus { vocab, candidates: cands, references: refs }
     }
 
     /// Number of words in all captions.
     pub fn num_words(&self) -> usize {
         self.candidates.iter().map(Vec::len).sum::<usize>()
-            + self
-                .references
-                .iter()
-                .flatten()
-                .map(Vec::len)
-                .sum::<usize>()
+            + self.references.iter().flatten().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -206,9 +189,7 @@ pub fn ngram_order(key: NgramKey) -> usize {
 
 /// The word ids of an n-gram key.
 pub fn ngram_words(key: NgramKey) -> Vec<u32> {
-    (0..ngram_order(key))
-        .map(|i| ((key >> (32 * i)) as u32) - 1)
-        .collect()
+    (0..ngram_order(key)).map(|i| ((key >> (32 * i)) as u32) - 1).collect()
 }
 
 /// n-gram counts of one caption in pycocoevalcap's dict insertion order.
@@ -246,10 +227,7 @@ impl Counter {
                 }
             }
         }
-        NgramCounts {
-            entries,
-            len: words.len(),
-        }
+        NgramCounts { entries, len: words.len() }
     }
 }
 
@@ -285,21 +263,12 @@ struct PackedTable {
     generation: u32,
 }
 
-const EMPTY_SLOT: Slot = Slot {
-    key: 0,
-    value: 0,
-    generation: 0,
-};
+const EMPTY_SLOT: Slot = Slot { key: 0, value: 0, generation: 0 };
 
 impl PackedTable {
     fn with_capacity(n: usize) -> Self {
         let buckets = (n.max(8) * 2).next_power_of_two();
-        PackedTable {
-            slots: vec![EMPTY_SLOT; buckets],
-            len: 0,
-            shift: 64 - buckets.trailing_zeros(),
-            generation: 1,
-        }
+        PackedTable { slots: vec![EMPTY_SLOT; buckets], len: 0, shift: 64 - buckets.trailing_zeros(), generation: 1 }
     }
 
     #[inline]
@@ -348,11 +317,7 @@ impl PackedTable {
             let slot = self.slots[i];
             if slot.generation != self.generation {
                 let value = value();
-                self.slots[i] = Slot {
-                    key,
-                    value,
-                    generation: self.generation,
-                };
+                self.slots[i] = Slot { key, value, generation: self.generation };
                 self.len += 1;
                 return value;
             }
@@ -427,11 +392,7 @@ impl LocalNgrams {
         for k in 1..=n.min(words.len()) {
             for i in 0..=words.len() - k {
                 let w = words[i + k - 1];
-                let link = if k == 1 {
-                    pack(u32::MAX, w)
-                } else {
-                    pack(self.prefix[i], w)
-                };
+                let link = if k == 1 { pack(u32::MAX, w) } else { pack(self.prefix[i], w) };
                 let next = &mut self.next;
                 let id = self.table.get_or_insert_with(link, || {
                     *next += 1;
@@ -529,8 +490,7 @@ impl NgramInterner {
         for k in 1..=n.min(words.len()) {
             if k > 1 {
                 let prefix = &self.prefix;
-                self.table
-                    .touch((0..=words.len() - k).map(|i| pack(prefix[i], words[i + k - 1])));
+                self.table.touch((0..=words.len() - k).map(|i| pack(prefix[i], words[i + k - 1])));
             }
             for i in 0..=words.len() - k {
                 let w = words[i + k - 1];
@@ -564,11 +524,7 @@ impl NgramInterner {
                     Some(&j) => entries[j as usize].count += 1,
                     None => {
                         self.local.insert(id, entries.len() as u32);
-                        entries.push(Entry {
-                            id,
-                            order: (k - 1) as u8,
-                            count: 1,
-                        });
+                        entries.push(Entry { id, order: (k - 1) as u8, count: 1 });
                     }
                 }
             }
@@ -589,12 +545,7 @@ mod tests {
         let shown: Vec<(Vec<&str>, u32)> = counts
             .entries
             .iter()
-            .map(|&(k, c)| {
-                (
-                    ngram_words(k).into_iter().map(|w| vocab.word(w)).collect(),
-                    c,
-                )
-            })
+            .map(|&(k, c)| (ngram_words(k).into_iter().map(|w| vocab.word(w)).collect(), c))
             .collect();
         assert_eq!(
             shown,
@@ -620,10 +571,7 @@ mod tests {
             let words = vocab.intern_caption(caption);
             let dense = interner.count(&words, 4);
             let sparse = counter.count(&words, 4);
-            let shown: Vec<(NgramKey, u32)> = dense
-                .iter()
-                .map(|e| (interner.key(e.id), e.count))
-                .collect();
+            let shown: Vec<(NgramKey, u32)> = dense.iter().map(|e| (interner.key(e.id), e.count)).collect();
             assert_eq!(shown, sparse.entries);
             for e in &dense {
                 assert_eq!(usize::from(e.order) + 1, ngram_order(interner.key(e.id)));

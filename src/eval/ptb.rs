@@ -82,10 +82,8 @@ use rules::{Action, Rule};
 
 /// pycocoevalcap's `PUNCTUATIONS` list (note the upper-case bracket tokens,
 /// which never match lower-cased output).
-pub const PUNCTUATIONS: [&str; 17] = [
-    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
-    "...", ";",
-];
+pub const PUNCTUATIONS: [&str; 17] =
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"];
 
 /// Tokenizes one caption as pycocoevalcap would if it were the only caption
 /// in its file.
@@ -127,20 +125,9 @@ pub fn tokenize_captions<S: AsRef<str>>(captions: &[S]) -> Vec<String> {
 pub fn ptb_tokens(caption: &str) -> Vec<String> {
     let units: Vec<u16> = caption
         .encode_utf16()
-        .map(|u| {
-            if matches!(u, 0x0A | 0x0D | 0x0B | 0x0C | 0x2028 | 0x2029) {
-                0x20
-            } else {
-                u
-            }
-        })
+        .map(|u| if matches!(u, 0x0A | 0x0D | 0x0B | 0x0C | 0x2028 | 0x2029) { 0x20 } else { u })
         .collect();
-    lex(&units)
-        .iter()
-        .flat_map(|line| line.split(' '))
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect()
+    lex(&units).iter().flat_map(|line| line.split(' ')).filter(|t| !t.is_empty()).map(str::to_string).collect()
 }
 
 /// pycocoevalcap's post-processing of one output line (tokens already
@@ -208,12 +195,9 @@ fn lexer() -> &'static Lexer {
             splits: rules
                 .iter()
                 .map(|r| {
-                    r.trail.as_ref().map(|t| {
-                        (
-                            Nfa::new(std::slice::from_ref(&r.main)),
-                            Nfa::new(std::slice::from_ref(t)),
-                        )
-                    })
+                    r.trail
+                        .as_ref()
+                        .map(|t| (Nfa::new(std::slice::from_ref(&r.main)), Nfa::new(std::slice::from_ref(t))))
                 })
                 .collect(),
         }
@@ -241,9 +225,7 @@ fn lex_with(units: &[u16], dfa: &mut LazyDfa<'static>) -> Vec<String> {
     let n = units.len();
     let mut pos = 0;
     while pos < n {
-        let (end, rule) = dfa
-            .longest(units, pos, n)
-            .expect("the catch-all rules match every unit");
+        let (end, rule) = dfa.longest(units, pos, n).expect("the catch-all rules match every unit");
         let tok_end = match &lx.splits[rule as usize] {
             None => end,
             Some((main, trail)) => {
@@ -260,10 +242,7 @@ fn lex_with(units: &[u16], dfa: &mut LazyDfa<'static>) -> Vec<String> {
         match lx.actions[rule as usize] {
             Action::Keep => {
                 buf.clear();
-                buf.extend(
-                    char::decode_utf16(units[pos..tok_end].iter().copied())
-                        .map(|c| c.unwrap_or('\u{FFFD}')),
-                );
+                buf.extend(char::decode_utf16(units[pos..tok_end].iter().copied()).map(|c| c.unwrap_or('\u{FFFD}')));
                 emit(&mut lines, &buf);
             }
             Action::Pushback(k) => {
@@ -275,10 +254,7 @@ fn lex_with(units: &[u16], dfa: &mut LazyDfa<'static>) -> Vec<String> {
             Action::Amp => emit(&mut lines, &normalize_amp(&text(pos, tok_end))),
             Action::SoftHyphens => {
                 buf.clear();
-                buf.extend(
-                    char::decode_utf16(units[pos..tok_end].iter().copied())
-                        .map(|c| c.unwrap_or('\u{FFFD}')),
-                );
+                buf.extend(char::decode_utf16(units[pos..tok_end].iter().copied()).map(|c| c.unwrap_or('\u{FFFD}')));
                 if buf.contains('\u{AD}') {
                     emit(&mut lines, &remove_soft_hyphens(&buf));
                 } else {
@@ -303,19 +279,10 @@ fn lex_with(units: &[u16], dfa: &mut LazyDfa<'static>) -> Vec<String> {
                 next = tok_end - 1;
                 emit(&mut lines, &text(pos, tok_end));
             }
-            Action::Phone => emit(
-                &mut lines,
-                &text(pos, tok_end)
-                    .replace(' ', "\u{A0}")
-                    .replace('(', "-LRB-")
-                    .replace(')', "-RRB-"),
-            ),
-            Action::Parens => emit(
-                &mut lines,
-                &text(pos, tok_end)
-                    .replace('(', "-LRB-")
-                    .replace(')', "-RRB-"),
-            ),
+            Action::Phone => {
+                emit(&mut lines, &text(pos, tok_end).replace(' ', "\u{A0}").replace('(', "-LRB-").replace(')', "-RRB-"))
+            }
+            Action::Parens => emit(&mut lines, &text(pos, tok_end).replace('(', "-LRB-").replace(')', "-RRB-")),
             Action::Const(s) => emit(&mut lines, s),
             Action::Hyphens => {
                 if (3..=4).contains(&(tok_end - pos)) {
@@ -366,11 +333,7 @@ fn normalize_amp(s: &str) -> String {
 
 /// `PTBLexer.latexQuotes`.
 fn latex_quotes(s: &str, probably_left: bool) -> String {
-    let (single, double) = if probably_left {
-        ("`", "``")
-    } else {
-        ("'", "''")
-    };
+    let (single, double) = if probably_left { ("`", "``") } else { ("'", "''") };
     let s = s.replace("&apos;", single).replace('\'', single);
     let s = s.replace('"', double).replace("&quot;", double);
     let mut out = String::with_capacity(s.len());
@@ -420,10 +383,7 @@ mod tests {
     use serde_json::Value;
 
     fn fixture(name: &str) -> Value {
-        let path = format!(
-            "{}/../shared/fixtures/metrics/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = format!("{}/../shared/fixtures/metrics/{name}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         serde_json::from_str(&text).expect("valid JSON fixture")
     }
@@ -441,18 +401,10 @@ mod tests {
     fn ptb_probe_cases_as_one_file() {
         let cases = fixture("ptb_probe.json");
         let cases = cases.as_array().expect("array");
-        let inputs: Vec<&str> = cases
-            .iter()
-            .map(|c| c["in"].as_str().expect("in"))
-            .collect();
+        let inputs: Vec<&str> = cases.iter().map(|c| c["in"].as_str().expect("in")).collect();
         let outputs = tokenize_captions(&inputs);
         for (case, out) in cases.iter().zip(&outputs) {
-            assert_eq!(
-                out,
-                case["out"].as_str().expect("out"),
-                "input {:?}",
-                case["in"]
-            );
+            assert_eq!(out, case["out"].as_str().expect("out"), "input {:?}", case["in"]);
         }
     }
 
@@ -462,19 +414,13 @@ mod tests {
         let items = fx["items"].as_array().expect("items");
         // As pycocoevalcap runs it: all candidates in one file, all
         // references in another.
-        let cands: Vec<&str> = items
-            .iter()
-            .map(|i| i["candidate"].as_str().expect("c"))
-            .collect();
+        let cands: Vec<&str> = items.iter().map(|i| i["candidate"].as_str().expect("c")).collect();
         let refs: Vec<&str> = items
             .iter()
             .flat_map(|i| i["references"].as_array().expect("refs").iter())
             .map(|r| r.as_str().expect("ref"))
             .collect();
-        let expected_cands: Vec<&str> = items
-            .iter()
-            .map(|i| i["candidate_tok"].as_str().expect("c"))
-            .collect();
+        let expected_cands: Vec<&str> = items.iter().map(|i| i["candidate_tok"].as_str().expect("c")).collect();
         let expected_refs: Vec<&str> = items
             .iter()
             .flat_map(|i| i["references_tok"].as_array().expect("refs").iter())
@@ -506,10 +452,7 @@ mod tests {
             ("¡hola! ¿que?", "¡ hola ! ¿ que ?"),
             ("\u{1F600} smile \u{1F600}", "smile"),
             ("x\u{2010}y \u{2010} z", "x\u{2010}y z"),
-            (
-                "http://www.example.com/a?b=c.",
-                "http://www.example.com/a?b=c .",
-            ),
+            ("http://www.example.com/a?b=c.", "http://www.example.com/a?b=c ."),
             ("mail me@x.org now", "mail me@x.org now"),
             ("US$ 5 us$ 5 €5 £3 ¢ ¥", "us$ 5 us $ 5 $ 5 # 3 cents ¥"),
             ("C++ c# f# C#", "c++ c# f# c#"),
@@ -522,10 +465,7 @@ mod tests {
             ("'90s '95", "'90s ' 95"),
             ("3/4/2020 12-5-99", "3/4/2020 12-5-99"),
             ("1 1/2 cups", "1\u{A0}1/2 cups"),
-            (
-                "call 555-1234 or (650) 555-1234",
-                "call 555-1234 or -lrb-650-rrb-\u{A0}555-1234",
-            ),
+            ("call 555-1234 or (650) 555-1234", "call 555-1234 or -lrb-650-rrb-\u{A0}555-1234"),
             ("x^2 ² ₂", "x ^ 2 ² ₂"),
             (":) ;-) :D", ":-rrb- ;--rrb- : d"),
             ("=^.^= (^_^)", "= ^ . ^ = -lrb-^_^-rrb-"),
@@ -549,20 +489,14 @@ mod tests {
     #[test]
     fn end_of_file_changes_tokenization() {
         // Inside the file "you're" is "you 're"; at its end "you ` re".
-        assert_eq!(
-            tokenize_captions(&["you're here you're", "you're"]),
-            vec!["you 're here you 're", "you re"]
-        );
+        assert_eq!(tokenize_captions(&["you're here you're", "you're"]), vec!["you 're here you 're", "you re"]);
     }
 
     #[test]
     fn sgml_tag_spanning_captions_keeps_lines_aligned() {
         // Java: one token "<a\u{A0}href='x\ny'>" written with its newline,
         // so pycocoevalcap sees "<a href='x" and "y'> ok".
-        assert_eq!(
-            tokenize_captions(&["<a href='x", "y'> ok", "tail"]),
-            vec!["<a\u{A0}href='x", "y'> ok", "tail"]
-        );
+        assert_eq!(tokenize_captions(&["<a href='x", "y'> ok", "tail"]), vec!["<a\u{A0}href='x", "y'> ok", "tail"]);
         // \r would break the line in Java (misaligning pycocoevalcap); we
         // treat it as a space.
         assert_eq!(tokenize_captions(&["a\rb", "c d"]), vec!["a b", "c d"]);

@@ -110,9 +110,6 @@ mod tests {
     fn pairwise_blocks() {
         let a: Vec<f64> = (0..1000).map(|i| (i as f64 * 0.37).sin() * 1e3).collect();
         let n2 = 496; // 500 rounded down to a multiple of 8
-        assert_eq!(
-            pairwise_sum(&a),
-            pairwise_sum(&a[..n2]) + pairwise_sum(&a[n2..])
-        );
+        assert_eq!(pairwise_sum(&a), pairwise_sum(&a[..n2]) + pairwise_sum(&a[n2..]));
     }
 }

@@ -60,25 +60,15 @@ pub fn item_score(candidate: &[u32], references: &[Vec<u32>]) -> f64 {
 
 /// ROUGE-L of tokenized captions, as `Rouge().compute_score(gts, res)`.
 pub fn score<C: AsRef<str>, R: AsRef<str>>(candidates: &[C], references: &[Vec<R>]) -> RougeScores {
-    assert_eq!(
-        candidates.len(),
-        references.len(),
-        "one reference list per candidate"
-    );
+    assert_eq!(candidates.len(), references.len(), "one reference list per candidate");
     let mut ids: FxHashMap<&str, u32> = FxHashMap::default();
     let mut per_item = Vec::with_capacity(candidates.len());
     for (c, refs) in candidates.iter().zip(references) {
         let cand = intern_split_space(c.as_ref(), &mut ids);
-        let refs: Vec<Vec<u32>> = refs
-            .iter()
-            .map(|r| intern_split_space(r.as_ref(), &mut ids))
-            .collect();
+        let refs: Vec<Vec<u32>> = refs.iter().map(|r| intern_split_space(r.as_ref(), &mut ids)).collect();
         per_item.push(item_score(&cand, &refs));
     }
-    RougeScores {
-        corpus: np_mean(&per_item),
-        per_item,
-    }
+    RougeScores { corpus: np_mean(&per_item), per_item }
 }
 
 /// `s.split(" ")` as token ids.

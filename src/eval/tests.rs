@@ -10,10 +10,7 @@ use super::*;
 const TOL: f64 = 1e-12;
 
 fn fixture() -> Value {
-    let path = format!(
-        "{}/../shared/fixtures/metrics/pycocoevalcap_fixture.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../shared/fixtures/metrics/pycocoevalcap_fixture.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).expect("valid JSON fixture")
 }
@@ -22,10 +19,7 @@ fn fixture() -> Value {
 /// from the fixture's text with Rust's correctly rounded `str::parse`
 /// (serde_json without its `float_roundtrip` feature may be 1 ulp off).
 fn exact_numbers(section: &str, key: &str) -> Vec<f64> {
-    let path = format!(
-        "{}/../shared/fixtures/metrics/pycocoevalcap_fixture.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../shared/fixtures/metrics/pycocoevalcap_fixture.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let start = text.find(&format!("\"{section}\"")).expect("section");
     let text = &text[start..];
@@ -36,17 +30,11 @@ fn exact_numbers(section: &str, key: &str) -> Vec<f64> {
     } else {
         &rest[..rest.find([',', '}']).expect("end of number")]
     };
-    body.split(',')
-        .map(|x| x.trim().parse::<f64>().expect("number"))
-        .collect()
+    body.split(',').map(|x| x.trim().parse::<f64>().expect("number")).collect()
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| s.as_str().expect("string").to_string())
-        .collect()
+    v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_string()).collect()
 }
 
 /// The fixture's items: raw and tokenized captions.
@@ -71,28 +59,16 @@ fn load() -> Fixture {
                 category: None,
             })
             .collect(),
-        cands_tok: items_json
-            .iter()
-            .map(|i| i["candidate_tok"].as_str().expect("tok").to_string())
-            .collect(),
-        refs_tok: items_json
-            .iter()
-            .map(|i| strings(&i["references_tok"]))
-            .collect(),
+        cands_tok: items_json.iter().map(|i| i["candidate_tok"].as_str().expect("tok").to_string()).collect(),
+        refs_tok: items_json.iter().map(|i| strings(&i["references_tok"])).collect(),
         corpus: fx["corpus_scores"].clone(),
         per_image: fx["per_image_scores"].clone(),
     }
 }
 
 fn close(name: &str, got: f64, want: &Value) {
-    let want = want
-        .as_f64()
-        .unwrap_or_else(|| panic!("{name}: expected a number, got {want}"));
-    assert!(
-        (got - want).abs() <= TOL,
-        "{name}: got {got:e}, pycocoevalcap {want:e}, diff {:e}",
-        got - want
-    );
+    let want = want.as_f64().unwrap_or_else(|| panic!("{name}: expected a number, got {want}"));
+    assert!((got - want).abs() <= TOL, "{name}: got {got:e}, pycocoevalcap {want:e}, diff {:e}", got - want);
 }
 
 fn check_list(name: &str, got: &[f64], want: &Value) {
@@ -156,11 +132,7 @@ fn evaluate_from_raw_captions_matches_fixture() {
             continue;
         }
         close(name, json[name].as_f64().expect("number"), &fx.corpus[name]);
-        let per: Vec<f64> = report
-            .items
-            .iter()
-            .map(|i| i.scores.to_json()[name].as_f64().expect("number"))
-            .collect();
+        let per: Vec<f64> = report.items.iter().map(|i| i.scores.to_json()[name].as_f64().expect("number")).collect();
         check_list(name, &per, &fx.per_image[name]);
     }
     assert_eq!(report.meteor_unavailable_reason, None);
@@ -170,32 +142,18 @@ fn evaluate_from_raw_captions_matches_fixture() {
         .items
         .iter()
         .zip(fx.cands_tok.iter().zip(&fx.refs_tok))
-        .map(|(item, (c, r))| EvalItem {
-            candidate: c.clone(),
-            references: r.clone(),
-            ..item.clone()
-        })
+        .map(|(item, (c, r))| EvalItem { candidate: c.clone(), references: r.clone(), ..item.clone() })
         .collect();
-    let opts = EvalOptions {
-        pretokenized: true,
-        ..EvalOptions::native()
-    };
-    assert_eq!(
-        evaluate(&pretok, &opts).expect("evaluate").corpus,
-        report.corpus
-    );
+    let opts = EvalOptions { pretokenized: true, ..EvalOptions::native() };
+    assert_eq!(evaluate(&pretok, &opts).expect("evaluate").corpus, report.corpus);
 }
 
 #[test]
 fn exact_number_parsing_agrees_with_serde_within_an_ulp() {
     let fx = load();
     let exact = exact_numbers("per_image_scores", "CIDEr");
-    let serde: Vec<f64> = fx.per_image["CIDEr"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|v| v.as_f64().expect("f64"))
-        .collect();
+    let serde: Vec<f64> =
+        fx.per_image["CIDEr"].as_array().expect("list").iter().map(|v| v.as_f64().expect("f64")).collect();
     assert_eq!(exact.len(), 21);
     for (a, b) in exact.iter().zip(&serde) {
         assert!((a - b).abs() <= 4.0 * f64::EPSILON * a.abs().max(1.0));
@@ -205,12 +163,7 @@ fn exact_number_parsing_agrees_with_serde_within_an_ulp() {
 
 #[test]
 fn json_keys_and_order() {
-    let s = Scores {
-        bleu: [0.1, 0.2, 0.3, 0.4],
-        meteor: None,
-        rouge_l: 0.5,
-        cider: 0.6,
-    };
+    let s = Scores { bleu: [0.1, 0.2, 0.3, 0.4], meteor: None, rouge_l: 0.5, cider: 0.6 };
     assert_eq!(
         serde_json::to_string(&s.to_json()).expect("json"),
         r#"{"Bleu_1":0.1,"Bleu_2":0.2,"Bleu_3":0.3,"Bleu_4":0.4,"METEOR":null,"ROUGE_L":0.5,"CIDEr":0.6}"#
@@ -254,32 +207,18 @@ fn evaluate_with_meteor_and_categories() {
             ..item.clone()
         })
         .collect();
-    let opts = EvalOptions {
-        by_category: true,
-        ..EvalOptions::default()
-    };
+    let opts = EvalOptions { by_category: true, ..EvalOptions::default() };
     let report = evaluate(&items, &opts).expect("evaluate");
-    close(
-        "METEOR",
-        report.corpus.meteor.expect("METEOR"),
-        &fx.corpus["METEOR"],
-    );
+    close("METEOR", report.corpus.meteor.expect("METEOR"), &fx.corpus["METEOR"]);
     assert_eq!(report.by_category.len(), 2);
     assert_eq!(report.by_category[0].category, "add");
     assert_eq!(report.by_category[0].count, 7);
     // A category's scores are those of evaluating its items alone (one
     // category checked with METEOR, to spare a JVM start; all without).
     for (i, cat) in report.by_category.iter().enumerate() {
-        let sub: Vec<EvalItem> = items
-            .iter()
-            .filter(|it| it.category.as_deref() == Some(&cat.category))
-            .cloned()
-            .collect();
-        let opts = if i == 0 {
-            EvalOptions::default()
-        } else {
-            EvalOptions::native()
-        };
+        let sub: Vec<EvalItem> =
+            items.iter().filter(|it| it.category.as_deref() == Some(&cat.category)).cloned().collect();
+        let opts = if i == 0 { EvalOptions::default() } else { EvalOptions::native() };
         let alone = evaluate(&sub, &opts).expect("evaluate subset");
         let mut want = cat.scores;
         if i != 0 {
@@ -290,24 +229,12 @@ fn evaluate_with_meteor_and_categories() {
 }
 
 fn native_tok(cands: &[&str], refs: &[Vec<&str>]) -> Report {
-    score_captions(
-        cands,
-        refs,
-        &EvalOptions {
-            pretokenized: true,
-            ..EvalOptions::native()
-        },
-    )
-    .expect("score")
+    score_captions(cands, refs, &EvalOptions { pretokenized: true, ..EvalOptions::native() }).expect("score")
 }
 
 #[test]
 fn property_identical_candidate_and_references() {
-    let cands = [
-        "a red car is parked on the left",
-        "the blue cube moved to the right",
-        "two dogs play in the park",
-    ];
+    let cands = ["a red car is parked on the left", "the blue cube moved to the right", "two dogs play in the park"];
     let refs: Vec<Vec<&str>> = cands.iter().map(|c| vec![*c, *c, *c]).collect();
     let r = native_tok(&cands, &refs);
     for item in &r.items {
@@ -317,31 +244,19 @@ fn property_identical_candidate_and_references() {
         }
         assert_eq!(item.scores.rouge_l, 1.0);
         // Every n-gram order present, every cosine 1, no length penalty.
-        assert!(
-            (item.scores.cider - 10.0).abs() < 1e-12,
-            "CIDEr {}",
-            item.scores.cider
-        );
+        assert!((item.scores.cider - 10.0).abs() < 1e-12, "CIDEr {}", item.scores.cider);
     }
 }
 
 #[test]
 fn property_empty_candidate() {
-    let r = native_tok(
-        &["", "a dog runs"],
-        &[vec!["a cat sleeps", "the cat"], vec!["a dog runs"]],
-    );
+    let r = native_tok(&["", "a dog runs"], &[vec!["a cat sleeps", "the cat"], vec!["a dog runs"]]);
     let s = r.items[0].scores;
     assert_eq!(s.bleu, [0.0; 4]);
     assert_eq!(s.rouge_l, 0.0);
     assert_eq!(s.cider, 0.0);
     // Raw (untokenized) empty candidate too.
-    let r = score_captions(
-        &["", "..."],
-        &[vec!["a cat"], vec!["a dog"]],
-        &EvalOptions::native(),
-    )
-    .expect("score");
+    let r = score_captions(&["", "..."], &[vec!["a cat"], vec!["a dog"]], &EvalOptions::native()).expect("score");
     assert_eq!(r.items[0].scores.cider, 0.0);
     assert_eq!(r.items[1].scores.rouge_l, 0.0);
 }
@@ -349,20 +264,14 @@ fn property_empty_candidate() {
 #[test]
 fn property_single_reference() {
     let cands = ["a red car is parked", "the cube moved left", "a cat"];
-    let refs = vec![
-        vec!["a red car parked here"],
-        vec!["the cube moved to the left"],
-        vec!["a small cat"],
-    ];
+    let refs = vec![vec!["a red car parked here"], vec!["the cube moved to the left"], vec!["a small cat"]];
     let r = native_tok(&cands, &refs);
     for (i, item) in r.items.iter().enumerate() {
         // ROUGE-L with one reference is the F-measure of that reference.
         let c: Vec<&str> = cands[i].split(' ').collect();
         let rf: Vec<&str> = refs[i][0].split(' ').collect();
         let ids = |v: &[&str]| -> Vec<u32> {
-            v.iter()
-                .map(|w| c.iter().chain(&rf).position(|x| x == w).expect("word") as u32)
-                .collect()
+            v.iter().map(|w| c.iter().chain(&rf).position(|x| x == w).expect("word") as u32).collect()
         };
         let lcs = rouge::lcs_len(&ids(&c), &ids(&rf)) as f64;
         let (p, rec) = (lcs / c.len() as f64, lcs / rf.len() as f64);
@@ -375,69 +284,37 @@ fn property_single_reference() {
     }
     // BLEU's effective reference length is that reference's length.
     let stats = bleu::stats(&cands, &refs);
-    assert_eq!(
-        stats.iter().map(|s| s.reflen).collect::<Vec<_>>(),
-        vec![5, 6, 3]
-    );
+    assert_eq!(stats.iter().map(|s| s.reflen).collect::<Vec<_>>(), vec![5, 6, 3]);
 }
 
 #[test]
 fn property_single_item_cider_is_zero() {
-    let r = native_tok(
-        &["the red car moved"],
-        &[vec!["the red car moved", "a red car moved"]],
-    );
+    let r = native_tok(&["the red car moved"], &[vec!["the red car moved", "a red car moved"]]);
     assert_eq!(r.corpus.cider, 0.0);
 }
 
 #[test]
 fn input_validation() {
     assert!(evaluate(&[], &EvalOptions::native()).is_err());
-    let item = EvalItem {
-        id: "a".into(),
-        candidate: "x".into(),
-        references: vec!["x".into()],
-        category: None,
-    };
+    let item = EvalItem { id: "a".into(), candidate: "x".into(), references: vec!["x".into()], category: None };
     let dup = vec![item.clone(), item.clone()];
     let err = evaluate(&dup, &EvalOptions::native()).expect_err("duplicate");
     assert!(err.to_string().contains("duplicate"), "{err}");
-    let no_refs = vec![EvalItem {
-        references: vec![],
-        ..item
-    }];
+    let no_refs = vec![EvalItem { references: vec![], ..item }];
     assert!(evaluate(&no_refs, &EvalOptions::native()).is_err());
     assert!(score_captions(&["a"], &Vec::<Vec<&str>>::new(), &EvalOptions::native()).is_err());
 }
 
 #[test]
 fn required_meteor_fails_loudly() {
-    let item = EvalItem {
-        id: "a".into(),
-        candidate: "x".into(),
-        references: vec!["x".into()],
-        category: None,
-    };
+    let item = EvalItem { id: "a".into(), candidate: "x".into(), references: vec!["x".into()], category: None };
     let opts = EvalOptions {
-        meteor: MeteorConfig {
-            jar: Some("/nonexistent/meteor.jar".into()),
-            required: true,
-            ..MeteorConfig::default()
-        },
+        meteor: MeteorConfig { jar: Some("/nonexistent/meteor.jar".into()), required: true, ..MeteorConfig::default() },
         ..EvalOptions::default()
     };
     assert!(evaluate(std::slice::from_ref(&item), &opts).is_err());
-    let opts = EvalOptions {
-        meteor: MeteorConfig {
-            required: false,
-            ..opts.meteor
-        },
-        ..EvalOptions::default()
-    };
+    let opts = EvalOptions { meteor: MeteorConfig { required: false, ..opts.meteor }, ..EvalOptions::default() };
     let r = evaluate(&[item], &opts).expect("evaluate");
     assert_eq!(r.corpus.meteor, None);
-    assert!(r
-        .meteor_unavailable_reason
-        .expect("reason")
-        .contains("not found"));
+    assert!(r.meteor_unavailable_reason.expect("reason").contains("not found"));
 }

@@ -60,16 +60,40 @@ impl Blip2Model {
         v
     }
 
+    /// Every parameter with its HF name (what `save_pretrained` writes).
+    pub fn named_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut v = vec![("query_tokens".to_owned(), &mut self.query_tokens)];
+        v.extend(self.vision_model.named());
+        v.extend(self.qformer.named());
+        v.extend(self.language_projection.named());
+        v.extend(self.language_model.named());
+        v
+    }
+
+    /// Re-ties `lm_head` to `embed_tokens` after the latter was replaced (e.g. by a variable).
+    pub fn retie_lm_head(&mut self) {
+        if self.language_model.tied {
+            self.language_model.lm_head = self.language_model.embed_tokens.clone();
+        }
+    }
+
+    /// Logits of the prompt positions only, [B, L, vocab] for `input_ids` [B, L]: the training
+    /// forward (the image-prefix positions never reach `lm_head`).
+    pub fn forward_text_logits(&self, pixel_values: &Tensor, input_ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        let prefix = self.image_prefix(pixel_values, mode)?;
+        let q = prefix.dim(1)?;
+        let l = input_ids.dim(1)?;
+        let embeds = Tensor::cat(&[&prefix, &self.language_model.embed(input_ids)?.to_dtype(prefix.dtype())?], 1)?;
+        let hidden = self.language_model.forward_embeds(&embeds, None, mode)?;
+        self.language_model.logits(&hidden.narrow(1, q, l)?, mode)
+    }
+
     /// Attaches `adapter`'s LoRA branches to the modules it targets (PEFT matching), merged into the
     /// weights when `merge`. Returns the adapted module names, sorted.
     pub fn apply_adapter(&mut self, adapter: &Adapter, merge: bool) -> anyhow::Result<Vec<String>> {
         let mut adapted = Vec::new();
         for lin in self.linears_mut() {
-            anyhow::ensure!(
-                !lin.merged && lin.lora.is_none(),
-                "{} already carries an adapter",
-                lin.name
-            );
+            anyhow::ensure!(!lin.merged && lin.lora.is_none(), "{} already carries an adapter", lin.name);
             if let Some(branch) = adapter.branch_for(&lin.name, lin.in_dim(), lin.out_dim())? {
                 lin.lora = Some(branch);
                 if merge {
@@ -97,16 +121,7 @@ impl Blip2Model {
     /// (what `model(pixel_values=..., input_ids=...)` returns).
     pub fn forward(&self, pixel_values: &Tensor, input_ids: &Tensor, mode: Mode) -> Result<Tensor> {
         let prefix = self.image_prefix(pixel_values, mode)?;
-        let embeds = Tensor::cat(
-            &[
-                &prefix,
-                &self
-                    .language_model
-                    .embed(input_ids)?
-                    .to_dtype(prefix.dtype())?,
-            ],
-            1,
-        )?;
+        let embeds = Tensor::cat(&[&prefix, &self.language_model.embed(input_ids)?.to_dtype(prefix.dtype())?], 1)?;
         let hidden = self.language_model.forward_embeds(&embeds, None, mode)?;
         self.language_model.logits(&hidden, mode)
     }
@@ -114,33 +129,21 @@ impl Blip2Model {
     /// Greedy decoding with a KV cache, batched. Every sequence starts from `[bos]` after the image
     /// prefix and stops at the first id in `eos` (not included) or after `max_new_tokens`. Finished
     /// sequences leave the batch, so the others run at the cost of the survivors only.
-    pub fn generate_greedy(
-        &self,
-        pixel_values: &Tensor,
-        max_new_tokens: usize,
-        eos: &[u32],
-    ) -> Result<Vec<Vec<u32>>> {
+    pub fn generate_greedy(&self, pixel_values: &Tensor, max_new_tokens: usize, eos: &[u32]) -> Result<Vec<Vec<u32>>> {
         let mode = Mode::Inference;
         let lm = &self.language_model;
         let b = pixel_values.dim(0)?;
         let bos = self.config.text_config.bos_token_id;
         let prefix = self.image_prefix(pixel_values, mode)?;
         let bos_ids = Tensor::new(vec![bos; b], self.device())?.reshape((b, 1))?;
-        let embeds = Tensor::cat(
-            &[&prefix, &lm.embed(&bos_ids)?.to_dtype(prefix.dtype())?],
-            1,
-        )?;
+        let embeds = Tensor::cat(&[&prefix, &lm.embed(&bos_ids)?.to_dtype(prefix.dtype())?], 1)?;
         let mut cache = KvCache::new(lm.layers.len());
         let mut hidden = lm.forward_embeds(&embeds, Some(&mut cache), mode)?;
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut alive: Vec<usize> = (0..b).collect();
         for step in 0..max_new_tokens {
             let last = hidden.i((.., hidden.dim(1)? - 1, ..))?;
-            let next: Vec<u32> = lm
-                .logits(&last, mode)?
-                .to_dtype(DType::F32)?
-                .argmax(1)?
-                .to_vec1()?;
+            let next: Vec<u32> = lm.logits(&last, mode)?.to_dtype(DType::F32)?.argmax(1)?.to_vec1()?;
             let mut keep_rows = Vec::with_capacity(alive.len());
             let mut keep_ids = Vec::with_capacity(alive.len());
             for (row, (&seq, &tok)) in alive.iter().zip(&next).enumerate() {

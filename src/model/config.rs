@@ -4,14 +4,14 @@
 //! defaults to the transformers 4.35 class default (`Blip2VisionConfig`, `Blip2QFormerConfig`,
 //! `OPTConfig`, `Blip2Config`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 fn d<T: From<u16>>(v: u16) -> T {
     T::from(v)
 }
 
 /// `Blip2VisionConfig`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct VisionConfig {
     #[serde(default = "vision_hidden")]
     pub hidden_size: usize,
@@ -34,7 +34,7 @@ pub struct VisionConfig {
 }
 
 /// `Blip2QFormerConfig`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct QFormerConfig {
     #[serde(default = "qf_hidden")]
     pub hidden_size: usize,
@@ -61,7 +61,7 @@ pub struct QFormerConfig {
 }
 
 /// `OPTConfig`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct OptConfig {
     #[serde(default = "opt_vocab")]
     pub vocab_size: usize,
@@ -102,7 +102,7 @@ pub struct OptConfig {
 }
 
 /// `eos_token_id` may be one id or a list.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum EosTokenId {
     One(u32),
@@ -110,7 +110,7 @@ pub enum EosTokenId {
 }
 
 /// `Blip2Config`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Blip2Config {
     #[serde(default = "empty_object")]
     pub vision_config: VisionConfig,
@@ -135,12 +135,10 @@ fn empty_object<T: serde::de::DeserializeOwned>() -> T {
 impl Blip2Config {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<Blip2Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
         let cfg: Blip2Config = serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{} is not a Blip2 config: {e}", path.display()))?;
-        cfg.validate()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(cfg)
     }
 
@@ -154,42 +152,24 @@ impl Blip2Config {
             v.hidden_size.is_multiple_of(v.num_attention_heads),
             "vision hidden_size not divisible by heads"
         );
-        anyhow::ensure!(
-            v.image_size.is_multiple_of(v.patch_size),
-            "vision image_size not divisible by patch_size"
-        );
+        anyhow::ensure!(v.image_size.is_multiple_of(v.patch_size), "vision image_size not divisible by patch_size");
         let q = &self.qformer_config;
         anyhow::ensure!(
             q.hidden_size.is_multiple_of(q.num_attention_heads),
             "qformer hidden_size not divisible by heads"
         );
-        anyhow::ensure!(
-            q.cross_attention_frequency > 0,
-            "qformer cross_attention_frequency must be > 0"
-        );
+        anyhow::ensure!(q.cross_attention_frequency > 0, "qformer cross_attention_frequency must be > 0");
         anyhow::ensure!(
             q.position_embedding_type == "absolute",
             "qformer position_embedding_type {:?} is not supported (only \"absolute\")",
             q.position_embedding_type
         );
         let t = &self.text_config;
-        anyhow::ensure!(
-            t.hidden_size.is_multiple_of(t.num_attention_heads),
-            "text hidden_size not divisible by heads"
-        );
-        anyhow::ensure!(
-            t.do_layer_norm_before,
-            "only pre-LN OPT (do_layer_norm_before = true) is supported"
-        );
-        anyhow::ensure!(
-            t.layer_norm_elementwise_affine,
-            "OPT layer norms without affine are not supported"
-        );
+        anyhow::ensure!(t.hidden_size.is_multiple_of(t.num_attention_heads), "text hidden_size not divisible by heads");
+        anyhow::ensure!(t.do_layer_norm_before, "only pre-LN OPT (do_layer_norm_before = true) is supported");
+        anyhow::ensure!(t.layer_norm_elementwise_affine, "OPT layer norms without affine are not supported");
         for (name, act) in [("vision", &v.hidden_act), ("qformer", &q.hidden_act)] {
-            anyhow::ensure!(
-                act == "gelu",
-                "{name} hidden_act {act:?} is not supported (only erf \"gelu\")"
-            );
+            anyhow::ensure!(act == "gelu", "{name} hidden_act {act:?} is not supported (only erf \"gelu\")");
         }
         anyhow::ensure!(
             t.activation_function == "relu",
@@ -206,6 +186,18 @@ impl Blip2Config {
             Some(EosTokenId::One(i)) => vec![*i],
             Some(EosTokenId::Many(v)) => v.clone(),
         }
+    }
+
+    /// `config.json` as transformers writes it (every value explicit), for checkpoints we save.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("configs serialise");
+        v["model_type"] = "blip-2".into();
+        v["architectures"] = serde_json::json!(["Blip2ForConditionalGeneration"]);
+        v["vision_config"]["model_type"] = "blip_2_vision_model".into();
+        v["qformer_config"]["model_type"] = "blip_2_qformer".into();
+        v["text_config"]["model_type"] = "opt".into();
+        v["use_decoder_only_language_model"] = true.into();
+        v
     }
 
     /// Positions the vision tower produces (patches + class token).

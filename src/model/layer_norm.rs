@@ -7,6 +7,8 @@ use super::ops::{self, Mode};
 
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
+    /// The HF module path.
+    pub name: String,
     pub weight: Tensor,
     pub bias: Tensor,
     pub eps: f64,
@@ -14,14 +16,15 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
-        Ok(LayerNorm {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
-            eps,
-        })
+        Ok(LayerNorm { name: vb.prefix(), weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         ops::layer_norm(x, &self.weight, &self.bias, self.eps, mode)
+    }
+
+    /// `(name, tensor)` of its parameters.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        vec![(format!("{}.weight", self.name), &mut self.weight), (format!("{}.bias", self.name), &mut self.bias)]
     }
 }

@@ -42,18 +42,8 @@ impl Linear {
     /// Loads `weight` [out, in] and, when `bias`, `bias` [out] under `vb`.
     pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = if bias {
-            Some(vb.get(out_dim, "bias")?)
-        } else {
-            None
-        };
-        Ok(Linear {
-            name: vb.prefix(),
-            weight,
-            bias,
-            lora: None,
-            merged: false,
-        })
+        let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        Ok(Linear { name: vb.prefix(), weight, bias, lora: None, merged: false })
     }
 
     pub fn in_dim(&self) -> usize {
@@ -76,6 +66,15 @@ impl Linear {
             y = (y + delta)?;
         }
         Ok(y)
+    }
+
+    /// `(name, tensor)` of its base parameters.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut v = vec![(format!("{}.weight", self.name), &mut self.weight)];
+        if let Some(b) = self.bias.as_mut() {
+            v.push((format!("{}.bias", self.name), b));
+        }
+        v
     }
 
     /// Folds the LoRA branch into the weight (PEFT's `merge`).

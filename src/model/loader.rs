@@ -33,8 +33,7 @@ pub fn resolve(spec: &str) -> anyhow::Result<CheckpointFiles> {
     if path.exists() {
         bail!("{spec} is a file; expected a checkpoint directory (config.json, *.safetensors, tokenizer.json)");
     }
-    let looks_like_hub_id =
-        spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.starts_with('/');
+    let looks_like_hub_id = spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.starts_with('/');
     if !looks_like_hub_id {
         bail!("checkpoint {spec:?}: no such directory (and not a hub id like Salesforce/blip2-opt-2.7b)");
     }
@@ -44,33 +43,20 @@ pub fn resolve(spec: &str) -> anyhow::Result<CheckpointFiles> {
 fn from_dir(spec: &str, dir: &Path) -> anyhow::Result<CheckpointFiles> {
     let need = |name: &str| -> anyhow::Result<PathBuf> {
         let p = dir.join(name);
-        anyhow::ensure!(
-            p.exists(),
-            "checkpoint {}: {name} is missing",
-            dir.display()
-        );
+        anyhow::ensure!(p.exists(), "checkpoint {}: {name} is missing", dir.display());
         Ok(p)
     };
     let config = need("config.json")?;
     let tokenizer = need("tokenizer.json")?;
     let index = dir.join("model.safetensors.index.json");
     let weights = if index.exists() {
-        shards_of(&index)?
-            .into_iter()
-            .map(|f| dir.join(f))
-            .collect()
+        shards_of(&index)?.into_iter().map(|f| dir.join(f)).collect()
     } else {
-        vec![need("model.safetensors").context(
-            "(PyTorch .bin checkpoints are not supported: re-save with safe_serialization=True)",
-        )?]
+        vec![need("model.safetensors")
+            .context("(PyTorch .bin checkpoints are not supported: re-save with safe_serialization=True)")?]
     };
     for w in &weights {
-        anyhow::ensure!(
-            w.exists(),
-            "checkpoint {}: shard {} is missing",
-            dir.display(),
-            w.display()
-        );
+        anyhow::ensure!(w.exists(), "checkpoint {}: shard {} is missing", dir.display(), w.display());
     }
     let pre = dir.join("preprocessor_config.json");
     let tok_cfg = dir.join("tokenizer_config.json");
@@ -89,13 +75,8 @@ fn from_dir(spec: &str, dir: &Path) -> anyhow::Result<CheckpointFiles> {
 pub fn shards_of(index: &Path) -> anyhow::Result<Vec<String>> {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(index)?)
         .with_context(|| format!("{} is not JSON", index.display()))?;
-    let map = v["weight_map"]
-        .as_object()
-        .with_context(|| format!("{}: no weight_map", index.display()))?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(|f| f.as_str().map(String::from))
-        .collect();
+    let map = v["weight_map"].as_object().with_context(|| format!("{}: no weight_map", index.display()))?;
+    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
     files.sort();
     files.dedup();
     Ok(files)
@@ -104,9 +85,7 @@ pub fn shards_of(index: &Path) -> anyhow::Result<Vec<String>> {
 fn from_hub(id: &str) -> anyhow::Result<CheckpointFiles> {
     let cache = hf_hub::Cache::from_env();
     let cached = cache.model(id.to_owned());
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(true)
-        .build();
+    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build();
     let fetch = |name: &str| -> anyhow::Result<PathBuf> {
         if let Some(p) = cached.get(name) {
             return Ok(p);
@@ -123,10 +102,7 @@ fn from_hub(id: &str) -> anyhow::Result<CheckpointFiles> {
     let config = fetch("config.json")?;
     let tokenizer = fetch("tokenizer.json")?;
     let weights = match fetch("model.safetensors.index.json") {
-        Ok(index) => shards_of(&index)?
-            .iter()
-            .map(|f| fetch(f))
-            .collect::<anyhow::Result<_>>()?,
+        Ok(index) => shards_of(&index)?.iter().map(|f| fetch(f)).collect::<anyhow::Result<_>>()?,
         Err(_) => vec![fetch("model.safetensors")?],
     };
     Ok(CheckpointFiles {
@@ -155,10 +131,7 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal: usize = s
-                .strip_prefix("cuda:")
-                .map_or(Ok(0), |n| n.parse())
-                .context("cuda:N")?;
+            let ordinal: usize = s.strip_prefix("cuda:").map_or(Ok(0), |n| n.parse()).context("cuda:N")?;
             if !candle_core::utils::cuda_is_available() {
                 bail!("device {s}: this binary was built without CUDA; build it with `--features cuda` (deploy/cuda/build.sh)");
             }
@@ -170,13 +143,14 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
 
 /// A short stable fingerprint of files (FNV-1a 64 over their bytes), for model version names.
 pub fn fingerprint(paths: &[PathBuf]) -> anyhow::Result<String> {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut bytes = Vec::new();
     for p in paths {
-        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-        for b in bytes {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        bytes.extend(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?);
     }
-    Ok(format!("{h:016x}")[..10].to_owned())
+    Ok(format!("{:016x}", fnv1a(&bytes))[..10].to_owned())
+}
+
+/// FNV-1a, 64 bits: a stable (not cryptographic) hash.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
 }

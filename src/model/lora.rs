@@ -61,9 +61,8 @@ fn peft_type() -> String {
 
 /// The targets the BLIP2IDC authors used (every released adapter).
 pub fn blip2idc_targets() -> Vec<String> {
-    let mut t: Vec<String> = (0..12)
-        .map(|n| format!("qformer.encoder.layer.{n}.crossattention.attention.query"))
-        .collect();
+    let mut t: Vec<String> =
+        (0..12).map(|n| format!("qformer.encoder.layer.{n}.crossattention.attention.query")).collect();
     t.extend(["value", "key", "qkv", "q_proj", "k_proj", "v_proj"].map(String::from));
     t
 }
@@ -93,21 +92,10 @@ impl AdapterConfig {
     }
 
     fn check_supported(&self) -> anyhow::Result<()> {
-        ensure!(
-            self.peft_type.eq_ignore_ascii_case("LORA"),
-            "peft_type {:?} is not LORA",
-            self.peft_type
-        );
+        ensure!(self.peft_type.eq_ignore_ascii_case("LORA"), "peft_type {:?} is not LORA", self.peft_type);
         ensure!(self.r > 0, "r must be > 0");
-        ensure!(
-            self.bias == "none",
-            "bias {:?} is not supported (only \"none\", as BLIP2IDC)",
-            self.bias
-        );
-        ensure!(
-            self.layers_to_transform.is_none(),
-            "layers_to_transform is not supported"
-        );
+        ensure!(self.bias == "none", "bias {:?} is not supported (only \"none\", as BLIP2IDC)", self.bias);
+        ensure!(self.layers_to_transform.is_none(), "layers_to_transform is not supported");
         ensure!(
             self.rank_pattern.as_ref().is_none_or(|p| p.is_empty())
                 && self.alpha_pattern.as_ref().is_none_or(|p| p.is_empty()),
@@ -129,8 +117,7 @@ impl TargetMatcher {
         Ok(match t {
             TargetModules::List(v) => TargetMatcher::List(v.clone()),
             TargetModules::Regex(r) => TargetMatcher::Regex(
-                regex::Regex::new(&format!("^(?:{r})$"))
-                    .with_context(|| format!("target_modules regex {r:?}"))?,
+                regex::Regex::new(&format!("^(?:{r})$")).with_context(|| format!("target_modules regex {r:?}"))?,
             ),
         })
     }
@@ -139,9 +126,7 @@ impl TargetMatcher {
     pub fn matches(&self, module: &str) -> bool {
         match self {
             TargetMatcher::List(targets) => targets.iter().any(|t| {
-                module == t
-                    || (module.ends_with(t.as_str())
-                        && module[..module.len() - t.len()].ends_with('.'))
+                module == t || (module.ends_with(t.as_str()) && module[..module.len() - t.len()].ends_with('.'))
             }),
             TargetMatcher::Regex(r) => r.is_match(module),
         }
@@ -164,13 +149,10 @@ impl Adapter {
     /// Reads an adapter directory.
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Adapter> {
         let cfg_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?;
-        let config: AdapterConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a LoRA config", cfg_path.display()))?;
-        config
-            .check_supported()
-            .with_context(|| cfg_path.display().to_string())?;
+        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+        let config: AdapterConfig =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a LoRA config", cfg_path.display()))?;
+        config.check_supported().with_context(|| cfg_path.display().to_string())?;
         let st = dir.join("adapter_model.safetensors");
         let bin = dir.join("adapter_model.bin");
         let tensors: Vec<(String, Tensor)> = if st.exists() {
@@ -185,10 +167,7 @@ impl Adapter {
                 .map(|(k, t)| t.to_device(device).map(|t| (k, t)))
                 .collect::<candle_core::Result<_>>()?
         } else {
-            bail!(
-                "{} has neither adapter_model.safetensors nor adapter_model.bin",
-                dir.display()
-            );
+            bail!("{} has neither adapter_model.safetensors nor adapter_model.bin", dir.display());
         };
         let mut a_s: HashMap<String, Tensor> = HashMap::new();
         let mut b_s: HashMap<String, Tensor> = HashMap::new();
@@ -206,45 +185,27 @@ impl Adapter {
             } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
                 b_s.insert(m.to_owned(), t);
             } else {
-                bail!(
-                    "unsupported adapter tensor {key:?} (only lora_A/lora_B weights are supported)"
-                );
+                bail!("unsupported adapter tensor {key:?} (only lora_A/lora_B weights are supported)");
             }
         }
         let mut weights = HashMap::new();
         for (m, a) in a_s {
-            let b = b_s
-                .remove(&m)
-                .with_context(|| format!("adapter has lora_A but no lora_B for {m}"))?;
+            let b = b_s.remove(&m).with_context(|| format!("adapter has lora_A but no lora_B for {m}"))?;
             let (ra, _) = a.dims2()?;
             let (_, rb) = b.dims2()?;
-            ensure!(
-                ra == config.r && rb == config.r,
-                "{m}: LoRA rank {ra}/{rb} differs from r = {}",
-                config.r
-            );
+            ensure!(ra == config.r && rb == config.r, "{m}: LoRA rank {ra}/{rb} differs from r = {}", config.r);
             weights.insert(m, (a, b));
         }
         if let Some(m) = b_s.keys().next() {
             bail!("adapter has lora_B but no lora_A for {m}");
         }
         let matcher = TargetMatcher::new(&config.target_modules)?;
-        Ok(Adapter {
-            config,
-            matcher,
-            weights,
-            source: Some(dir.to_owned()),
-        })
+        Ok(Adapter { config, matcher, weights, source: Some(dir.to_owned()) })
     }
 
     /// The LoRA branch for `module`, if the adapter targets it. Errors when a targeted linear has no
     /// weights (a mismatched adapter) or the shapes disagree.
-    pub fn branch_for(
-        &self,
-        module: &str,
-        in_dim: usize,
-        out_dim: usize,
-    ) -> anyhow::Result<Option<LoraBranch>> {
+    pub fn branch_for(&self, module: &str, in_dim: usize, out_dim: usize) -> anyhow::Result<Option<LoraBranch>> {
         if !self.matcher.matches(module) {
             return Ok(None);
         }
@@ -263,12 +224,7 @@ impl Adapter {
             a.dims(),
             b.dims()
         );
-        Ok(Some(LoraBranch {
-            a,
-            b,
-            scale: self.config.scale(),
-            dropout: self.config.lora_dropout,
-        }))
+        Ok(Some(LoraBranch { a, b, scale: self.config.scale(), dropout: self.config.lora_dropout }))
     }
 
     /// Checks that every module with weights in the file exists and is targeted.
@@ -289,22 +245,13 @@ impl Adapter {
         std::fs::create_dir_all(dir)?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (m, (a, b)) in &self.weights {
-            tensors.insert(
-                format!("{PREFIX}{m}.lora_A.weight"),
-                a.to_dtype(DType::F32)?.contiguous()?,
-            );
-            tensors.insert(
-                format!("{PREFIX}{m}.lora_B.weight"),
-                b.to_dtype(DType::F32)?.contiguous()?,
-            );
+            tensors.insert(format!("{PREFIX}{m}.lora_A.weight"), a.to_dtype(DType::F32)?.contiguous()?);
+            tensors.insert(format!("{PREFIX}{m}.lora_B.weight"), b.to_dtype(DType::F32)?.contiguous()?);
         }
         candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))?;
         let mut cfg = serde_json::to_value(&self.config)?;
         cfg["inference_mode"] = serde_json::Value::Bool(true);
-        std::fs::write(
-            dir.join("adapter_config.json"),
-            serde_json::to_string_pretty(&cfg)?,
-        )?;
+        std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?)?;
         Ok(())
     }
 }
@@ -330,8 +277,7 @@ mod tests {
 
     #[test]
     fn regex_targets_full_match() {
-        let m =
-            TargetMatcher::new(&TargetModules::Regex(r".*decoder.*\.(q|v)_proj".into())).unwrap();
+        let m = TargetMatcher::new(&TargetModules::Regex(r".*decoder.*\.(q|v)_proj".into())).unwrap();
         assert!(m.matches("language_model.model.decoder.layers.0.self_attn.q_proj"));
         assert!(!m.matches("language_model.model.decoder.layers.0.self_attn.k_proj"));
         assert!(!m.matches("language_model.model.decoder.layers.0.self_attn.q_proj.x"));

@@ -76,11 +76,9 @@ impl Blip2Idc {
         let tokenizer = tokenizers::Tokenizer::from_file(&files.tokenizer)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", files.tokenizer.display()))?;
         // SAFETY: the files are memory-mapped read-only; they must not be modified while loading.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&files.weights, opts.dtype, &opts.device)?
-        };
-        let mut model = Blip2Model::new(vb, &config)
-            .with_context(|| format!("loading the weights of {}", files.source))?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, opts.dtype, &opts.device)? };
+        let mut model =
+            Blip2Model::new(vb, &config).with_context(|| format!("loading the weights of {}", files.source))?;
         let (adapter, adapted_modules) = match &opts.adapter {
             None => (None, Vec::new()),
             Some(dir) => {
@@ -101,9 +99,7 @@ impl Blip2Idc {
             Some(p) => {
                 let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p)?)
                     .with_context(|| format!("{} is not JSON", p.display()))?;
-                v.get("clean_up_tokenization_spaces")
-                    .and_then(|b| b.as_bool())
-                    .unwrap_or(true)
+                v.get("clean_up_tokenization_spaces").and_then(|b| b.as_bool()).unwrap_or(true)
             }
         };
         Ok(Blip2Idc {
@@ -125,80 +121,42 @@ impl Blip2Idc {
             None => base,
             Some(a) => {
                 let dir = a.source.as_deref().unwrap_or(Path::new("adapter"));
-                let files: Vec<PathBuf> = [
-                    "adapter_config.json",
-                    "adapter_model.safetensors",
-                    "adapter_model.bin",
-                ]
-                .iter()
-                .map(|f| dir.join(f))
-                .filter(|p| p.exists())
-                .collect();
-                format!(
-                    "{base}+{}@{}",
-                    short_name(&dir.to_string_lossy()),
-                    loader::fingerprint(&files)?
-                )
+                let files: Vec<PathBuf> = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
+                    .iter()
+                    .map(|f| dir.join(f))
+                    .filter(|p| p.exists())
+                    .collect();
+                format!("{base}+{}@{}", short_name(&dir.to_string_lossy()), loader::fingerprint(&files)?)
             }
         })
     }
 
     /// Stacks CHW pixel arrays into a [B, 3, H, W] tensor on the model's device and dtype.
     pub fn pixel_batch(&self, pixel_values: &[&[f32]]) -> anyhow::Result<Tensor> {
-        let (h, w) = (
-            self.processor.height as usize,
-            self.processor.width as usize,
-        );
+        let (h, w) = (self.processor.height as usize, self.processor.width as usize);
         let mut flat = Vec::with_capacity(pixel_values.len() * 3 * h * w);
         for pv in pixel_values {
-            anyhow::ensure!(
-                pv.len() == 3 * h * w,
-                "pixel_values of {} floats, expected 3x{h}x{w}",
-                pv.len()
-            );
+            anyhow::ensure!(pv.len() == 3 * h * w, "pixel_values of {} floats, expected 3x{h}x{w}", pv.len());
             flat.extend_from_slice(pv);
         }
-        Ok(
-            Tensor::from_vec(flat, (pixel_values.len(), 3, h, w), self.model.device())?
-                .to_dtype(self.model.dtype())?,
-        )
+        Ok(Tensor::from_vec(flat, (pixel_values.len(), 3, h, w), self.model.device())?.to_dtype(self.model.dtype())?)
     }
 
     /// Greedy captions for a batch of preprocessed pairs.
-    pub fn caption_pixels(
-        &self,
-        pixel_values: &[&[f32]],
-        max_new_tokens: usize,
-    ) -> anyhow::Result<Vec<Generated>> {
+    pub fn caption_pixels(&self, pixel_values: &[&[f32]], max_new_tokens: usize) -> anyhow::Result<Vec<Generated>> {
         if pixel_values.is_empty() {
             return Ok(Vec::new());
         }
         let pv = self.pixel_batch(pixel_values)?;
-        let ids = self
-            .model
-            .generate_greedy(&pv, max_new_tokens, &self.eos_token_ids)?;
-        ids.into_iter()
-            .map(|token_ids| {
-                Ok(Generated {
-                    caption: self.decode(&token_ids)?,
-                    token_ids,
-                })
-            })
-            .collect()
+        let ids = self.model.generate_greedy(&pv, max_new_tokens, &self.eos_token_ids)?;
+        ids.into_iter().map(|token_ids| Ok(Generated { caption: self.decode(&token_ids)?, token_ids })).collect()
     }
 
     /// Token ids to text as transformers 4.35 does: special tokens skipped, tokenization spaces
     /// cleaned up (when configured), then trimmed.
     pub fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
-        let text = self
-            .tokenizer
-            .decode(ids, true)
-            .map_err(|e| anyhow::anyhow!("decoding tokens: {e}"))?;
-        let text = if self.clean_up_tokenization_spaces {
-            clean_up_tokenization(&text)
-        } else {
-            text
-        };
+        let text = self.tokenizer.decode(ids, true).map_err(|e| anyhow::anyhow!("decoding tokens: {e}"))?;
+        let text = if self.clean_up_tokenization_spaces { clean_up_tokenization(&text) } else { text };
         Ok(text.trim().to_owned())
     }
 
@@ -233,9 +191,7 @@ pub fn clean_up_tokenization(s: &str) -> String {
 fn short_name(source: &str) -> String {
     let trimmed = source.trim_end_matches('/');
     if Path::new(trimmed).is_dir() {
-        Path::new(trimmed)
-            .file_name()
-            .map_or(trimmed.to_owned(), |n| n.to_string_lossy().into_owned())
+        Path::new(trimmed).file_name().map_or(trimmed.to_owned(), |n| n.to_string_lossy().into_owned())
     } else {
         trimmed.to_owned()
     }

@@ -13,37 +13,62 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D
 pub enum Mode {
     /// Fused kernels, no dropout, no graph.
     Inference,
-    /// Differentiable kernels. `dropout` enables the configured dropouts (LoRA's, and the base
-    /// model's when `base_dropout` is set), as `model.train()` does in PyTorch.
-    Train { dropout: bool, base_dropout: bool },
+    /// Differentiable kernels.
+    Train(TrainFlags),
+}
+
+/// What a training forward does beyond using differentiable kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TrainFlags {
+    /// LoRA's dropout on the adapter input (PEFT applies it in `model.train()`).
+    pub lora_dropout: bool,
+    /// The base model's hidden/attention dropouts (Q-Former and OPT), as `model.train()`.
+    pub base_dropout: bool,
+    /// Every weight is trainable (full training): weight gradients flow through every matmul.
+    pub full: bool,
 }
 
 impl Mode {
+    /// Differentiable kernels, no dropout, frozen base: what parity tests use.
+    pub const TRAIN_NO_DROPOUT: Mode =
+        Mode::Train(TrainFlags { lora_dropout: false, base_dropout: false, full: false });
+
     pub fn is_train(self) -> bool {
-        matches!(self, Mode::Train { .. })
+        matches!(self, Mode::Train(_))
     }
-    fn lora_dropout(self) -> bool {
-        matches!(self, Mode::Train { dropout: true, .. })
+
+    fn flags(self) -> TrainFlags {
+        match self {
+            Mode::Train(f) => f,
+            Mode::Inference => TrainFlags::default(),
+        }
     }
-    fn base_dropout(self) -> bool {
-        matches!(
-            self,
-            Mode::Train {
-                dropout: true,
-                base_dropout: true
-            }
-        )
-    }
+}
+
+static DROPOUT_RNG: std::sync::Mutex<Option<rand::rngs::StdRng>> = std::sync::Mutex::new(None);
+
+/// Makes every later dropout mask reproducible (training is seedable). Without a seed, candle's own
+/// device RNG draws the masks.
+pub fn seed_dropout(seed: u64) {
+    use rand::SeedableRng;
+    *DROPOUT_RNG.lock().expect("dropout rng") = Some(rand::rngs::StdRng::seed_from_u64(seed));
+}
+
+fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+    use rand::Rng;
+    let mut guard = DROPOUT_RNG.lock().expect("dropout rng");
+    let Some(rng) = guard.as_mut() else { return candle_nn::ops::dropout(x, p as f32) };
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random_bool(keep) { scale } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
 }
 
 /// Softmax over the last dimension, computed in f32 for half inputs (as OPT does for f16).
 pub fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
     let dtype = x.dtype();
-    let x32 = if dtype == DType::F32 {
-        x.clone()
-    } else {
-        x.to_dtype(DType::F32)?
-    };
+    let x32 = if dtype == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
     let y = if mode.is_train() {
         candle_nn::ops::softmax(&x32, D::Minus1)?
     } else {
@@ -57,13 +82,7 @@ pub fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
 }
 
 /// `torch.nn.LayerNorm` over the last dimension.
-pub fn layer_norm(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-    mode: Mode,
-) -> Result<Tensor> {
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
     if mode.is_train() {
         candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)
     } else {
@@ -79,8 +98,8 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 /// Dropout of the base model (Q-Former and OPT hidden/attention dropouts).
 pub fn base_dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
-    if p > 0.0 && mode.base_dropout() {
-        candle_nn::ops::dropout(x, p as f32)
+    if p > 0.0 && mode.flags().base_dropout {
+        dropout(x, p)
     } else {
         Ok(x.clone())
     }
@@ -88,8 +107,8 @@ pub fn base_dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
 
 /// LoRA's dropout on the adapter's input.
 pub fn lora_dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
-    if p > 0.0 && mode.lora_dropout() {
-        candle_nn::ops::dropout(x, p as f32)
+    if p > 0.0 && mode.flags().lora_dropout {
+        dropout(x, p)
     } else {
         Ok(x.clone())
     }
@@ -105,6 +124,12 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (inner, lead) = dims.split_last().expect("rank >= 1");
     let rows: usize = lead.iter().product();
+    if mode.flags().full {
+        // Full training: the weight is a variable too; the ordinary matmul backward serves both.
+        let mut out_dims = lead.to_vec();
+        out_dims.push(w.dim(0)?);
+        return x.reshape((rows, *inner))?.matmul(&w.t()?)?.reshape(out_dims);
+    }
     let y = x.detach().reshape((rows, *inner))?.matmul(&w.t()?)?;
     let mut out_dims = lead.to_vec();
     out_dims.push(w.dim(0)?);
@@ -127,13 +152,7 @@ impl CustomOp2 for GradToInputOnly {
         "grad-to-input-only-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         contiguous_clone(s2, l2)
     }
 
@@ -148,29 +167,18 @@ impl CustomOp2 for GradToInputOnly {
         contiguous_clone(s2, l2)
     }
 
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dims = grad.dims().to_vec();
         let (out, lead) = dims.split_last().expect("rank >= 1");
         let rows: usize = lead.iter().product();
-        let g = grad
-            .reshape((rows, *out))?
-            .matmul(&self.w.to_dtype(grad.dtype())?)?;
+        let g = grad.reshape((rows, *out))?.matmul(&self.w.to_dtype(grad.dtype())?)?;
         let mut in_dims = lead.to_vec();
         in_dims.push(self.w.dim(1)?);
         Ok((Some(g.reshape(in_dims)?), None))
     }
 }
 
-fn contiguous_clone<S: candle_core::backend::BackendStorage>(
-    s: &S,
-    l: &Layout,
-) -> Result<(S, Shape)> {
+fn contiguous_clone<S: candle_core::backend::BackendStorage>(s: &S, l: &Layout) -> Result<(S, Shape)> {
     match l.contiguous_offsets() {
         Some((0, end)) if end == l.shape().elem_count() => Ok((s.try_clone(l)?, l.shape().clone())),
         _ => candle_core::bail!("grad-to-input-only-linear expects a fresh contiguous product"),
@@ -187,26 +195,17 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::new(&[[[1f32, 2., 3.], [4., 5., 6.]]], &dev)?; // [1, 2, 3]
         let w = Tensor::new(&[[1f32, 0., -1.], [0.5, 0.5, 0.5]], &dev)?; // [2, 3]
-        let mode = Mode::Train {
-            dropout: false,
-            base_dropout: false,
-        };
+        let mode = Mode::TRAIN_NO_DROPOUT;
         let y = frozen_matmul(x.as_tensor(), &w, mode)?;
         let reference = x.as_tensor().broadcast_matmul(&w.t()?)?;
         assert_eq!(y.to_vec3::<f32>()?, reference.to_vec3::<f32>()?);
         let loss = (y.sqr()?.sum_all()? * 0.5)?;
         let grads = loss.backward()?;
-        let gx = grads
-            .get(x.as_tensor())
-            .expect("x has a gradient")
-            .to_vec3::<f32>()?;
+        let gx = grads.get(x.as_tensor()).expect("x has a gradient").to_vec3::<f32>()?;
         // d/dx 0.5·|x wᵀ|² = (x wᵀ) w
         let expected = reference.broadcast_matmul(&w)?.to_vec3::<f32>()?;
         assert_eq!(gx, expected);
-        assert!(
-            grads.get(&w).is_none(),
-            "the frozen weight must get no gradient buffer"
-        );
+        assert!(grads.get(&w).is_none(), "the frozen weight must get no gradient buffer");
         Ok(())
     }
 
@@ -214,22 +213,13 @@ mod tests {
     fn train_kernels_match_fused_kernels() -> Result<()> {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 3., (2, 5, 16), &dev)?;
-        let (w, b) = (
-            Tensor::randn(1f32, 0.1, 16, &dev)?,
-            Tensor::randn(0f32, 0.1, 16, &dev)?,
-        );
-        let train = Mode::Train {
-            dropout: false,
-            base_dropout: false,
-        };
-        let d = (softmax_last_dim(&x, train)? - softmax_last_dim(&x, Mode::Inference)?)?
+        let (w, b) = (Tensor::randn(1f32, 0.1, 16, &dev)?, Tensor::randn(0f32, 0.1, 16, &dev)?);
+        let train = Mode::TRAIN_NO_DROPOUT;
+        let d = (softmax_last_dim(&x, train)? - softmax_last_dim(&x, Mode::Inference)?)?.abs()?.max_all()?;
+        assert!(d.to_scalar::<f32>()? < 1e-6);
+        let d = (layer_norm(&x, &w, &b, 1e-6, train)? - layer_norm(&x, &w, &b, 1e-6, Mode::Inference)?)?
             .abs()?
             .max_all()?;
-        assert!(d.to_scalar::<f32>()? < 1e-6);
-        let d = (layer_norm(&x, &w, &b, 1e-6, train)?
-            - layer_norm(&x, &w, &b, 1e-6, Mode::Inference)?)?
-        .abs()?
-        .max_all()?;
         assert!(d.to_scalar::<f32>()? < 1e-5);
         Ok(())
     }

@@ -24,17 +24,12 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(layers: usize) -> Self {
-        KvCache {
-            layers: vec![None; layers],
-        }
+        KvCache { layers: vec![None; layers] }
     }
 
     /// Cached positions.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dims()[2])
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -80,9 +75,7 @@ impl Attention {
 
     fn shape(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
-        x.reshape((b, t, self.heads, d / self.heads))?
-            .transpose(1, 2)?
-            .contiguous()
+        x.reshape((b, t, self.heads, d / self.heads))?.transpose(1, 2)?.contiguous()
     }
 
     pub fn forward(
@@ -144,17 +137,9 @@ impl DecoderLayer {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let h = self.self_attn.forward(
-            &self.self_attn_layer_norm.forward(x, mode)?,
-            mask,
-            cache,
-            mode,
-        )?;
+        let h = self.self_attn.forward(&self.self_attn_layer_norm.forward(x, mode)?, mask, cache, mode)?;
         let x = (x + ops::base_dropout(&h, self.dropout, mode)?)?;
-        let h = self
-            .fc1
-            .forward(&self.final_layer_norm.forward(&x, mode)?, mode)?
-            .relu()?;
+        let h = self.fc1.forward(&self.final_layer_norm.forward(&x, mode)?, mode)?.relu()?;
         let h = self.fc2.forward(&h, mode)?;
         x + ops::base_dropout(&h, self.dropout, mode)?
     }
@@ -163,6 +148,9 @@ impl DecoderLayer {
 /// `OPTForCausalLM`.
 #[derive(Clone, Debug)]
 pub struct OptForCausalLM {
+    prefix: String,
+    /// Whether `lm_head` is `embed_tokens` (tied; absent from the file).
+    pub tied: bool,
     pub embed_tokens: Tensor,
     pub embed_positions: Tensor,
     pub project_in: Option<Linear>,
@@ -179,10 +167,7 @@ impl OptForCausalLM {
         let d = cfg.hidden_size;
         let proj = cfg.word_embed_proj_dim.unwrap_or(d);
         let embed_tokens = dec.get((cfg.vocab_size, proj), "embed_tokens.weight")?;
-        let embed_positions = dec.get(
-            (cfg.max_position_embeddings + POSITION_OFFSET, d),
-            "embed_positions.weight",
-        )?;
+        let embed_positions = dec.get((cfg.max_position_embeddings + POSITION_OFFSET, d), "embed_positions.weight")?;
         let (project_in, project_out) = if proj != d {
             (
                 Some(Linear::new(dec.pp("project_in"), proj, d, false)?),
@@ -199,12 +184,11 @@ impl OptForCausalLM {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(dec.pp("layers").pp(i), cfg))
             .collect::<Result<_>>()?;
-        let lm_head = if vb.contains_tensor("lm_head.weight") {
-            vb.get((cfg.vocab_size, proj), "lm_head.weight")?
-        } else {
-            embed_tokens.clone()
-        };
+        let tied = !vb.contains_tensor("lm_head.weight");
+        let lm_head = if tied { embed_tokens.clone() } else { vb.get((cfg.vocab_size, proj), "lm_head.weight")? };
         Ok(OptForCausalLM {
+            prefix: vb.prefix(),
+            tied,
             embed_tokens,
             embed_positions,
             project_in,
@@ -219,19 +203,12 @@ impl OptForCausalLM {
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let d = self.embed_tokens.dim(1)?;
-        self.embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, l, d))
+        self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, l, d))
     }
 
     /// Decoder hidden states (after the final LayerNorm / project_out) for `embeds` [B, T, D] that
     /// follow `cache.len()` cached positions; appends to the cache when given.
-    pub fn forward_embeds(
-        &self,
-        embeds: &Tensor,
-        mut cache: Option<&mut KvCache>,
-        mode: Mode,
-    ) -> Result<Tensor> {
+    pub fn forward_embeds(&self, embeds: &Tensor, mut cache: Option<&mut KvCache>, mode: Mode) -> Result<Tensor> {
         let (_, t, _) = embeds.dims3()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
         let mut x = match &self.project_in {
@@ -240,11 +217,7 @@ impl OptForCausalLM {
         };
         let pos = self.embed_positions.narrow(0, past + POSITION_OFFSET, t)?;
         x = x.broadcast_add(&pos.unsqueeze(0)?.to_dtype(x.dtype())?)?;
-        let mask = if t > 1 {
-            Some(causal_mask(t, past, x.dtype(), x.device())?)
-        } else {
-            None
-        };
+        let mask = if t > 1 { Some(causal_mask(t, past, x.dtype(), x.device())?) } else { None };
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(&x, mask.as_ref(), layer_cache, mode)?;
@@ -263,18 +236,40 @@ impl OptForCausalLM {
         ops::frozen_matmul(hidden, &self.lm_head, mode)
     }
 
+    /// Every parameter with its HF name (`lm_head` only when it is not tied).
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        let p = self.prefix.clone();
+        let mut v = vec![
+            (format!("{p}.model.decoder.embed_tokens.weight"), &mut self.embed_tokens),
+            (format!("{p}.model.decoder.embed_positions.weight"), &mut self.embed_positions),
+        ];
+        for l in &mut self.layers {
+            v.extend(l.self_attn.q_proj.named());
+            v.extend(l.self_attn.k_proj.named());
+            v.extend(l.self_attn.v_proj.named());
+            v.extend(l.self_attn.out_proj.named());
+            v.extend(l.self_attn_layer_norm.named());
+            v.extend(l.fc1.named());
+            v.extend(l.fc2.named());
+            v.extend(l.final_layer_norm.named());
+        }
+        for lin in self.project_in.iter_mut().chain(self.project_out.iter_mut()) {
+            v.extend(lin.named());
+        }
+        if let Some(ln) = self.final_layer_norm.as_mut() {
+            v.extend(ln.named());
+        }
+        if !self.tied {
+            v.push((format!("{p}.lm_head.weight"), &mut self.lm_head));
+        }
+        v
+    }
+
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut v: Vec<&mut Linear> = Vec::new();
         for l in &mut self.layers {
             let a = &mut l.self_attn;
-            v.extend([
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.out_proj,
-                &mut l.fc1,
-                &mut l.fc2,
-            ]);
+            v.extend([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.out_proj, &mut l.fc1, &mut l.fc2]);
         }
         v.extend(self.project_in.iter_mut());
         v.extend(self.project_out.iter_mut());
@@ -285,8 +280,7 @@ impl OptForCausalLM {
 /// Additive causal mask [1, 1, t, past + t]: 0 where allowed, -inf above the diagonal.
 fn causal_mask(t: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let s = past + t;
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let data: Vec<f32> =
+        (0..t).flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(data, (1, 1, t, s), device)?.to_dtype(dtype)
 }

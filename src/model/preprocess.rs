@@ -61,31 +61,19 @@ impl ImageProcessorConfig {
     /// Reads `preprocessor_config.json`; absent keys take BLIP-2's defaults for `image_size`.
     pub fn from_file(path: &Path, image_size: u32) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)?;
-        let raw: RawProcessorConfig = serde_json::from_str(&text).map_err(|e| {
-            anyhow::anyhow!("{} is not a valid preprocessor config: {e}", path.display())
-        })?;
+        let raw: RawProcessorConfig = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid preprocessor config: {e}", path.display()))?;
         let mut c = Self::for_image_size(image_size);
         if let Some(size) = raw.size {
             let get = |k: &str| size.get(k).and_then(|v| v.as_u64());
-            match (
-                get("height"),
-                get("width"),
-                get("shortest_edge"),
-                size.as_u64(),
-            ) {
+            match (get("height"), get("width"), get("shortest_edge"), size.as_u64()) {
                 (Some(h), Some(w), _, _) => (c.height, c.width) = (h as u32, w as u32),
-                (_, _, Some(s), _) | (_, _, _, Some(s)) => {
-                    (c.height, c.width) = (s as u32, s as u32)
-                }
+                (_, _, Some(s), _) | (_, _, _, Some(s)) => (c.height, c.width) = (s as u32, s as u32),
                 _ => anyhow::bail!("{}: unsupported `size` {size}", path.display()),
             }
         }
         if let Some(r) = raw.resample {
-            anyhow::ensure!(
-                r == 3,
-                "{}: resample {r} is not bicubic (3), the only one supported",
-                path.display()
-            );
+            anyhow::ensure!(r == 3, "{}: resample {r} is not bicubic (3), the only one supported", path.display());
         }
         c.do_resize = raw.do_resize.unwrap_or(c.do_resize);
         c.do_rescale = raw.do_rescale.unwrap_or(c.do_rescale);
@@ -120,20 +108,23 @@ impl ImageProcessorConfig {
         let resized = self.resize(img);
         let (w, h) = resized.dimensions();
         let plane = (w * h) as usize;
+        // Inputs are 8-bit: one lookup table per channel does rescale + normalise.
+        let scale = if self.do_rescale { self.rescale_factor } else { 1.0 };
+        let lut: Vec<[f32; 256]> = (0..3)
+            .map(|c| {
+                std::array::from_fn(|v| {
+                    let x = v as f64 * scale;
+                    (if self.do_normalize { (x - self.image_mean[c]) / self.image_std[c] } else { x }) as f32
+                })
+            })
+            .collect();
         let mut out = vec![0f32; 3 * plane];
-        let scale = if self.do_rescale {
-            self.rescale_factor
-        } else {
-            1.0
-        };
-        for (i, px) in resized.pixels().enumerate() {
-            for c in 0..3 {
-                let mut v = px.0[c] as f64 * scale;
-                if self.do_normalize {
-                    v = (v - self.image_mean[c]) / self.image_std[c];
-                }
-                out[c * plane + i] = v as f32;
-            }
+        let (r, rest) = out.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        for (i, px) in resized.as_raw().chunks_exact(3).enumerate() {
+            r[i] = lut[0][px[0] as usize];
+            g[i] = lut[1][px[1] as usize];
+            b[i] = lut[2][px[2] as usize];
         }
         out
     }
@@ -142,11 +133,7 @@ impl ImageProcessorConfig {
 fn three(v: &[f64], key: &str, path: &Path) -> anyhow::Result<[f64; 3]> {
     match v {
         [a, b, c] => Ok([*a, *b, *c]),
-        _ => anyhow::bail!(
-            "{}: {key} must have 3 values, got {}",
-            path.display(),
-            v.len()
-        ),
+        _ => anyhow::bail!("{}: {key} must have 3 values, got {}", path.display(), v.len()),
     }
 }
 
@@ -161,11 +148,7 @@ pub fn to_rgb(img: &DynamicImage) -> RgbImage {
 /// BLIP2IDC's pair input: `original` resized (bicubic) to `modified`'s size on top, `modified` below.
 pub fn stack_pair(original: &RgbImage, modified: &RgbImage) -> RgbImage {
     let (w, h) = modified.dimensions();
-    let top = if original.dimensions() == (w, h) {
-        original.clone()
-    } else {
-        resize_bicubic(original, w, h)
-    };
+    let top = if original.dimensions() == (w, h) { original.clone() } else { resize_bicubic(original, w, h) };
     let mut out = RgbImage::new(w, 2 * h);
     let row = 3 * w as usize;
     let n = row * h as usize;
@@ -210,8 +193,7 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
         let ss = 1.0 / filterscale;
         // C's (int) cast truncates toward zero; negatives are clamped to 0 right after.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax =
-            (((center + support + 0.5) as i64).min(in_size as i64) as usize).saturating_sub(xmin);
+        let xmax = (((center + support + 0.5) as i64).min(in_size as i64) as usize).saturating_sub(xmin);
         let mut ww = 0.0;
         for (x, kx) in k.iter_mut().enumerate().take(xmax) {
             let w = bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
@@ -221,19 +203,11 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for x in 0..xmax {
             let w = if ww != 0.0 { k[x] / ww } else { k[x] };
             let f = w * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if w < 0.0 {
-                (-0.5 + f) as i32
-            } else {
-                (0.5 + f) as i32
-            };
+            weights[xx * ksize + x] = if w < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
         }
         bounds.push((xmin, xmax));
     }
-    Coeffs {
-        bounds,
-        ksize,
-        weights,
-    }
+    Coeffs { bounds, ksize, weights }
 }
 
 #[inline]
@@ -270,9 +244,8 @@ pub fn resize_bicubic_with(img: &RgbImage, out_w: u32, out_h: u32, order: PassOr
         (true, true) => {
             let horiz = precompute_coeffs(in_w, ow);
             let vert = precompute_coeffs(in_h, oh);
-            let vertical_first = order == PassOrder::Pillow13
-                && in_h > oh
-                && (in_h - oh) as i64 > 2 * (in_w as i64 - ow as i64);
+            let vertical_first =
+                order == PassOrder::Pillow13 && in_h > oh && (in_h - oh) as i64 > 2 * (in_w as i64 - ow as i64);
             if vertical_first {
                 let tmp = vertical_pass(src, in_w, 0, &vert);
                 horizontal_pass(&tmp, in_w, 0..oh, &horiz)
@@ -319,16 +292,20 @@ fn vertical_pass(src: &[u8], w: usize, row_offset: usize, c: &Coeffs) -> Vec<u8>
     let half = 1i32 << (PRECISION_BITS - 1);
     let stride = w * 3;
     let mut out = vec![0u8; c.bounds.len() * stride];
+    // Whole rows are accumulated tap by tap (vectorises); integer sums make the order irrelevant.
+    let mut acc = vec![0i32; stride];
     for (yy, &(ymin, ymax)) in c.bounds.iter().enumerate() {
         let k = &c.weights[yy * c.ksize..yy * c.ksize + ymax];
         let base = ymin - row_offset;
-        let dst = &mut out[yy * stride..(yy + 1) * stride];
-        for (i, d) in dst.iter_mut().enumerate() {
-            let mut s = half;
-            for (y, &wt) in k.iter().enumerate() {
-                s += src[(base + y) * stride + i] as i32 * wt;
+        acc.fill(half);
+        for (y, &wt) in k.iter().enumerate() {
+            let row = &src[(base + y) * stride..(base + y + 1) * stride];
+            for (a, &p) in acc.iter_mut().zip(row) {
+                *a += p as i32 * wt;
             }
-            *d = clip8(s);
+        }
+        for (d, &a) in out[yy * stride..(yy + 1) * stride].iter_mut().zip(&acc) {
+            *d = clip8(a);
         }
     }
     out

@@ -36,9 +36,7 @@ impl MultiHeadAttention {
 
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
-        x.reshape((b, t, self.heads, d / self.heads))?
-            .transpose(1, 2)?
-            .contiguous()
+        x.reshape((b, t, self.heads, d / self.heads))?.transpose(1, 2)?.contiguous()
     }
 
     /// `kv_source` is the image embeddings for cross-attention, `x` itself for self-attention.
@@ -159,40 +157,39 @@ impl QFormerModel {
     }
 
     /// `last_hidden_state` for `query_embeds` [B, Q, hidden] attending to `image_embeds`.
-    pub fn forward(
-        &self,
-        query_embeds: &Tensor,
-        image_embeds: &Tensor,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        let mut x = ops::base_dropout(
-            &self.layernorm.forward(query_embeds, mode)?,
-            self.dropout,
-            mode,
-        )?;
+    pub fn forward(&self, query_embeds: &Tensor, image_embeds: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut x = ops::base_dropout(&self.layernorm.forward(query_embeds, mode)?, self.dropout, mode)?;
         for layer in &self.layers {
             x = layer.forward(&x, image_embeds, mode)?;
         }
         Ok(x)
     }
 
+    /// Every parameter with its HF name.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut v = self.layernorm.named();
+        for l in &mut self.layers {
+            for block in std::iter::once(&mut l.attention).chain(l.crossattention.as_mut()) {
+                v.extend(block.attention.query.named());
+                v.extend(block.attention.key.named());
+                v.extend(block.attention.value.named());
+                v.extend(block.output.dense.named());
+                v.extend(block.output.layer_norm.named());
+            }
+            v.extend(l.intermediate_query.named());
+            v.extend(l.output_query.dense.named());
+            v.extend(l.output_query.layer_norm.named());
+        }
+        v
+    }
+
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut v = Vec::new();
         for l in &mut self.layers {
             let a = &mut l.attention;
-            v.extend([
-                &mut a.attention.query,
-                &mut a.attention.key,
-                &mut a.attention.value,
-                &mut a.output.dense,
-            ]);
+            v.extend([&mut a.attention.query, &mut a.attention.key, &mut a.attention.value, &mut a.output.dense]);
             if let Some(c) = &mut l.crossattention {
-                v.extend([
-                    &mut c.attention.query,
-                    &mut c.attention.key,
-                    &mut c.attention.value,
-                    &mut c.output.dense,
-                ]);
+                v.extend([&mut c.attention.query, &mut c.attention.key, &mut c.attention.value, &mut c.output.dense]);
             }
             v.extend([&mut l.intermediate_query, &mut l.output_query.dense]);
         }

@@ -14,6 +14,7 @@ use super::ops::{self, Mode};
 /// over flattened patches.
 #[derive(Clone, Debug)]
 pub struct Embeddings {
+    prefix: String,
     pub class_embedding: Tensor,
     pub position_embedding: Tensor,
     pub patch_weight: Tensor,
@@ -27,12 +28,23 @@ impl Embeddings {
         let n = (cfg.image_size / p).pow(2) + 1;
         let pe = vb.pp("patch_embedding");
         Ok(Embeddings {
+            prefix: vb.prefix(),
             class_embedding: vb.get((1, 1, d), "class_embedding")?,
             position_embedding: vb.get((1, n, d), "position_embedding")?,
-            patch_weight: pe.get((d, 3, p, p), "weight")?.reshape((d, 3 * p * p))?,
+            patch_weight: pe.get((d, 3, p, p), "weight")?,
             patch_bias: pe.get(d, "bias")?,
             patch_size: p,
         })
+    }
+
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        let p = &self.prefix;
+        vec![
+            (format!("{p}.class_embedding"), &mut self.class_embedding),
+            (format!("{p}.position_embedding"), &mut self.position_embedding),
+            (format!("{p}.patch_embedding.weight"), &mut self.patch_weight),
+            (format!("{p}.patch_embedding.bias"), &mut self.patch_bias),
+        ]
     }
 
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
@@ -45,10 +57,8 @@ impl Embeddings {
             .permute((0, 2, 4, 1, 3, 5))?
             .reshape((b * gh * gw, c * p * p))?;
         let d = self.patch_weight.dim(0)?;
-        let x = patches
-            .matmul(&self.patch_weight.t()?)?
-            .broadcast_add(&self.patch_bias)?
-            .reshape((b, gh * gw, d))?;
+        let w = self.patch_weight.reshape((d, c * p * p))?;
+        let x = patches.matmul(&w.t()?)?.broadcast_add(&self.patch_bias)?.reshape((b, gh * gw, d))?;
         let cls = self.class_embedding.broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &x], 1)?;
         x.broadcast_add(&self.position_embedding.narrow(1, 0, gh * gw + 1)?)
@@ -89,20 +99,13 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let hd = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(x, mode)?
-            .reshape((b, t, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
+        let qkv = self.qkv.forward(x, mode)?.reshape((b, t, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
         let probs = ops::softmax_last_dim(&scores, mode)?;
-        let ctx = probs
-            .matmul(&v)?
-            .permute((0, 2, 1, 3))?
-            .reshape((b, t, d))?;
+        let ctx = probs.matmul(&v)?.permute((0, 2, 1, 3))?.reshape((b, t, d))?;
         self.projection.forward(&ctx, mode)
     }
 }
@@ -123,8 +126,7 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.fc2
-            .forward(&ops::gelu(&self.fc1.forward(x, mode)?)?, mode)
+        self.fc2.forward(&ops::gelu(&self.fc1.forward(x, mode)?)?, mode)
     }
 }
 
@@ -148,12 +150,8 @@ impl EncoderLayer {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let h = (x + self
-            .self_attn
-            .forward(&self.layer_norm1.forward(x, mode)?, mode)?)?;
-        &h + self
-            .mlp
-            .forward(&self.layer_norm2.forward(&h, mode)?, mode)?
+        let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x, mode)?, mode)?)?;
+        &h + self.mlp.forward(&self.layer_norm2.forward(&h, mode)?, mode)?
     }
 }
 
@@ -173,11 +171,7 @@ impl VisionModel {
         Ok(VisionModel {
             embeddings: Embeddings::new(vb.pp("embeddings"), cfg)?,
             layers,
-            post_layernorm: LayerNorm::new(
-                vb.pp("post_layernorm"),
-                cfg.hidden_size,
-                cfg.layer_norm_eps,
-            )?,
+            post_layernorm: LayerNorm::new(vb.pp("post_layernorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
         })
     }
 
@@ -190,17 +184,25 @@ impl VisionModel {
         self.post_layernorm.forward(&x, mode)
     }
 
+    /// Every parameter with its HF name.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut v = self.embeddings.named();
+        for l in &mut self.layers {
+            v.extend(l.self_attn.qkv.named());
+            v.extend(l.self_attn.projection.named());
+            v.extend(l.layer_norm1.named());
+            v.extend(l.mlp.fc1.named());
+            v.extend(l.mlp.fc2.named());
+            v.extend(l.layer_norm2.named());
+        }
+        v.extend(self.post_layernorm.named());
+        v
+    }
+
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         self.layers
             .iter_mut()
-            .flat_map(|l| {
-                [
-                    &mut l.self_attn.qkv,
-                    &mut l.self_attn.projection,
-                    &mut l.mlp.fc1,
-                    &mut l.mlp.fc2,
-                ]
-            })
+            .flat_map(|l| [&mut l.self_attn.qkv, &mut l.self_attn.projection, &mut l.mlp.fc1, &mut l.mlp.fc2])
             .collect()
     }
 }

@@ -70,11 +70,8 @@ pub async fn run(
     }
 
     tracing::info!(checkpoint = %cfg.model.checkpoint, adapter = ?cfg.model.adapter, "loading the captioner");
-    let worker =
-        Arc::new(tokio::task::spawn_blocking(move || CaptionWorker::spawn(factory)).await??);
-    health
-        .model_loaded
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let worker = Arc::new(tokio::task::spawn_blocking(move || CaptionWorker::spawn(factory)).await??);
+    health.model_loaded.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(model_version = %worker.model_version(), "captioner ready");
 
     let s3 = crate::fetch::s3_client(&cfg.s3).await;
@@ -85,20 +82,12 @@ pub async fn run(
     let outcomes = Arc::new(Outcomes::new(
         source.clone(),
         dlq,
-        Breaker::new(
-            cfg.dlq.breaker_window,
-            cfg.dlq.breaker_max_ratio,
-            cfg.dlq.breaker_min_events,
-        ),
+        Breaker::new(cfg.dlq.breaker_window, cfg.dlq.breaker_max_ratio, cfg.dlq.breaker_min_events),
         Backoff::new(cfg.s3.retry_initial_backoff, cfg.s3.retry_max_backoff),
         hard_stop.clone(),
         fatal_tx,
     ));
-    on_ready(&Runtime {
-        health: health.clone(),
-        store: store.clone(),
-        worker: worker.clone(),
-    });
+    on_ready(&Runtime { health: health.clone(), store: store.clone(), worker: worker.clone() });
 
     let p = &cfg.pipeline;
     let permits = Arc::new(Semaphore::new(p.max_in_flight));
@@ -118,12 +107,7 @@ pub async fn run(
         decode_slots: Arc::new(Semaphore::new(p.decode_concurrency)),
         outcomes: outcomes.clone(),
     });
-    let prepare_task = tokio::spawn(prepare_step(
-        prepare,
-        job_rx,
-        prep_tx,
-        cfg.s3.max_concurrency,
-    ));
+    let prepare_task = tokio::spawn(prepare_step(prepare, job_rx, prep_tx, cfg.s3.max_concurrency));
     let caption_task = tokio::spawn(caption_step(
         worker.clone(),
         outcomes.clone(),
@@ -150,8 +134,7 @@ pub async fn run(
         let (permits, stop, total) = (permits.clone(), hard_stop.clone(), p.max_in_flight);
         tokio::spawn(async move {
             loop {
-                metrics::gauge!(crate::metrics::IN_FLIGHT)
-                    .set((total - permits.available_permits()) as f64);
+                metrics::gauge!(crate::metrics::IN_FLIGHT).set((total - permits.available_permits()) as f64);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = stop.cancelled() => return,
@@ -186,9 +169,7 @@ pub async fn run(
     let drain_timed_out = if matches!(fatal, Some(Fatal::Failed(_))) {
         true
     } else {
-        tokio::time::timeout(cfg.shutdown.drain_timeout, drain)
-            .await
-            .is_err()
+        tokio::time::timeout(cfg.shutdown.drain_timeout, drain).await.is_err()
     };
     if drain_timed_out {
         tracing::warn!(timeout = ?cfg.shutdown.drain_timeout, "drain timed out: unfinished events stay uncommitted");
@@ -204,9 +185,7 @@ pub async fn run(
             c
         }
         Err(e) => {
-            tracing::error!(
-                "final commit failed (events since the last commit will be redelivered): {e}"
-            );
+            tracing::error!("final commit failed (events since the last commit will be redelivered): {e}");
             Vec::new()
         }
     };
@@ -215,11 +194,7 @@ pub async fn run(
     }
     drop(outcomes);
     close_consumer(source, cfg.shutdown.consumer_close_timeout).await;
-    Ok(RunSummary {
-        committed,
-        fatal,
-        drain_timed_out,
-    })
+    Ok(RunSummary { committed, fatal, drain_timed_out })
 }
 
 /// Leaves the group and closes the consumer, giving up after `timeout`.
@@ -230,10 +205,7 @@ async fn close_consumer(source: Arc<Source>, timeout: Duration) {
         drop(source);
     });
     if tokio::time::timeout(timeout, closing).await.is_err() {
-        tracing::warn!(
-            ?timeout,
-            "the consumer did not close in time; exiting anyway"
-        );
+        tracing::warn!(?timeout, "the consumer did not close in time; exiting anyway");
     }
 }
 
@@ -259,9 +231,7 @@ async fn prepare_step(
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> {
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -274,10 +244,7 @@ async fn caption_step(
     max_wait: Duration,
 ) {
     while let Some(mut batch) = crate::batch::next_batch(&mut input, max_batch, max_wait).await {
-        let pixels: Vec<Vec<f32>> = batch
-            .iter_mut()
-            .map(|p| std::mem::take(&mut p.pixel_values))
-            .collect();
+        let pixels: Vec<Vec<f32>> = batch.iter_mut().map(|p| std::mem::take(&mut p.pixel_values)).collect();
         let batch_size = batch.len();
         metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch_size as f64);
         let result = match worker.caption(pixels).await {
@@ -287,16 +254,13 @@ async fn caption_step(
                 return;
             }
         };
-        metrics::histogram!(crate::metrics::INFERENCE_SECONDS)
-            .record(result.inference.as_secs_f64());
+        metrics::histogram!(crate::metrics::INFERENCE_SECONDS).record(result.inference.as_secs_f64());
         let mut items = Vec::with_capacity(batch_size);
         for (prepared, caption) in batch.into_iter().zip(result.captions) {
             match caption {
                 Ok(c) => items.push((prepared, c)),
                 Err(why) => {
-                    outcomes
-                        .dead_letter(prepared.job, Rejection::new(RejectKind::CaptionFailed, why))
-                        .await;
+                    outcomes.dead_letter(prepared.job, Rejection::new(RejectKind::CaptionFailed, why)).await;
                 }
             }
         }
@@ -333,23 +297,16 @@ async fn store_step(store: Store, outcomes: Arc<Outcomes>, mut input: mpsc::Rece
             })
             .collect();
         let started = std::time::Instant::now();
-        match store
-            .store_batch_retrying(&records, &outcomes.hard_stop)
-            .await
-        {
+        match store.store_batch_retrying(&records, &outcomes.hard_stop).await {
             Ok(()) => {
-                metrics::histogram!(crate::metrics::STORE_SECONDS)
-                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!(crate::metrics::STORE_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::counter!(crate::metrics::CAPTIONED).increment(records.len() as u64);
                 for (p, _) in batch.items {
                     outcomes.stored(p.job);
                 }
             }
             Err(e) => {
-                tracing::warn!(
-                    events = records.len(),
-                    "batch not stored before the deadline: {e:#}"
-                );
+                tracing::warn!(events = records.len(), "batch not stored before the deadline: {e:#}");
                 return;
             }
         }

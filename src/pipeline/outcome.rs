@@ -16,11 +16,7 @@ use rdkafka::message::Message;
 #[derive(Debug, Clone)]
 pub enum Fatal {
     /// The dead-letter ratio went over `dlq.breaker_max_ratio`.
-    BreakerTripped {
-        ratio: f64,
-        events: usize,
-        last: Rejection,
-    },
+    BreakerTripped { ratio: f64, events: usize, last: Rejection },
     /// A step that cannot continue (the captioner thread died).
     Failed(String),
 }
@@ -60,14 +56,7 @@ impl Outcomes {
         hard_stop: CancellationToken,
         fatal_tx: tokio::sync::mpsc::UnboundedSender<Fatal>,
     ) -> Self {
-        Outcomes {
-            source,
-            dlq,
-            breaker: Mutex::new(breaker),
-            backoff,
-            hard_stop,
-            fatal_tx,
-        }
+        Outcomes { source, dlq, breaker: Mutex::new(breaker), backoff, hard_stop, fatal_tx }
     }
 
     /// Reports a condition that stops the pipeline.
@@ -85,18 +74,10 @@ impl Outcomes {
 
     /// Dead-letters a job (unless the breaker trips), then completes it.
     pub async fn dead_letter(&self, job: Job, why: Rejection) {
-        let verdict = self
-            .breaker
-            .lock()
-            .expect("breaker lock")
-            .record_dead_letter();
+        let verdict = self.breaker.lock().expect("breaker lock").record_dead_letter();
         if let Verdict::Trip { ratio, events } = verdict {
             // The job is dropped uncompleted: its offset is never committed past.
-            self.fatal(Fatal::BreakerTripped {
-                ratio,
-                events,
-                last: why,
-            });
+            self.fatal(Fatal::BreakerTripped { ratio, events, last: why });
             return;
         }
         let m = &job.message;
@@ -116,8 +97,7 @@ impl Outcomes {
                 Ok(()) => break,
                 Err(e) => {
                     attempt += 1;
-                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => "dead_letter")
-                        .increment(1);
+                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => "dead_letter").increment(1);
                     let delay = self.backoff.delay(attempt);
                     tracing::warn!(attempt, retry_in = ?delay, "dead-letter produce failed: {e:#}");
                     tokio::select! {

@@ -38,54 +38,32 @@ impl Prepare {
     /// Runs the step for one job; `None` when the job ended here (dead-lettered or abandoned).
     pub async fn run(&self, job: Job) -> Option<Prepared> {
         match self.try_run(&job).await {
-            Ok((event, pixel_values)) => Some(Prepared {
-                job,
-                event: Arc::new(event),
-                pixel_values,
-            }),
+            Ok((event, pixel_values)) => Some(Prepared { job, event: Arc::new(event), pixel_values }),
             Err(StepError::Reject(why)) => {
                 self.outcomes.dead_letter(job, why).await;
                 None
             }
             Err(StepError::Transient(e)) => {
-                tracing::warn!(
-                    offset = job.message.offset(),
-                    "abandoning an event at shutdown: {e:#}"
-                );
+                tracing::warn!(offset = job.message.offset(), "abandoning an event at shutdown: {e:#}");
                 None
             }
         }
     }
 
     async fn try_run(&self, job: &Job) -> Result<(ImagePairEvent, Vec<f32>), StepError> {
-        let payload = job.message.payload().ok_or_else(|| {
-            Rejection::new(
-                RejectKind::MalformedJson,
-                "message has no payload (tombstone)",
-            )
-        })?;
+        let payload = job
+            .message
+            .payload()
+            .ok_or_else(|| Rejection::new(RejectKind::MalformedJson, "message has no payload (tombstone)"))?;
         let event = ImagePairEvent::parse(payload)?;
-        let (a, b) = self
-            .fetcher
-            .fetch_pair(
-                &event.original,
-                &event.republished,
-                &self.outcomes.hard_stop,
-            )
-            .await?;
-        let _slot = self
-            .decode_slots
-            .acquire()
-            .await
-            .expect("decode semaphore is never closed");
+        let (a, b) = self.fetcher.fetch_pair(&event.original, &event.republished, &self.outcomes.hard_stop).await?;
+        let _slot = self.decode_slots.acquire().await.expect("decode semaphore is never closed");
         let limits = self.limits.clone();
         let processor = self.processor.clone();
         let started = Instant::now();
-        let pixels = tokio::task::spawn_blocking(move || {
-            crate::decode::decode_pair(&a, &b, &limits, &processor)
-        })
-        .await
-        .map_err(|e| StepError::Transient(anyhow::anyhow!("decode task failed: {e}")))??;
+        let pixels = tokio::task::spawn_blocking(move || crate::decode::decode_pair(&a, &b, &limits, &processor))
+            .await
+            .map_err(|e| StepError::Transient(anyhow::anyhow!("decode task failed: {e}")))??;
         metrics::histogram!(crate::metrics::DECODE_SECONDS).record(started.elapsed().as_secs_f64());
         Ok((event, pixels))
     }

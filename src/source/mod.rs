@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
@@ -125,30 +123,17 @@ impl ConsumerContext for SourceContext {
 }
 
 fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
-    tpl.elements()
-        .iter()
-        .map(|e| TopicPartition::new(e.topic(), e.partition()))
-        .collect()
+    tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
 }
 
 fn positions_of_tpl(tpl: &TopicPartitionList) -> Vec<(String, i32, i64)> {
-    tpl.elements()
-        .iter()
-        .map(|e| {
-            (
-                e.topic().to_owned(),
-                e.partition(),
-                e.offset().to_raw().unwrap_or(-1),
-            )
-        })
-        .collect()
+    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition(), e.offset().to_raw().unwrap_or(-1))).collect()
 }
 
 fn tpl_of(positions: &[(TopicPartition, i64)]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for (tp, off) in positions {
-        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off))
-            .expect("valid offset");
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off)).expect("valid offset");
     }
     tpl
 }
@@ -163,11 +148,7 @@ impl Source {
     /// Creates the consumer and subscribes to the input topic.
     pub fn new(cfg: &KafkaConfig, health: Arc<Health>) -> anyhow::Result<Source> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
-        let ctx = SourceContext {
-            tracker: tracker.clone(),
-            health,
-            rebalanced: AtomicBool::new(false),
-        };
+        let ctx = SourceContext { tracker: tracker.clone(), health, rebalanced: AtomicBool::new(false) };
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.brokers)
             .set("group.id", &cfg.group_id)
@@ -175,32 +156,19 @@ impl Source {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", &cfg.auto_offset_reset)
-            .set(
-                "session.timeout.ms",
-                cfg.session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "statistics.interval.ms",
-                cfg.statistics_interval.as_millis().to_string(),
-            );
+            .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
+            .set("statistics.interval.ms", cfg.statistics_interval.as_millis().to_string());
         for (k, v) in &cfg.properties {
             cc.set(k, v);
         }
         let consumer: KafkaConsumer = cc.create_with_context(ctx)?;
         consumer.subscribe(&[&cfg.input_topic])?;
-        Ok(Source {
-            consumer: Arc::new(consumer),
-            tracker,
-        })
+        Ok(Source { consumer: Arc::new(consumer), tracker })
     }
 
     /// Commits what moved since the last commit (asynchronously).
     pub fn commit_progress(&self) {
-        let positions = self
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .take_uncommitted();
+        let positions = self.tracker.lock().expect("tracker lock").take_uncommitted();
         if !positions.is_empty() {
             if let Err(e) = self.consumer.commit(&tpl_of(&positions), CommitMode::Async) {
                 tracing::warn!("offset commit failed: {e}");
@@ -212,8 +180,7 @@ impl Source {
     pub fn commit_all_sync(&self) -> anyhow::Result<Vec<(TopicPartition, i64)>> {
         let positions = self.tracker.lock().expect("tracker lock").positions();
         if !positions.is_empty() {
-            self.consumer
-                .commit(&tpl_of(&positions), CommitMode::Sync)?;
+            self.consumer.commit(&tpl_of(&positions), CommitMode::Sync)?;
         }
         Ok(positions)
     }
@@ -225,12 +192,7 @@ impl Source {
 
     /// The consume loop; returns when `stop` fires. Jobs go to `out`; `permits` bounds the jobs in
     /// flight (a permit returns to the pool when its job is completed or dropped).
-    pub async fn run(
-        &self,
-        out: mpsc::Sender<Job>,
-        permits: Arc<Semaphore>,
-        stop: CancellationToken,
-    ) {
+    pub async fn run(&self, out: mpsc::Sender<Job>, permits: Arc<Semaphore>, stop: CancellationToken) {
         let total = permits.available_permits();
         let resume_at = (total / 2).max(1);
         let ctx = self.consumer.context();
@@ -289,35 +251,14 @@ impl Source {
         }
     }
 
-    async fn dispatch(
-        &self,
-        msg: OwnedMessage,
-        permit: OwnedSemaphorePermit,
-        out: &mpsc::Sender<Job>,
-    ) -> bool {
+    async fn dispatch(&self, msg: OwnedMessage, permit: OwnedSemaphorePermit, out: &mpsc::Sender<Job>) -> bool {
         metrics::counter!(crate::metrics::CONSUMED).increment(1);
         let tp = TopicPartition::new(msg.topic(), msg.partition());
-        let Some(ticket) = self
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .register(&tp, msg.offset())
-        else {
-            tracing::debug!(
-                ?tp,
-                offset = msg.offset(),
-                "dropping a message of a revoked partition"
-            );
+        let Some(ticket) = self.tracker.lock().expect("tracker lock").register(&tp, msg.offset()) else {
+            tracing::debug!(?tp, offset = msg.offset(), "dropping a message of a revoked partition");
             return true;
         };
-        out.send(Job {
-            message: msg,
-            ticket,
-            received_at: Instant::now(),
-            permit,
-        })
-        .await
-        .is_ok()
+        out.send(Job { message: msg, ticket, received_at: Instant::now(), permit }).await.is_ok()
     }
 
     fn set_paused(&self, pause: bool) {
@@ -331,19 +272,11 @@ impl Source {
         if assignment.count() == 0 {
             return;
         }
-        let r = if pause {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
+        let r = if pause { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) };
         match r {
             Ok(()) => {
                 metrics::gauge!(crate::metrics::PAUSED).set(if pause { 1.0 } else { 0.0 });
-                tracing::debug!(
-                    paused = pause,
-                    partitions = assignment.count(),
-                    "backpressure"
-                );
+                tracing::debug!(paused = pause, partitions = assignment.count(), "backpressure");
             }
             Err(e) => tracing::warn!("pause/resume failed: {e}"),
         }

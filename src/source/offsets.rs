@@ -20,10 +20,7 @@ pub struct TopicPartition {
 
 impl TopicPartition {
     pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        TopicPartition {
-            topic: topic.into(),
-            partition,
-        }
+        TopicPartition { topic: topic.into(), partition }
     }
 }
 
@@ -67,13 +64,7 @@ impl OffsetTracker {
     pub fn assign(&mut self, tps: impl IntoIterator<Item = TopicPartition>) {
         for tp in tps {
             self.next_epoch += 1;
-            self.partitions.insert(
-                tp,
-                PartitionState {
-                    epoch: self.next_epoch,
-                    ..Default::default()
-                },
-            );
+            self.partitions.insert(tp, PartitionState { epoch: self.next_epoch, ..Default::default() });
         }
     }
 
@@ -90,11 +81,7 @@ impl OffsetTracker {
         let state = self.partitions.get_mut(tp)?;
         state.in_flight.insert(offset);
         state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
-        Some(Ticket {
-            tp: tp.clone(),
-            offset,
-            epoch: state.epoch,
-        })
+        Some(Ticket { tp: tp.clone(), offset, epoch: state.epoch })
     }
 
     /// Marks a ticket's offset as durably handled. Returns false when the ticket is stale (its partition
@@ -108,11 +95,8 @@ impl OffsetTracker {
 
     /// The commit position (next offset to consume) of every partition that has one.
     pub fn positions(&self) -> Vec<(TopicPartition, i64)> {
-        let mut v: Vec<_> = self
-            .partitions
-            .iter()
-            .filter_map(|(tp, s)| s.position().map(|p| (tp.clone(), p)))
-            .collect();
+        let mut v: Vec<_> =
+            self.partitions.iter().filter_map(|(tp, s)| s.position().map(|p| (tp.clone(), p))).collect();
         v.sort();
         v
     }
@@ -133,17 +117,9 @@ impl OffsetTracker {
     }
 
     /// Positions of the given partitions only (for a commit on revoke).
-    pub fn positions_of<'a>(
-        &self,
-        tps: impl IntoIterator<Item = &'a TopicPartition>,
-    ) -> Vec<(TopicPartition, i64)> {
+    pub fn positions_of<'a>(&self, tps: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<(TopicPartition, i64)> {
         tps.into_iter()
-            .filter_map(|tp| {
-                self.partitions
-                    .get(tp)
-                    .and_then(|s| s.position())
-                    .map(|p| (tp.clone(), p))
-            })
+            .filter_map(|tp| self.partitions.get(tp).and_then(|s| s.position()).map(|p| (tp.clone(), p)))
             .collect()
     }
 
@@ -178,11 +154,7 @@ mod tests {
         assert_eq!(t.positions(), vec![(tp(0), 10)]);
         assert!(t.complete(&c));
         assert!(t.complete(&b));
-        assert_eq!(
-            t.positions(),
-            vec![(tp(0), 10)],
-            "10 still in flight: nothing past it may commit"
-        );
+        assert_eq!(t.positions(), vec![(tp(0), 10)], "10 still in flight: nothing past it may commit");
         assert!(t.complete(&a));
         assert_eq!(t.positions(), vec![(tp(0), 13)]);
         assert_eq!(t.in_flight(), 0);
@@ -202,10 +174,7 @@ mod tests {
     fn take_uncommitted_reports_each_move_once() {
         let mut t = OffsetTracker::new();
         t.assign([tp(0)]);
-        assert!(
-            t.take_uncommitted().is_empty(),
-            "nothing consumed, nothing to commit"
-        );
+        assert!(t.take_uncommitted().is_empty(), "nothing consumed, nothing to commit");
         let a = t.register(&tp(0), 3).unwrap();
         assert_eq!(t.take_uncommitted(), vec![(tp(0), 3)]);
         assert!(t.take_uncommitted().is_empty());
@@ -219,16 +188,10 @@ mod tests {
         t.assign([tp(0)]);
         let old = t.register(&tp(0), 7).unwrap();
         t.revoke([&tp(0)]);
-        assert!(
-            t.register(&tp(0), 8).is_none(),
-            "unassigned partitions accept nothing"
-        );
+        assert!(t.register(&tp(0), 8).is_none(), "unassigned partitions accept nothing");
         t.assign([tp(0)]);
         let new = t.register(&tp(0), 7).unwrap();
-        assert!(
-            !t.complete(&old),
-            "a ticket from the previous assignment is ignored"
-        );
+        assert!(!t.complete(&old), "a ticket from the previous assignment is ignored");
         assert_eq!(t.positions(), vec![(tp(0), 7)]);
         assert!(t.complete(&new));
         assert_eq!(t.positions(), vec![(tp(0), 8)]);

@@ -53,23 +53,17 @@ pub struct Store {
 impl Store {
     /// A lazily connecting pool: the service starts (and reports not-ready) while the database is down.
     pub fn connect_lazy(cfg: &DatabaseConfig) -> anyhow::Result<Store> {
-        let opts: PgConnectOptions = cfg.url.expose().parse().with_context(|| {
-            format!(
-                "database.url {} is not a valid PostgreSQL URL",
-                cfg.url.redacted()
-            )
-        })?;
-        let opts = opts
-            .application_name("blip2idc")
-            .log_statements(tracing::log::LevelFilter::Trace);
+        let opts: PgConnectOptions = cfg
+            .url
+            .expose()
+            .parse()
+            .with_context(|| format!("database.url {} is not a valid PostgreSQL URL", cfg.url.redacted()))?;
+        let opts = opts.application_name("blip2idc").log_statements(tracing::log::LevelFilter::Trace);
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
             .acquire_timeout(cfg.connect_timeout)
             .connect_lazy_with(opts);
-        Ok(Store {
-            pool,
-            backoff: Backoff::new(cfg.retry_initial_backoff, cfg.retry_max_backoff),
-        })
+        Ok(Store { pool, backoff: Backoff::new(cfg.retry_initial_backoff, cfg.retry_max_backoff) })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -78,10 +72,7 @@ impl Store {
 
     /// Applies pending migrations (idempotent; concurrent runs serialise on sqlx's advisory lock).
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .context("applying database migrations")
+        MIGRATOR.run(&self.pool).await.context("applying database migrations")
     }
 
     /// Like [`Store::migrate`], retrying while the database is unreachable, until `cancel`.
@@ -91,10 +82,7 @@ impl Store {
 
     /// True when a trivial query succeeds within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await,
-            Ok(Ok(_))
-        )
+        matches!(tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await, Ok(Ok(_)))
     }
 
     /// Registers a model version if it is new.
@@ -132,14 +120,9 @@ impl Store {
 
         let ids: Vec<&str> = rows.iter().map(|r| r.event.event_id.as_str()).collect();
         let originals: Vec<String> = rows.iter().map(|r| r.event.original.to_string()).collect();
-        let republished: Vec<String> = rows
-            .iter()
-            .map(|r| r.event.republished.to_string())
-            .collect();
-        let sources: Vec<Option<&str>> =
-            rows.iter().map(|r| r.event.source_url.as_deref()).collect();
-        let observed: Vec<Option<DateTime<Utc>>> =
-            rows.iter().map(|r| r.event.observed_at).collect();
+        let republished: Vec<String> = rows.iter().map(|r| r.event.republished.to_string()).collect();
+        let sources: Vec<Option<&str>> = rows.iter().map(|r| r.event.source_url.as_deref()).collect();
+        let observed: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.event.observed_at).collect();
         let attrs: Vec<Json<&serde_json::Map<String, serde_json::Value>>> =
             rows.iter().map(|r| Json(&r.event.attributes)).collect();
         let topics: Vec<&str> = rows.iter().map(|r| r.kafka_topic.as_str()).collect();
@@ -190,13 +173,8 @@ impl Store {
     }
 
     /// [`Store::store_batch`], retried with backoff until it commits or `cancel` fires.
-    pub async fn store_batch_retrying(
-        &self,
-        rows: &[CaptionRecord],
-        cancel: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        self.retrying("store", cancel, || self.store_batch(rows))
-            .await
+    pub async fn store_batch_retrying(&self, rows: &[CaptionRecord], cancel: &CancellationToken) -> anyhow::Result<()> {
+        self.retrying("store", cancel, || self.store_batch(rows)).await
     }
 
     async fn retrying<'a, F, Fut>(
@@ -215,8 +193,7 @@ impl Store {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     attempt += 1;
-                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => step)
-                        .increment(1);
+                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => step).increment(1);
                     let delay = self.backoff.delay(attempt);
                     tracing::warn!(attempt, retry_in = ?delay, "database {step} failed: {e:#}");
                     tokio::select! {

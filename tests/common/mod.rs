@@ -18,10 +18,7 @@ pub fn load_env() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/env");
-        for line in std::fs::read_to_string(path)
-            .expect("deploy/local/env")
-            .lines()
-        {
+        for line in std::fs::read_to_string(path).expect("deploy/local/env").lines() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -38,16 +35,8 @@ pub fn load_env() {
 /// A unique, lower-case name for this test run.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        % 100_000_000;
-    format!(
-        "{prefix}-{}-{t}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 100_000_000;
+    format!("{prefix}-{}-{t}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A test's isolated slice of the stack.
@@ -78,21 +67,13 @@ impl Scope {
         cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
         cfg.pipeline.max_batch_wait = Duration::from_millis(20);
         cfg.shutdown.drain_timeout = Duration::from_secs(15);
-        devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.input_topic, 3)
-            .await
-            .expect("input topic");
-        devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.dlq_topic, 1)
-            .await
-            .expect("dlq topic");
+        devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.input_topic, 3).await.expect("input topic");
+        devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.dlq_topic, 1).await.expect("dlq topic");
         let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
         devtools::ensure_bucket(&s3, &bucket).await.expect("bucket");
         let store = blip2idc::store::Store::connect_lazy(&cfg.database).unwrap();
         store.migrate().await.expect("migrations");
-        Scope {
-            cfg,
-            prefix: id,
-            bucket,
-        }
+        Scope { cfg, prefix: id, bucket }
     }
 
     pub async fn s3(&self) -> aws_sdk_s3::Client {
@@ -110,12 +91,8 @@ impl Scope {
         for i in range {
             let (a, b, _) = devtools::synthetic_pair(i, size);
             let (ka, kb) = (format!("{i}/a.jpg"), format!("{i}/b.jpg"));
-            devtools::put(&s3, &self.bucket, &ka, devtools::jpeg(&a, 90))
-                .await
-                .unwrap();
-            devtools::put(&s3, &self.bucket, &kb, devtools::jpeg(&b, 90))
-                .await
-                .unwrap();
+            devtools::put(&s3, &self.bucket, &ka, devtools::jpeg(&a, 90)).await.unwrap();
+            devtools::put(&s3, &self.bucket, &kb, devtools::jpeg(&b, 90)).await.unwrap();
             let id = format!("{}-{i}", self.prefix);
             self.publish_json(&id, &self.event(&id, &ka, &kb)).await;
             ids.push(id);
@@ -140,9 +117,7 @@ impl Scope {
 
     pub async fn publish_raw(&self, key: &str, payload: &[u8]) {
         let producer = devtools::producer(&self.cfg.kafka.brokers).unwrap();
-        devtools::publish(&producer, &self.cfg.kafka.input_topic, key, payload)
-            .await
-            .unwrap();
+        devtools::publish(&producer, &self.cfg.kafka.input_topic, key, payload).await.unwrap();
     }
 
     /// Caption rows stored for this test's events.
@@ -156,13 +131,11 @@ impl Scope {
 
     /// Distinct events with a caption.
     pub async fn captioned_events(&self) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(DISTINCT event_id) FROM captions WHERE event_id LIKE $1 || '-%'",
-        )
-        .bind(&self.prefix)
-        .fetch_one(self.store().pool())
-        .await
-        .unwrap()
+        sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM captions WHERE event_id LIKE $1 || '-%'")
+            .bind(&self.prefix)
+            .fetch_one(self.store().pool())
+            .await
+            .unwrap()
     }
 
     /// Waits until `n` caption rows exist (panics after `timeout`).
@@ -173,26 +146,18 @@ impl Scope {
             if got >= n {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "only {got} of {n} captions after {timeout:?}"
-            );
+            assert!(Instant::now() < deadline, "only {got} of {n} captions after {timeout:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Sum of committed offsets over the input partitions (= events committed, from offset 0).
     pub fn committed_total(&self) -> i64 {
-        devtools::committed_offsets(
-            &self.cfg.kafka.brokers,
-            &self.cfg.kafka.group_id,
-            &self.cfg.kafka.input_topic,
-            3,
-        )
-        .unwrap()
-        .into_iter()
-        .map(|o| o.max(0))
-        .sum()
+        devtools::committed_offsets(&self.cfg.kafka.brokers, &self.cfg.kafka.group_id, &self.cfg.kafka.input_topic, 3)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.max(0))
+            .sum()
     }
 
     /// Reads every dead letter (waits until `expect` arrived or `timeout`).
@@ -205,8 +170,7 @@ impl Scope {
             .create()
             .unwrap();
         let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset(&self.cfg.kafka.dlq_topic, 0, rdkafka::Offset::Beginning)
-            .unwrap();
+        tpl.add_partition_offset(&self.cfg.kafka.dlq_topic, 0, rdkafka::Offset::Beginning).unwrap();
         c.assign(&tpl).unwrap();
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
@@ -215,16 +179,11 @@ impl Scope {
                 let mut headers = std::collections::BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for hd in h.iter() {
-                        headers.insert(
-                            hd.key.to_owned(),
-                            String::from_utf8_lossy(hd.value.unwrap_or(b"")).into_owned(),
-                        );
+                        headers
+                            .insert(hd.key.to_owned(), String::from_utf8_lossy(hd.value.unwrap_or(b"")).into_owned());
                     }
                 }
-                out.push(DeadLetter {
-                    payload: m.payload().unwrap_or(b"").to_vec(),
-                    headers,
-                });
+                out.push(DeadLetter { payload: m.payload().unwrap_or(b"").to_vec(), headers });
             }
         }
         out
@@ -256,9 +215,7 @@ impl Captioner for TestCaptioner {
         Ok(pixel_values
             .iter()
             .map(|pv| {
-                let h = pv.iter().fold(0u64, |h, v| {
-                    h.wrapping_mul(31).wrapping_add(v.to_bits() as u64)
-                });
+                let h = pv.iter().fold(0u64, |h, v| h.wrapping_mul(31).wrapping_add(v.to_bits() as u64));
                 format!("test caption {h:016x}")
             })
             .collect())

@@ -115,11 +115,7 @@ pub(crate) fn is_upper(u: u16) -> bool {
 
 impl Class {
     fn empty() -> Class {
-        Class {
-            negated: false,
-            ranges: Vec::new(),
-            cats: 0,
-        }
+        Class { negated: false, ranges: Vec::new(), cats: 0 }
     }
 
     /// Parses a class body such as `A-Za-z\u{AD}` (ranges with `-`, a
@@ -128,9 +124,7 @@ impl Class {
         let chars: Vec<char> = spec.chars().collect();
         let mut ranges = Vec::new();
         let mut i = 0;
-        let unit = |c: char| -> u16 {
-            u16::try_from(u32::from(c)).expect("class characters must be in the BMP")
-        };
+        let unit = |c: char| -> u16 { u16::try_from(u32::from(c)).expect("class characters must be in the BMP") };
         while i < chars.len() {
             let mut c = chars[i];
             if c == '\\' {
@@ -152,11 +146,7 @@ impl Class {
                 i += 1;
             }
         }
-        Class {
-            negated,
-            ranges,
-            cats: 0,
-        }
+        Class { negated, ranges, cats: 0 }
     }
 
     /// Does the class contain the unit?
@@ -192,11 +182,7 @@ pub(crate) fn lit(s: &str) -> Re {
         let mut class = Class::empty();
         class.ranges.push((u, u));
         if c.is_ascii_alphabetic() {
-            let other = if c.is_ascii_lowercase() {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            };
+            let other = if c.is_ascii_lowercase() { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() };
             class.ranges.push((other as u16, other as u16));
         }
         parts.push(Re::Class(class));
@@ -220,11 +206,7 @@ pub(crate) fn nset(spec: &str) -> Re {
 
 /// Any unit at all (JFlex `[^]`).
 pub(crate) fn any() -> Re {
-    Re::Class(Class {
-        negated: true,
-        ranges: Vec::new(),
-        cats: 0,
-    })
+    Re::Class(Class { negated: true, ranges: Vec::new(), cats: 0 })
 }
 
 /// A class of explicit characters plus the given Unicode categories.
@@ -351,10 +333,7 @@ pub(crate) struct Scratch {
 impl Nfa {
     /// Compiles the rules; rule `i` is `rules[i]`.
     pub(crate) fn new(rules: &[Re]) -> Nfa {
-        let mut b = Builder {
-            insts: Vec::new(),
-            classes: Vec::new(),
-        };
+        let mut b = Builder { insts: Vec::new(), classes: Vec::new() };
         let mut starts = Vec::new();
         for (i, re) in rules.iter().enumerate() {
             let accept = b.push(Inst::Match(i as u32));
@@ -377,12 +356,7 @@ impl Nfa {
                 CompiledClass { ascii, class }
             })
             .collect();
-        let mut nfa = Nfa {
-            insts: b.insts,
-            classes,
-            start,
-            first_step: Vec::new(),
-        };
+        let mut nfa = Nfa { insts: b.insts, classes, start, first_step: Vec::new() };
         let mut scratch = Scratch::default();
         let mut first_step = Vec::with_capacity(128);
         for u in 0..128u16 {
@@ -445,23 +419,14 @@ impl Nfa {
 
     /// Runs the NFA on `units[start..limit]` and calls `rec` for every
     /// (rule, end) pair reached.
-    fn run(
-        &self,
-        units: &[u16],
-        start: usize,
-        limit: usize,
-        scratch: &mut Scratch,
-        rec: &mut MatchRecord,
-    ) {
+    fn run(&self, units: &[u16], start: usize, limit: usize, scratch: &mut Scratch, rec: &mut MatchRecord) {
         scratch.reset(self.insts.len());
         let mut pos = start;
         if pos < limit && units[pos] < 128 {
             // Precomputed first step from the start state; no rule accepts
             // the empty string, so nothing is lost at `start`.
             scratch.cur.clear();
-            scratch
-                .cur
-                .extend_from_slice(&self.first_step[units[pos] as usize]);
+            scratch.cur.extend_from_slice(&self.first_step[units[pos] as usize]);
             pos += 1;
             for &s in &scratch.cur {
                 if let Inst::Match(rule) = self.insts[s as usize] {
@@ -497,17 +462,8 @@ impl Nfa {
     }
 
     /// Every end position at which rule 0 of this NFA matches from `start`.
-    pub(crate) fn ends(
-        &self,
-        units: &[u16],
-        start: usize,
-        limit: usize,
-        scratch: &mut Scratch,
-    ) -> Vec<usize> {
-        let mut rec = MatchRecord {
-            all: Some(Vec::new()),
-            ..MatchRecord::default()
-        };
+    pub(crate) fn ends(&self, units: &[u16], start: usize, limit: usize, scratch: &mut Scratch) -> Vec<usize> {
+        let mut rec = MatchRecord { all: Some(Vec::new()), ..MatchRecord::default() };
         self.run(units, start, limit, scratch, &mut rec);
         let mut all = rec.all.unwrap_or_default();
         all.dedup();
@@ -546,13 +502,7 @@ const MAX_DFA_STATES: usize = 20_000;
 
 impl<'n> LazyDfa<'n> {
     pub(crate) fn new(nfa: &'n Nfa) -> Self {
-        let mut dfa = LazyDfa {
-            nfa,
-            states: Vec::new(),
-            index: HashMap::new(),
-            scratch: Scratch::default(),
-            start: 0,
-        };
+        let mut dfa = LazyDfa { nfa, states: Vec::new(), index: HashMap::new(), scratch: Scratch::default(), start: 0 };
         dfa.reset();
         dfa
     }
@@ -562,8 +512,7 @@ impl<'n> LazyDfa<'n> {
         self.index.clear();
         self.scratch.reset(self.nfa.insts.len());
         let mut rec = MatchRecord::default();
-        self.nfa
-            .add(&mut self.scratch, self.nfa.start, 0, &mut rec, false);
+        self.nfa.add(&mut self.scratch, self.nfa.start, 0, &mut rec, false);
         let set = std::mem::take(&mut self.scratch.next);
         self.start = self.intern(set);
     }
@@ -587,11 +536,7 @@ impl<'n> LazyDfa<'n> {
         let id = self.states.len() as u32;
         let insts: Box<[u32]> = set.into_boxed_slice();
         self.index.insert(insts.clone(), id);
-        self.states.push(DState {
-            insts,
-            accept,
-            next: Box::new([UNKNOWN; 128]),
-        });
+        self.states.push(DState { insts, accept, next: Box::new([UNKNOWN; 128]) });
         id
     }
 
@@ -619,12 +564,7 @@ impl<'n> LazyDfa<'n> {
 
     /// The longest match of any rule starting at `start`: `(end, rule)`,
     /// ties going to the lowest rule number (JFlex semantics).
-    pub(crate) fn longest(
-        &mut self,
-        units: &[u16],
-        start: usize,
-        limit: usize,
-    ) -> Option<(usize, u32)> {
+    pub(crate) fn longest(&mut self, units: &[u16], start: usize, limit: usize) -> Option<(usize, u32)> {
         if self.states.len() > MAX_DFA_STATES {
             self.reset();
         }
@@ -760,11 +700,7 @@ mod tests {
 
     #[test]
     fn longest_match_and_priority() {
-        let rules = vec![
-            lit("can"),
-            set("a-z").plus(),
-            seq!["c", set("a-z").rep(1, 2)],
-        ];
+        let rules = vec![lit("can"), set("a-z").plus(), seq!["c", set("a-z").rep(1, 2)]];
         let nfa = Nfa::new(&rules);
         let mut scratch = Scratch::default();
         let u = units("cannot!");
@@ -780,12 +716,8 @@ mod tests {
 
     #[test]
     fn lazy_dfa_agrees_with_nfa() {
-        let rules = vec![
-            lit("can"),
-            set("a-z").plus(),
-            seq!["c", set("a-z").rep(1, 2)],
-            seq![lit("é"), nset(" ").star()],
-        ];
+        let rules =
+            vec![lit("can"), set("a-z").plus(), seq!["c", set("a-z").rep(1, 2)], seq![lit("é"), nset(" ").star()]];
         let nfa = Nfa::new(&rules);
         let mut dfa = LazyDfa::new(&nfa);
         let mut scratch = Scratch::default();

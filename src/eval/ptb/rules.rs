@@ -69,19 +69,11 @@ pub(crate) struct Rule {
 }
 
 fn rule(main: Re, action: Action) -> Rule {
-    Rule {
-        main,
-        trail: None,
-        action,
-    }
+    Rule { main, trail: None, action }
 }
 
 fn rule_ctx(main: Re, trail: Re, action: Action) -> Rule {
-    Rule {
-        main,
-        trail: Some(trail),
-        action,
-    }
+    Rule { main, trail: Some(trail), action }
 }
 
 /// Characters the lexer adds to `[:letter:]` (combining marks and others).
@@ -100,11 +92,7 @@ fn space() -> Re {
 }
 
 fn newline() -> Re {
-    alt![
-        "\r",
-        seq![lit("\r").opt(), "\n"],
-        set("\u{2028}\u{2029}\u{B}\u{C}\u{85}")
-    ]
+    alt!["\r", seq![lit("\r").opt(), "\n"], set("\u{2028}\u{2029}\u{B}\u{C}\u{85}")]
 }
 
 fn spacenl() -> Re {
@@ -113,32 +101,16 @@ fn spacenl() -> Re {
 
 fn sgml() -> Re {
     let name = || seq![set("A-Za-z"), set("A-Za-z0-9_:.\\-").star()];
-    let quoted = alt![
-        seq!["'", nset("'").star(), "'"],
-        seq!["\"", nset("\"").star(), "\""]
-    ];
-    let attr = alt![
-        name(),
-        seq![name(), set(" ").star(), "=", set(" ").star(), quoted]
-    ];
+    let quoted = alt![seq!["'", nset("'").star(), "'"], seq!["\"", nset("\"").star(), "\""]];
+    let attr = alt![name(), seq![name(), set(" ").star(), "=", set(" ").star(), quoted]];
     let declaration = seq![set("!?"), set("A-Za-z\\-"), nset(">\r\n").star()];
-    let open = seq![
-        name(),
-        seq![set(" ").plus(), attr].star(),
-        set(" ").star(),
-        lit("/").opt()
-    ];
+    let open = seq![name(), seq![set(" ").plus(), attr].star(), set(" ").star(), lit("/").opt()];
     let close = seq!["/", name()];
     seq!["<", alt![declaration, open, close], set(" ").star(), ">"]
 }
 
 fn splet() -> Re {
-    seq![
-        "&",
-        set("aeiouAEIOU"),
-        words(&["acute", "grave", "uml"]),
-        ";"
-    ]
+    seq!["&", set("aeiouAEIOU"), words(&["acute", "grave", "uml"]), ";"]
 }
 
 /// `{LETTER}`: `[:letter:]`, letter entities and the extra characters.
@@ -148,19 +120,11 @@ fn letter_x() -> Re {
 
 /// `({LETTER}|{DIGIT})`.
 fn letter_x_digit() -> Re {
-    Re::Alt(vec![
-        super::regex::letter_or(EXTRA_LETTERS),
-        digit(),
-        splet(),
-    ])
+    Re::Alt(vec![super::regex::letter_or(EXTRA_LETTERS), digit(), splet()])
 }
 
 fn word() -> Re {
-    seq![
-        letter_x(),
-        letter_x_digit().star(),
-        seq![set(".!?"), letter_x(), letter_x_digit().star()].star()
-    ]
+    seq![letter_x(), letter_x_digit().star(), seq![set(".!?"), letter_x(), letter_x_digit().star()].star()]
 }
 
 fn apos() -> Re {
@@ -185,26 +149,17 @@ fn sredaux() -> Re {
 
 fn acro_special() -> Re {
     alt![
-        seq![
-            words(&["Canada", "Sino", "Korean", "EU", "Japan", "non"]),
-            "-U.S"
-        ],
+        seq![words(&["Canada", "Sino", "Korean", "EU", "Japan", "non"]), "-U.S"],
         seq!["U.S.-", alt!["U.K", "U.S.S.R"]]
     ]
 }
 
 fn acro() -> Re {
-    alt![
-        seq![set("A-Za-z"), seq![".", set("A-Za-z")].star()],
-        acro_special()
-    ]
+    alt![seq![set("A-Za-z"), seq![".", set("A-Za-z")].star()], acro_special()]
 }
 
 fn acro2() -> Re {
-    alt![
-        seq![set("A-Za-z"), seq![".", set("A-Za-z")].plus()],
-        acro_special()
-    ]
+    alt![seq![set("A-Za-z"), seq![".", set("A-Za-z")].plus()], acro_special()]
 }
 
 /// A caseless word whose first letter must be the given upper-case letter.
@@ -217,9 +172,7 @@ fn cap(first: &str, rest: &str) -> Re {
 }
 
 fn abbrev1() -> Re {
-    let month = words(&[
-        "Jan", "Feb", "Mar", "Apr", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec",
-    ]);
+    let month = words(&["Jan", "Feb", "Mar", "Apr", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec"]);
     let days = words(&["Mon", "Tue", "Tues", "Wed", "Thu", "Thurs", "Fri"]);
     let state = alt![
         "Ala",
@@ -276,19 +229,8 @@ fn abbrev1() -> Re {
         "Sys"
     ];
     let num = words(&["tel", "est", "ext", "sq"]);
-    let ptit = alt![
-        "Jr",
-        "Sr",
-        "Bros",
-        seq![alt!["Ed", "Ph"], ".D"],
-        "Blvd",
-        "Rd",
-        "Esq"
-    ];
-    seq![
-        alt![month, days, state, comp, num, ptit, "etc", "al", "seq", "Bldg"],
-        "."
-    ]
+    let ptit = alt!["Jr", "Sr", "Bros", seq![alt!["Ed", "Ph"], ".D"], "Blvd", "Rd", "Esq"];
+    seq![alt![month, days, state, comp, num, ptit, "etc", "al", "seq", "Bldg"], "."]
 }
 
 fn abbrev4() -> Re {
@@ -340,36 +282,11 @@ fn abbrev4() -> Re {
         "Sfc"
     ];
     let comp2 = alt!["Invt", "Elec", "Natl", seq!["M", set("ft"), "g"], "Dept"];
-    alt![
-        title,
-        "vs",
-        "Alex",
-        "Wm",
-        "Jos",
-        "Cie",
-        "a.k.a",
-        "cf",
-        "TREAS",
-        "Ph",
-        acro(),
-        comp2
-    ]
+    alt![title, "vs", "Alex", "Wm", "Jos", "Cie", "a.k.a", "cf", "TREAS", "Ph", acro(), comp2]
 }
 
 fn abbrev3() -> Re {
-    seq![
-        alt![
-            "ca",
-            seq!["fig", lit("s").opt()],
-            "prop",
-            seq!["no", lit("s").opt()],
-            "art",
-            "bldg",
-            "pp",
-            "op"
-        ],
-        "."
-    ]
+    seq![alt!["ca", seq!["fig", lit("s").opt()], "prop", seq!["no", lit("s").opt()], "art", "bldg", "pp", "op"], "."]
 }
 
 /// Words after which an acronym's period is taken to end the sentence.
@@ -433,35 +350,21 @@ fn phone() -> Re {
     let plus = || seq!["+", lit("+").opt()].opt();
     let area = alt![
         seq!["(", d().rep(2, 3), ")", set(" \u{A0}").opt()],
-        seq![
-            plus(),
-            seq![d().rep(2, 4), sep()].opt(),
-            d().rep(2, 4),
-            sep()
-        ]
+        seq![plus(), seq![d().rep(2, 4), sep()].opt(), d().rep(2, 4), sep()]
     ];
     alt![
         seq![area, d().rep(3, 4), sep().opt(), d().rep(3, 5)],
-        seq![
-            seq![plus(), d().rep(2, 4), "."].opt(),
-            d().rep(2, 4),
-            ".",
-            d().rep(3, 4),
-            ".",
-            d().rep(3, 5)
-        ]
+        seq![seq![plus(), d().rep(2, 4), "."].opt(), d().rep(2, 4), ".", d().rep(3, 4), ".", d().rep(3, 5)]
     ]
 }
 
 fn misc_symbol() -> Re {
-    set(
-        "+%&~^|\\\\\u{A6}\u{A7}\u{A8}\u{A9}\u{AC}\u{AE}\u{AF}\u{B0}-\u{B3}\u{B4}-\u{BA}\u{D7}\u{F7}\
+    set("+%&~^|\\\\\u{A6}\u{A7}\u{A8}\u{A9}\u{AC}\u{AE}\u{AF}\u{B0}-\u{B3}\u{B4}-\u{BA}\u{D7}\u{F7}\
 \u{387}\u{5BE}\u{5C0}\u{5C3}\u{5C6}\u{5F3}\u{5F4}\u{600}-\u{603}\u{606}-\u{60A}\u{60C}\u{614}\
 \u{61B}\u{61E}\u{66A}\u{66D}\u{703}-\u{70D}\u{7F6}\u{7F7}\u{7F8}\u{964}\u{965}\u{E4F}\u{1FBD}\
 \u{2016}\u{2017}\u{2020}-\u{2023}\u{2030}-\u{2038}\u{203B}\u{203E}-\u{2042}\u{2044}\
 \u{207A}-\u{207F}\u{208A}-\u{208E}\u{2100}-\u{214F}\u{2190}-\u{21FF}\u{2200}-\u{2BFF}\u{3012}\
-\u{30FB}\u{FF01}-\u{FF0F}\u{FF1A}-\u{FF20}\u{FF3B}-\u{FF40}\u{FF5B}-\u{FF65}",
-    )
+\u{30FB}\u{FF01}-\u{FF0F}\u{FF1A}-\u{FF20}\u{FF3B}-\u{FF40}\u{FF5B}-\u{FF65}")
 }
 
 /// All rules in lexer order.
@@ -471,27 +374,12 @@ pub(crate) fn rules() -> Vec<Rule> {
     let digits = || set("0-9");
     let url_stop = " \t\n\u{C}\r\"<>|.!?(){},\\-";
 
-    let date = seq![
-        digit().rep(1, 2),
-        set("\\-/"),
-        digit().rep(1, 2),
-        set("\\-/"),
-        digit().rep(2, 4)
-    ];
-    let num = alt![
-        digit().plus(),
-        seq![
-            digit().star(),
-            seq![set(".:,\u{AD}\u{66B}\u{66C}"), digit().plus()].plus()
-        ]
-    ];
+    let date = seq![digit().rep(1, 2), set("\\-/"), digit().rep(1, 2), set("\\-/"), digit().rep(2, 4)];
+    let num = alt![digit().plus(), seq![digit().star(), seq![set(".:,\u{AD}\u{66B}\u{66C}"), digit().plus()].plus()]];
     let number = seq![set("\\-+").opt(), num];
     let subsupnum = seq![
         set("\u{207A}\u{207B}\u{208A}\u{208B}").opt(),
-        alt![
-            set("\u{2070}\u{B9}\u{B2}\u{B3}\u{2074}-\u{2079}").plus(),
-            set("\u{2080}-\u{2089}").plus()
-        ]
+        alt![set("\u{2070}\u{B9}\u{B2}\u{B3}\u{2074}-\u{2079}").plus(), set("\u{2080}-\u{2089}").plus()]
     ];
     let frac = seq![
         seq![digit().rep(1, 4), set("\\- \u{A0}")].opt(),
@@ -500,50 +388,31 @@ pub(crate) fn rules() -> Vec<Rule> {
         digit().rep(1, 4)
     ];
     let dolsign = alt![seq![set("A-Z").star(), "$"], "#"];
-    let dolsign2 = set(
-        "\u{A2}\u{A3}\u{A4}\u{A5}\u{80}\u{20A0}\u{20AC}\u{60B}\u{E3F}\u{20A4}\u{FFE0}\u{FFE1}\u{FFE5}\u{FFE6}",
-    );
+    let dolsign2 =
+        set("\u{A2}\u{A3}\u{A4}\u{A5}\u{80}\u{20A0}\u{20AC}\u{60B}\u{E3F}\u{20A4}\u{FFE0}\u{FFE1}\u{FFE5}\u{FFE6}");
     let filename = seq![
         letter_x_digit().plus(),
         seq![".", letter_x_digit().plus()].star(),
         ".",
         words(&[
-            "bat", "bmp", "c", "class", "cgi", "cpp", "dll", "doc", "docx", "exe", "gif", "gz",
-            "h", "htm", "html", "jar", "java", "jpeg", "jpg", "mov", "mp3", "pdf", "php", "pl",
-            "png", "ppt", "ps", "py", "sql", "tar", "txt", "wav", "x", "xml", "zip",
+            "bat", "bmp", "c", "class", "cgi", "cpp", "dll", "doc", "docx", "exe", "gif", "gz", "h", "htm", "html",
+            "jar", "java", "jpeg", "jpg", "mov", "mp3", "pdf", "php", "pl", "png", "ppt", "ps", "py", "sql", "tar",
+            "txt", "wav", "x", "xml", "zip",
         ])
     ];
     let thing_prefix = || seq![set("dDoOlL"), apos_etc(), letter_digit()].opt();
-    let thing = seq![
-        thing_prefix(),
-        letter_digit().plus(),
-        seq![hyphen(), thing_prefix(), letter_digit().plus()].star()
-    ];
+    let thing =
+        seq![thing_prefix(), letter_digit().plus(), seq![hyphen(), thing_prefix(), letter_digit().plus()].star()];
     let spamp = || lit("&amp;");
-    let thinga = seq![
-        set("A-Z").plus(),
-        seq![alt![set("+&"), spamp()], set("A-Z").plus()].plus()
-    ];
-    let thing3_part = || {
-        seq![
-            set("A-Za-z0-9").plus(),
-            seq!["-", set("A-Za-z").plus()].rep(0, 2)
-        ]
-    };
-    let thing3 = seq![
-        thing3_part(),
-        seq![lit("\\").opt(), "/", thing3_part()].rep(1, 2)
-    ];
+    let thinga = seq![set("A-Z").plus(), seq![alt![set("+&"), spamp()], set("A-Z").plus()].plus()];
+    let thing3_part = || seq![set("A-Za-z0-9").plus(), seq!["-", set("A-Za-z").plus()].rep(0, 2)];
+    let thing3 = seq![thing3_part(), seq![lit("\\").opt(), "/", thing3_part()].rep(1, 2)];
     let hthing = seq![
         set("A-Za-z0-9"),
         set("A-Za-z0-9.,\u{AD}").star(),
         seq!["-", alt![set("A-Za-z0-9\u{AD}").plus(), seq![acro2(), "."]]].plus()
     ];
-    let sword = seq![
-        set("A-Za-z\u{AD}").star(),
-        set("A-MO-Za-mo-z"),
-        lit("\u{AD}").star()
-    ];
+    let sword = seq![set("A-Za-z\u{AD}").star(), set("A-MO-Za-mo-z"), lit("\u{AD}").star()];
     let apoword = alt![
         seq![apos(), "n", apos().opt()],
         seq![set("lLdDjJ"), apos()],
@@ -551,22 +420,10 @@ pub(crate) fn rules() -> Vec<Rule> {
         seq!["somethin", apos()],
         seq!["ol", apos()],
         seq![apos(), "em"],
-        seq![
-            set("A-HJ-XZn"),
-            apos_etc(),
-            letter().rep(2, 2),
-            letter().star()
-        ],
+        seq![set("A-HJ-XZn"), apos_etc(), letter().rep(2, 2), letter().star()],
         seq![apos(), set("2-9"), "0s"],
         seq![apos(), "til", lit("l").opt()],
-        seq![
-            letter(),
-            letter().star(),
-            set("aeiouyAEIOUY"),
-            apos_etc(),
-            set("aeiouA-Z"),
-            letter().star()
-        ],
+        seq![letter(), letter().star(), set("aeiouyAEIOUY"), apos_etc(), set("aeiouA-Z"), letter().star()],
         seq![apos(), "cause"],
         seq!["cont'd", lit(".").opt()],
         "'twas",
@@ -579,20 +436,10 @@ pub(crate) fn rules() -> Vec<Rule> {
         "nat'l",
         seq!["O", apos_etc(), "o"]
     ];
-    let fullurl = seq![
-        "http",
-        lit("s").opt(),
-        "://",
-        nset(" \t\n\u{C}\r\"<>|(){}").plus(),
-        nset(url_stop)
-    ];
+    let fullurl = seq!["http", lit("s").opt(), "://", nset(" \t\n\u{C}\r\"<>|(){}").plus(), nset(url_stop)];
     let likelyurl = seq![
         alt![
-            seq![
-                "www.",
-                seq![nset(" \t\n\u{C}\r\"<>|.!?(){},").plus(), "."].plus(),
-                set("a-zA-Z").rep(2, 4)
-            ],
+            seq!["www.", seq![nset(" \t\n\u{C}\r\"<>|.!?(){},").plus(), "."].plus(), set("a-zA-Z").rep(2, 4)],
             seq![
                 // `,-_` is a range in the original class: U+002C..U+005F.
                 seq![nset(" \t\n\u{C}\r\"`'<>|.!?(){}\u{2C}-\u{5F}$").plus(), "."].plus(),
@@ -611,10 +458,7 @@ pub(crate) fn rules() -> Vec<Rule> {
         email_part().plus(),
         alt!["&gt;", ">"].opt()
     ];
-    let twitter = alt![
-        seq!["@", set("a-zA-Z_"), set("a-zA-Z_0-9").star()],
-        seq!["#", letter_x().plus()]
-    ];
+    let twitter = alt![seq!["@", set("a-zA-Z_"), set("a-zA-Z_0-9").star()], seq!["#", letter_x().plus()]];
     let tbspec = alt![
         seq!["-", words(&["RRB", "LRB", "RCB", "LCB", "RSB", "LSB"]), "-"],
         "C.D.s",
@@ -626,12 +470,7 @@ pub(crate) fn rules() -> Vec<Rule> {
         seq!["c", apos(), "est"]
     ];
     let tbspec2 = seq![apos(), digits(), digits()];
-    let smiley = seq![
-        set("<>").opt(),
-        set(":;="),
-        set("\\-o*'").opt(),
-        set("()DPdpO\\\\{@|[]")
-    ];
+    let smiley = seq![set("<>").opt(), set(":;="), set("\\-o*'").opt(), set("()DPdpO\\\\{@|[]")];
     let asian_eye = "\\-^x=~<>'";
     let asiansmiley = alt![
         // The original writes `[\^x=~<>]\.\[\^x=~<>]`: the second part is a
@@ -641,11 +480,7 @@ pub(crate) fn rules() -> Vec<Rule> {
         seq!["(", set(asian_eye), set("_.").opt(), set(asian_eye), ")"],
         seq!["(", set("^x=~<>'"), "-", set("^x=~<>'`"), ")"]
     ];
-    let ldots = alt![
-        lit(".").rep(3, 5),
-        seq![seq![".", set(" \u{A0}")].rep(2, 4), "."],
-        set("\u{85}\u{2026}")
-    ];
+    let ldots = alt![lit(".").rep(3, 5), seq![seq![".", set(" \u{A0}")].rep(2, 4), "."], set("\u{85}\u{2026}")];
     let fnmarks = alt![lit("@").plus(), lit("#").plus(), lit("_").plus()];
     let asts = alt![lit("*").plus(), lit("\\*").rep(1, 3)];
     let quotes = alt![
@@ -663,26 +498,14 @@ pub(crate) fn rules() -> Vec<Rule> {
         rule(lit("cannot"), Pushback(3)),
         rule(lit("'twas"), Pushback(3)),
         rule(lit("'tis"), Pushback(2)),
-        rule(
-            words(&["gonna", "gotta", "lemme", "gimme", "wanna"]),
-            Pushback(2),
-        ),
+        rule(words(&["gonna", "gotta", "lemme", "gimme", "wanna"]), Pushback(2)),
         rule(sgml(), Nbsp),
-        rule(
-            alt![
-                seq!["&", words(&["MD", "mdash", "ndash"]), ";"],
-                set("\u{96}\u{97}\u{2013}\u{2014}\u{2015}")
-            ],
-            Dash,
-        ),
+        rule(alt![seq!["&", words(&["MD", "mdash", "ndash"]), ";"], set("\u{96}\u{97}\u{2013}\u{2014}\u{2015}")], Dash),
         rule(spamp(), Amp),
         rule(
             seq![
                 "&",
-                alt![
-                    words(&["HT", "TL", "UR", "LR", "QC", "QL", "QR", "odq", "cdq"]),
-                    seq!["#", digits().plus()]
-                ],
+                alt![words(&["HT", "TL", "UR", "LR", "QC", "QL", "QR", "odq", "cdq"]), seq!["#", digits().plus()]],
                 ";"
             ],
             Keep,
@@ -707,17 +530,9 @@ pub(crate) fn rules() -> Vec<Rule> {
         rule(thing3, Keep),
         rule(dolsign, Keep),
         rule(dolsign2, Currency),
-        rule_ctx(
-            seq![acro(), "."],
-            seq![spacenl().plus(), sentence_starters(), spacenl()],
-            Acronym,
-        ),
+        rule_ctx(seq![acro(), "."], seq![spacenl().plus(), sentence_starters(), spacenl()], Acronym),
         rule_ctx(abbrev3(), seq![spacenl().opt(), digit()], Keep),
-        rule_ctx(
-            seq![alt![seq!["pt", set("eyEY")], "co"], "."],
-            seq![space(), words(&["ltd", "lim"])],
-            Keep,
-        ),
+        rule_ctx(seq![alt![seq!["pt", set("eyEY")], "co"], "."], seq![space(), words(&["ltd", "lim"])], Keep),
         rule_ctx(abbrev1(), sentend, Reduplicate),
         rule_ctx(abbrev1(), seq![any(), any()], Keep),
         rule(abbrev1(), Reduplicate),
@@ -747,10 +562,7 @@ pub(crate) fn rules() -> Vec<Rule> {
         rule(asts, Keep),
         rule(insentp(), Keep),
         rule(set("?!").plus(), Keep),
-        rule(
-            set(".\u{A1}\u{BF}\u{37E}\u{589}\u{61F}\u{6D4}\u{700}-\u{702}\u{7FA}\u{3002}"),
-            Keep,
-        ),
+        rule(set(".\u{A1}\u{BF}\u{37E}\u{589}\u{61F}\u{6D4}\u{700}-\u{702}\u{7FA}\u{3002}"), Keep),
         rule(lit("="), Keep),
         rule(lit("/"), Keep),
         rule_ctx(seq![hthing.clone(), "."], insentp(), SoftHyphens),
@@ -759,24 +571,13 @@ pub(crate) fn rules() -> Vec<Rule> {
         rule(thing, Keep),
         rule_ctx(seq![thinga.clone(), "."], insentp(), Amp),
         rule(thinga, Amp),
-        rule_ctx(
-            lit("'"),
-            seq![set("A-Za-z"), nset(" \t\n\r\u{A0}")],
-            Quotes(true),
-        ),
+        rule_ctx(lit("'"), seq![set("A-Za-z"), nset(" \t\n\r\u{A0}")], Quotes(true)),
         rule(redaux(), Quotes(false)),
         rule(sredaux(), Quotes(false)),
         rule(quotes, Quotes(false)),
         rule(alt!["<<", ">>"], Keep),
         rule(misc_symbol(), Keep),
-        rule(
-            alt![
-                "\u{0}",
-                space().plus(),
-                set("\u{200B}\u{200E}-\u{200F}\u{FEFF}")
-            ],
-            Skip,
-        ),
+        rule(alt!["\u{0}", space().plus(), set("\u{200B}\u{200E}-\u{200F}\u{FEFF}")], Skip),
         rule(newline(), Newline),
         rule(lit("&nbsp;"), Skip),
         rule(nset("\n"), Untokenizable),

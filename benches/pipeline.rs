@@ -1,0 +1,158 @@
+//! Pipeline throughput: Kafka → S3 → decode + preprocess (224×224, as BLIP-2) → batch → a cheap
+//! captioner → PostgreSQL → commit, on the local stack (`deploy/local/up.sh` must be running).
+//!
+//! `cargo bench --bench pipeline [-- --events N --pairs P --size S --batch B]`
+//!
+//! Prints pairs/s end to end and, as the reference measured in the same run on the same machine, the
+//! rate at which the same objects can merely be fetched from S3 with the same concurrency (the
+//! pipeline's I/O ceiling), with the ratio between the two and against the 1000 pairs/s goal.
+//! Without `--bench` (as `cargo test --benches` runs it) it does nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blip2idc::admin::Health;
+use blip2idc::caption::{Captioner, CaptionerFactory};
+use blip2idc::config::Config;
+use blip2idc::devtools;
+use blip2idc::model::preprocess::ImageProcessorConfig;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+struct CheapCaptioner(ImageProcessorConfig);
+
+impl Captioner for CheapCaptioner {
+    fn model_version(&self) -> &str {
+        "bench-cheap-captioner"
+    }
+    fn processor(&self) -> &ImageProcessorConfig {
+        &self.0
+    }
+    fn caption_batch(&mut self, pv: &[&[f32]]) -> anyhow::Result<Vec<String>> {
+        Ok(pv.iter().map(|p| format!("a change of mean {:.4}", p.iter().sum::<f32>() / p.len() as f32)).collect())
+    }
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn load_env() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/env");
+    for line in std::fs::read_to_string(path).expect("deploy/local/env").lines() {
+        if let Some((k, v)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+            if std::env::var_os(k.trim()).is_none() {
+                std::env::set_var(k.trim(), v.trim());
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return Ok(());
+    }
+    let (events, pairs, size, batch) =
+        (arg("--events", 6000), arg("--pairs", 200), arg("--size", 64), arg("--batch", 32));
+    load_env();
+    blip2idc::telemetry::init("pretty", "warn");
+    let _prom = blip2idc::metrics::install();
+    let mut cfg = Config::load(None)?;
+    let id = format!("bench-{}", std::process::id());
+    cfg.kafka.input_topic = format!("{id}-in");
+    cfg.kafka.dlq_topic = format!("{id}-dlq");
+    cfg.kafka.group_id = format!("{id}-group");
+    cfg.s3.allowed_buckets = vec![id.clone()];
+    cfg.pipeline.max_batch_size = batch;
+    cfg.pipeline.max_in_flight = 4096;
+    cfg.admin.listen = "127.0.0.1:0".parse()?;
+    devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.input_topic, 3).await?;
+    devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.dlq_topic, 1).await?;
+    let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
+    devtools::ensure_bucket(&s3, &id).await?;
+    let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
+    store.migrate().await?;
+
+    eprintln!("setup: {pairs} distinct {size}x{size} JPEG pairs, {events} events");
+    let mut keys = Vec::new();
+    for i in 0..pairs as u64 {
+        let (a, b, _) = devtools::synthetic_pair(i, size as u32);
+        let (ka, kb) = (format!("{i}/a.jpg"), format!("{i}/b.jpg"));
+        devtools::put(&s3, &id, &ka, devtools::jpeg(&a, 85)).await?;
+        devtools::put(&s3, &id, &kb, devtools::jpeg(&b, 85)).await?;
+        keys.push((ka, kb));
+    }
+    let producer = devtools::producer(&cfg.kafka.brokers)?;
+    let sends = (0..events).map(|i| {
+        let (ka, kb) = &keys[i % pairs];
+        let payload = serde_json::json!({
+            "event_id": format!("{id}-{i}"), "original": format!("s3://{id}/{ka}"),
+            "republished": format!("s3://{id}/{kb}"), "source_url": "https://bench.example/x"
+        })
+        .to_string();
+        let (producer, topic) = (producer.clone(), cfg.kafka.input_topic.clone());
+        async move { devtools::publish(&producer, &topic, &format!("k{i}"), payload.as_bytes()).await }
+    });
+    futures::stream::iter(sends)
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<()>>()?;
+
+    // Reference: the same objects, only fetched, with the pipeline's concurrency.
+    let fetcher = blip2idc::fetch::Fetcher::new(s3.clone(), &cfg.s3);
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    let fetches = (0..events).map(|i| {
+        let (ka, kb) = &keys[i % pairs];
+        let a = blip2idc::event::S3Uri { bucket: id.clone(), key: ka.clone() };
+        let b = blip2idc::event::S3Uri { bucket: id.clone(), key: kb.clone() };
+        let (fetcher, cancel) = (fetcher.clone(), cancel.clone());
+        async move { fetcher.fetch_pair(&a, &b, &cancel).await.map(|_| ()) }
+    });
+    let n_ok = futures::stream::iter(fetches)
+        .buffer_unordered(cfg.s3.max_concurrency)
+        .filter(|r| futures::future::ready(r.is_ok()))
+        .count()
+        .await;
+    anyhow::ensure!(n_ok == events, "reference fetch failed");
+    let fetch_rate = events as f64 / started.elapsed().as_secs_f64();
+
+    // The pipeline.
+    let health = Arc::new(Health::default());
+    let shutdown = CancellationToken::new();
+    let factory: CaptionerFactory =
+        Box::new(|| Ok(Box::new(CheapCaptioner(ImageProcessorConfig::for_image_size(224))) as Box<dyn Captioner>));
+    let (run_cfg, h, s) = (cfg.clone(), health.clone(), shutdown.clone());
+    let task = tokio::spawn(async move { blip2idc::pipeline::run(&run_cfg, factory, h, s, |_| {}).await });
+    while !health.group_joined.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM captions WHERE event_id LIKE $1 || '-%'")
+            .bind(&id)
+            .fetch_one(store.pool())
+            .await?;
+        if n as usize >= events {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "only {n} of {events} stored after 10 min");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await??;
+    let rate = events as f64 / elapsed;
+    println!("pipeline: {events} pairs ({size}x{size} JPEG, preprocessed to 224x224, batch {batch}) in {elapsed:.2} s = {rate:.0} pairs/s");
+    println!(
+        "reference (S3 fetch only, same objects, concurrency {}): {fetch_rate:.0} pairs/s",
+        cfg.s3.max_concurrency
+    );
+    println!("ratio pipeline / fetch-only: {:.2}", rate / fetch_rate);
+    println!("ratio pipeline / goal (1000 pairs/s): {:.2}", rate / 1000.0);
+    Ok(())
+}

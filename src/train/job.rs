@@ -1,0 +1,625 @@
+//! The retraining job: labels in PostgreSQL → LoRA fine-tuning → evaluation on a frozen holdout →
+//! adapter in S3 + registry row → promotion when it is better → running consumers switch.
+//!
+//! One run ([`run_once`]):
+//! 1. takes a PostgreSQL advisory lock (two jobs never train at once) and records a `training_runs` row;
+//! 2. reads the labels new since the last successful run (and, by config, the earlier ones), assigns a
+//!    split to labels that have none (`holdout` ones are frozen forever, so runs stay comparable);
+//! 3. fetches their images from S3 and decodes them;
+//! 4. loads the base model unmerged with the promoted adapter (or a fresh PEFT-initialised LoRA) and
+//!    scores it on the holdout (the baseline);
+//! 5. fine-tunes (AdamW, early stopping on holdout loss) and scores the candidate on the holdout;
+//! 6. uploads the candidate adapter to S3 in PEFT format and registers it in `model_versions`;
+//! 7. promotes it (and `NOTIFY blip2idc_model_promoted`) only if CIDEr-D improves by
+//!    `promotion_min_cider_gain` and no category loses more than `max_category_regression`.
+//!
+//! A failure at any step marks the run failed and leaves the promoted adapter untouched.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use super::lora::LoraParams;
+use super::trainer::{Example, Input, TrainConfig, TrainReport};
+use crate::config::Config;
+use crate::eval::{EvalItem, EvalOptions, Scores};
+use crate::event::S3Uri;
+use crate::fetch::Fetcher;
+use crate::model::lora::{Adapter, AdapterConfig};
+use crate::model::{Blip2Idc, LoadOptions};
+use crate::store::Store;
+
+/// The LISTEN/NOTIFY channel announcing a promotion (payload: the version).
+pub const PROMOTION_CHANNEL: &str = "blip2idc_model_promoted";
+/// Advisory-lock key of the retraining job.
+const LOCK_KEY: i64 = 0x6231_6964_6374_726e; // "b1idctrn"
+
+/// `[retrain]` configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainConfig {
+    /// Train on earlier (already used) train-split labels too, not only the new ones.
+    pub include_previous: bool,
+    /// Skip the run when fewer new labels arrived.
+    pub min_new_labels: usize,
+    /// Share of newly labeled pairs put in the (frozen) holdout.
+    pub holdout_fraction: f64,
+    /// The holdout gets at least this many labels (taken from new ones) before training starts.
+    pub min_holdout: usize,
+    /// Scheduled mode: time between runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Promotion needs CIDEr-D(candidate) ≥ CIDEr-D(promoted) + this.
+    pub promotion_min_cider_gain: f64,
+    /// ...and no category's CIDEr-D may drop by more than this.
+    pub max_category_regression: f64,
+    /// Where adapters are uploaded: `s3://<adapter_bucket>/<adapter_prefix><version>/`.
+    pub adapter_bucket: String,
+    pub adapter_prefix: String,
+    /// Local scratch directory (downloaded and trained adapters).
+    pub work_dir: PathBuf,
+    /// Score METEOR too (needs Java and meteor-1.5.jar; reported as null otherwise).
+    pub meteor: bool,
+    /// LoRA of a fresh adapter (when nothing is promoted yet).
+    pub lora_r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// Pad id of the label rows (the BLIP2IDC code pads with eos = 2).
+    pub pad_id: u32,
+    pub train: TrainConfig,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        RetrainConfig {
+            include_previous: true,
+            min_new_labels: 1,
+            holdout_fraction: 0.2,
+            min_holdout: 8,
+            interval: Duration::from_secs(24 * 3600),
+            promotion_min_cider_gain: 0.01,
+            max_category_regression: 0.1,
+            adapter_bucket: "images".into(),
+            adapter_prefix: "adapters/".into(),
+            work_dir: std::env::temp_dir().join("blip2idc-retrain"),
+            meteor: true,
+            lora_r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.05,
+            pad_id: 2,
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+impl RetrainConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        if !(0.0..1.0).contains(&self.holdout_fraction) || self.holdout_fraction == 0.0 {
+            errs.push(format!("retrain.holdout_fraction {} is not in (0, 1)", self.holdout_fraction));
+        }
+        if self.interval.is_zero() {
+            errs.push("retrain.interval must be > 0".into());
+        }
+        if self.lora_r == 0 {
+            errs.push("retrain.lora_r must be > 0".into());
+        }
+        if crate::event::S3Uri::parse(&format!("s3://{}/k", self.adapter_bucket)).is_err() {
+            errs.push(format!("retrain.adapter_bucket {:?} is not a valid bucket name", self.adapter_bucket));
+        }
+        if let Err(e) = self.train.validate() {
+            errs.push(format!("retrain.train: {e}"));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("\n  - "))
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub run_id: i64,
+    pub status: &'static str,
+    pub candidate_version: Option<String>,
+    pub promoted: bool,
+    pub decision: String,
+    pub baseline: Option<EvalSummary>,
+    pub candidate: Option<EvalSummary>,
+}
+
+/// Holdout scores of one model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalSummary {
+    pub version: String,
+    pub cider: f64,
+    pub bleu4: f64,
+    pub rouge_l: f64,
+    pub meteor: Option<f64>,
+    pub by_category: BTreeMap<String, f64>,
+    pub holdout_pairs: usize,
+}
+
+struct Label {
+    id: i64,
+    original: String,
+    modified: String,
+    caption: String,
+    category: Option<String>,
+    split: Option<String>,
+}
+
+/// A decoded holdout/train pair with its references.
+struct Pair {
+    original: image::RgbImage,
+    modified: image::RgbImage,
+    references: Vec<String>,
+    category: Option<String>,
+}
+
+/// Runs the job once. Returns `Ok` with status `skipped` when another job holds the lock or too few
+/// new labels arrived.
+pub async fn run_once(cfg: &Config) -> anyhow::Result<RunOutcome> {
+    let rc = &cfg.retrain;
+    let store = Store::connect_lazy(&cfg.database)?;
+    store.migrate().await?;
+    // The advisory lock lives as long as this connection.
+    let mut lock_conn = store.pool().acquire().await.context("connecting to PostgreSQL")?;
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *lock_conn).await?;
+    if !locked {
+        tracing::warn!("another retraining job is running (advisory lock held): skipping");
+        return Ok(RunOutcome {
+            run_id: 0,
+            status: "skipped",
+            candidate_version: None,
+            promoted: false,
+            decision: "another job holds the lock".into(),
+            baseline: None,
+            candidate: None,
+        });
+    }
+    let run_id: i64 = sqlx::query_scalar(
+        "INSERT INTO training_runs (status, seed, base_model, config) VALUES ('running', $1, $2, $3) RETURNING id",
+    )
+    .bind(rc.train.seed as i64)
+    .bind(&cfg.model.checkpoint)
+    .bind(serde_json::to_value(rc)?)
+    .fetch_one(store.pool())
+    .await?;
+    tracing::info!(run_id, "retraining run started");
+    let result = run_inner(cfg, &store, run_id).await;
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(run_id, "retraining run failed (the promoted adapter is untouched): {e:#}");
+            sqlx::query("UPDATE training_runs SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1")
+                .bind(run_id)
+                .bind(format!("{e:#}"))
+                .execute(store.pool())
+                .await?;
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *lock_conn).await;
+            return Err(e);
+        }
+    };
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *lock_conn).await;
+    Ok(outcome)
+}
+
+async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<RunOutcome> {
+    let rc = &cfg.retrain;
+    let pool = store.pool();
+    let t0 = Instant::now();
+    let mut durations = serde_json::Map::new();
+
+    // 2. Labels and splits.
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT max(last_label_id) FROM training_runs WHERE status = 'succeeded'")
+            .fetch_one(pool)
+            .await?;
+    let last = last.unwrap_or(0);
+    let max_id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM labels").fetch_one(pool).await?;
+    let max_id = max_id.unwrap_or(0);
+    let n_new: i64 = sqlx::query_scalar("SELECT count(*) FROM labels WHERE id > $1").bind(last).fetch_one(pool).await?;
+    if (n_new as usize) < rc.min_new_labels.max(1) {
+        let decision =
+            format!("{n_new} new label(s) since the last run; retrain.min_new_labels is {}", rc.min_new_labels);
+        sqlx::query(
+            "UPDATE training_runs SET status = 'skipped', finished_at = now(), decision = $2, n_new_labels = $3 WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(&decision)
+        .bind(n_new as i32)
+        .execute(pool)
+        .await?;
+        tracing::info!(run_id, "{decision}: skipping");
+        return Ok(RunOutcome {
+            run_id,
+            status: "skipped",
+            candidate_version: None,
+            promoted: false,
+            decision,
+            baseline: None,
+            candidate: None,
+        });
+    }
+    assign_splits(pool, rc).await?;
+    let rows = sqlx::query(
+        "SELECT id, original_uri, modified_uri, caption, category, split FROM labels
+         WHERE (split = 'holdout' OR (split = 'train' AND (id > $1 OR $2))) AND id <= $3 ORDER BY id",
+    )
+    .bind(last)
+    .bind(rc.include_previous)
+    .bind(max_id)
+    .fetch_all(pool)
+    .await?;
+    let labels: Vec<Label> = rows
+        .iter()
+        .map(|r| Label {
+            id: r.get("id"),
+            original: r.get("original_uri"),
+            modified: r.get("modified_uri"),
+            caption: r.get("caption"),
+            category: r.get("category"),
+            split: r.get("split"),
+        })
+        .collect();
+
+    // 3. Images.
+    let t = Instant::now();
+    let s3 = crate::fetch::s3_client(&cfg.s3).await;
+    let fetcher = Fetcher::new(s3.clone(), &cfg.s3);
+    let (train_labels, holdout) = load_pairs(&fetcher, &labels, &cfg.decode).await?;
+    anyhow::ensure!(!train_labels.is_empty(), "no usable training labels (all failed to load?)");
+    anyhow::ensure!(!holdout.is_empty(), "the holdout is empty: label more pairs");
+    durations.insert("load_data_s".into(), t.elapsed().as_secs_f64().into());
+    tracing::info!(run_id, train = train_labels.len(), holdout = holdout.len(), "data loaded");
+
+    // 4. Base + promoted adapter, baseline.
+    let t = Instant::now();
+    let promoted: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT version, adapter_uri FROM model_versions WHERE promoted_at IS NOT NULL ORDER BY promoted_at DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let start_adapter: Option<PathBuf> = match &promoted {
+        Some((version, Some(uri))) => Some(download_adapter(&s3, uri, &rc.work_dir.join(version)).await?),
+        _ => cfg.model.adapter.as_ref().map(PathBuf::from),
+    };
+    let device = crate::model::loader::parse_device(&cfg.model.device)?;
+    let dtype = crate::model::loader::parse_dtype(&cfg.model.dtype)?;
+    let mut model = Blip2Idc::load(&LoadOptions {
+        checkpoint: cfg.model.checkpoint.clone(),
+        adapter: None,
+        dtype,
+        device: device.clone(),
+        merge_adapter: false,
+    })?;
+    let params = match &start_adapter {
+        Some(dir) => LoraParams::from_adapter(&mut model.model, &Adapter::load(dir, &device)?)?,
+        None => {
+            let mut ac = AdapterConfig::blip2idc_default(&cfg.model.checkpoint);
+            ac.r = rc.lora_r;
+            ac.lora_alpha = rc.lora_alpha;
+            ac.lora_dropout = rc.lora_dropout;
+            LoraParams::init(&mut model.model, ac, rc.train.seed)?
+        }
+    };
+    let baseline_version = promoted.as_ref().map(|p| p.0.clone()).unwrap_or_else(|| "base".into());
+    let baseline = evaluate(&model, &holdout, &baseline_version, rc, cfg.model.max_new_tokens)?;
+    durations.insert("baseline_eval_s".into(), t.elapsed().as_secs_f64().into());
+    tracing::info!(run_id, cider = baseline.cider, version = %baseline_version, "baseline scored");
+
+    // 5. Fine-tune.
+    let t = Instant::now();
+    let train_examples = examples(&model, &train_labels, rc)?;
+    let holdout_examples = examples(&model, &holdout, rc)?;
+    let report: TrainReport = super::trainer::train(
+        &model.model,
+        params.vars(),
+        &train_examples,
+        &holdout_examples,
+        &model.processor,
+        &rc.train,
+        false,
+        rc.pad_id,
+    )?;
+    durations.insert("train_s".into(), t.elapsed().as_secs_f64().into());
+    let version =
+        format!("{}+retrain-{run_id}-{}", short(&cfg.model.checkpoint), chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let t = Instant::now();
+    let candidate = evaluate(&model, &holdout, &version, rc, cfg.model.max_new_tokens)?;
+    durations.insert("candidate_eval_s".into(), t.elapsed().as_secs_f64().into());
+    tracing::info!(run_id, cider = candidate.cider, baseline = baseline.cider, "candidate scored");
+
+    // 6. Save, upload, register.
+    let adapter = params.to_adapter()?;
+    let dir = rc.work_dir.join(&version);
+    adapter.save(&dir)?;
+    let uri = format!("s3://{}/{}{}/", rc.adapter_bucket, rc.adapter_prefix, version);
+    upload_adapter(&s3, &dir, &uri).await?;
+    let metrics = serde_json::json!({"holdout": candidate, "baseline": baseline, "run_id": run_id});
+    sqlx::query("INSERT INTO model_versions (version, base_model, adapter_uri, metrics) VALUES ($1, $2, $3, $4)")
+        .bind(&version)
+        .bind(&cfg.model.checkpoint)
+        .bind(&uri)
+        .bind(&metrics)
+        .execute(pool)
+        .await?;
+
+    // 7. Decide.
+    let (promote, decision) = decide(&baseline, &candidate, rc);
+    if promote {
+        let mut tx = pool.begin().await?;
+        sqlx::query("UPDATE model_versions SET promoted_at = now() WHERE version = $1")
+            .bind(&version)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(PROMOTION_CHANNEL).bind(&version).execute(&mut *tx).await?;
+        tx.commit().await?;
+        tracing::info!(run_id, %version, "promoted: {decision}");
+    } else {
+        tracing::info!(run_id, %version, "not promoted: {decision}");
+    }
+    durations.insert("total_s".into(), t0.elapsed().as_secs_f64().into());
+    let _ = t;
+    sqlx::query(
+        "UPDATE training_runs SET status = 'succeeded', finished_at = now(), parent_version = $2,
+             candidate_version = $3, promoted = $4, decision = $5, last_label_id = $6, n_new_labels = $7,
+             n_train = $8, n_holdout = $9, losses = $10, metrics = $11, durations = $12
+         WHERE id = $1",
+    )
+    .bind(run_id)
+    .bind(promoted.as_ref().map(|p| p.0.clone()))
+    .bind(&version)
+    .bind(promote)
+    .bind(&decision)
+    .bind(max_id)
+    .bind(n_new as i32)
+    .bind(train_labels.len() as i32)
+    .bind(holdout.len() as i32)
+    .bind(serde_json::to_value(&report)?)
+    .bind(serde_json::json!({"candidate": candidate, "baseline": baseline}))
+    .bind(serde_json::Value::Object(durations))
+    .execute(pool)
+    .await?;
+    Ok(RunOutcome {
+        run_id,
+        status: "succeeded",
+        candidate_version: Some(version),
+        promoted: promote,
+        decision,
+        baseline: Some(baseline),
+        candidate: Some(candidate),
+    })
+}
+
+/// Splits for labels that have none: a pair (its two URIs) always lands in one split; holdout by a
+/// stable hash under `holdout_fraction`, topped up to `min_holdout` from the newest pairs.
+async fn assign_splits(pool: &sqlx::PgPool, rc: &RetrainConfig) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    // Pairs already split keep their split.
+    sqlx::query(
+        "UPDATE labels l SET split = s.split FROM
+           (SELECT DISTINCT ON (original_uri, modified_uri) original_uri, modified_uri, split FROM labels
+            WHERE split IS NOT NULL ORDER BY original_uri, modified_uri, id) s
+         WHERE l.split IS NULL AND l.original_uri = s.original_uri AND l.modified_uri = s.modified_uri",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT DISTINCT original_uri, modified_uri FROM labels WHERE split IS NULL")
+            .fetch_all(&mut *tx)
+            .await?;
+    let n_holdout: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT (original_uri, modified_uri)) FROM labels WHERE split = 'holdout'")
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut need = (rc.min_holdout as i64 - n_holdout).max(0);
+    for (a, b) in rows {
+        let h = crate::model::loader::fnv1a(format!("{a}\n{b}").as_bytes());
+        let holdout = (h % 10_000) as f64 / 10_000.0 < rc.holdout_fraction || need > 0;
+        if holdout {
+            need -= 1;
+        }
+        sqlx::query("UPDATE labels SET split = $3 WHERE original_uri = $1 AND modified_uri = $2 AND split IS NULL")
+            .bind(&a)
+            .bind(&b)
+            .bind(if holdout { "holdout" } else { "train" })
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Fetches and decodes every label's images; groups labels of the same pair (their captions become
+/// the pair's references). Labels whose images cannot be loaded are skipped with a warning.
+async fn load_pairs(
+    fetcher: &Fetcher,
+    labels: &[Label],
+    limits: &crate::config::DecodeConfig,
+) -> anyhow::Result<(Vec<Pair>, Vec<Pair>)> {
+    let mut groups: BTreeMap<(String, String), Vec<&Label>> = BTreeMap::new();
+    for l in labels {
+        groups.entry((l.original.clone(), l.modified.clone())).or_default().push(l);
+    }
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (mut train, mut holdout) = (Vec::new(), Vec::new());
+    for ((a, b), ls) in groups {
+        let loaded = async {
+            let (ua, ub) = (S3Uri::parse(&a)?, S3Uri::parse(&b)?);
+            let (ba, bb) = fetcher.fetch_pair(&ua, &ub, &cancel).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let ia = crate::decode::decode(&ba, limits, &a)?;
+            let ib = crate::decode::decode(&bb, limits, &b)?;
+            anyhow::Ok((crate::model::preprocess::to_rgb(&ia), crate::model::preprocess::to_rgb(&ib)))
+        }
+        .await;
+        let (original, modified) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(label_ids = ?ls.iter().map(|l| l.id).collect::<Vec<_>>(), "skipping labels: {e:#}");
+                continue;
+            }
+        };
+        let pair = Pair {
+            original,
+            modified,
+            references: ls.iter().map(|l| l.caption.clone()).collect(),
+            category: ls.iter().find_map(|l| l.category.clone()),
+        };
+        if ls[0].split.as_deref() == Some("holdout") {
+            holdout.push(pair);
+        } else {
+            train.push(pair);
+        }
+    }
+    Ok((train, holdout))
+}
+
+/// One training example per reference caption.
+fn examples(model: &Blip2Idc, pairs: &[Pair], rc: &RetrainConfig) -> anyhow::Result<Vec<Example>> {
+    let mut out = Vec::new();
+    for p in pairs {
+        let refs: Vec<&str> = p.references.iter().map(|s| s.as_str()).collect();
+        for labels in super::loss::encode_labels(&model.tokenizer, &refs, rc.train.max_length, rc.pad_id)? {
+            out.push(Example {
+                input: Input::Pair { original: p.original.clone(), modified: p.modified.clone() },
+                labels,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Captions the holdout with the model as it is and scores it.
+fn evaluate(
+    model: &Blip2Idc,
+    holdout: &[Pair],
+    version: &str,
+    rc: &RetrainConfig,
+    max_new_tokens: usize,
+) -> anyhow::Result<EvalSummary> {
+    let mut items = Vec::new();
+    for (i, chunk) in holdout.chunks(8).enumerate() {
+        let pvs: Vec<Vec<f32>> = chunk
+            .iter()
+            .map(|p| model.processor.pixel_values(&crate::model::preprocess::stack_pair(&p.original, &p.modified)))
+            .collect();
+        let refs: Vec<&[f32]> = pvs.iter().map(|v| v.as_slice()).collect();
+        for (j, (g, p)) in model.caption_pixels(&refs, max_new_tokens)?.into_iter().zip(chunk).enumerate() {
+            items.push(EvalItem {
+                id: format!("{}", i * 8 + j),
+                candidate: g.caption,
+                references: p.references.clone(),
+                category: p.category.clone(),
+            });
+        }
+    }
+    let mut opts = if rc.meteor { EvalOptions::default() } else { EvalOptions::native() };
+    opts.by_category = true;
+    let report = crate::eval::evaluate(&items, &opts)?;
+    Ok(summary(version, &report.corpus, &report.by_category, holdout.len()))
+}
+
+fn summary(version: &str, s: &Scores, cats: &[crate::eval::CategoryScores], n: usize) -> EvalSummary {
+    EvalSummary {
+        version: version.to_owned(),
+        cider: s.cider,
+        bleu4: s.bleu[3],
+        rouge_l: s.rouge_l,
+        meteor: s.meteor,
+        by_category: cats.iter().map(|c| (c.category.clone(), c.scores.cider)).collect(),
+        holdout_pairs: n,
+    }
+}
+
+/// The promotion rule.
+pub fn decide(baseline: &EvalSummary, candidate: &EvalSummary, rc: &RetrainConfig) -> (bool, String) {
+    let gain = candidate.cider - baseline.cider;
+    if gain < rc.promotion_min_cider_gain {
+        return (
+            false,
+            format!(
+                "CIDEr-D {:.4} vs {:.4}: gain {gain:+.4} is below retrain.promotion_min_cider_gain {}",
+                candidate.cider, baseline.cider, rc.promotion_min_cider_gain
+            ),
+        );
+    }
+    for (cat, b) in &baseline.by_category {
+        let c = candidate.by_category.get(cat).copied().unwrap_or(0.0);
+        if b - c > rc.max_category_regression {
+            return (
+                false,
+                format!("category {cat:?} regresses from {b:.4} to {c:.4} (limit {})", rc.max_category_regression),
+            );
+        }
+    }
+    (true, format!("CIDEr-D {:.4} vs {:.4} ({gain:+.4}), no category regresses", candidate.cider, baseline.cider))
+}
+
+/// Downloads `adapter_config.json` and the weights under an `s3://bucket/prefix/` URI into `dir`.
+pub async fn download_adapter(s3: &aws_sdk_s3::Client, uri: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let (bucket, prefix) = split_uri(uri)?;
+    std::fs::create_dir_all(dir)?;
+    let mut got_weights = false;
+    for name in ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"] {
+        let key = format!("{prefix}{name}");
+        match s3.get_object().bucket(&bucket).key(&key).send().await {
+            Ok(o) => {
+                let bytes =
+                    o.body.collect().await.with_context(|| format!("reading s3://{bucket}/{key}"))?.into_bytes();
+                std::fs::write(dir.join(name), &bytes)?;
+                got_weights |= name != "adapter_config.json";
+            }
+            Err(e) if name == "adapter_config.json" => {
+                anyhow::bail!("downloading s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))
+            }
+            Err(_) => {}
+        }
+    }
+    anyhow::ensure!(got_weights, "{uri} has no adapter_model.safetensors or adapter_model.bin");
+    Ok(dir.to_owned())
+}
+
+async fn upload_adapter(s3: &aws_sdk_s3::Client, dir: &Path, uri: &str) -> anyhow::Result<()> {
+    let (bucket, prefix) = split_uri(uri)?;
+    for name in ["adapter_config.json", "adapter_model.safetensors"] {
+        let bytes = std::fs::read(dir.join(name))?;
+        crate::devtools::put(s3, &bucket, &format!("{prefix}{name}"), bytes).await?;
+    }
+    Ok(())
+}
+
+fn split_uri(uri: &str) -> anyhow::Result<(String, String)> {
+    let rest = uri.strip_prefix("s3://").with_context(|| format!("{uri} is not an s3:// URI"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_owned() } else { format!("{prefix}/") };
+    Ok((bucket.to_owned(), prefix))
+}
+
+fn short(checkpoint: &str) -> String {
+    Path::new(checkpoint.trim_end_matches('/'))
+        .file_name()
+        .map_or(checkpoint.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Scheduled mode: a run every `retrain.interval` until `stop` fires.
+pub async fn run_scheduled(cfg: &Config, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    loop {
+        match run_once(cfg).await {
+            Ok(o) => tracing::info!(run_id = o.run_id, status = o.status, promoted = o.promoted, "{}", o.decision),
+            Err(e) => tracing::error!("retraining run failed: {e:#}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.retrain.interval) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The real `blip2idc serve` binary, with the tiny random BLIP-2 checkpoint, killed with SIGKILL and
+//! restarted: every event is stored exactly once, and nothing is committed before it is stored.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Scope;
+
+/// Writes a config file for the binary with this scope's topics, group and bucket.
+fn config_file(scope: &Scope, dir: &Path, commit_interval: &str) -> PathBuf {
+    let c = &scope.cfg;
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/blip2/tiny-a");
+    let adapter = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/blip2/tiny-a-adapter");
+    let toml = format!(
+        r#"
+[kafka]
+input_topic = "{input}"
+dlq_topic = "{dlq}"
+group_id = "{group}"
+commit_interval = "{commit_interval}"
+session_timeout = "10s"
+[s3]
+allowed_buckets = ["{bucket}"]
+[model]
+checkpoint = "{model}"
+adapter = "{adapter}"
+max_new_tokens = 20
+[pipeline]
+max_batch_size = 2
+max_in_flight = 8
+max_batch_wait = "10ms"
+[admin]
+listen = "127.0.0.1:0"
+[shutdown]
+drain_timeout = "15s"
+[log]
+format = "json"
+"#,
+        input = c.kafka.input_topic,
+        dlq = c.kafka.dlq_topic,
+        group = c.kafka.group_id,
+        bucket = scope.bucket,
+        model = model.display(),
+        adapter = adapter.display(),
+    );
+    let path = dir.join("blip2idc.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn serve(config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_blip2idc"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting blip2idc serve")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} failed");
+}
+
+async fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "blip2idc did not exit within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_rows_at_least(scope: &Scope, n: i64, timeout: Duration, log: &Path) {
+    let deadline = Instant::now() + timeout;
+    while scope.caption_count().await < n {
+        if Instant::now() > deadline {
+            panic!(
+                "fewer than {n} captions after {timeout:?}; service log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_stores_every_event_exactly_once() {
+    let scope = Scope::new("sigkill").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&scope, dir.path(), "200ms");
+    let log = dir.path().join("serve.log");
+    scope.seed(0..120, 40).await;
+
+    let mut first = serve(&config, &log);
+    wait_rows_at_least(&scope, 10, Duration::from_secs(120), &log).await;
+    signal(&first, "-KILL");
+    wait_exit(&mut first, Duration::from_secs(10)).await;
+    let stored_before = scope.caption_count().await;
+    assert!(stored_before < 120, "the kill must land mid-stream (all {stored_before} were already stored)");
+    assert!(scope.committed_total() <= stored_before, "nothing is committed before it is stored");
+
+    let mut second = serve(&config, &log);
+    scope.wait_for_captions(120, Duration::from_secs(180)).await;
+    signal(&second, "-TERM");
+    let status = wait_exit(&mut second, Duration::from_secs(60)).await;
+    assert!(status.success(), "graceful exit after SIGTERM: {status}");
+    assert_eq!(scope.caption_count().await, 120, "exactly one row per event");
+    assert_eq!(scope.captioned_events().await, 120);
+    assert_eq!(scope.committed_total(), 120, "everything stored is committed at shutdown");
+    let version: String =
+        sqlx::query_scalar("SELECT DISTINCT model_version FROM captions WHERE event_id LIKE $1 || '-%'")
+            .bind(&scope.prefix)
+            .fetch_one(scope.store().pool())
+            .await
+            .unwrap();
+    assert!(version.starts_with("tiny-a+tiny-a-adapter@"), "{version}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_before_any_commit_redelivers_without_duplicate_rows() {
+    let scope = Scope::new("nocommit").await;
+    let dir = tempfile::tempdir().unwrap();
+    // No periodic commit happens within the test: only stores.
+    let config = config_file(&scope, dir.path(), "1h");
+    let log = dir.path().join("serve.log");
+    scope.seed(0..20, 40).await;
+
+    let mut first = serve(&config, &log);
+    scope.wait_for_captions(20, Duration::from_secs(120)).await;
+    signal(&first, "-KILL");
+    wait_exit(&mut first, Duration::from_secs(10)).await;
+    assert_eq!(scope.committed_total(), 0, "killed before its first commit");
+
+    // Every event is redelivered and stored again (an idempotent upsert); the graceful stop commits.
+    // The killed member's session must expire before the group hands its partitions out again.
+    let log2 = dir.path().join("serve2.log");
+    let mut second = serve(&config, &log2);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&log2).unwrap_or_default().contains("partitions assigned") {
+        assert!(Instant::now() < deadline, "the restarted service never got its partitions");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&second, "-TERM");
+    let status = wait_exit(&mut second, Duration::from_secs(60)).await;
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        scope.committed_total(),
+        20,
+        "all redelivered events were handled and committed; log:\n{}",
+        std::fs::read_to_string(&log2).unwrap_or_default()
+    );
+    assert_eq!(scope.caption_count().await, 20, "redelivery made no second rows");
+}
