@@ -6,12 +6,19 @@ The CPU/GPU benchmarks need the full BLIP-2 OPT-2.7b shapes, but this machine ha
 3.87 B parameters are drawn at random, float32 (15.5 GB on disk). Captions from it are meaningless.
 
 usage:
-  /work/venv-ref/bin/python benches/make_random_checkpoint.py [--out DIR] [--adapter-out DIR]
-      [--seed K] [--max-shard-size 2GB] [--no-check]
+  /work/venv-ref/bin/python benches/make_random_checkpoint.py [--preset full|mid] [--out DIR]
+      [--adapter-out DIR] [--seed K] [--max-shard-size 2GB] [--no-check]
   /work/venv-ref/bin/python benches/make_random_checkpoint.py --check-only [--out DIR] [--adapter-out DIR]
 
-  --out DIR          checkpoint (default /work/bench-ckpt/blip2-opt-2.7b-random)
-  --adapter-out DIR  PEFT LoRA adapter (default /work/bench-ckpt/blip2idc-adapter-random)
+  --preset full      (default) every size of blip2-opt-2.7b: 3.87 B parameters, 15.5 GB
+  --preset mid       the real widths with few layers, for CPU training benchmarks: vision 1408 hidden /
+                     6144 ffn / 16 heads / 4 layers / image 224 / patch 14; Q-Former 768 / 12 heads /
+                     4 layers / cross-attention every 2nd layer (layers 0 and 2); OPT 2560 / 10240 ffn /
+                     32 heads / 4 layers / vocab 50272; 32 query tokens. 0.59 B parameters, 2.35 GB
+  --out DIR          checkpoint (default /work/bench-ckpt/blip2-opt-2.7b-random; mid:
+                     /work/bench-ckpt/blip2-mid-random)
+  --adapter-out DIR  PEFT LoRA adapter (default /work/bench-ckpt/blip2idc-adapter-random; mid:
+                     /work/bench-ckpt/blip2idc-adapter-mid-random)
   --seed K           default 0; the output is a deterministic function of the seed
   --max-shard-size   shard size as `save_pretrained` takes it (default "2GB")
   --no-check         skip the final reload + forward check
@@ -38,7 +45,8 @@ shards) instead of the 15.5 GB + copies of a materialised `save_pretrained`. The
 in a child process: `from_pretrained(low_cpu_mem_usage=True)` (~15.5 GB resident) and one 224x224
 forward with input_ids [[2]], base and with the adapter; it prints max |logit| and both peaks.
 
-Requirements: benches/requirements-reference.txt. Takes ~5-10 min on 2 cores; ~16 GB of disk.
+Requirements: benches/requirements-reference.txt. Takes ~5-10 min on 2 cores; ~16 GB of disk
+(--preset mid: ~1-2 min, ~2.5 GB).
 """
 import argparse
 import json
@@ -54,6 +62,10 @@ FIXTURES = os.path.join(REPO, "tests", "fixtures", "blip2")
 TOKENIZER_JSON = os.path.join(FIXTURES, "tokenizer.json")
 DEFAULT_OUT = "/work/bench-ckpt/blip2-opt-2.7b-random"
 DEFAULT_ADAPTER_OUT = "/work/bench-ckpt/blip2idc-adapter-random"
+DEFAULT_OUT_MID = "/work/bench-ckpt/blip2-mid-random"
+DEFAULT_ADAPTER_OUT_MID = "/work/bench-ckpt/blip2idc-adapter-mid-random"
+# Layer counts per preset (vision, Q-Former, OPT); every width is blip2-opt-2.7b's.
+PRESET_LAYERS = {"full": (39, 12, 32), "mid": (4, 4, 4)}
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -88,18 +100,20 @@ def quiet_libraries():
     warnings.filterwarnings("ignore")
 
 
-def blip2_opt_27b_config():
-    """Blip2Config of Salesforce/blip2-opt-2.7b, written out (every size explicit)."""
+def blip2_opt_27b_config(preset="full"):
+    """Blip2Config of Salesforce/blip2-opt-2.7b, written out (every size explicit); preset "mid" keeps
+    every width and has 4 vision, 4 Q-Former and 4 OPT layers."""
     from transformers import Blip2Config
 
-    vision = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+    n_vision, n_qformer, n_text = PRESET_LAYERS[preset]
+    vision = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=n_vision, num_attention_heads=16,
                   image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True,
                   initializer_range=INIT_STD)
-    qformer = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+    qformer = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=n_qformer, num_attention_heads=12,
                    intermediate_size=3072, hidden_act="gelu", layer_norm_eps=1e-12,
                    cross_attention_frequency=2, encoder_hidden_size=1408, initializer_range=INIT_STD)
     text = dict(model_type="opt", vocab_size=50272, hidden_size=2560, word_embed_proj_dim=2560,
-                ffn_dim=10240, num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=2048,
+                ffn_dim=10240, num_hidden_layers=n_text, num_attention_heads=32, max_position_embeddings=2048,
                 activation_function="relu", do_layer_norm_before=True, enable_bias=True,
                 layer_norm_elementwise_affine=True, bos_token_id=2, eos_token_id=50118, pad_token_id=1,
                 init_std=INIT_STD, tie_word_embeddings=True)
@@ -274,13 +288,20 @@ def check(out, adapter_out):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=DEFAULT_OUT)
-    p.add_argument("--adapter-out", default=DEFAULT_ADAPTER_OUT)
+    p.add_argument("--preset", choices=sorted(PRESET_LAYERS), default="full",
+                   help="full: blip2-opt-2.7b; mid: its widths with 4 layers per tower")
+    p.add_argument("--out", default=None, help=f"default {DEFAULT_OUT} (mid: {DEFAULT_OUT_MID})")
+    p.add_argument("--adapter-out", default=None,
+                   help=f"default {DEFAULT_ADAPTER_OUT} (mid: {DEFAULT_ADAPTER_OUT_MID})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--no-check", action="store_true", help="skip the reload + forward check")
     p.add_argument("--check-only", action="store_true", help="only check an existing checkpoint")
     args = p.parse_args()
+    if args.out is None:
+        args.out = DEFAULT_OUT_MID if args.preset == "mid" else DEFAULT_OUT
+    if args.adapter_out is None:
+        args.adapter_out = DEFAULT_ADAPTER_OUT_MID if args.preset == "mid" else DEFAULT_ADAPTER_OUT
     if os.environ.get("PYTHONHASHSEED") != "0":
         # PEFT stores target_modules as a set: fix the hash seed so adapter_config.json is reproducible.
         os.environ["PYTHONHASHSEED"] = "0"
@@ -301,18 +322,19 @@ def main():
         probe = os.path.dirname(probe)
     reused = sum(e.stat().st_size for e in os.scandir(args.out) if e.name.startswith("model")) \
         if os.path.isdir(args.out) else 0  # stale shards are deleted first
-    if shutil.disk_usage(probe).free + reused < 17 * 1024 ** 3:
-        raise SystemExit(f"only {gib(shutil.disk_usage(probe).free)} free under {probe}: ~16 GB needed")
     t_start = time.perf_counter()
-    config = blip2_opt_27b_config()
+    config = blip2_opt_27b_config(args.preset)
     model = build_meta_model(config)
-    log(f"writing {args.out} (seed {args.seed}, shards of {args.max_shard_size})")
+    need = int(sum(p.numel() for p in model.parameters()) * 4 * 1.05) + 1024 ** 3  # tied lm_head once
+    if shutil.disk_usage(probe).free + reused < need:
+        raise SystemExit(f"only {gib(shutil.disk_usage(probe).free)} free under {probe}: ~{gib(need)} needed")
+    log(f"writing {args.out} (preset {args.preset}, seed {args.seed}, shards of {args.max_shard_size})")
     n_params, n_shards = write_checkpoint(model, args.out, args.seed, args.max_shard_size)
     log(f"wrote {n_params:,} parameters in {n_shards} shards")
     n_mod, n_lora = write_adapter(model, args.out, args.adapter_out, args.seed)
     log(f"wrote {args.adapter_out}: {n_mod} LoRA modules, {n_lora:,} parameters")
-    summary = {"out": args.out, "adapter_out": args.adapter_out, "params": n_params, "shards": n_shards,
-               "lora_modules": n_mod, "lora_params": n_lora, "write_s": time.perf_counter() - t_start,
+    summary = {"preset": args.preset, "out": args.out, "adapter_out": args.adapter_out, "params": n_params,
+               "shards": n_shards, "lora_modules": n_mod, "lora_params": n_lora, "write_s": time.perf_counter() - t_start,
                "write_peak_rss_bytes": peak_rss_bytes()}
     log(f"written in {summary['write_s']:.0f} s, peak RSS {gib(summary['write_peak_rss_bytes'])}")
     del model

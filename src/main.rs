@@ -43,6 +43,22 @@ enum Command {
     /// Score predicted captions against references with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D,
     /// exactly as pycocoevalcap 1.2 computes them.
     Eval(blip2idc::eval::cli::EvalArgs),
+    /// Fine-tune the LoRA adapter on newly labeled pairs (the `labels` table), evaluate it against the
+    /// promoted adapter on the frozen holdout, upload and register it, and promote it when it is
+    /// better. Runs once (for cron / a Kubernetes CronJob) or, with --every, on retrain.interval.
+    Retrain(RetrainArgs),
+}
+
+#[derive(clap::Args)]
+struct RetrainArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Keep running: one run every retrain.interval (until SIGTERM/SIGINT).
+    #[arg(long)]
+    every: bool,
+    /// Print the run's outcome as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +117,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Caption(a) => caption(a),
+        Command::Retrain(a) => retrain(a).await,
         Command::Eval(args) => {
             blip2idc::eval::cli::run(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -111,6 +128,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn retrain(a: RetrainArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(a.config.config.as_deref())?;
+    blip2idc::telemetry::init(&cfg.log.format, &cfg.log.filter);
+    if a.every {
+        let stop = CancellationToken::new();
+        spawn_signal_handler(stop.clone());
+        blip2idc::train::job::run_scheduled(&cfg, stop).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let outcome = blip2idc::train::job::run_once(&cfg).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    } else {
+        println!("run {}: {} — {}", outcome.run_id, outcome.status, outcome.decision);
+        for s in [&outcome.baseline, &outcome.candidate].into_iter().flatten() {
+            println!(
+                "  {}: CIDEr-D {:.4}  BLEU-4 {:.4}  ROUGE-L {:.4}  METEOR {}",
+                s.version,
+                s.cider,
+                s.bleu4,
+                s.rouge_l,
+                s.meteor.map_or("n/a".into(), |m| format!("{m:.4}"))
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {

@@ -51,6 +51,32 @@ enum Command {
         #[arg(long, default_value = "")]
         prefix: String,
     },
+    /// Pretrain the synthetic world's tiny BLIP-2 fully on single-image captions and save it as a
+    /// checkpoint directory (the base that `retrain` then adapts with LoRA on pairs).
+    SynthPretrain {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 4000)]
+        examples: usize,
+        #[arg(long, default_value_t = 12)]
+        epochs: usize,
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Upload N synthetic image pairs and insert a human-style label for each (the retraining
+    /// job's input); categories are the edit kinds.
+    SynthLabels {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        #[arg(long, default_value = "synth")]
+        prefix: String,
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+    },
     /// Wait until COUNT captions with the prefix are stored (or TIMEOUT passes).
     Wait {
         #[arg(long)]
@@ -135,6 +161,38 @@ async fn main() -> anyhow::Result<()> {
                 println!("{id}\t{version}\t{caption}");
             }
         }
+        Command::SynthPretrain { out, examples, epochs, lr, batch_size, seed } => {
+            use blip2idc::train::trainer::TrainConfig;
+            let tc = TrainConfig {
+                epochs,
+                batch_size,
+                lr,
+                seed,
+                patience: 3,
+                max_length: 20,
+                dropout: false,
+                base_dropout: false,
+                augment: None,
+                ..TrainConfig::default()
+            };
+            let report = blip2idc::train::synthetic::pretrain_base(&out, examples, &tc)?;
+            for e in &report.epochs {
+                println!(
+                    "epoch {}: train loss {:.4} holdout loss {:?} ({:.0} s)",
+                    e.epoch, e.train_loss, e.holdout_loss, e.seconds
+                );
+            }
+            println!("saved the synthetic base to {} (best epoch {})", out.display(), report.best_epoch);
+        }
+        Command::SynthLabels { pairs, prefix, seed } => {
+            let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
+            let bucket = &cfg.s3.allowed_buckets[0];
+            devtools::ensure_bucket(&s3, bucket).await?;
+            let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
+            store.migrate().await?;
+            let n = seed_synthetic_labels(&s3, &store, bucket, &prefix, pairs, seed).await?;
+            println!("uploaded {n} synthetic pairs to s3://{bucket}/{prefix}/ and inserted {n} labels");
+        }
         Command::Wait { count, prefix, timeout } => {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
             let deadline = std::time::Instant::now() + timeout;
@@ -154,4 +212,43 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Uploads synthetic pairs and inserts one label per pair (category = edit kind).
+async fn seed_synthetic_labels(
+    s3: &aws_sdk_s3::Client,
+    store: &blip2idc::store::Store,
+    bucket: &str,
+    prefix: &str,
+    pairs: usize,
+    seed: u64,
+) -> anyhow::Result<usize> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..pairs {
+        let p = blip2idc::train::synthetic::random_pair(&mut rng);
+        let (a, b) = (p.original.render(&mut rng), p.modified.render(&mut rng));
+        let (ka, kb) = (format!("{prefix}/{i}/original.png"), format!("{prefix}/{i}/modified.png"));
+        devtools::put(s3, bucket, &ka, png(&a)).await?;
+        devtools::put(s3, bucket, &kb, png(&b)).await?;
+        let caption = rand::seq::IndexedRandom::choose(p.captions.as_slice(), &mut rng).expect("non-empty").clone();
+        sqlx::query("INSERT INTO labels (original_uri, modified_uri, caption, category, labeled_by) VALUES ($1, $2, $3, $4, $5)")
+            .bind(format!("s3://{bucket}/{ka}"))
+            .bind(format!("s3://{bucket}/{kb}"))
+            .bind(caption)
+            .bind(p.kind)
+            .bind("blip2idc-dev synth-labels")
+            .execute(store.pool())
+            .await?;
+    }
+    Ok(pairs)
+}
+
+fn png(img: &image::RgbImage) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .expect("encoding to memory cannot fail");
+    out
 }

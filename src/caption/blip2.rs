@@ -58,6 +58,12 @@ impl Captioner for Blip2Captioner {
     fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>> {
         Ok(self.model.caption_pixels(pixel_values, self.max_new_tokens)?.into_iter().map(|g| g.caption).collect())
     }
+
+    fn swap_adapter(&mut self, adapter_dir: Option<&std::path::Path>, version: &str) -> anyhow::Result<()> {
+        self.model.replace_adapter(adapter_dir, true)?;
+        self.version = version.to_owned();
+        Ok(())
+    }
 }
 
 /// A factory that loads the configured model on the captioner thread.

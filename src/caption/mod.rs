@@ -5,6 +5,7 @@
 //! adapter) without losing or splitting a batch; every result names the model version that made it.
 
 pub mod blip2;
+pub mod reload;
 
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -23,6 +24,12 @@ pub trait Captioner: Send + 'static {
     fn processor(&self) -> &ImageProcessorConfig;
     /// Captions a batch of preprocessed pairs (CHW `f32` each); one caption per input, in order.
     fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>>;
+
+    /// Switches to another adapter of the same base in place (no second model in memory), naming the
+    /// result `version`. Models that cannot do this are replaced whole by [`CaptionWorker::swap`].
+    fn swap_adapter(&mut self, _adapter_dir: Option<&std::path::Path>, _version: &str) -> anyhow::Result<()> {
+        anyhow::bail!("this captioner cannot swap adapters in place")
+    }
 }
 
 /// Builds a captioner on the worker thread (so a GPU context is created where it is used).
@@ -41,6 +48,7 @@ pub struct BatchOutput {
 enum Request {
     Caption { batch: Vec<Vec<f32>>, reply: oneshot::Sender<BatchOutput> },
     Swap { factory: CaptionerFactory, reply: oneshot::Sender<anyhow::Result<String>> },
+    SwapAdapter { dir: Option<std::path::PathBuf>, version: String, reply: oneshot::Sender<anyhow::Result<String>> },
 }
 
 /// Handle to the captioner thread.
@@ -73,6 +81,10 @@ impl CaptionWorker {
                     match req {
                         Request::Caption { batch, reply } => {
                             let _ = reply.send(run_batch(model.as_mut(), &batch));
+                        }
+                        Request::SwapAdapter { dir, version, reply } => {
+                            let r = model.swap_adapter(dir.as_deref(), &version).map(|()| version);
+                            let _ = reply.send(r);
                         }
                         Request::Swap { factory, reply } => {
                             let result = factory().and_then(|new| {
@@ -122,6 +134,15 @@ impl CaptionWorker {
     pub async fn swap(&self, factory: CaptionerFactory) -> anyhow::Result<String> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Swap { factory, reply }).await?;
+        let version = rx.await.context("the captioner thread stopped")??;
+        *self.version.write().expect("version lock") = version.clone();
+        Ok(version)
+    }
+
+    /// Switches the adapter between two batches, in place; on error the running model stays.
+    pub async fn swap_adapter(&self, dir: Option<std::path::PathBuf>, version: String) -> anyhow::Result<String> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::SwapAdapter { dir, version, reply }).await?;
         let version = rx.await.context("the captioner thread stopped")??;
         *self.version.write().expect("version lock") = version.clone();
         Ok(version)

@@ -114,6 +114,41 @@ impl Blip2Idc {
         })
     }
 
+    /// Replaces the adapter in place (hot swap): the linears the old adapter touched get their base
+    /// weights back from the checkpoint files, then the new adapter is attached (merged when `merge`).
+    /// Needs no second copy of the model.
+    pub fn replace_adapter(&mut self, adapter_dir: Option<&Path>, merge: bool) -> anyhow::Result<()> {
+        let device = self.model.device().clone();
+        let dtype = self.model.dtype();
+        let new = adapter_dir.map(|d| Adapter::load(d, &device)).transpose()?;
+        // SAFETY: read-only memory map of the checkpoint files.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.files.weights, dtype, &device)? };
+        let mut adapted = Vec::new();
+        for lin in self.model.linears_mut() {
+            if lin.merged || lin.lora.is_some() {
+                lin.weight = vb.get((lin.out_dim(), lin.in_dim()), &format!("{}.weight", lin.name))?;
+                lin.merged = false;
+                lin.lora = None;
+            }
+            if let Some(a) = &new {
+                if let Some(branch) = a.branch_for(&lin.name, lin.in_dim(), lin.out_dim())? {
+                    lin.lora = Some(branch);
+                    if merge {
+                        lin.merge_lora()?;
+                    }
+                    adapted.push(lin.name.clone());
+                }
+            }
+        }
+        if let Some(a) = &new {
+            a.check_all_used(&adapted)?;
+        }
+        adapted.sort();
+        self.adapted_modules = adapted;
+        self.adapter = new;
+        Ok(())
+    }
+
     /// A stable name for this base + adapter, recorded with every caption.
     pub fn default_version(&self) -> anyhow::Result<String> {
         let base = short_name(&self.files.source);

@@ -88,6 +88,15 @@ pub async fn run(
         fatal_tx,
     ));
     on_ready(&Runtime { health: health.clone(), store: store.clone(), worker: worker.clone() });
+    // Follow the adapter registry: start on the promoted adapter, then watch for promotions.
+    let reload_task = if cfg.model.reload_poll_interval.is_zero() {
+        None
+    } else {
+        if let Err(e) = crate::caption::reload::check_once(cfg, &store, &worker).await {
+            tracing::warn!("could not switch to the promoted adapter at start-up: {e:#}");
+        }
+        Some(tokio::spawn(crate::caption::reload::watch(cfg.clone(), store.clone(), worker.clone(), hard_stop.clone())))
+    };
 
     let p = &cfg.pipeline;
     let permits = Arc::new(Semaphore::new(p.max_in_flight));
@@ -178,6 +187,9 @@ pub async fn run(
     store_abort.abort();
     let _ = commit_task.await;
     gauge_task.abort();
+    if let Some(t) = reload_task {
+        t.abort();
+    }
 
     let committed = match source.commit_all_sync() {
         Ok(c) => {

@@ -68,8 +68,6 @@ pub struct RetrainConfig {
     pub lora_r: usize,
     pub lora_alpha: f64,
     pub lora_dropout: f64,
-    /// Pad id of the label rows (the BLIP2IDC code pads with eos = 2).
-    pub pad_id: u32,
     pub train: TrainConfig,
 }
 
@@ -90,7 +88,6 @@ impl Default for RetrainConfig {
             lora_r: 8,
             lora_alpha: 16.0,
             lora_dropout: 0.05,
-            pad_id: 2,
             train: TrainConfig::default(),
         }
     }
@@ -283,11 +280,7 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
 
     // 4. Base + promoted adapter, baseline.
     let t = Instant::now();
-    let promoted: Option<(String, Option<String>)> = sqlx::query_as(
-        "SELECT version, adapter_uri FROM model_versions WHERE promoted_at IS NOT NULL ORDER BY promoted_at DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
+    let promoted = crate::caption::reload::promoted_version(store, &cfg.model.checkpoint).await?;
     let start_adapter: Option<PathBuf> = match &promoted {
         Some((version, Some(uri))) => Some(download_adapter(&s3, uri, &rc.work_dir.join(version)).await?),
         _ => cfg.model.adapter.as_ref().map(PathBuf::from),
@@ -328,7 +321,6 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
         &model.processor,
         &rc.train,
         false,
-        rc.pad_id,
     )?;
     durations.insert("train_s".into(), t.elapsed().as_secs_f64().into());
     let version =
@@ -488,7 +480,7 @@ fn examples(model: &Blip2Idc, pairs: &[Pair], rc: &RetrainConfig) -> anyhow::Res
     let mut out = Vec::new();
     for p in pairs {
         let refs: Vec<&str> = p.references.iter().map(|s| s.as_str()).collect();
-        for labels in super::loss::encode_labels(&model.tokenizer, &refs, rc.train.max_length, rc.pad_id)? {
+        for labels in super::loss::encode_labels(&model.tokenizer, &refs, rc.train.max_length, rc.train.pad_id)? {
             out.push(Example {
                 input: Input::Pair { original: p.original.clone(), modified: p.modified.clone() },
                 labels,

@@ -48,6 +48,8 @@ pub struct TrainConfig {
     pub patience: usize,
     pub seed: u64,
     pub max_length: usize,
+    /// Id that pads the label rows (the BLIP2IDC code pads with eos = 2).
+    pub pad_id: u32,
     pub pad_masking: PadMasking,
     /// Apply the LoRA dropout (and the base model's dropouts when `base_dropout`).
     pub dropout: bool,
@@ -66,6 +68,7 @@ impl Default for TrainConfig {
             patience: 10,
             seed: 1234,
             max_length: 30,
+            pad_id: 2,
             pad_masking: PadMasking::Count,
             dropout: true,
             base_dropout: true,
@@ -127,7 +130,6 @@ pub fn train(
     processor: &ImageProcessorConfig,
     cfg: &TrainConfig,
     full: bool,
-    pad_id: u32,
 ) -> anyhow::Result<TrainReport> {
     cfg.validate().map_err(|e| anyhow::anyhow!("training config: {e}"))?;
     anyhow::ensure!(!train.is_empty(), "no training examples");
@@ -160,7 +162,7 @@ pub fn train(
                 let examples: Vec<&Example> = idx.iter().map(|&i| &train[i]).collect();
                 let pv = pixel_batch(model, &examples, processor, cfg.augment.as_ref(), &mut rng)?;
                 let labels: Vec<Vec<u32>> = examples.iter().map(|e| e.labels.clone()).collect();
-                let loss = caption_loss(model, &pv, &labels, mode, cfg.pad_masking, pad_id)?;
+                let loss = caption_loss(model, &pv, &labels, mode, cfg.pad_masking, cfg.pad_id)?;
                 loss_sum += loss.to_scalar::<f32>()? as f64 * examples.len() as f64;
                 loss_n += examples.len();
                 let g = (loss / micro.len() as f64)?.backward()?;
@@ -189,7 +191,7 @@ pub fn train(
         }
         let train_loss = loss_sum / loss_n.max(1) as f64;
         let holdout_loss =
-            if holdout.is_empty() { None } else { Some(evaluate_loss(model, holdout, processor, cfg, pad_id)?) };
+            if holdout.is_empty() { None } else { Some(evaluate_loss(model, holdout, processor, cfg)?) };
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(epoch, train_loss, holdout_loss, seconds, "epoch done");
         report.epochs.push(EpochReport { epoch, train_loss, holdout_loss, seconds });
@@ -228,7 +230,6 @@ pub fn evaluate_loss(
     examples: &[Example],
     processor: &ImageProcessorConfig,
     cfg: &TrainConfig,
-    pad_id: u32,
 ) -> anyhow::Result<f64> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let (mut sum, mut n) = (0.0, 0usize);
@@ -236,7 +237,7 @@ pub fn evaluate_loss(
         let refs: Vec<&Example> = chunk.iter().collect();
         let pv = pixel_batch(model, &refs, processor, None, &mut rng)?;
         let labels: Vec<Vec<u32>> = chunk.iter().map(|e| e.labels.clone()).collect();
-        let loss = caption_loss(model, &pv, &labels, Mode::Inference, cfg.pad_masking, pad_id)?;
+        let loss = caption_loss(model, &pv, &labels, Mode::Inference, cfg.pad_masking, cfg.pad_id)?;
         sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
         n += chunk.len();
     }

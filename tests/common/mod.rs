@@ -67,6 +67,7 @@ impl Scope {
         cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
         cfg.pipeline.max_batch_wait = Duration::from_millis(20);
         cfg.shutdown.drain_timeout = Duration::from_secs(15);
+        cfg.model.reload_poll_interval = Duration::ZERO;
         devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.input_topic, 3).await.expect("input topic");
         devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.dlq_topic, 1).await.expect("dlq topic");
         let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;

@@ -1,0 +1,116 @@
+//! Hot swap: running consumers follow the adapter registry.
+//!
+//! The retraining job promotes a version with `UPDATE model_versions SET promoted_at = now()` and
+//! `NOTIFY blip2idc_model_promoted`. Each consumer LISTENs on that channel and also polls every
+//! `model.reload_poll_interval` (notifications are lost while a connection is down). When the promoted
+//! version differs from the one loaded, it downloads the adapter from S3 and swaps it in on the
+//! captioner thread between two batches: no restart, no batch lost or split, and every caption row
+//! names the version that produced it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use super::CaptionWorker;
+use crate::config::Config;
+use crate::store::Store;
+use crate::train::job::{download_adapter, PROMOTION_CHANNEL};
+
+/// The promoted version and its adapter location, if any version is promoted.
+/// Only versions trained for `base_model` (the configured checkpoint) are considered.
+pub async fn promoted_version(store: &Store, base_model: &str) -> anyhow::Result<Option<(String, Option<String>)>> {
+    Ok(sqlx::query_as(
+        "SELECT version, adapter_uri FROM model_versions WHERE promoted_at IS NOT NULL AND base_model = $1
+         ORDER BY promoted_at DESC LIMIT 1",
+    )
+    .bind(base_model)
+    .fetch_optional(store.pool())
+    .await?)
+}
+
+/// Downloads the promoted adapter (when there is one with an S3 location) into the scratch directory.
+pub async fn fetch_promoted(cfg: &Config, store: &Store) -> anyhow::Result<Option<(String, PathBuf)>> {
+    let Some((version, Some(uri))) = promoted_version(store, &cfg.model.checkpoint).await? else { return Ok(None) };
+    let s3 = crate::fetch::s3_client(&cfg.s3).await;
+    let dir = cfg.retrain.work_dir.join("promoted").join(&version);
+    download_adapter(&s3, &uri, &dir).await?;
+    Ok(Some((version, dir)))
+}
+
+/// Watches for promotions until `stop`; swaps the worker's adapter when the promoted version changes.
+pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: CancellationToken) {
+    let every = cfg.model.reload_poll_interval;
+    if every.is_zero() {
+        return;
+    }
+    let mut listener: Option<PgListener> = None;
+    loop {
+        if listener.is_none() {
+            listener = match PgListener::connect_with(store.pool()).await {
+                Ok(mut l) => match l.listen(PROMOTION_CHANNEL).await {
+                    Ok(()) => Some(l),
+                    Err(e) => {
+                        tracing::debug!("LISTEN {PROMOTION_CHANNEL} failed (polling instead): {e}");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!("no LISTEN connection (polling instead): {e}");
+                    None
+                }
+            };
+        }
+        if let Err(e) = check_once(&cfg, &store, &worker).await {
+            tracing::warn!("checking for a promoted adapter failed: {e:#}");
+        }
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => l.recv().await.map(|n| n.payload().to_owned()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+            n = notified => match n {
+                Ok(version) => tracing::info!(%version, "promotion notified"),
+                Err(e) => {
+                    tracing::debug!("LISTEN connection lost: {e}");
+                    listener = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        }
+    }
+}
+
+/// One comparison of the promoted version with the loaded one.
+pub async fn check_once(cfg: &Config, store: &Store, worker: &CaptionWorker) -> anyhow::Result<bool> {
+    let Some((version, _)) = promoted_version(store, &cfg.model.checkpoint).await? else { return Ok(false) };
+    if version == worker.model_version() {
+        return Ok(false);
+    }
+    let Some((version, dir)) = fetch_promoted(cfg, store).await? else { return Ok(false) };
+    tracing::info!(from = %worker.model_version(), to = %version, "swapping in the promoted adapter");
+    match worker.swap_adapter(Some(dir.clone()), version.clone()).await {
+        Ok(v) => {
+            metrics::counter!(crate::metrics::MODEL_SWAPS).increment(1);
+            tracing::info!(version = %v, "now captioning with the promoted adapter");
+            Ok(true)
+        }
+        Err(e) => {
+            // A model that cannot swap in place is rebuilt whole.
+            tracing::info!("in-place adapter swap unavailable ({e:#}); loading a new model");
+            let mut model = cfg.model.clone();
+            model.adapter = Some(dir.to_string_lossy().into_owned());
+            model.version = Some(version);
+            let v = worker.swap(super::blip2::factory(&model)?).await?;
+            metrics::counter!(crate::metrics::MODEL_SWAPS).increment(1);
+            tracing::info!(version = %v, "now captioning with the promoted adapter");
+            Ok(true)
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The retraining job end to end on the real stack: labels in PostgreSQL and images in S3 → a LoRA
+//! fine-tuned from the synthetic base → evaluated, uploaded, registered and promoted → a running
+//! consumer switches to it between batches. Also: a second run with no new labels is skipped, and two
+//! jobs never train at once. Uses a database of its own (the labels table is the job's whole input).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blip2idc::admin::Health;
+use blip2idc::train::job;
+use common::Scope;
+use tokio_util::sync::CancellationToken;
+
+async fn fresh_database(scope: &mut Scope) {
+    let admin = scope.store();
+    let name = scope.prefix.replace('-', "_");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin.pool()).await.unwrap();
+    let url = scope.cfg.database.url.expose().to_owned();
+    let base = url.rsplit_once('/').unwrap().0;
+    scope.cfg.database.url = blip2idc::config::Secret::new(format!("{base}/{name}"));
+    scope.store().migrate().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_in_promoted_adapter_out_and_consumers_switch() {
+    let mut scope = Scope::new("retrain").await;
+    fresh_database(&mut scope).await;
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/synthetic/base");
+    let work = tempfile::tempdir().unwrap();
+    let c = &mut scope.cfg;
+    c.model.checkpoint = base.to_string_lossy().into_owned();
+    c.model.max_new_tokens = 20;
+    c.model.reload_poll_interval = Duration::from_millis(300);
+    c.retrain.adapter_bucket = scope.bucket.clone();
+    c.retrain.work_dir = work.path().to_owned();
+    c.retrain.min_holdout = 24;
+    c.retrain.holdout_fraction = 0.2;
+    c.retrain.meteor = true;
+    c.retrain.promotion_min_cider_gain = 0.1;
+    c.retrain.max_category_regression = 0.5;
+    c.retrain.train.epochs = 6;
+    c.retrain.train.batch_size = 16;
+    c.retrain.train.lr = 3e-3;
+    c.retrain.train.max_length = 20;
+    c.retrain.train.base_dropout = false;
+    c.retrain.train.augment = None;
+
+    // Labels: synthetic pairs in S3, one human-style caption each.
+    let s3 = scope.s3().await;
+    let store = scope.store();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(21);
+    for i in 0..160 {
+        let p = blip2idc::train::synthetic::random_pair(&mut rng);
+        let (a, b) = (p.original.render(&mut rng), p.modified.render(&mut rng));
+        let (ka, kb) = (format!("labels/{i}/a.jpg"), format!("labels/{i}/b.jpg"));
+        blip2idc::devtools::put(&s3, &scope.bucket, &ka, blip2idc::devtools::jpeg(&a, 95)).await.unwrap();
+        blip2idc::devtools::put(&s3, &scope.bucket, &kb, blip2idc::devtools::jpeg(&b, 95)).await.unwrap();
+        sqlx::query("INSERT INTO labels (original_uri, modified_uri, caption, category, labeled_by) VALUES ($1,$2,$3,$4,'test')")
+            .bind(format!("s3://{}/{ka}", scope.bucket))
+            .bind(format!("s3://{}/{kb}", scope.bucket))
+            .bind(&p.captions[i % p.captions.len()])
+            .bind(p.kind)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+
+    // A consumer running on the base.
+    let cfg = scope.cfg.clone();
+    let shutdown = CancellationToken::new();
+    let (s, h) = (shutdown.clone(), Arc::new(Health::default()));
+    let factory = blip2idc::caption::blip2::factory(&cfg.model).unwrap();
+    let service = tokio::spawn(async move { blip2idc::pipeline::run(&cfg, factory, h, s, |_| {}).await });
+    scope.seed(0..3, 64).await;
+    scope.wait_for_captions(3, Duration::from_secs(120)).await;
+    let before: String =
+        sqlx::query_scalar("SELECT DISTINCT model_version FROM captions").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(before, "base");
+
+    // Two jobs never train at once.
+    let mut lock = store.pool().acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(0x6231_6964_6374_726ei64).execute(&mut *lock).await.unwrap();
+    let blocked = job::run_once(&scope.cfg).await.unwrap();
+    assert_eq!(blocked.status, "skipped", "{blocked:?}");
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(0x6231_6964_6374_726ei64).execute(&mut *lock).await.unwrap();
+    drop(lock);
+
+    // The run.
+    let started = Instant::now();
+    let outcome = job::run_once(&scope.cfg).await.unwrap();
+    let (b, c) = (outcome.baseline.clone().unwrap(), outcome.candidate.clone().unwrap());
+    eprintln!(
+        "retrain run {} in {:.0} s: CIDEr-D {:.3} -> {:.3}, BLEU-4 {:.3} -> {:.3}, ROUGE-L {:.3} -> {:.3}, METEOR {:?} -> {:?}; {}",
+        outcome.run_id,
+        started.elapsed().as_secs_f64(),
+        b.cider,
+        c.cider,
+        b.bleu4,
+        c.bleu4,
+        b.rouge_l,
+        c.rouge_l,
+        b.meteor,
+        c.meteor,
+        outcome.decision
+    );
+    assert_eq!(outcome.status, "succeeded");
+    assert!(outcome.promoted, "{}", outcome.decision);
+    let version = outcome.candidate_version.clone().unwrap();
+
+    // Recorded: the run, the registry row, the adapter in S3 (PEFT format).
+    let (status, n_train, n_holdout, promoted): (String, i32, i32, bool) =
+        sqlx::query_as("SELECT status, n_train, n_holdout, promoted FROM training_runs WHERE id = $1")
+            .bind(outcome.run_id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), promoted), ("succeeded", true));
+    assert!(n_holdout >= 24 && n_train > 0, "train {n_train}, holdout {n_holdout}");
+    let uri: String =
+        sqlx::query_scalar("SELECT adapter_uri FROM model_versions WHERE version = $1 AND promoted_at IS NOT NULL")
+            .bind(&version)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    let dir = work.path().join("check");
+    job::download_adapter(&s3, &uri, &dir).await.unwrap();
+    assert!(dir.join("adapter_config.json").exists() && dir.join("adapter_model.safetensors").exists());
+
+    // The running consumer switches: new events are captioned by the promoted version.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 3;
+    loop {
+        scope.seed(i..i + 1, 64).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM captions WHERE model_version = $1")
+            .bind(&version)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the consumer never switched to {version}");
+    }
+
+    // Holdout labels stay holdout; a run without new labels is skipped.
+    let again = job::run_once(&scope.cfg).await.unwrap();
+    assert_eq!(again.status, "skipped", "{again:?}");
+    shutdown.cancel();
+    let summary = service.await.unwrap().unwrap();
+    assert!(summary.fatal.is_none());
+}
