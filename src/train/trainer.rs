@@ -190,8 +190,7 @@ pub fn train(
             }
         }
         let train_loss = loss_sum / loss_n.max(1) as f64;
-        let holdout_loss =
-            if holdout.is_empty() { None } else { Some(evaluate_loss(model, holdout, processor, cfg)?) };
+        let holdout_loss = if holdout.is_empty() { None } else { Some(evaluate_loss(model, holdout, processor, cfg)?) };
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(epoch, train_loss, holdout_loss, seconds, "epoch done");
         report.epochs.push(EpochReport { epoch, train_loss, holdout_loss, seconds });

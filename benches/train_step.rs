@@ -1,0 +1,134 @@
+//! One LoRA training step (forward with labels, backward, AdamW) of our candle BLIP2IDC vs PyTorch +
+//! PEFT 0.6.2 on the same checkpoint and machine, in the same run: step time and peak memory.
+//!
+//! ```text
+//! cargo bench --bench train_step -- --model DIR [--batch B] [--steps N] [--threads T] [--python PATH]
+//! ```
+//! Both sides do what the authors' loop does per batch: `model.train()` (LoRA dropout 0.05, Q-Former
+//! and OPT dropout 0.1), a fresh BLIP2IDC LoRA (r 8, alpha 16), AdamW (lr 5e-5, wd 0.01), labels of
+//! length 30, one untimed warm-up step then N timed steps on one seeded batch. Each side runs in its
+//! own process (ours: this binary with `--child`; theirs: `benches/train_reference.py`); peak RSS is the
+//! process's VmHWM. Without `--bench` (as `cargo test --benches` runs it) it does nothing.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use blip2idc::model::lora::AdapterConfig;
+use blip2idc::model::ops::{Mode, TrainFlags};
+use blip2idc::model::{Blip2Idc, LoadOptions};
+use blip2idc::train::lora::LoraParams;
+use blip2idc::train::loss::{caption_loss, PadMasking};
+use blip2idc::train::optim::{AdamW, AdamWConfig};
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn num(name: &str, default: usize) -> usize {
+    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn vm_hwm() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_owned()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn child() -> anyhow::Result<()> {
+    let (batch, steps, len) = (num("--batch", 2), num("--steps", 3), num("--max-length", 30));
+    let t = Instant::now();
+    let mut m = Blip2Idc::load(&LoadOptions {
+        checkpoint: arg("--model").expect("--model"),
+        adapter: None,
+        dtype: DType::F32,
+        device: Device::Cpu,
+        merge_adapter: false,
+    })?;
+    let params = LoraParams::init(&mut m.model, AdapterConfig::blip2idc_default("bench"), 0)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let s = m.processor.height as usize;
+    let vocab = m.model.config.text_config.vocab_size as u32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let pv: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.random_range(-1.8f32..2.1)).collect();
+    let pv = Tensor::from_vec(pv, (batch, 3, s, s), &Device::Cpu)?;
+    let labels: Vec<Vec<u32>> =
+        (0..batch).map(|_| std::iter::once(2).chain((1..len).map(|_| rng.random_range(4..vocab))).collect()).collect();
+    let mut opt = AdamW::new(params.vars(), AdamWConfig { lr: 5e-5, weight_decay: 0.01, ..Default::default() })?;
+    blip2idc::model::ops::seed_dropout(0);
+    let mode = Mode::Train(TrainFlags { lora_dropout: true, base_dropout: true, full: false });
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for step in 0..=steps {
+        let t = Instant::now();
+        let loss = caption_loss(&m.model, &pv, &labels, mode, PadMasking::Count, 2)?;
+        opt.step(&loss.backward()?)?;
+        losses.push(loss.to_scalar::<f32>()?);
+        if step > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{}",
+        json!({"impl": "candle", "step_s": times[times.len() / 2], "steps": steps, "batch": batch,
+               "peak_rss_bytes": vm_hwm(), "trainable_params": params.num_params(), "load_s": load_s,
+               "losses": losses, "threads": std::env::var("RAYON_NUM_THREADS").ok()})
+    );
+    Ok(())
+}
+
+fn last_json_line(out: &[u8]) -> anyhow::Result<Value> {
+    let s = String::from_utf8_lossy(out);
+    let line =
+        s.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow::anyhow!("no JSON in:\n{s}"))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--child") {
+        return child();
+    }
+    if !std::env::args().any(|a| a == "--bench") {
+        return Ok(());
+    }
+    let model = arg("--model").ok_or_else(|| anyhow::anyhow!("--model DIR is required"))?;
+    let (batch, steps) = (num("--batch", 2), num("--steps", 3));
+    let threads = num("--threads", std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let python = arg("--python").unwrap_or_else(|| "python3".into());
+    let common =
+        ["--model".to_owned(), model, "--batch".into(), batch.to_string(), "--steps".into(), steps.to_string()];
+    eprintln!("candle: one LoRA step, batch {batch}, {threads} threads");
+    let ours = Command::new(std::env::current_exe()?)
+        .arg("--child")
+        .args(&common)
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .output()?;
+    anyhow::ensure!(ours.status.success(), "our run failed: {}", String::from_utf8_lossy(&ours.stderr));
+    let ours = last_json_line(&ours.stdout)?;
+    eprintln!("pytorch + peft: benches/train_reference.py via {python}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/train_reference.py");
+    let theirs =
+        Command::new(&python).arg(script).args(&common).args(["--threads", &threads.to_string(), "--json"]).output()?;
+    anyhow::ensure!(theirs.status.success(), "the reference run failed: {}", String::from_utf8_lossy(&theirs.stderr));
+    let theirs = last_json_line(&theirs.stdout)?;
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    for (name, v) in [("candle", &ours), ("pytorch", &theirs)] {
+        println!(
+            "{name:>8}: step {:.3} s (median of {}), peak RSS {:.3} GiB, {} trainable",
+            f(v, "step_s"),
+            v["steps"],
+            f(v, "peak_rss_bytes") / (1u64 << 30) as f64,
+            v["trainable_params"]
+        );
+    }
+    println!("ratio step time candle / pytorch: {:.2}", f(&ours, "step_s") / f(&theirs, "step_s"));
+    println!("ratio peak memory candle / pytorch: {:.2}", f(&ours, "peak_rss_bytes") / f(&theirs, "peak_rss_bytes"));
+    Ok(())
+}
