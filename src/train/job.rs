@@ -615,3 +615,41 @@ pub async fn run_scheduled(cfg: &Config, stop: tokio_util::sync::CancellationTok
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(cider: f64, cats: &[(&str, f64)]) -> EvalSummary {
+        EvalSummary {
+            version: "v".into(),
+            cider,
+            bleu4: 0.0,
+            rouge_l: 0.0,
+            meteor: None,
+            by_category: cats.iter().map(|(c, v)| (c.to_string(), *v)).collect(),
+            holdout_pairs: 10,
+        }
+    }
+
+    #[test]
+    fn promotion_needs_a_cider_gain_and_no_large_category_regression() {
+        let rc = RetrainConfig { promotion_min_cider_gain: 0.05, max_category_regression: 0.1, ..Default::default() };
+        let base = summary(1.0, &[("add", 1.0), ("remove", 1.0)]);
+        assert!(decide(&base, &summary(1.2, &[("add", 1.3), ("remove", 0.95)]), &rc).0);
+        let (ok, why) = decide(&base, &summary(1.03, &[("add", 1.1), ("remove", 1.0)]), &rc);
+        assert!(!ok && why.contains("gain"), "{why}");
+        let (ok, why) = decide(&base, &summary(1.5, &[("add", 2.0), ("remove", 0.8)]), &rc);
+        assert!(!ok && why.contains("remove"), "{why}");
+        let (ok, _) = decide(&base, &summary(1.5, &[("add", 2.0)]), &rc);
+        assert!(!ok, "a category missing from the candidate counts as a regression to 0");
+    }
+
+    #[test]
+    fn adapter_uris_split_into_bucket_and_prefix() {
+        assert_eq!(split_uri("s3://b/adapters/v1/").unwrap(), ("b".into(), "adapters/v1/".into()));
+        assert_eq!(split_uri("s3://b/adapters/v1").unwrap(), ("b".into(), "adapters/v1/".into()));
+        assert_eq!(split_uri("s3://b").unwrap(), ("b".into(), "".into()));
+        assert!(split_uri("http://b/x").is_err());
+    }
+}
