@@ -12,6 +12,9 @@
 //! one warm-up batch) and the process's peak RSS; this prints both and the ratios.
 //! Without `--bench` (as `cargo test --benches` runs it) it does nothing.
 
+mod common;
+use common::{arg, last_json_line, num, peak_rss};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -19,23 +22,6 @@ use std::time::Instant;
 use blip2idc::model::loader::{parse_device, parse_dtype};
 use blip2idc::model::{Blip2Idc, LoadOptions};
 use serde_json::{json, Value};
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-fn num(name: &str, default: usize) -> usize {
-    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_owned()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        .map_or(0, |kb| kb * 1024)
-}
 
 /// Our side, in its own process: prints one JSON line.
 fn child() -> anyhow::Result<()> {
@@ -83,13 +69,6 @@ fn child() -> anyhow::Result<()> {
                "peak_rss_bytes": peak_rss(), "threads": std::env::var("RAYON_NUM_THREADS").ok()})
     );
     Ok(())
-}
-
-fn last_json_line(out: &[u8]) -> anyhow::Result<Value> {
-    let s = String::from_utf8_lossy(out);
-    let line =
-        s.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow::anyhow!("no JSON in:\n{s}"))?;
-    Ok(serde_json::from_str(line)?)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -8,6 +8,9 @@
 //! pipeline's I/O ceiling), with the ratio between the two and against the 1000 pairs/s goal.
 //! Without `--bench` (as `cargo test --benches` runs it) it does nothing.
 
+mod common;
+use common::num;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,11 +36,6 @@ impl Captioner for CheapCaptioner {
     }
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn load_env() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/env");
     for line in std::fs::read_to_string(path).expect("deploy/local/env").lines() {
@@ -55,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let (events, pairs, size, batch) =
-        (arg("--events", 6000), arg("--pairs", 200), arg("--size", 64), arg("--batch", 32));
+        (num("--events", 6000), num("--pairs", 200), num("--size", 64), num("--batch", 32));
     load_env();
     blip2idc::telemetry::init("pretty", "warn");
     let _prom = blip2idc::metrics::install();

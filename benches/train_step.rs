@@ -10,6 +10,9 @@
 //! own process (ours: this binary with `--child`; theirs: `benches/train_reference.py`); peak RSS is the
 //! process's VmHWM. Without `--bench` (as `cargo test --benches` runs it) it does nothing.
 
+mod common;
+use common::{arg, last_json_line, num, peak_rss};
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -23,23 +26,6 @@ use blip2idc::train::optim::{AdamW, AdamWConfig};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-fn num(name: &str, default: usize) -> usize {
-    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn vm_hwm() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_owned()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        .map_or(0, |kb| kb * 1024)
-}
 
 fn child() -> anyhow::Result<()> {
     let (batch, steps, len) = (num("--batch", 2), num("--steps", 3), num("--max-length", 30));
@@ -78,17 +64,10 @@ fn child() -> anyhow::Result<()> {
     println!(
         "{}",
         json!({"impl": "candle", "step_s": times[times.len() / 2], "steps": steps, "batch": batch,
-               "peak_rss_bytes": vm_hwm(), "trainable_params": params.num_params(), "load_s": load_s,
+               "peak_rss_bytes": peak_rss(), "trainable_params": params.num_params(), "load_s": load_s,
                "losses": losses, "threads": std::env::var("RAYON_NUM_THREADS").ok()})
     );
     Ok(())
-}
-
-fn last_json_line(out: &[u8]) -> anyhow::Result<Value> {
-    let s = String::from_utf8_lossy(out);
-    let line =
-        s.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow::anyhow!("no JSON in:\n{s}"))?;
-    Ok(serde_json::from_str(line)?)
 }
 
 fn main() -> anyhow::Result<()> {

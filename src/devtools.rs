@@ -162,3 +162,29 @@ impl SplitMix {
         (self.next_u64() % n.max(1) as u64) as u32
     }
 }
+
+/// A valid PNG header claiming `w`×`h` pixels with almost no data: a decompression bomb, for tests of
+/// the decode limits.
+pub fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let mut p = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut p)
+        .write_image(&[0, 0, 0], 1, 1, image::ExtendedColorType::Rgb8)
+        .expect("encoding to memory cannot fail");
+    p[16..20].copy_from_slice(&w.to_be_bytes());
+    p[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&p[12..29]);
+    p[29..33].copy_from_slice(&crc.to_be_bytes());
+    p
+}
+
+/// PNG's chunk CRC (ISO 3309).
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}

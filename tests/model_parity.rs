@@ -241,3 +241,42 @@ fn caption_cli_prints_the_json_contract() {
     assert_eq!(ids(&v["token_ids"]), ids(&r["token_ids"]));
     assert_eq!(v["caption"], r["caption"]);
 }
+
+#[test]
+fn half_precision_weights_load_and_caption_close_to_f32() {
+    let exp = expected("tiny-a");
+    let pv = &exp["pair0.pixel_values"];
+    let bos = Tensor::new(&[[2u32]], &Device::Cpu).unwrap();
+    let f32_logits = load("tiny-a", true, true).model.forward(pv, &bos, Mode::Inference).unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let m = Blip2Idc::load(&LoadOptions {
+            checkpoint: dir().join("tiny-a").to_string_lossy().into_owned(),
+            adapter: Some(dir().join("tiny-a-adapter")),
+            dtype,
+            device: Device::Cpu,
+            merge_adapter: true,
+        })
+        .unwrap();
+        assert_eq!(m.model.dtype(), dtype);
+        let logits = m.model.forward(pv, &bos, Mode::Inference).unwrap().to_dtype(DType::F32).unwrap();
+        let d = max_abs(&logits, &f32_logits);
+        let scale = f32_logits.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 0.05 * scale, "{dtype:?}: logits differ by {d} (scale {scale})");
+        let g = m.caption_pixels(&[&pv.flatten_all().unwrap().to_vec1::<f32>().unwrap()], 10).unwrap();
+        assert!(!g[0].token_ids.is_empty());
+    }
+}
+
+#[test]
+fn an_unknown_hub_id_fails_with_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blip2idc"))
+        .args(["caption", "--model", "no-such-org/no-such-model"])
+        .arg(dir().join("images/p0_original_rgb.png"))
+        .arg(dir().join("images/p0_modified_rgb.png"))
+        .env("HF_HOME", tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-org/no-such-model") && err.contains("HF cache"), "{err}");
+}

@@ -39,7 +39,7 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
     c.retrain.min_holdout = 24;
     c.retrain.holdout_fraction = 0.2;
     c.retrain.meteor = true;
-    c.retrain.promotion_min_cider_gain = 0.1;
+    c.retrain.promotion_min_cider_gain = 0.05;
     // A 30-pair holdout gives noisy per-category scores; the rule itself is unit-tested in job.rs.
     c.retrain.max_category_regression = 1.0;
     c.retrain.train.epochs = 10;
@@ -151,6 +151,32 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
     // Holdout labels stay holdout; a run without new labels is skipped.
     let again = job::run_once(&scope.cfg).await.unwrap();
     assert_eq!(again.status, "skipped", "{again:?}");
+
+    // A run that fails (here: the images are unreachable) is recorded and changes nothing.
+    sqlx::query(
+        "INSERT INTO labels (original_uri, modified_uri, caption, category, labeled_by)
+                 SELECT original_uri, modified_uri, caption, category, 'test-2' FROM labels ORDER BY id LIMIT 8",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let mut broken = scope.cfg.clone();
+    broken.s3.allowed_buckets = vec!["some-other-bucket".into()];
+    broken.retrain.train.epochs = 1;
+    assert!(job::run_once(&broken).await.is_err());
+    let (status, err): (String, Option<String>) =
+        sqlx::query_as("SELECT status, error FROM training_runs ORDER BY id DESC LIMIT 1")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(status, "failed", "{err:?}");
+    let still: String = sqlx::query_scalar(
+        "SELECT version FROM model_versions WHERE promoted_at IS NOT NULL ORDER BY promoted_at DESC LIMIT 1",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(still, version, "a failed run leaves the promoted adapter untouched");
     shutdown.cancel();
     let summary = service.await.unwrap().unwrap();
     assert!(summary.fatal.is_none());

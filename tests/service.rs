@@ -93,7 +93,7 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
     let mut truncated = good.clone();
     truncated.truncate(good.len() / 3);
     put("truncated.jpg", truncated).await;
-    put("bomb.png", png_bomb(60_000, 60_000)).await;
+    put("bomb.png", blip2idc::devtools::png_bomb(60_000, 60_000)).await;
 
     let p = &scope.prefix;
     let ev = |id: &str, a: &str| scope.event(&format!("{p}-{id}"), a, "good.jpg");
@@ -234,6 +234,28 @@ async fn backpressure_pauses_and_resumes_without_losing_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_members_share_the_partitions_and_survive_a_rebalance() {
+    let mut scope = Scope::new("rebalance").await;
+    scope.cfg.pipeline.max_batch_size = 2;
+    scope.cfg.pipeline.max_in_flight = 4; // keeps both members paused part of the time
+    scope.seed(0..30, 32).await;
+    let a = start(&scope.cfg, test_captioner(Duration::from_millis(20)));
+    scope.wait_for_captions(5, Duration::from_secs(60)).await;
+    // A second member joins: the partitions are split, paused ones are re-paused after the rebalance.
+    let b = start(&scope.cfg, test_captioner(Duration::from_millis(20)));
+    scope.seed(30..60, 32).await;
+    scope.wait_for_captions(40, Duration::from_secs(60)).await;
+    // The first member leaves: its partitions move to the second.
+    let first = a.stop().await;
+    assert!(first.fatal.is_none());
+    scope.seed(60..80, 32).await;
+    scope.wait_for_captions(80, Duration::from_secs(90)).await;
+    b.stop().await;
+    assert_eq!(scope.caption_count().await, 80, "every event stored once");
+    assert_eq!(scope.committed_total(), 80);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
     let scope = Scope::new("admin").await;
     let prometheus = blip2idc::metrics::install();
@@ -269,27 +291,4 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let code = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
     let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
     (code, body)
-}
-
-/// A valid PNG header claiming `w`×`h` pixels, with almost no data: a decompression bomb.
-fn png_bomb(w: u32, h: u32) -> Vec<u8> {
-    use image::ImageEncoder;
-    let mut p = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut p).write_image(&[0, 0, 0], 1, 1, image::ExtendedColorType::Rgb8).unwrap();
-    p[16..20].copy_from_slice(&w.to_be_bytes());
-    p[20..24].copy_from_slice(&h.to_be_bytes());
-    let crc = crc32(&p[12..29]);
-    p[29..33].copy_from_slice(&crc.to_be_bytes());
-    p
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = 0xffff_ffffu32;
-    for &b in data {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    !c
 }

@@ -405,17 +405,23 @@ async fn assign_splits(pool: &sqlx::PgPool, rc: &RetrainConfig) -> anyhow::Resul
     )
     .execute(&mut *tx)
     .await?;
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT DISTINCT original_uri, modified_uri FROM labels WHERE split IS NULL")
-            .fetch_all(&mut *tx)
-            .await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT original_uri, modified_uri FROM labels WHERE split IS NULL
+             GROUP BY original_uri, modified_uri ORDER BY min(id)",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     let n_holdout: i64 =
         sqlx::query_scalar("SELECT count(DISTINCT (original_uri, modified_uri)) FROM labels WHERE split = 'holdout'")
             .fetch_one(&mut *tx)
             .await?;
     let mut need = (rc.min_holdout as i64 - n_holdout).max(0);
     for (a, b) in rows {
-        let h = crate::model::loader::fnv1a(format!("{a}\n{b}").as_bytes());
+        // Hash the object keys, not the buckets: the same pairs split the same way in every environment.
+        let key = |u: &str| {
+            u.strip_prefix("s3://").and_then(|r| r.split_once('/')).map_or(u.to_owned(), |(_, k)| k.to_owned())
+        };
+        let h = crate::model::loader::fnv1a(format!("{}\n{}", key(&a), key(&b)).as_bytes());
         let holdout = (h % 10_000) as f64 / 10_000.0 < rc.holdout_fraction || need > 0;
         if holdout {
             need -= 1;

@@ -1,0 +1,30 @@
+//! Helpers shared by the benchmarks: command-line flags, peak memory, child-process JSON.
+#![allow(dead_code)]
+
+/// The value after `name` on the command line.
+pub fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// A numeric flag with a default.
+pub fn num(name: &str, default: usize) -> usize {
+    arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// This process's peak resident set (`VmHWM`), in bytes.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_owned()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The last line of `out` that is a JSON object.
+pub fn last_json_line(out: &[u8]) -> anyhow::Result<serde_json::Value> {
+    let s = String::from_utf8_lossy(out);
+    let line =
+        s.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow::anyhow!("no JSON in:\n{s}"))?;
+    Ok(serde_json::from_str(line)?)
+}
