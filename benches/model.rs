@@ -12,6 +12,9 @@
 //! one warm-up batch) and the process's peak RSS; this prints both and the ratios.
 //! Without `--bench` (as `cargo test --benches` runs it) it does nothing.
 
+#[global_allocator]
+static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
+
 mod common;
 use common::{arg, last_json_line, num, peak_rss};
 

@@ -8,6 +8,9 @@
 //! pipeline's I/O ceiling), with the ratio between the two and against the 1000 pairs/s goal.
 //! Without `--bench` (as `cargo test --benches` runs it) it does nothing.
 
+#[global_allocator]
+static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
+
 mod common;
 use common::num;
 
@@ -32,7 +35,7 @@ impl Captioner for CheapCaptioner {
         &self.0
     }
     fn caption_batch(&mut self, pv: &[&[f32]]) -> anyhow::Result<Vec<String>> {
-        Ok(pv.iter().map(|p| format!("a change of mean {:.4}", p.iter().sum::<f32>() / p.len() as f32)).collect())
+        Ok(pv.iter().map(|p| format!("a change starting with {:.3}", p[0])).collect())
     }
 }
 
@@ -56,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         (num("--events", 6000), num("--pairs", 200), num("--size", 64), num("--batch", 32));
     load_env();
     blip2idc::telemetry::init("pretty", "warn");
-    let _prom = blip2idc::metrics::install();
+    let prom = blip2idc::metrics::install();
     let mut cfg = Config::load(None)?;
     let id = format!("bench-{}", std::process::id());
     cfg.kafka.input_topic = format!("{id}-in");
@@ -65,6 +68,8 @@ async fn main() -> anyhow::Result<()> {
     cfg.s3.allowed_buckets = vec![id.clone()];
     cfg.pipeline.max_batch_size = batch;
     cfg.pipeline.max_in_flight = 4096;
+    cfg.pipeline.decode_concurrency = num("--decode", cfg.pipeline.decode_concurrency);
+    cfg.s3.max_concurrency = num("--fetch-concurrency", cfg.s3.max_concurrency);
     cfg.admin.listen = "127.0.0.1:0".parse()?;
     devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.input_topic, 3).await?;
     devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.dlq_topic, 1).await?;
@@ -100,6 +105,17 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .collect::<anyhow::Result<()>>()?;
 
+    // CPU cost of decode + preprocess alone, one thread.
+    {
+        let (a, b, _) = devtools::synthetic_pair(0, size as u32);
+        let (ja, jb) = (devtools::jpeg(&a, 85), devtools::jpeg(&b, 85));
+        let proc = ImageProcessorConfig::for_image_size(224);
+        let t = Instant::now();
+        for _ in 0..500 {
+            std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &proc)?);
+        }
+        println!("decode + preprocess: {:.3} ms per pair (one thread)", t.elapsed().as_secs_f64() * 2.0);
+    }
     // Reference: the same objects, only fetched, with the pipeline's concurrency.
     let fetcher = blip2idc::fetch::Fetcher::new(s3.clone(), &cfg.s3);
     let cancel = CancellationToken::new();
@@ -152,5 +168,23 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("ratio pipeline / fetch-only: {:.2}", rate / fetch_rate);
     println!("ratio pipeline / goal (1000 pairs/s): {:.2}", rate / 1000.0);
+    // Where the time went: mean seconds per observation of each step.
+    let text = prom.render();
+    let stat = |name: &str, suffix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}_{suffix}")))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    for m in ["fetch", "decode", "inference", "store", "end_to_end"] {
+        let name = format!("blip2idc_{m}_seconds");
+        println!(
+            "  {m:>10}: mean {:.2} ms over {} observations",
+            1e3 * stat(&name, "sum") / stat(&name, "count"),
+            stat(&name, "count")
+        );
+    }
+    println!("  batch size: mean {:.1}", stat("blip2idc_batch_size", "sum") / stat("blip2idc_batch_size", "count"));
     Ok(())
 }

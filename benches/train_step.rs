@@ -10,6 +10,9 @@
 //! own process (ours: this binary with `--child`; theirs: `benches/train_reference.py`); peak RSS is the
 //! process's VmHWM. Without `--bench` (as `cargo test --benches` runs it) it does nothing.
 
+#[global_allocator]
+static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
+
 mod common;
 use common::{arg, last_json_line, num, peak_rss};
 

@@ -6,6 +6,9 @@
 //! commit (offsets, [`source::offsets`]); rejected events go to the [`dlq`].
 //! [`eval`] scores captions as pycocoevalcap does; [`train`] fine-tunes LoRA adapters.
 
+/// The allocator every binary of the crate uses (see Cargo.toml).
+pub type GlobalAllocator = mimalloc::MiMalloc;
+
 pub mod admin;
 pub mod batch;
 pub mod caption;

@@ -1,5 +1,8 @@
 //! The `blip2idc` command line.
 
+#[global_allocator]
+static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

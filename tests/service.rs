@@ -244,6 +244,13 @@ async fn two_members_share_the_partitions_and_survive_a_rebalance() {
     // A second member joins: the partitions are split, paused ones are re-paused after the rebalance.
     let b = start(&scope.cfg, test_captioner(Duration::from_millis(20)));
     scope.seed(30..60, 32).await;
+    // Let that rebalance finish before the first member leaves. (tansu 0.6 keeps a member that leaves
+    // mid-rebalance as the group leader forever, so the group never stabilises; Kafka handles it.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !b.health.group_joined.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(std::time::Instant::now() < deadline, "the second member got no assignment in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     scope.wait_for_captions(40, Duration::from_secs(60)).await;
     // The first member leaves: its partitions move to the second.
     let first = a.stop().await;

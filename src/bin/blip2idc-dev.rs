@@ -1,6 +1,9 @@
 //! `blip2idc-dev`: local-stack helpers for the quickstart and for trying the service by hand.
 //! Reads the same configuration as `blip2idc` (defaults < --config < BLIP2IDC_* env).
 
+#[global_allocator]
+static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

@@ -102,7 +102,7 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(p.max_in_flight));
     let (job_tx, job_rx) = mpsc::channel::<Job>(p.max_in_flight);
     let (prep_tx, prep_rx) = mpsc::channel::<Prepared>(p.max_batch_size * 2);
-    let (cap_tx, cap_rx) = mpsc::channel::<Captioned>(2);
+    let (cap_tx, cap_rx) = mpsc::channel::<Captioned>(16);
 
     let stop_consuming = CancellationToken::new();
     let source_task = {
@@ -291,21 +291,38 @@ async fn caption_step(
     }
 }
 
+/// Most caption rows written in one transaction (group commit).
+const STORE_MAX_ROWS: usize = 1024;
+
+/// Stores captioned batches. Whatever is queued when a transaction starts goes into it (group commit:
+/// one WAL flush for many batches), so the store keeps up with the captioner however short its batches.
 async fn store_step(store: Store, outcomes: Arc<Outcomes>, mut input: mpsc::Receiver<Captioned>) {
-    while let Some(batch) = input.recv().await {
-        let records: Vec<CaptionRecord> = batch
-            .items
+    while let Some(first) = input.recv().await {
+        let mut batches = vec![first];
+        let mut rows = batches[0].items.len();
+        while rows < STORE_MAX_ROWS {
+            match input.try_recv() {
+                Ok(b) => {
+                    rows += b.items.len();
+                    batches.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        let records: Vec<CaptionRecord> = batches
             .iter()
-            .map(|(p, caption)| CaptionRecord {
-                event: p.event.clone(),
-                kafka_topic: p.job.message.topic().to_owned(),
-                kafka_partition: p.job.message.partition(),
-                kafka_offset: p.job.message.offset(),
-                model_version: batch.model_version.clone(),
-                caption: caption.clone(),
-                inference_seconds: batch.inference_seconds,
-                end_to_end_seconds: p.job.received_at.elapsed().as_secs_f64(),
-                batch_size: batch.batch_size as i32,
+            .flat_map(|batch| {
+                batch.items.iter().map(|(p, caption)| CaptionRecord {
+                    event: p.event.clone(),
+                    kafka_topic: p.job.message.topic().to_owned(),
+                    kafka_partition: p.job.message.partition(),
+                    kafka_offset: p.job.message.offset(),
+                    model_version: batch.model_version.clone(),
+                    caption: caption.clone(),
+                    inference_seconds: batch.inference_seconds,
+                    end_to_end_seconds: p.job.received_at.elapsed().as_secs_f64(),
+                    batch_size: batch.batch_size as i32,
+                })
             })
             .collect();
         let started = std::time::Instant::now();
@@ -313,8 +330,10 @@ async fn store_step(store: Store, outcomes: Arc<Outcomes>, mut input: mpsc::Rece
             Ok(()) => {
                 metrics::histogram!(crate::metrics::STORE_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::counter!(crate::metrics::CAPTIONED).increment(records.len() as u64);
-                for (p, _) in batch.items {
-                    outcomes.stored(p.job);
+                for batch in batches {
+                    for (p, _) in batch.items {
+                        outcomes.stored(p.job);
+                    }
                 }
             }
             Err(e) => {

@@ -71,6 +71,17 @@ impl ClientContext for SourceContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!("kafka client error: {error}: {reason}");
     }
+
+    /// librdkafka's own log lines (including `kafka.properties.debug` output) go to tracing.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
+            L::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+            L::Notice | L::Info => tracing::info!(target: "librdkafka", fac, "{message}"),
+            L::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
 }
 
 impl ConsumerContext for SourceContext {
