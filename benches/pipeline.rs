@@ -146,12 +146,18 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let started = Instant::now();
+    // Progress comes from the in-process counter of committed caption rows (a `count(*)` every few
+    // milliseconds would make PostgreSQL compete with the pipeline for the two cores).
+    let stored = |text: &str| -> usize {
+        text.lines()
+            .find(|l| l.starts_with(blip2idc::metrics::CAPTIONED))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as usize
+    };
     loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM captions WHERE event_id LIKE $1 || '-%'")
-            .bind(&id)
-            .fetch_one(store.pool())
-            .await?;
-        if n as usize >= events {
+        let n = stored(&prom.render());
+        if n >= events {
             break;
         }
         anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "only {n} of {events} stored after 10 min");
@@ -160,6 +166,11 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     shutdown.cancel();
     task.await??;
+    let n: i64 = sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM captions WHERE event_id LIKE $1 || '-%'")
+        .bind(&id)
+        .fetch_one(store.pool())
+        .await?;
+    anyhow::ensure!(n as usize == events, "{n} distinct events stored, expected {events}");
     let rate = events as f64 / elapsed;
     println!("pipeline: {events} pairs ({size}x{size} JPEG, preprocessed to 224x224, batch {batch}) in {elapsed:.2} s = {rate:.0} pairs/s");
     println!(
