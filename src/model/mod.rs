@@ -17,12 +17,12 @@ pub mod opt;
 pub mod preprocess;
 pub mod qformer;
 pub mod vision;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 
 use blip2::Blip2Model;
 use config::Blip2Config;
@@ -75,8 +75,7 @@ impl Blip2Idc {
         };
         let tokenizer = tokenizers::Tokenizer::from_file(&files.tokenizer)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", files.tokenizer.display()))?;
-        // SAFETY: the files are memory-mapped read-only; they must not be modified while loading.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, opts.dtype, &opts.device)? };
+        let vb = weights::ShardReader::var_builder(&files.weights, opts.dtype, &opts.device)?;
         let mut model =
             Blip2Model::new(vb, &config).with_context(|| format!("loading the weights of {}", files.source))?;
         let (adapter, adapted_modules) = match &opts.adapter {
@@ -121,8 +120,7 @@ impl Blip2Idc {
         let device = self.model.device().clone();
         let dtype = self.model.dtype();
         let new = adapter_dir.map(|d| Adapter::load(d, &device)).transpose()?;
-        // SAFETY: read-only memory map of the checkpoint files.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.files.weights, dtype, &device)? };
+        let vb = weights::ShardReader::var_builder(&self.files.weights, dtype, &device)?;
         let mut adapted = Vec::new();
         for lin in self.model.linears_mut() {
             if lin.merged || lin.lora.is_some() {
