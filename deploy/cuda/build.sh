@@ -48,10 +48,22 @@ export LIBRARY_PATH="$link:$CU/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 log "cargo build --release --features cuda (compute capability $CUDA_COMPUTE_CAP)"
 CARGO_TARGET_DIR="$target" cargo build --release --locked --features cuda --bin blip2idc
 log "built $target/release/blip2idc"
-# It must start without a GPU and say so plainly.
-if "$target/release/blip2idc" caption --model tests/fixtures/blip2/tiny-a --device cuda \
-     tests/fixtures/blip2/images/p0_original_rgb.png tests/fixtures/blip2/images/p0_modified_rgb.png 2>"$target/smoke.err"; then
-  log "smoke test captioned on a GPU"
+# Smoke test here, without a GPU: the binary links libcuda.so.1, so point the loader at the stub (in a
+# directory of its own: never put it on a GPU machine's library path, it would shadow the driver).
+# On the CPU it must caption; with --device cuda it must fail with a plain error, not crash.
+mkdir -p "$target/smoke-stub"
+ln -sf ../link/libcuda.so "$target/smoke-stub/libcuda.so.1"
+pair=(tests/fixtures/blip2/images/p0_original_rgb.png tests/fixtures/blip2/images/p0_modified_rgb.png)
+run() { LD_LIBRARY_PATH="$target/smoke-stub:$CU/lib" RUST_BACKTRACE=0 "$target/release/blip2idc" caption \
+  --model tests/fixtures/blip2/tiny-a "$@" "${pair[@]}"; }
+if ! ldconfig -p 2>/dev/null | grep -q 'libcuda.so.1 '; then
+  run --device cpu >/dev/null 2>"$target/smoke.err" || { log "CPU smoke test failed:"; cat "$target/smoke.err" >&2; exit 1; }
+  log "smoke test: the CUDA binary captions on the CPU"
+  if run --device cuda >/dev/null 2>"$target/smoke.err"; then
+    log "unexpected: --device cuda succeeded against the stub driver"; exit 1
+  fi
+  log "smoke test: --device cuda without a GPU says: $(grep -m1 -i error "$target/smoke.err")"
 else
-  log "smoke test without a GPU (expected here): $(tail -1 "$target/smoke.err")"
+  LD_LIBRARY_PATH="$CU/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$target/release/blip2idc" caption \
+    --model tests/fixtures/blip2/tiny-a --device cuda "${pair[@]}" && log "smoke test captioned on the GPU"
 fi
