@@ -16,7 +16,7 @@
 static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
 
 mod common;
-use common::{arg, last_json_line, num, peak_rss};
+use common::{arg, num, peak_rss, run_json};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -122,23 +122,20 @@ fn main() -> anyhow::Result<()> {
     ];
     let adapter: Vec<String> = arg("--adapter").map(|a| vec!["--adapter".into(), a]).unwrap_or_default();
     eprintln!("candle: {pairs} pairs, batch {batch}, {threads} threads, {dtype} on {device}");
-    let ours = Command::new(std::env::current_exe()?)
-        .arg("--child")
-        .args(&common)
-        .args(&adapter)
-        .args(["--device", &device, "--warmup-tokens", &warmup.to_string()])
-        .env("RAYON_NUM_THREADS", threads.to_string())
-        .output()?;
-    anyhow::ensure!(ours.status.success(), "our run failed: {}", String::from_utf8_lossy(&ours.stderr));
-    let ours = last_json_line(&ours.stdout)?;
+    let ours = run_json(
+        Command::new(std::env::current_exe()?)
+            .arg("--child")
+            .args(&common)
+            .args(&adapter)
+            .args(["--device", &device, "--warmup-tokens", &warmup.to_string()])
+            .env("RAYON_NUM_THREADS", threads.to_string()),
+        "our run",
+    )?;
 
     eprintln!("pytorch: same inputs via {python} benches/model_reference.py");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/model_reference.py");
-    let theirs = Command::new(&python)
-        .arg(script)
-        .args(&common)
-        .args(&adapter)
-        .args([
+    let theirs = run_json(
+        Command::new(&python).arg(script).args(&common).args(&adapter).args([
             "--threads",
             &threads.to_string(),
             "--image-size",
@@ -146,10 +143,9 @@ fn main() -> anyhow::Result<()> {
             "--warmup-max-new-tokens",
             &warmup.to_string(),
             "--json",
-        ])
-        .output()?;
-    anyhow::ensure!(theirs.status.success(), "the reference run failed: {}", String::from_utf8_lossy(&theirs.stderr));
-    let theirs = last_json_line(&theirs.stdout)?;
+        ]),
+        "the reference run",
+    )?;
 
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     for (name, v) in [("candle", &ours), ("pytorch", &theirs)] {

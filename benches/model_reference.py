@@ -55,9 +55,10 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import sys
 import time
+
+from bench_common import log, proc_status_kib, reset_peak_rss, ru_maxrss_bytes
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -83,36 +84,6 @@ def parse_args(argv=None):
     if a.pairs < 1 or a.batch < 1 or a.max_new_tokens < 1 or a.threads < 0:
         p.error("--pairs, --batch and --max-new-tokens must be >= 1, --threads >= 0")
     return a
-
-
-def log(*parts):
-    print(*parts, file=sys.stderr, flush=True)
-
-
-def proc_status_kib(field):
-    """A `kB` field of /proc/self/status (VmHWM, VmRSS) in bytes, or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def ru_maxrss_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def reset_peak_rss():
-    """Reset the RSS high-water mark (VmHWM and ru_maxrss both follow it); False when not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def make_pixels(args, image_size):

@@ -148,15 +148,8 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     // Progress comes from the in-process counter of committed caption rows (a `count(*)` every few
     // milliseconds would make PostgreSQL compete with the pipeline for the two cores).
-    let stored = |text: &str| -> usize {
-        text.lines()
-            .find(|l| l.starts_with(blip2idc::metrics::CAPTIONED))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as usize
-    };
     loop {
-        let n = stored(&prom.render());
+        let n = metric(&prom.render(), blip2idc::metrics::CAPTIONED).unwrap_or(0.0) as usize;
         if n >= events {
             break;
         }
@@ -181,13 +174,7 @@ async fn main() -> anyhow::Result<()> {
     println!("ratio pipeline / goal (1000 pairs/s): {:.2}", rate / 1000.0);
     // Where the time went: mean seconds per observation of each step.
     let text = prom.render();
-    let stat = |name: &str, suffix: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name}_{suffix}")))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let stat = |name: &str, suffix: &str| metric(&text, &format!("{name}_{suffix}")).unwrap_or(f64::NAN);
     for m in ["fetch", "decode", "inference", "store", "end_to_end"] {
         let name = format!("blip2idc_{m}_seconds");
         println!(
@@ -198,4 +185,9 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("  batch size: mean {:.1}", stat("blip2idc_batch_size", "sum") / stat("blip2idc_batch_size", "count"));
     Ok(())
+}
+
+/// The value of the first sample of `name` (unlabelled, or its first label set) in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().last()).and_then(|v| v.parse().ok())
 }

@@ -14,7 +14,7 @@
 static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
 
 mod common;
-use common::{arg, last_json_line, num, peak_rss};
+use common::{arg, num, peak_rss, run_json};
 
 use std::path::Path;
 use std::process::Command;
@@ -88,19 +88,19 @@ fn main() -> anyhow::Result<()> {
     let common =
         ["--model".to_owned(), model, "--batch".into(), batch.to_string(), "--steps".into(), steps.to_string()];
     eprintln!("candle: one LoRA step, batch {batch}, {threads} threads");
-    let ours = Command::new(std::env::current_exe()?)
-        .arg("--child")
-        .args(&common)
-        .env("RAYON_NUM_THREADS", threads.to_string())
-        .output()?;
-    anyhow::ensure!(ours.status.success(), "our run failed: {}", String::from_utf8_lossy(&ours.stderr));
-    let ours = last_json_line(&ours.stdout)?;
+    let ours = run_json(
+        Command::new(std::env::current_exe()?)
+            .arg("--child")
+            .args(&common)
+            .env("RAYON_NUM_THREADS", threads.to_string()),
+        "our run",
+    )?;
     eprintln!("pytorch + peft: benches/train_reference.py via {python}");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/train_reference.py");
-    let theirs =
-        Command::new(&python).arg(script).args(&common).args(["--threads", &threads.to_string(), "--json"]).output()?;
-    anyhow::ensure!(theirs.status.success(), "the reference run failed: {}", String::from_utf8_lossy(&theirs.stderr));
-    let theirs = last_json_line(&theirs.stdout)?;
+    let theirs = run_json(
+        Command::new(&python).arg(script).args(&common).args(["--threads", &threads.to_string(), "--json"]),
+        "the reference run",
+    )?;
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     for (name, v) in [("candle", &ours), ("pytorch", &theirs)] {
         println!(

@@ -21,9 +21,12 @@ pub fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// The last line of `out` that is a JSON object.
-pub fn last_json_line(out: &[u8]) -> anyhow::Result<serde_json::Value> {
-    let s = String::from_utf8_lossy(out);
+/// Runs `cmd` (one side of a benchmark) and returns the last line of its stdout that is a JSON object;
+/// a failed run is an error carrying its stderr.
+pub fn run_json(cmd: &mut std::process::Command, what: &str) -> anyhow::Result<serde_json::Value> {
+    let out = cmd.output()?;
+    anyhow::ensure!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let s = String::from_utf8_lossy(&out.stdout);
     let line =
         s.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow::anyhow!("no JSON in:\n{s}"))?;
     Ok(serde_json::from_str(line)?)
