@@ -181,6 +181,30 @@ fn logits_and_activations_match_the_reference() {
     }
 }
 
+#[test]
+fn swapping_the_adapter_in_place_matches_fresh_loads() {
+    let ckpt = "tiny-a";
+    let exp = expected(ckpt);
+    let pv = &exp["pair0.pixel_values"];
+    let bos = Tensor::new(&[[2u32]], &Device::Cpu).unwrap();
+    let adapter = dir().join(format!("{ckpt}-adapter"));
+    let mut model = load(ckpt, true, true);
+    // adapter (merged) → base → adapter (unmerged) → adapter (merged) → base
+    for (target, merge, variant) in [
+        (None, true, "base"),
+        (Some(&adapter), false, "adapter"),
+        (Some(&adapter), true, "adapter"),
+        (None, false, "base"),
+    ] {
+        model.replace_adapter(target.map(|p| p.as_path()), merge).unwrap();
+        let logits = model.model.forward(pv, &bos, Mode::Inference).unwrap();
+        let d = max_abs(&logits, &exp[&format!("pair0.logits.{variant}")]);
+        assert!(d <= 1e-4, "after swapping to {variant} (merged {merge}): logits max|Δ| = {d}");
+        assert_eq!(model.adapter.is_some(), target.is_some());
+        assert_eq!(model.adapted_modules.is_empty(), target.is_none());
+    }
+}
+
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }

@@ -80,12 +80,15 @@ impl Blip2Model {
     /// Logits of the prompt positions only, [B, L, vocab] for `input_ids` [B, L]: the training
     /// forward (the image-prefix positions never reach `lm_head`).
     pub fn forward_text_logits(&self, pixel_values: &Tensor, input_ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (hidden, q) = self.hidden_states(pixel_values, input_ids, mode)?;
+        self.language_model.logits(&hidden.narrow(1, q, input_ids.dim(1)?)?, mode)
+    }
+
+    /// The language model's last hidden states [B, Q + L, D] over image prefix + prompt, and Q.
+    fn hidden_states(&self, pixel_values: &Tensor, input_ids: &Tensor, mode: Mode) -> Result<(Tensor, usize)> {
         let prefix = self.image_prefix(pixel_values, mode)?;
-        let q = prefix.dim(1)?;
-        let l = input_ids.dim(1)?;
         let embeds = Tensor::cat(&[&prefix, &self.language_model.embed(input_ids)?.to_dtype(prefix.dtype())?], 1)?;
-        let hidden = self.language_model.forward_embeds(&embeds, None, mode)?;
-        self.language_model.logits(&hidden.narrow(1, q, l)?, mode)
+        Ok((self.language_model.forward_embeds(&embeds, None, mode)?, prefix.dim(1)?))
     }
 
     /// Attaches `adapter`'s LoRA branches to the modules it targets (PEFT matching), merged into the
@@ -120,10 +123,7 @@ impl Blip2Model {
     /// Full logits [B, Q + L, vocab] for `pixel_values` [B, 3, S, S] and prompt `input_ids` [B, L]
     /// (what `model(pixel_values=..., input_ids=...)` returns).
     pub fn forward(&self, pixel_values: &Tensor, input_ids: &Tensor, mode: Mode) -> Result<Tensor> {
-        let prefix = self.image_prefix(pixel_values, mode)?;
-        let embeds = Tensor::cat(&[&prefix, &self.language_model.embed(input_ids)?.to_dtype(prefix.dtype())?], 1)?;
-        let hidden = self.language_model.forward_embeds(&embeds, None, mode)?;
-        self.language_model.logits(&hidden, mode)
+        self.language_model.logits(&self.hidden_states(pixel_values, input_ids, mode)?.0, mode)
     }
 
     /// Greedy decoding with a KV cache, batched. Every sequence starts from `[bos]` after the image

@@ -118,31 +118,26 @@ impl Blip2Idc {
     /// Needs no second copy of the model.
     pub fn replace_adapter(&mut self, adapter_dir: Option<&Path>, merge: bool) -> anyhow::Result<()> {
         let device = self.model.device().clone();
-        let dtype = self.model.dtype();
         let new = adapter_dir.map(|d| Adapter::load(d, &device)).transpose()?;
-        let vb = weights::ShardReader::var_builder(&self.files.weights, dtype, &device)?;
-        let mut adapted = Vec::new();
+        // Only merged linears changed their weights; unmerged branches just come off.
+        let mut vb = None;
         for lin in self.model.linears_mut() {
-            if lin.merged || lin.lora.is_some() {
+            if lin.merged {
+                let vb = match &mut vb {
+                    Some(vb) => vb,
+                    None => {
+                        vb.insert(weights::ShardReader::var_builder(&self.files.weights, lin.weight.dtype(), &device)?)
+                    }
+                };
                 lin.weight = vb.get((lin.out_dim(), lin.in_dim()), &format!("{}.weight", lin.name))?;
                 lin.merged = false;
-                lin.lora = None;
             }
-            if let Some(a) = &new {
-                if let Some(branch) = a.branch_for(&lin.name, lin.in_dim(), lin.out_dim())? {
-                    lin.lora = Some(branch);
-                    if merge {
-                        lin.merge_lora()?;
-                    }
-                    adapted.push(lin.name.clone());
-                }
-            }
+            lin.lora = None;
         }
-        if let Some(a) = &new {
-            a.check_all_used(&adapted)?;
-        }
-        adapted.sort();
-        self.adapted_modules = adapted;
+        self.adapted_modules = match &new {
+            Some(a) => self.model.apply_adapter(a, merge)?,
+            None => Vec::new(),
+        };
         self.adapter = new;
         Ok(())
     }

@@ -93,16 +93,18 @@ impl ShardReader {
 
 impl SimpleBackend for ShardReader {
     fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self.get_unchecked(name, dtype, dev)?;
-        if t.shape() != &s {
-            return Err(candle_core::Error::UnexpectedShape {
-                msg: format!("shape mismatch for {name}"),
-                expected: s,
-                got: t.shape().clone(),
+        // Checked before reading: a wrong shape must not cost a read of the tensor.
+        if let Some(e) = self.entries.get(name) {
+            if e.shape.as_slice() != s.dims() {
+                return Err(candle_core::Error::UnexpectedShape {
+                    msg: format!("shape mismatch for {name}"),
+                    expected: s,
+                    got: e.shape.clone().into(),
+                }
+                .bt());
             }
-            .bt());
         }
-        Ok(t)
+        self.get_unchecked(name, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -123,34 +125,15 @@ fn read_header(file: &File, path: &Path, index: usize) -> anyhow::Result<Vec<(St
     anyhow::ensure!(len <= 100 << 20 && 8 + len <= file_len, "{}: header length {len} is invalid", bad());
     let mut header = vec![0u8; len as usize];
     file.read_exact_at(&mut header, 8).with_context(bad)?;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).with_context(bad)?;
+    // `Metadata` checks that the offsets tile the data and match each tensor's dtype and shape.
+    let meta: safetensors::tensor::Metadata = serde_json::from_slice(&header).with_context(bad)?;
     let data_start = 8 + len;
-    let mut out = Vec::with_capacity(header.len());
-    for (name, v) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = match v["dtype"].as_str() {
-            Some("F32") => DType::F32,
-            Some("F16") => DType::F16,
-            Some("BF16") => DType::BF16,
-            Some("F64") => DType::F64,
-            Some("I64") => DType::I64,
-            Some("U32") => DType::U32,
-            Some("U8") => DType::U8,
-            other => anyhow::bail!("{}: {name} has unsupported dtype {other:?}", path.display()),
-        };
-        let shape = v["shape"]
-            .as_array()
-            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
-            .with_context(|| format!("{}: {name} has no valid shape", path.display()))?;
-        let offsets = v["data_offsets"]
-            .as_array()
-            .and_then(|a| Some((a.first()?.as_u64()?, a.get(1)?.as_u64()?)))
-            .with_context(|| format!("{}: {name} has no valid data_offsets", path.display()))?;
-        let (start, end) = (data_start + offsets.0, data_start + offsets.1);
-        anyhow::ensure!(start <= end && end <= file_len, "{}: {name}'s data lies outside the file", path.display());
-        out.push((name, Entry { file: index, dtype, shape, start, end }));
+    let mut out = Vec::new();
+    for (name, info) in meta.tensors() {
+        let dtype = DType::try_from(info.dtype).with_context(|| format!("{}: {name}", path.display()))?;
+        let (start, end) = (data_start + info.data_offsets.0 as u64, data_start + info.data_offsets.1 as u64);
+        anyhow::ensure!(end <= file_len, "{}: {name}'s data lies outside the file", path.display());
+        out.push((name, Entry { file: index, dtype, shape: info.shape.clone(), start, end }));
     }
     Ok(out)
 }
