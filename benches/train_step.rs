@@ -51,7 +51,7 @@ fn child() -> anyhow::Result<()> {
         (0..batch).map(|_| std::iter::once(2).chain((1..len).map(|_| rng.random_range(4..vocab))).collect()).collect();
     let mut opt = AdamW::new(params.vars(), AdamWConfig { lr: 5e-5, weight_decay: 0.01, ..Default::default() })?;
     blip2idc::model::ops::seed_dropout(0);
-    let mode = Mode::Train(TrainFlags { lora_dropout: true, base_dropout: true, full: false });
+    let mode = Mode::Train(TrainFlags { lora_dropout: true, base_dropout: true });
     let mut times = Vec::new();
     let mut losses = Vec::new();
     for step in 0..=steps {

@@ -71,8 +71,7 @@ fn lora_on_pairs_raises_heldout_cider_over_the_pretrained_base() {
     };
     let train_examples: Vec<Example> = train_set.iter().map(|(e, _)| e.clone()).collect();
     let holdout_examples: Vec<Example> = holdout.iter().map(|(e, _)| e.clone()).collect();
-    let report =
-        train(&model.model, params.vars(), &train_examples, &holdout_examples, &model.processor, &tc, false).unwrap();
+    let report = train(&model.model, params.vars(), &train_examples, &holdout_examples, &model.processor, &tc).unwrap();
     let (after, samples_after) = heldout_cider(&model, &holdout);
 
     eprintln!("held-out CIDEr-D: base {before:.3} -> LoRA on pairs {after:.3}");

@@ -24,14 +24,11 @@ pub struct TrainFlags {
     pub lora_dropout: bool,
     /// The base model's hidden/attention dropouts (Q-Former and OPT), as `model.train()`.
     pub base_dropout: bool,
-    /// Every weight is trainable (full training): weight gradients flow through every matmul.
-    pub full: bool,
 }
 
 impl Mode {
     /// Differentiable kernels, no dropout, frozen base: what parity tests use.
-    pub const TRAIN_NO_DROPOUT: Mode =
-        Mode::Train(TrainFlags { lora_dropout: false, base_dropout: false, full: false });
+    pub const TRAIN_NO_DROPOUT: Mode = Mode::Train(TrainFlags { lora_dropout: false, base_dropout: false });
 
     pub fn is_train(self) -> bool {
         matches!(self, Mode::Train(_))
@@ -124,16 +121,13 @@ pub fn frozen_matmul(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (inner, lead) = dims.split_last().expect("rank >= 1");
     let rows: usize = lead.iter().product();
-    if mode.flags().full {
-        // Full training: the weight is a variable too; the ordinary matmul backward serves both.
-        let mut out_dims = lead.to_vec();
-        out_dims.push(w.dim(0)?);
-        return x.reshape((rows, *inner))?.matmul(&w.t()?)?.reshape(out_dims);
-    }
-    let y = x.detach().reshape((rows, *inner))?.matmul(&w.t()?)?;
     let mut out_dims = lead.to_vec();
     out_dims.push(w.dim(0)?);
-    let y = y.reshape(out_dims)?;
+    if w.track_op() {
+        // The weight is trainable (full training): the ordinary matmul backward serves both.
+        return x.reshape((rows, *inner))?.matmul(&w.t()?)?.reshape(out_dims);
+    }
+    let y = x.detach().reshape((rows, *inner))?.matmul(&w.t()?)?.reshape(out_dims)?;
     if mode.is_train() && x.track_op() {
         x.apply_op2(&y, GradToInputOnly { w: w.clone() })
     } else {
@@ -206,6 +200,20 @@ mod tests {
         let expected = reference.broadcast_matmul(&w)?.to_vec3::<f32>()?;
         assert_eq!(gx, expected);
         assert!(grads.get(&w).is_none(), "the frozen weight must get no gradient buffer");
+        Ok(())
+    }
+
+    #[test]
+    fn a_variable_weight_gets_its_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[[1f32, 2., 3.], [4., 5., 6.]]], &dev)?;
+        let w = Var::new(&[[1f32, 0., -1.], [0.5, 0.5, 0.5]], &dev)?;
+        let y = frozen_matmul(&x, w.as_tensor(), Mode::TRAIN_NO_DROPOUT)?;
+        let grads = (y.sqr()?.sum_all()? * 0.5)?.backward()?;
+        // d/dw 0.5·|x wᵀ|² = (x wᵀ)ᵀ x, summed over the rows
+        let x2 = x.reshape((2, 3))?;
+        let expected = x2.matmul(&w.as_tensor().t()?)?.t()?.matmul(&x2)?.to_vec2::<f32>()?;
+        assert_eq!(grads.get(w.as_tensor()).expect("w has a gradient").to_vec2::<f32>()?, expected);
         Ok(())
     }
 

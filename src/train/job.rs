@@ -320,7 +320,6 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
         &holdout_examples,
         &model.processor,
         &rc.train,
-        false,
     )?;
     durations.insert("train_s".into(), t.elapsed().as_secs_f64().into());
     let version =

@@ -299,7 +299,7 @@ pub fn pretrain_base(out: &Path, examples: usize, cfg: &TrainConfig) -> anyhow::
     let train = make(examples, &mut rng)?;
     let holdout = make((examples / 10).max(8), &mut rng)?;
     let vars = make_all_trainable(&mut model)?;
-    let report = super::trainer::train(&model, vars, &train, &holdout, &processor, cfg, true)?;
+    let report = super::trainer::train(&model, vars, &train, &holdout, &processor, cfg)?;
     save_checkpoint(&mut model, &config, &processor, out)?;
     std::fs::write(out.join("tokenizer.json"), serde_json::to_string_pretty(&tokenizer_json())?)?;
     std::fs::write(out.join("training_report.json"), serde_json::to_string_pretty(&report)?)?;

@@ -120,8 +120,8 @@ pub struct TrainReport {
     pub stopped_early: bool,
 }
 
-/// Runs the loop. `vars` are the trainable variables already wired into `model` (LoRA or, with
-/// `full`, every weight).
+/// Runs the loop. `vars` are the trainable variables already wired into `model` (LoRA, or every
+/// weight for full training: matmuls see that a weight is a variable and give it a gradient).
 pub fn train(
     model: &Blip2Model,
     vars: Vec<Var>,
@@ -129,13 +129,11 @@ pub fn train(
     holdout: &[Example],
     processor: &ImageProcessorConfig,
     cfg: &TrainConfig,
-    full: bool,
 ) -> anyhow::Result<TrainReport> {
     cfg.validate().map_err(|e| anyhow::anyhow!("training config: {e}"))?;
     anyhow::ensure!(!train.is_empty(), "no training examples");
     crate::model::ops::seed_dropout(cfg.seed);
-    let mode =
-        Mode::Train(TrainFlags { lora_dropout: cfg.dropout, base_dropout: cfg.dropout && cfg.base_dropout, full });
+    let mode = Mode::Train(TrainFlags { lora_dropout: cfg.dropout, base_dropout: cfg.dropout && cfg.base_dropout });
     let mut opt =
         AdamW::new(vars.clone(), AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, ..AdamWConfig::default() })?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
