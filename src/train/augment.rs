@@ -1,7 +1,7 @@
 //! Non-disruptive augmentation, as the BLIP2IDC paper: a light Gaussian blur and a JPEG re-compression.
 //! Never crops, flips or colour changes, which would change what the true caption says.
 
-use image::{DynamicImage, RgbImage};
+use image::RgbImage;
 use rand::Rng;
 
 /// What to apply, each with its probability.
@@ -77,17 +77,6 @@ pub fn gaussian_blur3(img: &RgbImage, sigma: f64) -> RgbImage {
         }
     }
     out
-}
-
-/// Augments both images of a pair independently.
-pub fn augment_pair(
-    a: &DynamicImage,
-    b: &DynamicImage,
-    cfg: &AugmentConfig,
-    rng: &mut impl Rng,
-) -> (RgbImage, RgbImage) {
-    let to = crate::model::preprocess::to_rgb;
-    (augment(&to(a), cfg, rng), augment(&to(b), cfg, rng))
 }
 
 #[cfg(test)]

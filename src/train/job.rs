@@ -359,7 +359,6 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
         tracing::info!(run_id, %version, "not promoted: {decision}");
     }
     durations.insert("total_s".into(), t0.elapsed().as_secs_f64().into());
-    let _ = t;
     sqlx::query(
         "UPDATE training_runs SET status = 'succeeded', finished_at = now(), parent_version = $2,
              candidate_version = $3, promoted = $4, decision = $5, last_label_id = $6, n_new_labels = $7,

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context;
 use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
@@ -98,24 +97,6 @@ impl LoraParams {
     /// Trainable parameter count.
     pub fn num_params(&self) -> usize {
         self.modules.iter().map(|m| m.a.elem_count() + m.b.elem_count()).sum()
-    }
-
-    /// A snapshot of the current values (for early stopping's best epoch).
-    pub fn snapshot(&self) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
-        self.modules
-            .iter()
-            .map(|m| Ok((m.a.as_tensor().copy()?, m.b.as_tensor().copy()?)))
-            .collect::<anyhow::Result<_>>()
-            .context("copying LoRA weights")
-    }
-
-    /// Restores a snapshot taken by [`LoraParams::snapshot`].
-    pub fn restore(&self, snapshot: &[(Tensor, Tensor)]) -> anyhow::Result<()> {
-        for (m, (a, b)) in self.modules.iter().zip(snapshot) {
-            m.a.set(a)?;
-            m.b.set(b)?;
-        }
-        Ok(())
     }
 
     /// The current weights as a PEFT adapter.

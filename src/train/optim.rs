@@ -46,10 +46,6 @@ impl AdamW {
         Ok(AdamW { cfg, slots, step: 0 })
     }
 
-    pub fn set_lr(&mut self, lr: f64) {
-        self.cfg.lr = lr;
-    }
-
     pub fn steps(&self) -> u64 {
         self.step
     }
