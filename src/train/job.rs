@@ -131,6 +131,20 @@ pub struct RunOutcome {
     pub candidate: Option<EvalSummary>,
 }
 
+impl RunOutcome {
+    fn skipped(run_id: i64, decision: String) -> RunOutcome {
+        RunOutcome {
+            run_id,
+            status: "skipped",
+            candidate_version: None,
+            promoted: false,
+            decision,
+            baseline: None,
+            candidate: None,
+        }
+    }
+}
+
 /// Holdout scores of one model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalSummary {
@@ -172,15 +186,7 @@ pub async fn run_once(cfg: &Config) -> anyhow::Result<RunOutcome> {
         sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *lock_conn).await?;
     if !locked {
         tracing::warn!("another retraining job is running (advisory lock held): skipping");
-        return Ok(RunOutcome {
-            run_id: 0,
-            status: "skipped",
-            candidate_version: None,
-            promoted: false,
-            decision: "another job holds the lock".into(),
-            baseline: None,
-            candidate: None,
-        });
+        return Ok(RunOutcome::skipped(0, "another job holds the lock".into()));
     }
     let run_id: i64 = sqlx::query_scalar(
         "INSERT INTO training_runs (status, seed, base_model, config) VALUES ('running', $1, $2, $3) RETURNING id",
@@ -192,21 +198,16 @@ pub async fn run_once(cfg: &Config) -> anyhow::Result<RunOutcome> {
     .await?;
     tracing::info!(run_id, "retraining run started");
     let result = run_inner(cfg, &store, run_id).await;
-    let outcome = match result {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!(run_id, "retraining run failed (the promoted adapter is untouched): {e:#}");
-            sqlx::query("UPDATE training_runs SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1")
-                .bind(run_id)
-                .bind(format!("{e:#}"))
-                .execute(store.pool())
-                .await?;
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *lock_conn).await;
-            return Err(e);
-        }
-    };
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *lock_conn).await;
-    Ok(outcome)
+    if let Err(e) = &result {
+        tracing::error!(run_id, "retraining run failed (the promoted adapter is untouched): {e:#}");
+        sqlx::query("UPDATE training_runs SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1")
+            .bind(run_id)
+            .bind(format!("{e:#}"))
+            .execute(store.pool())
+            .await?;
+    }
+    result
 }
 
 async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<RunOutcome> {
@@ -236,15 +237,7 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
         .execute(pool)
         .await?;
         tracing::info!(run_id, "{decision}: skipping");
-        return Ok(RunOutcome {
-            run_id,
-            status: "skipped",
-            candidate_version: None,
-            promoted: false,
-            decision,
-            baseline: None,
-            candidate: None,
-        });
+        return Ok(RunOutcome::skipped(run_id, decision));
     }
     assign_splits(pool, rc).await?;
     let rows = sqlx::query(
