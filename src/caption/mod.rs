@@ -28,9 +28,14 @@ pub trait Captioner: Send + 'static {
     /// Switches to another adapter of the same base in place (no second model in memory), naming the
     /// result `version`. Models that cannot do this are replaced whole by [`CaptionWorker::swap`].
     fn swap_adapter(&mut self, _adapter_dir: Option<&std::path::Path>, _version: &str) -> anyhow::Result<()> {
-        anyhow::bail!("this captioner cannot swap adapters in place")
+        Err(SwapUnsupported.into())
     }
 }
+
+/// [`Captioner::swap_adapter`]'s answer from a captioner that can only be replaced whole.
+#[derive(Debug, thiserror::Error)]
+#[error("this captioner cannot swap adapters in place")]
+pub struct SwapUnsupported;
 
 /// Builds a captioner on the worker thread (so a GPU context is created where it is used).
 pub type CaptionerFactory = Box<dyn FnOnce() -> anyhow::Result<Box<dyn Captioner>> + Send>;

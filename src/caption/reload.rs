@@ -34,10 +34,14 @@ pub async fn promoted_version(store: &Store, base_model: &str) -> anyhow::Result
 /// Downloads the promoted adapter (when there is one with an S3 location) into the scratch directory.
 pub async fn fetch_promoted(cfg: &Config, store: &Store) -> anyhow::Result<Option<(String, PathBuf)>> {
     let Some((version, Some(uri))) = promoted_version(store, &cfg.model.checkpoint).await? else { return Ok(None) };
+    Ok(Some((version.clone(), download(cfg, &version, &uri).await?)))
+}
+
+async fn download(cfg: &Config, version: &str, uri: &str) -> anyhow::Result<PathBuf> {
     let s3 = crate::fetch::s3_client(&cfg.s3).await;
-    let dir = cfg.retrain.work_dir.join("promoted").join(&version);
-    download_adapter(&s3, &uri, &dir).await?;
-    Ok(Some((version, dir)))
+    let dir = cfg.retrain.work_dir.join("promoted").join(version);
+    download_adapter(&s3, uri, &dir).await?;
+    Ok(dir)
 }
 
 /// Watches for promotions until `stop`; swaps the worker's adapter when the promoted version changes.
@@ -89,28 +93,24 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
 
 /// One comparison of the promoted version with the loaded one.
 pub async fn check_once(cfg: &Config, store: &Store, worker: &CaptionWorker) -> anyhow::Result<bool> {
-    let Some((version, _)) = promoted_version(store, &cfg.model.checkpoint).await? else { return Ok(false) };
+    let Some((version, Some(uri))) = promoted_version(store, &cfg.model.checkpoint).await? else { return Ok(false) };
     if version == worker.model_version() {
         return Ok(false);
     }
-    let Some((version, dir)) = fetch_promoted(cfg, store).await? else { return Ok(false) };
+    let dir = download(cfg, &version, &uri).await?;
     tracing::info!(from = %worker.model_version(), to = %version, "swapping in the promoted adapter");
-    match worker.swap_adapter(Some(dir.clone()), version.clone()).await {
-        Ok(v) => {
-            metrics::counter!(crate::metrics::MODEL_SWAPS).increment(1);
-            tracing::info!(version = %v, "now captioning with the promoted adapter");
-            Ok(true)
-        }
-        Err(e) => {
+    let v = match worker.swap_adapter(Some(dir.clone()), version.clone()).await {
+        Err(e) if e.is::<super::SwapUnsupported>() => {
             // A model that cannot swap in place is rebuilt whole.
-            tracing::info!("in-place adapter swap unavailable ({e:#}); loading a new model");
+            tracing::info!("in-place adapter swap unavailable; loading a new model");
             let mut model = cfg.model.clone();
             model.adapter = Some(dir.to_string_lossy().into_owned());
             model.version = Some(version);
-            let v = worker.swap(super::blip2::factory(&model)?).await?;
-            metrics::counter!(crate::metrics::MODEL_SWAPS).increment(1);
-            tracing::info!(version = %v, "now captioning with the promoted adapter");
-            Ok(true)
+            worker.swap(super::blip2::factory(&model)?).await?
         }
-    }
+        r => r?,
+    };
+    metrics::counter!(crate::metrics::MODEL_SWAPS).increment(1);
+    tracing::info!(version = %v, "now captioning with the promoted adapter");
+    Ok(true)
 }
