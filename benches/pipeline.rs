@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.pipeline.decode_concurrency = num("--decode", cfg.pipeline.decode_concurrency);
     cfg.s3.max_concurrency = num("--fetch-concurrency", cfg.s3.max_concurrency);
     cfg.admin.listen = "127.0.0.1:0".parse()?;
+    cfg.model.reload_poll_interval = Duration::ZERO; // no promotion checks during the measurement
     devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.input_topic, 3).await?;
     devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.dlq_topic, 1).await?;
     let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;

@@ -23,13 +23,17 @@ fn pg_version() -> String {
 }
 
 fn pg_ctl(action: &str) {
+    assert!(try_pg_ctl(action), "pg_ctlcluster {action} failed");
+}
+
+/// `pg_ctlcluster <version> main <action>` (through sudo when not root); true on success.
+fn try_pg_ctl(action: &str) -> bool {
     let mut cmd = if is_root() { Command::new("pg_ctlcluster") } else { Command::new("sudo") };
     if !is_root() {
         cmd.arg("pg_ctlcluster");
     }
-    let ok = cmd.args([pg_version().as_str(), "main", action, "-m", "fast"]).status().unwrap().success();
-    let ok = ok || action == "start" && pg_ready();
-    assert!(ok, "pg_ctlcluster {action} failed");
+    let ok = cmd.args([pg_version().as_str(), "main", action, "-m", "fast"]).status().is_ok_and(|s| s.success());
+    ok || action == "start" && pg_ready()
 }
 
 fn pg_ready() -> bool {
@@ -48,7 +52,7 @@ struct RestartOnDrop;
 impl Drop for RestartOnDrop {
     fn drop(&mut self) {
         if !pg_ready() {
-            let _ = Command::new("pg_ctlcluster").args([pg_version().as_str(), "main", "start"]).status();
+            try_pg_ctl("start"); // no assert: this may run while the test is already panicking
         }
     }
 }

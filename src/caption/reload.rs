@@ -31,12 +31,7 @@ pub async fn promoted_version(store: &Store, base_model: &str) -> anyhow::Result
     .await?)
 }
 
-/// Downloads the promoted adapter (when there is one with an S3 location) into the scratch directory.
-pub async fn fetch_promoted(cfg: &Config, store: &Store) -> anyhow::Result<Option<(String, PathBuf)>> {
-    let Some((version, Some(uri))) = promoted_version(store, &cfg.model.checkpoint).await? else { return Ok(None) };
-    Ok(Some((version.clone(), download(cfg, &version, &uri).await?)))
-}
-
+/// Downloads the adapter of promoted `version` from `uri` into the scratch directory.
 async fn download(cfg: &Config, version: &str, uri: &str) -> anyhow::Result<PathBuf> {
     let s3 = crate::fetch::s3_client(&cfg.s3).await;
     let dir = cfg.retrain.work_dir.join("promoted").join(version);
@@ -67,6 +62,8 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
                 }
             };
         }
+        // Checked after LISTEN is up, so a promotion between this check and the wait is not missed
+        // (when the start-up check already switched, this is one query).
         if let Err(e) = check_once(&cfg, &store, &worker).await {
             tracing::warn!("checking for a promoted adapter failed: {e:#}");
         }
