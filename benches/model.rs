@@ -121,7 +121,8 @@ fn main() -> anyhow::Result<()> {
         dtype.clone(),
     ];
     let adapter: Vec<String> = arg("--adapter").map(|a| vec!["--adapter".into(), a]).unwrap_or_default();
-    eprintln!("candle: {pairs} pairs, batch {batch}, {threads} threads, {dtype} on {device}");
+    let gemm = common::cpu_gemm()?;
+    eprintln!("candle: {pairs} pairs, batch {batch}, {threads} threads, {dtype} on {device}; CPU GEMM: {gemm}");
     let ours = run_json(
         Command::new(std::env::current_exe()?)
             .arg("--child")

@@ -87,7 +87,8 @@ fn main() -> anyhow::Result<()> {
     let python = arg("--python").unwrap_or_else(|| "python3".into());
     let common =
         ["--model".to_owned(), model, "--batch".into(), batch.to_string(), "--steps".into(), steps.to_string()];
-    eprintln!("candle: one LoRA step, batch {batch}, {threads} threads");
+    let gemm = common::cpu_gemm()?;
+    eprintln!("candle: one LoRA step, batch {batch}, {threads} threads; CPU GEMM: {gemm}");
     let ours = run_json(
         Command::new(std::env::current_exe()?)
             .arg("--child")

@@ -105,6 +105,8 @@ pub struct ModelConfig {
     pub max_new_tokens: usize,
     #[serde(with = "humantime_serde")]
     pub reload_poll_interval: Duration,
+    /// CPU GEMM for f32: `auto`, `off` or a CBLAS library (see `model::blas`).
+    pub blas: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -306,6 +308,10 @@ impl Config {
             format!("model.device is {:?}; expected cpu, cuda or cuda:N", m.device),
         );
         check(m.max_new_tokens > 0, "model.max_new_tokens must be > 0".into());
+        check(
+            !m.blas.trim().is_empty(),
+            "model.blas is empty; expected \"auto\", \"off\" or the path of a CBLAS library".into(),
+        );
 
         let p = &self.pipeline;
         check(p.max_batch_size > 0, "pipeline.max_batch_size must be > 0".into());

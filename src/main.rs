@@ -172,7 +172,9 @@ fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
         device: parse_device(&a.device)?,
         merge_adapter: !a.unmerged,
     };
-    let limits = Config::load(None).map(|c| c.decode)?;
+    let defaults = Config::load(None)?;
+    blip2idc::model::blas::configure(&defaults.model.blas)?;
+    let limits = defaults.decode;
     let read = |p: &PathBuf| -> anyhow::Result<image::DynamicImage> {
         let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
         Ok(blip2idc::decode::decode(&bytes, &limits, &p.display().to_string())?)

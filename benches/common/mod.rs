@@ -31,3 +31,10 @@ pub fn run_json(cmd: &mut std::process::Command, what: &str) -> anyhow::Result<s
         s.lines().rev().find(|l| l.trim_start().starts_with('{')).ok_or_else(|| anyhow::anyhow!("no JSON in:\n{s}"))?;
     Ok(serde_json::from_str(line)?)
 }
+
+/// The CPU GEMM the child runs will use (`BLIP2IDC_MODEL__BLAS`, default `auto`: OpenBLAS when
+/// installed); they inherit the variable.
+pub fn cpu_gemm() -> anyhow::Result<String> {
+    let choice = std::env::var(blip2idc::model::blas::ENV).unwrap_or_else(|_| "auto".to_owned());
+    blip2idc::model::blas::configure(&choice)
+}

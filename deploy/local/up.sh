@@ -27,6 +27,12 @@ if ! pkg-config --exists libturbojpeg 2>/dev/null; then
   sudo_maybe apt-get update -qq && sudo_maybe env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libturbojpeg0-dev >/dev/null
 fi
 
+# --- Run-time option: OpenBLAS for the CPU matrix products (model.blas = "auto" loads it) --------
+if ! ldconfig -p | grep -q 'libopenblas\.so\.0'; then
+  log "installing libopenblas0-pthread (apt)"
+  sudo_maybe apt-get update -qq && sudo_maybe env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null
+fi
+
 # --- PostgreSQL (Debian package; the package does not start it on these machines) ---------------
 if ! command -v pg_ctlcluster >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   log "installing postgresql (apt)"

@@ -70,6 +70,8 @@ impl Captioner for Blip2Captioner {
 pub fn factory(cfg: &ModelConfig) -> anyhow::Result<CaptionerFactory> {
     // Fail fast on what can be checked without loading.
     parse_dtype(&cfg.dtype)?;
+    let blas = crate::model::blas::configure(&cfg.blas)?;
+    tracing::info!(%blas, "CPU matrix products");
     let cfg = cfg.clone();
     Ok(Box::new(move || Ok(Box::new(Blip2Captioner::load(&cfg)?) as Box<dyn super::Captioner>)))
 }

@@ -6,6 +6,7 @@
 //! pair input; [`ops`] is the single place that picks kernels. [`Blip2Idc`] bundles model, tokenizer
 //! and preprocessing for captioning.
 
+pub mod blas;
 pub mod blip2;
 pub mod config;
 pub mod layer_norm;

@@ -280,6 +280,8 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
     };
     let device = crate::model::loader::parse_device(&cfg.model.device)?;
     let dtype = crate::model::loader::parse_dtype(&cfg.model.dtype)?;
+    let blas = crate::model::blas::configure(&cfg.model.blas)?;
+    tracing::info!(%blas, "CPU matrix products");
     let mut model = Blip2Idc::load(&LoadOptions {
         checkpoint: cfg.model.checkpoint.clone(),
         adapter: None,
