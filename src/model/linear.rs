@@ -55,10 +55,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut y = ops::frozen_matmul(x, &self.weight, mode)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
+        let mut y = ops::linear(x, &self.weight, self.bias.as_ref(), mode)?;
         if let Some(l) = &self.lora {
             let h = ops::lora_dropout(x, l.dropout, mode)?.to_dtype(l.a.dtype())?;
             let delta = (h.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)? * l.scale)?;

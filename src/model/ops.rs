@@ -1,5 +1,6 @@
-//! The one place that picks kernels: candle's fused ops for inference, differentiable compositions for
-//! training.
+//! The one place that picks kernels: candle's fused ops for inference, and for training either our
+//! fused CPU kernels with their backward ([`super::fused`], CPU f32 with frozen parameters) or
+//! candle's differentiable compositions (other devices, trainable base parameters).
 //!
 //! candle's fused `softmax_last_dim` and `layer_norm` are built with `apply_op*_no_bwd`: a graph that
 //! goes through them silently gets no gradient. Every model file calls these helpers with the
@@ -7,6 +8,13 @@
 //! kernel without a backward pass.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+
+use super::fused;
+
+/// Whether `x` can go through the fused CPU kernels.
+fn cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
 
 /// How a forward pass runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,14 +67,20 @@ fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     let scale = (1.0 / keep) as f32;
     let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random_bool(keep) { scale } else { 0.0 }).collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x * mask
+    if cpu_f32(x) {
+        x.contiguous()?.apply_op1(fused::Mask { mask })
+    } else {
+        x * mask
+    }
 }
 
 /// Softmax over the last dimension, computed in f32 for half inputs (as OPT does for f16).
 pub fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
     let dtype = x.dtype();
     let x32 = if dtype == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
-    let y = if mode.is_train() {
+    let y = if mode.is_train() && cpu_f32(&x32) {
+        x32.contiguous()?.apply_op1(fused::Softmax)?
+    } else if mode.is_train() {
         candle_nn::ops::softmax(&x32, D::Minus1)?
     } else {
         candle_nn::ops::softmax_last_dim(&x32)?
@@ -80,7 +94,11 @@ pub fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
 
 /// `torch.nn.LayerNorm` over the last dimension.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
-    if mode.is_train() {
+    let frozen = !weight.track_op() && !bias.track_op();
+    if mode.is_train() && frozen && cpu_f32(x) && cpu_f32(weight) && cpu_f32(bias) {
+        let op = fused::LayerNorm { w: weight.contiguous()?, b: bias.contiguous()?, eps: eps as f32 };
+        x.contiguous()?.apply_op1(op)
+    } else if mode.is_train() {
         candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)
     } else {
         let x = x.contiguous()?;
@@ -89,8 +107,12 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, mode: Mo
 }
 
 /// Exact (erf) GELU, HF's `"gelu"`.
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+pub fn gelu(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    if mode.is_train() && cpu_f32(x) {
+        x.contiguous()?.apply_op1(fused::Gelu)
+    } else {
+        x.gelu_erf()
+    }
 }
 
 /// Dropout of the base model (Q-Former and OPT hidden/attention dropouts).
@@ -111,13 +133,29 @@ pub fn lora_dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
     }
 }
 
-/// `x @ wᵀ` for a frozen weight `w` [out, in], with `x` of any rank ≥ 2 ([..., in]).
+/// `x @ wᵀ + bias` for a weight `w` [out, in], with `x` of any rank ≥ 2 ([..., in]).
 ///
-/// In inference this is one GEMM over the flattened leading dimensions. In training, candle's matmul
-/// backward would also compute (and allocate) the gradient of `w`, which is frozen; instead the
-/// product is computed outside the graph and re-attached to `x` through [`GradToInputOnly`], whose
-/// backward is `grad @ w` alone.
-pub fn frozen_matmul(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
+/// One GEMM over the flattened leading dimensions. candle's matmul backward would also compute (and
+/// allocate) the gradient of `w`, and its bias add a gradient of the bias, both frozen: on CPU in f32
+/// the whole layer is [`fused::Linear`] (OpenBLAS when loaded, bias folded into the GEMM, input
+/// gradient only); elsewhere the product is computed outside the graph and re-attached to `x` through
+/// [`GradToInputOnly`]. Trainable weights (full training) take candle's ordinary ops.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+    let trainable = w.track_op() || bias.is_some_and(Tensor::track_op);
+    if !trainable && cpu_f32(x) && cpu_f32(w) && bias.is_none_or(cpu_f32) {
+        let op = fused::Linear { w: w.contiguous()?, b: bias.map(Tensor::contiguous).transpose()? };
+        let x = x.contiguous()?;
+        return if mode.is_train() { x.apply_op1(op) } else { x.apply_op1_no_bwd(&op) };
+    }
+    let y = frozen_matmul(x, w, mode)?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// `x @ wᵀ` outside the fused CPU path (see [`linear`]).
+fn frozen_matmul(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (inner, lead) = dims.split_last().expect("rank >= 1");
     let rows: usize = lead.iter().product();
@@ -185,21 +223,26 @@ mod tests {
     use candle_core::{Device, Var};
 
     #[test]
-    fn frozen_matmul_matches_matmul_and_gives_input_gradient_only() -> Result<()> {
+    fn linear_matches_matmul_and_gives_input_gradient_only() -> Result<()> {
         let dev = Device::Cpu;
         let x = Var::new(&[[[1f32, 2., 3.], [4., 5., 6.]]], &dev)?; // [1, 2, 3]
         let w = Tensor::new(&[[1f32, 0., -1.], [0.5, 0.5, 0.5]], &dev)?; // [2, 3]
-        let mode = Mode::TRAIN_NO_DROPOUT;
-        let y = frozen_matmul(x.as_tensor(), &w, mode)?;
         let reference = x.as_tensor().broadcast_matmul(&w.t()?)?;
-        assert_eq!(y.to_vec3::<f32>()?, reference.to_vec3::<f32>()?);
-        let loss = (y.sqr()?.sum_all()? * 0.5)?;
-        let grads = loss.backward()?;
-        let gx = grads.get(x.as_tensor()).expect("x has a gradient").to_vec3::<f32>()?;
         // d/dx 0.5·|x wᵀ|² = (x wᵀ) w
         let expected = reference.broadcast_matmul(&w)?.to_vec3::<f32>()?;
-        assert_eq!(gx, expected);
-        assert!(grads.get(&w).is_none(), "the frozen weight must get no gradient buffer");
+        // The fused CPU path (f32) and the generic one (what other devices take).
+        let paths: [(&str, &dyn Fn() -> Result<Tensor>); 2] = [
+            ("fused", &|| linear(x.as_tensor(), &w, None, Mode::TRAIN_NO_DROPOUT)),
+            ("generic", &|| frozen_matmul(x.as_tensor(), &w, Mode::TRAIN_NO_DROPOUT)),
+        ];
+        for (name, forward) in paths {
+            let y = forward()?;
+            assert_eq!(y.to_vec3::<f32>()?, reference.to_vec3::<f32>()?, "{name}");
+            let grads = (y.sqr()?.sum_all()? * 0.5)?.backward()?;
+            let gx = grads.get(x.as_tensor()).expect("x has a gradient").to_vec3::<f32>()?;
+            assert_eq!(gx, expected, "{name}");
+            assert!(grads.get(&w).is_none(), "{name}: the frozen weight must get no gradient buffer");
+        }
         Ok(())
     }
 
@@ -208,7 +251,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::new(&[[[1f32, 2., 3.], [4., 5., 6.]]], &dev)?;
         let w = Var::new(&[[1f32, 0., -1.], [0.5, 0.5, 0.5]], &dev)?;
-        let y = frozen_matmul(&x, w.as_tensor(), Mode::TRAIN_NO_DROPOUT)?;
+        let y = linear(&x, w.as_tensor(), None, Mode::TRAIN_NO_DROPOUT)?;
         let grads = (y.sqr()?.sum_all()? * 0.5)?.backward()?;
         // d/dw 0.5·|x wᵀ|² = (x wᵀ)ᵀ x, summed over the rows
         let x2 = x.reshape((2, 3))?;

@@ -233,7 +233,7 @@ impl OptForCausalLM {
 
     /// `lm_head(hidden)`: logits [.., vocab].
     pub fn logits(&self, hidden: &Tensor, mode: Mode) -> Result<Tensor> {
-        ops::frozen_matmul(hidden, &self.lm_head, mode)
+        ops::linear(hidden, &self.lm_head, None, mode)
     }
 
     /// Every parameter with its HF name (`lm_head` only when it is not tied).

@@ -131,7 +131,7 @@ impl Layer {
         if let Some(cross) = &self.crossattention {
             h = cross.forward(&h, image_embeds, mode)?;
         }
-        let inter = ops::gelu(&self.intermediate_query.forward(&h, mode)?)?;
+        let inter = ops::gelu(&self.intermediate_query.forward(&h, mode)?, mode)?;
         self.output_query.forward(&inter, &h, mode)
     }
 }

@@ -1,0 +1,432 @@
+//! Fused CPU f32 kernels with an explicit backward: the frozen linear, LayerNorm with frozen
+//! parameters, softmax, exact GELU and dropout.
+//!
+//! candle's autograd computes a gradient for *every* operand of a binary op, trainable or not, and
+//! keeps it until `backward` returns: the broadcast LayerNorm weight and bias, each linear's bias,
+//! each dropout mask all get full-size gradients nobody reads. Its composed LayerNorm, softmax and
+//! GELU backward also take 5–10 passes (and allocations) over each activation. These ops take one
+//! pass forward and one backward and give a gradient to their input only. [`super::ops`] picks them
+//! on CPU for f32 with frozen parameters; trainable parameters (the synthetic base's full training)
+//! and other devices keep candle's composed ops, which the parity tests check these against.
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::blas;
+
+/// Rows per parallel task: enough work per task to amortise the scheduling.
+const MIN_ELEMS_PER_TASK: usize = 1 << 14;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("fused kernels take f32, got {:?}", candle_core::backend::BackendStorage::dtype(s))
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&v[start..end]),
+        None => bail!("fused kernels take contiguous tensors"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor.
+fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(f32_slice(s, layout)?),
+        _ => bail!("fused kernels run on CPU tensors"),
+    }
+}
+
+fn rows_per_task(row_len: usize) -> usize {
+    MIN_ELEMS_PER_TASK.div_ceil(row_len.max(1)).max(1)
+}
+
+/// `out[r] = f(a[r], b[r])` row by row in parallel, for two inputs of the same shape.
+fn map_rows2(a: &[f32], b: &[f32], d: usize, f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let rows = rows_per_task(d);
+    out.par_chunks_mut(d * rows).zip(a.par_chunks(d * rows)).zip(b.par_chunks(d * rows)).for_each(|((o, a), b)| {
+        for ((o, a), b) in o.chunks_mut(d).zip(a.chunks(d)).zip(b.chunks(d)) {
+            f(a, b, o)
+        }
+    });
+    out
+}
+
+fn map_rows(a: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let rows = rows_per_task(d);
+    out.par_chunks_mut(d * rows).zip(a.par_chunks(d * rows)).for_each(|(o, a)| {
+        for (o, a) in o.chunks_mut(d).zip(a.chunks(d)) {
+            f(a, o)
+        }
+    });
+    out
+}
+
+fn last_dim(l: &Layout) -> Result<usize> {
+    match l.dims().last() {
+        Some(&d) if d > 0 => Ok(d),
+        _ => bail!("fused kernels take tensors with a non-empty last dimension"),
+    }
+}
+
+/// `x @ wᵀ + b` for a frozen `w` [out, in] (and `b` [out]); `x` [..., in]. Backward: `grad @ w` to
+/// `x` only.
+pub struct Linear {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+impl CustomOp1 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let (n, k) = self.w.dims2()?;
+        if last_dim(l)? != k {
+            bail!("linear: input {:?} does not end in {k}", l.dims());
+        }
+        let m = x.len() / k;
+        let mut y = vec![0f32; m * n];
+        let beta = match &self.b {
+            Some(b) => {
+                with_data(b, |b| {
+                    y.par_chunks_mut(n * rows_per_task(n))
+                        .for_each(|c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(b)));
+                    Ok(())
+                })?;
+                1.0
+            }
+            None => 0.0,
+        };
+        with_data(&self.w, |w| {
+            blas::sgemm((m, n, k), x, k, w, k, true, beta, &mut y, n);
+            Ok(())
+        })?;
+        let mut dims = l.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = n;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&GradInput { w: self.w.clone() })?))
+    }
+}
+
+/// `grad @ w`: the linear's input gradient.
+struct GradInput {
+    w: Tensor,
+}
+
+impl CustomOp1 for GradInput {
+    fn name(&self) -> &'static str {
+        "fused-frozen-linear-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = f32_slice(s, l)?;
+        let (n, k) = self.w.dims2()?;
+        let m = g.len() / n;
+        let mut out = vec![0f32; m * k];
+        with_data(&self.w, |w| {
+            blas::sgemm((m, k, n), g, n, w, k, false, 0.0, &mut out, k);
+            Ok(())
+        })?;
+        let mut dims = l.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = k;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension with a frozen weight and bias.
+pub struct LayerNorm {
+    pub w: Tensor,
+    pub b: Tensor,
+    pub eps: f32,
+}
+
+/// Mean and 1/std of one row (f64 accumulation, as precise as torch's Welford in f32 or better).
+fn moments(x: &[f32], eps: f32) -> (f32, f32) {
+    let d = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / d;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d;
+    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+}
+
+impl CustomOp1 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let d = last_dim(l)?;
+        let y = with_data(&self.w, |w| {
+            with_data(&self.b, |b| {
+                if w.len() != d || b.len() != d {
+                    bail!("layer norm: weight/bias of {} for rows of {d}", w.len());
+                }
+                Ok(map_rows(x, d, |x, y| {
+                    let (mean, rstd) = moments(x, self.eps);
+                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                        *y = (x - mean) * rstd * w + b;
+                    }
+                }))
+            })
+        })?;
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = LayerNormGrad { w: self.w.clone(), eps: self.eps };
+        Ok(Some(x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+    }
+}
+
+/// LayerNorm's input gradient from (x, grad): `rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂))`.
+struct LayerNormGrad {
+    w: Tensor,
+    eps: f32,
+}
+
+impl CustomOp2 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let d = last_dim(l1)?;
+        if x.len() != g.len() {
+            bail!("layer norm grad: shapes {:?} and {:?}", l1.dims(), l2.dims());
+        }
+        let dx = with_data(&self.w, |w| {
+            Ok(map_rows2(x, g, d, |x, g, dx| {
+                let (mean, rstd) = moments(x, self.eps);
+                let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
+                for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
+                    let gw = (g * w) as f64;
+                    sum_gw += gw;
+                    sum_gw_xhat += gw * ((x - mean) * rstd) as f64;
+                }
+                let (a, c) = ((sum_gw / d as f64) as f32, (sum_gw_xhat / d as f64) as f32);
+                for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+                    *dx = rstd * (g * w - a - (x - mean) * rstd * c);
+                }
+            }))
+        })?;
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension.
+pub struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let y = map_rows(x, last_dim(l)?, |x, y| {
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = (x - max).exp();
+                sum += *y;
+            }
+            y.iter_mut().for_each(|y| *y /= sum);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// Softmax's input gradient from (y, grad): `y · (g − Σ g·y)`.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        if y.len() != g.len() {
+            bail!("softmax grad: shapes {:?} and {:?}", l1.dims(), l2.dims());
+        }
+        let dx = map_rows2(y, g, last_dim(l1)?, |y, g, dx| {
+            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                *dx = y * (g - dot);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Exact (erf) GELU, the same per-element formula as candle's `gelu_erf`.
+pub struct Gelu;
+
+fn gelu(x: f32) -> f32 {
+    (candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * x
+}
+
+/// d/dx GELU(x) = Φ(x) + x·φ(x).
+fn gelu_grad(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    0.5 * (1. + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+        + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "fused-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let y = map_rows(x, last_dim(l)?, |x, y| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x)));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "fused-gelu-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        if x.len() != g.len() {
+            bail!("gelu grad: shapes {:?} and {:?}", l1.dims(), l2.dims());
+        }
+        let dx = map_rows2(x, g, last_dim(l1)?, |x, g, dx| {
+            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                *dx = g * gelu_grad(x);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `x · mask` for a constant mask of `x`'s shape (dropout: 0 or 1/keep); backward `grad · mask`.
+pub struct Mask {
+    pub mask: Tensor,
+}
+
+impl CustomOp1 for Mask {
+    fn name(&self) -> &'static str {
+        "fused-mask"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l)?;
+        let y = with_data(&self.mask, |m| {
+            if m.len() != x.len() {
+                bail!("mask of {} elements for a tensor of {}", m.len(), x.len());
+            }
+            Ok(map_rows2(x, m, last_dim(l)?, |x, m, y| y.iter_mut().zip(x).zip(m).for_each(|((y, x), m)| *y = x * m)))
+        })?;
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Mask { mask: self.mask.clone() })?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each fused op against candle's composed ops: forward values and input gradients.
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Compares `fused(x)` with `reference(x)` and the gradients of `sum(out · r)` for a random `r`.
+    fn check(
+        shape: &[usize],
+        fused: impl Fn(&Tensor) -> Result<Tensor>,
+        reference: impl Fn(&Tensor) -> Result<Tensor>,
+        tol: f32,
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 2., shape, &dev)?)?;
+        let (yf, yr) = (fused(x.as_tensor())?, reference(x.as_tensor())?);
+        assert_eq!(yf.dims(), yr.dims());
+        assert!(max_diff(&yf, &yr) <= tol, "forward differs by {}", max_diff(&yf, &yr));
+        let r = Tensor::randn(0f32, 1., yr.shape(), &dev)?;
+        let gf = (yf * &r)?.sum_all()?.backward()?;
+        let gr = (yr * &r)?.sum_all()?.backward()?;
+        let (gf, gr) = (gf.get(x.as_tensor()).expect("fused grad"), gr.get(x.as_tensor()).expect("reference grad"));
+        let scale = gr.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
+        assert!(max_diff(gf, gr) <= tol * scale, "gradient differs by {}", max_diff(gf, gr));
+        Ok(())
+    }
+
+    #[test]
+    fn linear_matches_matmul_plus_bias_and_leaves_weights_without_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.5, (6, 5), &dev)?;
+        let b = Tensor::randn(0f32, 0.5, 6, &dev)?;
+        for bias in [None, Some(&b)] {
+            let op = || Linear { w: w.clone(), b: bias.cloned() };
+            let reference = |x: &Tensor| {
+                let y = x.broadcast_matmul(&w.t()?)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            };
+            check(&[2, 3, 5], |x| x.apply_op1(op()), reference, 1e-5)?;
+        }
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 5), &dev)?)?;
+        let grads = x.as_tensor().apply_op1(Linear { w: w.clone(), b: Some(b.clone()) })?.sum_all()?.backward()?;
+        assert!(grads.get(&w).is_none() && grads.get(&b).is_none(), "frozen parameters got gradients");
+        Ok(())
+    }
+
+    #[test]
+    fn layer_norm_matches_the_composed_layer_norm() -> Result<()> {
+        let dev = Device::Cpu;
+        let (w, b) = (Tensor::randn(1f32, 0.3, 16, &dev)?, Tensor::randn(0f32, 0.3, 16, &dev)?);
+        let op = || LayerNorm { w: w.clone(), b: b.clone(), eps: 1e-6 };
+        check(&[3, 7, 16], |x| x.apply_op1(op()), |x| candle_nn::ops::layer_norm_slow(x, &w, &b, 1e-6), 2e-5)
+    }
+
+    #[test]
+    fn softmax_matches_the_composed_softmax() -> Result<()> {
+        check(&[2, 4, 9], |x| x.apply_op1(Softmax), |x| candle_nn::ops::softmax(x, D::Minus1), 1e-6)?;
+        // -inf (a masked position) gives probability 0 and gradient 0.
+        let x = Tensor::new(&[[0f32, f32::NEG_INFINITY, 1.0]], &Device::Cpu)?;
+        let y = x.apply_op1(Softmax)?.to_vec2::<f32>()?;
+        assert_eq!(y[0][1], 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn gelu_matches_candles_gelu_erf() -> Result<()> {
+        check(&[5, 33], |x| x.apply_op1(Gelu), |x| x.gelu_erf(), 1e-5)
+    }
+
+    #[test]
+    fn mask_multiplies_forward_and_backward() -> Result<()> {
+        let mask = Tensor::new(&[[0f32, 2.0, 2.0], [2.0, 0.0, 2.0]], &Device::Cpu)?;
+        check(&[2, 3], |x| x.apply_op1(Mask { mask: mask.clone() }), |x| x * &mask, 0.0)
+    }
+}
