@@ -127,7 +127,7 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
             .await
             .unwrap();
     let dir = work.path().join("check");
-    job::download_adapter(&s3, &uri, &dir).await.unwrap();
+    blip2idc::train::artifacts::AdapterStore::new(s3.clone(), &scope.cfg.s3).download(&uri, &dir).await.unwrap();
     assert!(dir.join("adapter_config.json").exists() && dir.join("adapter_model.safetensors").exists());
 
     // The running consumer switches: new events are captioned by the promoted version.

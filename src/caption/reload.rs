@@ -17,25 +17,14 @@ use tokio_util::sync::CancellationToken;
 use super::CaptionWorker;
 use crate::config::Config;
 use crate::store::Store;
-use crate::train::job::{download_adapter, PROMOTION_CHANNEL};
-
-/// The promoted version and its adapter location, if any version is promoted.
-/// Only versions trained for `base_model` (the configured checkpoint) are considered.
-pub async fn promoted_version(store: &Store, base_model: &str) -> anyhow::Result<Option<(String, Option<String>)>> {
-    Ok(sqlx::query_as(
-        "SELECT version, adapter_uri FROM model_versions WHERE promoted_at IS NOT NULL AND base_model = $1
-         ORDER BY promoted_at DESC LIMIT 1",
-    )
-    .bind(base_model)
-    .fetch_optional(store.pool())
-    .await?)
-}
+use crate::store::PROMOTION_CHANNEL;
+use crate::train::artifacts::AdapterStore;
 
 /// Downloads the adapter of promoted `version` from `uri` into the scratch directory.
 async fn download(cfg: &Config, version: &str, uri: &str) -> anyhow::Result<PathBuf> {
     let s3 = crate::fetch::s3_client(&cfg.s3).await;
     let dir = cfg.retrain.work_dir.join("promoted").join(version);
-    download_adapter(&s3, uri, &dir).await?;
+    AdapterStore::new(s3, &cfg.s3).download(uri, &dir).await?;
     Ok(dir)
 }
 
@@ -90,7 +79,7 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
 
 /// One comparison of the promoted version with the loaded one.
 pub async fn check_once(cfg: &Config, store: &Store, worker: &CaptionWorker) -> anyhow::Result<bool> {
-    let Some((version, Some(uri))) = promoted_version(store, &cfg.model.checkpoint).await? else { return Ok(false) };
+    let Some((version, Some(uri))) = store.promoted_version(&cfg.model.checkpoint).await? else { return Ok(false) };
     if version == worker.model_version() {
         return Ok(false);
     }

@@ -18,6 +18,9 @@ use crate::config::DatabaseConfig;
 use crate::event::ImagePairEvent;
 use crate::retry::Backoff;
 
+mod registry;
+pub use registry::{ModelVersion, PROMOTION_CHANNEL};
+
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -33,14 +36,6 @@ pub struct CaptionRecord {
     pub inference_seconds: f64,
     pub end_to_end_seconds: f64,
     pub batch_size: i32,
-}
-
-/// A model version to register.
-#[derive(Clone, Debug)]
-pub struct ModelVersion {
-    pub version: String,
-    pub base_model: String,
-    pub adapter_uri: Option<String>,
 }
 
 /// Connection pool plus retry policy.
@@ -83,21 +78,6 @@ impl Store {
     /// True when a trivial query succeeds within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> bool {
         matches!(tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&self.pool)).await, Ok(Ok(_)))
-    }
-
-    /// Registers a model version if it is new.
-    pub async fn register_model_version(&self, m: &ModelVersion) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO model_versions (version, base_model, adapter_uri) VALUES ($1, $2, $3)
-             ON CONFLICT (version) DO NOTHING",
-        )
-        .bind(&m.version)
-        .bind(&m.base_model)
-        .bind(&m.adapter_uri)
-        .execute(&self.pool)
-        .await
-        .context("registering the model version")?;
-        Ok(())
     }
 
     /// Stores a batch in one transaction.

@@ -17,12 +17,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use super::artifacts::AdapterStore;
 use super::lora::LoraParams;
 use super::trainer::{Example, Input, TrainConfig, TrainReport};
 use crate::config::Config;
@@ -31,10 +33,9 @@ use crate::event::S3Uri;
 use crate::fetch::Fetcher;
 use crate::model::lora::{Adapter, AdapterConfig};
 use crate::model::{Blip2Idc, LoadOptions};
-use crate::store::Store;
+use crate::store::{ModelVersion, Store};
 
 /// The LISTEN/NOTIFY channel announcing a promotion (payload: the version).
-pub const PROMOTION_CHANNEL: &str = "blip2idc_model_promoted";
 /// Advisory-lock key of the retraining job.
 const LOCK_KEY: i64 = 0x6231_6964_6374_726e; // "b1idctrn"
 
@@ -168,8 +169,8 @@ struct Label {
 
 /// A decoded holdout/train pair with its references.
 struct Pair {
-    original: image::RgbImage,
-    modified: image::RgbImage,
+    original: Arc<image::RgbImage>,
+    modified: Arc<image::RgbImage>,
     references: Vec<String>,
     category: Option<String>,
 }
@@ -265,7 +266,7 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
     let t = Instant::now();
     let s3 = crate::fetch::s3_client(&cfg.s3).await;
     let fetcher = Fetcher::new(s3.clone(), &cfg.s3);
-    let (train_labels, holdout) = load_pairs(&fetcher, &labels, &cfg.decode).await?;
+    let (train_labels, holdout) = load_pairs(&fetcher, &labels, &cfg.decode, cfg.s3.max_concurrency).await?;
     anyhow::ensure!(!train_labels.is_empty(), "no usable training labels (all failed to load?)");
     anyhow::ensure!(!holdout.is_empty(), "the holdout is empty: label more pairs");
     durations.insert("load_data_s".into(), t.elapsed().as_secs_f64().into());
@@ -273,9 +274,10 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
 
     // 4. Base + promoted adapter, baseline.
     let t = Instant::now();
-    let promoted = crate::caption::reload::promoted_version(store, &cfg.model.checkpoint).await?;
+    let adapters = AdapterStore::new(s3.clone(), &cfg.s3);
+    let promoted = store.promoted_version(&cfg.model.checkpoint).await?;
     let start_adapter: Option<PathBuf> = match &promoted {
-        Some((version, Some(uri))) => Some(download_adapter(&s3, uri, &rc.work_dir.join(version)).await?),
+        Some((version, Some(uri))) => Some(adapters.download(uri, &rc.work_dir.join(version)).await?),
         _ => cfg.model.adapter.as_ref().map(PathBuf::from),
     };
     let device = crate::model::loader::parse_device(&cfg.model.device)?;
@@ -329,26 +331,16 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
     let dir = rc.work_dir.join(&version);
     adapter.save(&dir)?;
     let uri = format!("s3://{}/{}{}/", rc.adapter_bucket, rc.adapter_prefix, version);
-    upload_adapter(&s3, &dir, &uri).await?;
+    adapters.upload(&dir, &uri).await?;
     let metrics = serde_json::json!({"holdout": candidate, "baseline": baseline, "run_id": run_id});
-    sqlx::query("INSERT INTO model_versions (version, base_model, adapter_uri, metrics) VALUES ($1, $2, $3, $4)")
-        .bind(&version)
-        .bind(&cfg.model.checkpoint)
-        .bind(&uri)
-        .bind(&metrics)
-        .execute(pool)
-        .await?;
+    let registered =
+        ModelVersion { version: version.clone(), base_model: cfg.model.checkpoint.clone(), adapter_uri: Some(uri) };
+    store.register_candidate(&registered, &metrics).await?;
 
     // 7. Decide.
     let (promote, decision) = decide(&baseline, &candidate, rc);
     if promote {
-        let mut tx = pool.begin().await?;
-        sqlx::query("UPDATE model_versions SET promoted_at = now() WHERE version = $1")
-            .bind(&version)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SELECT pg_notify($1, $2)").bind(PROMOTION_CHANNEL).bind(&version).execute(&mut *tx).await?;
-        tx.commit().await?;
+        store.promote(&version).await?;
         tracing::info!(run_id, %version, "promoted: {decision}");
     } else {
         tracing::info!(run_id, %version, "not promoted: {decision}");
@@ -409,6 +401,7 @@ async fn assign_splits(pool: &sqlx::PgPool, rc: &RetrainConfig) -> anyhow::Resul
             .fetch_one(&mut *tx)
             .await?;
     let mut need = (rc.min_holdout as i64 - n_holdout).max(0);
+    let (mut originals, mut modifieds, mut splits) = (Vec::new(), Vec::new(), Vec::new());
     for (a, b) in rows {
         // Hash the object keys, not the buckets: the same pairs split the same way in every environment.
         let key = |u: &str| {
@@ -419,40 +412,64 @@ async fn assign_splits(pool: &sqlx::PgPool, rc: &RetrainConfig) -> anyhow::Resul
         if holdout {
             need -= 1;
         }
-        sqlx::query("UPDATE labels SET split = $3 WHERE original_uri = $1 AND modified_uri = $2 AND split IS NULL")
-            .bind(&a)
-            .bind(&b)
-            .bind(if holdout { "holdout" } else { "train" })
-            .execute(&mut *tx)
-            .await?;
+        originals.push(a);
+        modifieds.push(b);
+        splits.push(if holdout { "holdout" } else { "train" });
     }
+    sqlx::query(
+        "UPDATE labels l SET split = s.split
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS s(original_uri, modified_uri, split)
+         WHERE l.original_uri = s.original_uri AND l.modified_uri = s.modified_uri AND l.split IS NULL",
+    )
+    .bind(&originals)
+    .bind(&modifieds)
+    .bind(&splits)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// Fetches and decodes every label's images; groups labels of the same pair (their captions become
-/// the pair's references). Labels whose images cannot be loaded are skipped with a warning.
+/// Fetches and decodes every label's images, `s3.max_concurrency` pairs at a time; groups labels of
+/// the same pair (their captions become the pair's references). Labels whose images cannot be
+/// loaded are skipped with a warning.
 async fn load_pairs(
     fetcher: &Fetcher,
     labels: &[Label],
     limits: &crate::config::DecodeConfig,
+    concurrency: usize,
 ) -> anyhow::Result<(Vec<Pair>, Vec<Pair>)> {
+    use futures::StreamExt;
     let mut groups: BTreeMap<(String, String), Vec<&Label>> = BTreeMap::new();
     for l in labels {
         groups.entry((l.original.clone(), l.modified.clone())).or_default().push(l);
     }
     let cancel = tokio_util::sync::CancellationToken::new();
-    let (mut train, mut holdout) = (Vec::new(), Vec::new());
-    for ((a, b), ls) in groups {
-        let loaded = async {
+    let load = |a: String, b: String| {
+        let cancel = cancel.clone();
+        async move {
             let (ua, ub) = (S3Uri::parse(&a)?, S3Uri::parse(&b)?);
             let (ba, bb) = fetcher.fetch_pair(&ua, &ub, &cancel).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let ia = crate::decode::decode(&ba, limits, &a)?;
-            let ib = crate::decode::decode(&bb, limits, &b)?;
-            anyhow::Ok((crate::model::preprocess::to_rgb(&ia), crate::model::preprocess::to_rgb(&ib)))
+            let limits = limits.clone();
+            tokio::task::spawn_blocking(move || {
+                let ia = crate::decode::decode(&ba, &limits, &a)?;
+                let ib = crate::decode::decode(&bb, &limits, &b)?;
+                let rgb = |img| Arc::new(crate::model::preprocess::to_rgb(img));
+                anyhow::Ok((rgb(&ia), rgb(&ib)))
+            })
+            .await?
         }
-        .await;
-        let (original, modified) = match loaded {
+    };
+    // `buffered` keeps the groups' order, so runs over the same labels see the same data.
+    let mut loaded = futures::stream::iter(groups)
+        .map(|((a, b), ls)| {
+            let fut = load(a, b);
+            async move { (fut.await, ls) }
+        })
+        .buffered(concurrency.max(1));
+    let (mut train, mut holdout) = (Vec::new(), Vec::new());
+    while let Some((result, ls)) = loaded.next().await {
+        let (original, modified) = match result {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(label_ids = ?ls.iter().map(|l| l.id).collect::<Vec<_>>(), "skipping labels: {e:#}");
@@ -555,46 +572,6 @@ pub fn decide(baseline: &EvalSummary, candidate: &EvalSummary, rc: &RetrainConfi
     (true, format!("CIDEr-D {:.4} vs {:.4} ({gain:+.4}), no category regresses", candidate.cider, baseline.cider))
 }
 
-/// Downloads `adapter_config.json` and the weights under an `s3://bucket/prefix/` URI into `dir`.
-pub async fn download_adapter(s3: &aws_sdk_s3::Client, uri: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    let (bucket, prefix) = split_uri(uri)?;
-    std::fs::create_dir_all(dir)?;
-    let mut got_weights = false;
-    for name in ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"] {
-        let key = format!("{prefix}{name}");
-        match s3.get_object().bucket(&bucket).key(&key).send().await {
-            Ok(o) => {
-                let bytes =
-                    o.body.collect().await.with_context(|| format!("reading s3://{bucket}/{key}"))?.into_bytes();
-                std::fs::write(dir.join(name), &bytes)?;
-                got_weights |= name != "adapter_config.json";
-            }
-            Err(e) if name == "adapter_config.json" => {
-                anyhow::bail!("downloading s3://{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(&e))
-            }
-            Err(_) => {}
-        }
-    }
-    anyhow::ensure!(got_weights, "{uri} has no adapter_model.safetensors or adapter_model.bin");
-    Ok(dir.to_owned())
-}
-
-async fn upload_adapter(s3: &aws_sdk_s3::Client, dir: &Path, uri: &str) -> anyhow::Result<()> {
-    let (bucket, prefix) = split_uri(uri)?;
-    for name in ["adapter_config.json", "adapter_model.safetensors"] {
-        let bytes = std::fs::read(dir.join(name))?;
-        crate::devtools::put(s3, &bucket, &format!("{prefix}{name}"), bytes).await?;
-    }
-    Ok(())
-}
-
-fn split_uri(uri: &str) -> anyhow::Result<(String, String)> {
-    let rest = uri.strip_prefix("s3://").with_context(|| format!("{uri} is not an s3:// URI"))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let prefix = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_owned() } else { format!("{prefix}/") };
-    Ok((bucket.to_owned(), prefix))
-}
-
 fn short(checkpoint: &str) -> String {
     Path::new(checkpoint.trim_end_matches('/'))
         .file_name()
@@ -642,13 +619,5 @@ mod tests {
         assert!(!ok && why.contains("remove"), "{why}");
         let (ok, _) = decide(&base, &summary(1.5, &[("add", 2.0)]), &rc);
         assert!(!ok, "a category missing from the candidate counts as a regression to 0");
-    }
-
-    #[test]
-    fn adapter_uris_split_into_bucket_and_prefix() {
-        assert_eq!(split_uri("s3://b/adapters/v1/").unwrap(), ("b".into(), "adapters/v1/".into()));
-        assert_eq!(split_uri("s3://b/adapters/v1").unwrap(), ("b".into(), "adapters/v1/".into()));
-        assert_eq!(split_uri("s3://b").unwrap(), ("b".into(), "".into()));
-        assert!(split_uri("http://b/x").is_err());
     }
 }

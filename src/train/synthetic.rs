@@ -7,6 +7,7 @@
 //! single images on a CPU ([`pretrain_base`]), which LoRA then adapts to pairs, as BLIP2IDC does.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor, Var};
@@ -292,7 +293,7 @@ pub fn pretrain_base(out: &Path, examples: usize, cfg: &TrainConfig) -> anyhow::
             .map(|_| {
                 let scene = Scene::random(rng, 0, 3);
                 let labels = super::loss::encode_labels(&tokenizer, &[&scene.describe()], cfg.max_length, 2)?.remove(0);
-                Ok(Example { input: Input::Single(scene.render(rng)), labels })
+                Ok(Example { input: Input::Single(Arc::new(scene.render(rng))), labels })
             })
             .collect()
     };
@@ -352,7 +353,10 @@ pub fn pair_dataset(
             let caption = p.captions.choose(&mut rng).expect("non-empty").clone();
             let labels = super::loss::encode_labels(tokenizer, &[&caption], max_length, pad_id)?.remove(0);
             let ex = Example {
-                input: Input::Pair { original: p.original.render(&mut rng), modified: p.modified.render(&mut rng) },
+                input: Input::Pair {
+                    original: Arc::new(p.original.render(&mut rng)),
+                    modified: Arc::new(p.modified.render(&mut rng)),
+                },
                 labels,
             };
             Ok((ex, p))

@@ -3,6 +3,7 @@
 //! the best epoch's weights, progress bars on a terminal and structured logs otherwise.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
@@ -22,10 +23,11 @@ use crate::model::preprocess::{stack_pair, ImageProcessorConfig};
 /// What the model sees for one example.
 #[derive(Clone, Debug)]
 pub enum Input {
-    /// A BLIP2IDC pair (stacked at batch time, after augmentation).
-    Pair { original: RgbImage, modified: RgbImage },
+    /// A BLIP2IDC pair (stacked at batch time, after augmentation). Shared: a pair with several
+    /// reference captions is several examples of the same images.
+    Pair { original: Arc<RgbImage>, modified: Arc<RgbImage> },
     /// One image (BLIP-2-style captioning, for pretraining a base).
-    Single(RgbImage),
+    Single(Arc<RgbImage>),
 }
 
 /// One training example: input and label ids (see [`super::loss::encode_labels`]).
@@ -148,6 +150,8 @@ pub fn train(
     };
     let mut best: Option<Vec<Tensor>> = None;
     let mut since_best = 0;
+    // The holdout is not augmented: preprocess it once, not every epoch.
+    let holdout_batches = fixed_batches(model, holdout, processor, cfg)?;
     for epoch in 1..=cfg.epochs {
         let started = Instant::now();
         let mut order: Vec<usize> = (0..train.len()).collect();
@@ -188,7 +192,7 @@ pub fn train(
             }
         }
         let train_loss = loss_sum / loss_n.max(1) as f64;
-        let holdout_loss = if holdout.is_empty() { None } else { Some(evaluate_loss(model, holdout, processor, cfg)?) };
+        let holdout_loss = if holdout.is_empty() { None } else { Some(batches_loss(model, &holdout_batches, cfg)?) };
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(epoch, train_loss, holdout_loss, seconds, "epoch done");
         report.epochs.push(EpochReport { epoch, train_loss, holdout_loss, seconds });
@@ -228,15 +232,34 @@ pub fn evaluate_loss(
     processor: &ImageProcessorConfig,
     cfg: &TrainConfig,
 ) -> anyhow::Result<f64> {
+    batches_loss(model, &fixed_batches(model, examples, processor, cfg)?, cfg)
+}
+
+/// `examples` preprocessed without augmentation, in batches of `cfg.batch_size`: pixels and labels.
+fn fixed_batches(
+    model: &Blip2Model,
+    examples: &[Example],
+    processor: &ImageProcessorConfig,
+    cfg: &TrainConfig,
+) -> anyhow::Result<Vec<(Tensor, Vec<Vec<u32>>)>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    examples
+        .chunks(cfg.batch_size.max(1))
+        .map(|chunk| {
+            let refs: Vec<&Example> = chunk.iter().collect();
+            let pv = pixel_batch(model, &refs, processor, None, &mut rng)?;
+            Ok((pv, chunk.iter().map(|e| e.labels.clone()).collect()))
+        })
+        .collect()
+}
+
+/// Mean loss over preprocessed batches.
+fn batches_loss(model: &Blip2Model, batches: &[(Tensor, Vec<Vec<u32>>)], cfg: &TrainConfig) -> anyhow::Result<f64> {
     let (mut sum, mut n) = (0.0, 0usize);
-    for chunk in examples.chunks(cfg.batch_size.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let pv = pixel_batch(model, &refs, processor, None, &mut rng)?;
-        let labels: Vec<Vec<u32>> = chunk.iter().map(|e| e.labels.clone()).collect();
-        let loss = caption_loss(model, &pv, &labels, Mode::Inference, cfg.pad_masking, cfg.pad_id)?;
-        sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-        n += chunk.len();
+    for (pv, labels) in batches {
+        let loss = caption_loss(model, pv, labels, Mode::Inference, cfg.pad_masking, cfg.pad_id)?;
+        sum += loss.to_scalar::<f32>()? as f64 * labels.len() as f64;
+        n += labels.len();
     }
     Ok(sum / n.max(1) as f64)
 }
@@ -252,15 +275,17 @@ pub fn pixel_batch(
     let (h, w) = (processor.height as usize, processor.width as usize);
     let mut flat = Vec::with_capacity(examples.len() * 3 * h * w);
     for e in examples {
-        let aug = |img: &RgbImage, rng: &mut rand::rngs::StdRng| match augmentation {
-            Some(a) => augment(img, a, rng),
+        let aug = |img: &Arc<RgbImage>, rng: &mut rand::rngs::StdRng| match augmentation {
+            Some(a) => Arc::new(augment(img, a, rng)),
             None => img.clone(),
         };
-        let image = match &e.input {
-            Input::Pair { original, modified } => stack_pair(&aug(original, rng), &aug(modified, rng)),
-            Input::Single(img) => aug(img, rng),
+        let pixels = match &e.input {
+            Input::Pair { original, modified } => {
+                processor.pixel_values(&stack_pair(&aug(original, rng), &aug(modified, rng)))
+            }
+            Input::Single(img) => processor.pixel_values(&aug(img, rng)),
         };
-        flat.extend(processor.pixel_values(&image));
+        flat.extend(pixels);
     }
     Ok(Tensor::from_vec(flat, (examples.len(), 3, h, w), model.device())?.to_dtype(model.dtype())?)
 }

@@ -1,0 +1,127 @@
+//! Adapter files in S3, PEFT layout under `s3://bucket/prefix/`: the promoted adapter downloaded by
+//! the retraining job and by consumers that hot-swap, the candidate uploaded by the job.
+//!
+//! Reads go through the image [`Fetcher`] (transient failures retried with backoff, a size cap),
+//! writes retry with the same backoff, and each object has a deadline, so a flaky S3 costs a retry
+//! rather than a finished training run, and a dead one fails the run instead of hanging it. The
+//! registry's URIs are the service's own, so any bucket they name may be read (the event allow-list
+//! is for untrusted input).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use aws_sdk_s3::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::S3Config;
+use crate::error::{RejectKind, StepError};
+use crate::event::S3Uri;
+use crate::fetch::Fetcher;
+use crate::retry::Backoff;
+
+/// Larger than any LoRA adapter of BLIP-2 (r = 8 on blip2-opt-2.7b is 25 MB).
+const MAX_ADAPTER_BYTES: u64 = 2 << 30;
+/// Per object, retries included.
+const OBJECT_DEADLINE: Duration = Duration::from_secs(300);
+/// Attempts per upload before giving up.
+const UPLOAD_ATTEMPTS: u32 = 6;
+const CONFIG_FILE: &str = "adapter_config.json";
+const WEIGHT_FILES: [&str; 2] = ["adapter_model.safetensors", "adapter_model.bin"];
+
+/// Reads and writes adapters with the service's S3 client and retry policy.
+pub struct AdapterStore {
+    client: Client,
+    s3: S3Config,
+    backoff: Backoff,
+}
+
+impl AdapterStore {
+    pub fn new(client: Client, s3: &S3Config) -> Self {
+        AdapterStore { client, s3: s3.clone(), backoff: Backoff::new(s3.retry_initial_backoff, s3.retry_max_backoff) }
+    }
+
+    /// Downloads `adapter_config.json` and the weights (`.safetensors`, else `.bin`) under `uri`
+    /// into `dir`.
+    pub async fn download(&self, uri: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+        let (bucket, prefix) = split_uri(uri)?;
+        let fetcher = Fetcher::new(
+            self.client.clone(),
+            &S3Config { allowed_buckets: vec![bucket.clone()], max_object_bytes: MAX_ADAPTER_BYTES, ..self.s3.clone() },
+        );
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut got_weights = false;
+        for name in std::iter::once(CONFIG_FILE).chain(WEIGHT_FILES) {
+            if got_weights {
+                break;
+            }
+            let object = S3Uri { bucket: bucket.clone(), key: format!("{prefix}{name}") };
+            let cancel = CancellationToken::new();
+            let fetched = tokio::time::timeout(OBJECT_DEADLINE, fetcher.fetch(&object, &cancel))
+                .await
+                .map_err(|_| anyhow::anyhow!("downloading {object}: no success within {OBJECT_DEADLINE:?}"))?;
+            match fetched {
+                Ok(bytes) => {
+                    std::fs::write(dir.join(name), &bytes).with_context(|| format!("writing {}", dir.display()))?;
+                    got_weights = name != CONFIG_FILE;
+                }
+                // Either weights file may be absent; the config may not.
+                Err(StepError::Reject(r)) if r.kind == RejectKind::ObjectMissing && name != CONFIG_FILE => {}
+                Err(e) => anyhow::bail!("downloading {object}: {e}"),
+            }
+        }
+        anyhow::ensure!(got_weights, "{uri} has no {} or {}", WEIGHT_FILES[0], WEIGHT_FILES[1]);
+        Ok(dir.to_owned())
+    }
+
+    /// Uploads a saved adapter directory (`adapter_config.json` + `adapter_model.safetensors`) to `uri`.
+    pub async fn upload(&self, dir: &Path, uri: &str) -> anyhow::Result<()> {
+        let (bucket, prefix) = split_uri(uri)?;
+        for name in [CONFIG_FILE, WEIGHT_FILES[0]] {
+            let bytes =
+                std::fs::read(dir.join(name)).with_context(|| format!("reading {}", dir.join(name).display()))?;
+            let key = format!("{prefix}{name}");
+            tokio::time::timeout(OBJECT_DEADLINE, self.put(&bucket, &key, bytes)).await.map_err(|_| {
+                anyhow::anyhow!("uploading s3://{bucket}/{key}: no success within {OBJECT_DEADLINE:?}")
+            })??;
+        }
+        Ok(())
+    }
+
+    async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        let body = bytes::Bytes::from(bytes);
+        for attempt in 1.. {
+            let sent = self.client.put_object().bucket(bucket).key(key).body(body.clone().into()).send().await;
+            let e = match sent {
+                Ok(_) => return Ok(()),
+                Err(e) => aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
+            };
+            anyhow::ensure!(attempt < UPLOAD_ATTEMPTS, "uploading s3://{bucket}/{key} ({attempt} attempts): {e}");
+            let delay = self.backoff.delay(attempt);
+            tracing::warn!(bucket, key, attempt, retry_in = ?delay, "adapter upload failed: {e}");
+            tokio::time::sleep(delay).await;
+        }
+        unreachable!("the loop returns or bails")
+    }
+}
+
+/// `s3://bucket/prefix[/]` → (bucket, prefix ending in `/` or empty).
+pub fn split_uri(uri: &str) -> anyhow::Result<(String, String)> {
+    let rest = uri.strip_prefix("s3://").with_context(|| format!("{uri} is not an s3:// URI"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_owned() } else { format!("{prefix}/") };
+    Ok((bucket.to_owned(), prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_uris_split_into_bucket_and_prefix() {
+        assert_eq!(split_uri("s3://b/adapters/v1/").unwrap(), ("b".into(), "adapters/v1/".into()));
+        assert_eq!(split_uri("s3://b/adapters/v1").unwrap(), ("b".into(), "adapters/v1/".into()));
+        assert_eq!(split_uri("s3://b").unwrap(), ("b".into(), "".into()));
+        assert!(split_uri("http://b/x").is_err());
+    }
+}
