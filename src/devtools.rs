@@ -140,11 +140,7 @@ fn draw(shapes: &[(u32, u32, usize)], size: u32, s: u32, seed: u64) -> RgbImage 
 
 /// JPEG bytes of `img` at `quality`.
 pub fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
-        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
-        .expect("encoding to memory cannot fail");
-    out
+    crate::train::augment::jpeg_bytes(img, quality)
 }
 
 /// A tiny deterministic PRNG (SplitMix64), so synthetic data needs no RNG crate state.

@@ -28,11 +28,21 @@ pub fn augment(img: &RgbImage, cfg: &AugmentConfig, rng: &mut impl Rng) -> RgbIm
     }
     if rng.random_bool(cfg.jpeg_probability.clamp(0.0, 1.0)) {
         let q = rng.random_range(cfg.jpeg_quality.0..=cfg.jpeg_quality.1.max(cfg.jpeg_quality.0));
-        let bytes = crate::devtools::jpeg(&out, q);
+        let bytes = jpeg_bytes(&out, q);
         if let Ok(img) = image::load_from_memory(&bytes) {
             out = crate::model::preprocess::to_rgb(&img);
         }
     }
+    out
+}
+
+/// JPEG bytes of `img` at `quality` (the `image` crate's encoder).
+pub fn jpeg_bytes(img: &RgbImage, quality: u8) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .expect("encoding to memory cannot fail");
     out
 }
 
