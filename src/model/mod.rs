@@ -217,8 +217,8 @@ pub fn clean_up_tokenization(s: &str) -> String {
         .replace(" 're", "'re")
 }
 
-/// Last path component of a directory, or the hub id.
-fn short_name(source: &str) -> String {
+/// How versions name a model source: the last path component of a directory, or the hub id.
+pub fn short_name(source: &str) -> String {
     let trimmed = source.trim_end_matches('/');
     if Path::new(trimmed).is_dir() {
         Path::new(trimmed).file_name().map_or(trimmed.to_owned(), |n| n.to_string_lossy().into_owned())

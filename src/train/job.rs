@@ -16,7 +16,7 @@
 //! A failure at any step marks the run failed and leaves the promoted adapter untouched.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -319,8 +319,7 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
         &rc.train,
     )?;
     durations.insert("train_s".into(), t.elapsed().as_secs_f64().into());
-    let version =
-        format!("{}+retrain-{run_id}-{}", short(&cfg.model.checkpoint), chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let version = candidate_version(&cfg.model.checkpoint, run_id, chrono::Utc::now());
     let t = Instant::now();
     let candidate = evaluate(&model, &holdout, &version, rc, cfg.model.max_new_tokens)?;
     durations.insert("candidate_eval_s".into(), t.elapsed().as_secs_f64().into());
@@ -572,10 +571,12 @@ pub fn decide(baseline: &EvalSummary, candidate: &EvalSummary, rc: &RetrainConfi
     (true, format!("CIDEr-D {:.4} vs {:.4} ({gain:+.4}), no category regresses", candidate.cider, baseline.cider))
 }
 
-fn short(checkpoint: &str) -> String {
-    Path::new(checkpoint.trim_end_matches('/'))
-        .file_name()
-        .map_or(checkpoint.to_owned(), |n| n.to_string_lossy().into_owned())
+/// The version of a retrained adapter: the base named as the consumers name it
+/// ([`crate::model::short_name`]), with a hub id's `/` as `--` (the version is a directory and an S3
+/// key component), the run and the time.
+fn candidate_version(checkpoint: &str, run_id: i64, at: chrono::DateTime<chrono::Utc>) -> String {
+    let base = crate::model::short_name(checkpoint).replace('/', "--");
+    format!("{base}+retrain-{run_id}-{}", at.format("%Y%m%d%H%M%S"))
 }
 
 /// Scheduled mode: a run every `retrain.interval` until `stop` fires.
@@ -606,6 +607,19 @@ mod tests {
             by_category: cats.iter().map(|(c, v)| (c.to_string(), *v)).collect(),
             holdout_pairs: 10,
         }
+    }
+
+    #[test]
+    fn candidate_versions_name_the_base_like_the_consumers_do() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-26T20:00:00Z").unwrap().to_utc();
+        assert_eq!(
+            candidate_version("Salesforce/blip2-opt-2.7b", 7, at),
+            "Salesforce--blip2-opt-2.7b+retrain-7-20261126200000"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("my-base");
+        std::fs::create_dir(&base).unwrap();
+        assert_eq!(candidate_version(&format!("{}/", base.display()), 1, at), "my-base+retrain-1-20261126200000");
     }
 
     #[test]
