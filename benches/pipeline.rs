@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     let factory: CaptionerFactory =
         Box::new(|| Ok(Box::new(CheapCaptioner(ImageProcessorConfig::for_image_size(224))) as Box<dyn Captioner>));
     let (run_cfg, h, s) = (cfg.clone(), health.clone(), shutdown.clone());
-    let task = tokio::spawn(async move { blip2idc::pipeline::run(&run_cfg, factory, h, s, |_| {}).await });
+    let task = tokio::spawn(async move { blip2idc::pipeline::run(&run_cfg, factory, h, s).await });
     while !health.group_joined.load(std::sync::atomic::Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -208,7 +208,7 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     tracing::info!(%addr, "admin endpoints: /healthz /readyz /metrics");
 
     let factory = blip2idc::caption::blip2::factory(&cfg.model)?;
-    let summary = blip2idc::pipeline::run(&cfg, factory, health, shutdown, |_| {}).await?;
+    let summary = blip2idc::pipeline::run(&cfg, factory, health, shutdown).await?;
     admin_stop.cancel();
     let _ = admin.await;
     Ok(match summary.fatal {

@@ -68,7 +68,7 @@ async fn postgres_down_mid_run_loses_nothing() {
     let shutdown = CancellationToken::new();
     let health = Arc::new(Health::default());
     let (s, h) = (shutdown.clone(), health.clone());
-    let task = tokio::spawn(async move { pipeline::run(&cfg, test_captioner(Duration::ZERO), h, s, |_| {}).await });
+    let task = tokio::spawn(async move { pipeline::run(&cfg, test_captioner(Duration::ZERO), h, s).await });
     scope.wait_for_captions(30, Duration::from_secs(60)).await;
 
     let _guard = RestartOnDrop;

@@ -24,7 +24,7 @@ fn start(cfg: &Config, factory: CaptionerFactory) -> Running {
     let shutdown = CancellationToken::new();
     let health = Arc::new(Health::default());
     let (s, h) = (shutdown.clone(), health.clone());
-    let task = tokio::spawn(async move { pipeline::run(&cfg, factory, h, s, |_| {}).await });
+    let task = tokio::spawn(async move { pipeline::run(&cfg, factory, h, s).await });
     Running { shutdown, task, health }
 }
 

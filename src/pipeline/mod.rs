@@ -40,13 +40,6 @@ pub struct RunSummary {
     pub drain_timed_out: bool,
 }
 
-/// Handles to a running service, for callers that need them (admin server, hot swap).
-pub struct Runtime {
-    pub health: Arc<Health>,
-    pub store: Store,
-    pub worker: Arc<CaptionWorker>,
-}
-
 /// A captioned batch on its way to the store.
 struct Captioned {
     items: Vec<(Prepared, String)>,
@@ -56,13 +49,11 @@ struct Captioned {
 }
 
 /// Runs the service until `shutdown` fires (or a fatal condition), then drains and commits.
-/// `on_ready` receives the runtime handles once the model is loaded and the pipeline is wired.
 pub async fn run(
     cfg: &Config,
     factory: CaptionerFactory,
     health: Arc<Health>,
     shutdown: CancellationToken,
-    on_ready: impl FnOnce(&Runtime),
 ) -> anyhow::Result<RunSummary> {
     let store = Store::connect_lazy(&cfg.database)?;
     if cfg.database.migrate_on_start {
@@ -87,7 +78,6 @@ pub async fn run(
         hard_stop.clone(),
         fatal_tx,
     ));
-    on_ready(&Runtime { health: health.clone(), store: store.clone(), worker: worker.clone() });
     // Follow the adapter registry: start on the promoted adapter, then watch for promotions.
     let reload_task = if cfg.model.reload_poll_interval.is_zero() {
         None
