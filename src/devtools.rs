@@ -138,6 +138,37 @@ fn draw(shapes: &[(u32, u32, usize)], size: u32, s: u32, seed: u64) -> RgbImage 
     img
 }
 
+/// Uploads `pairs` synthetic image pairs (JPEG, quality 95) as `s3://bucket/prefix/i/{original,
+/// modified}.jpg` and inserts one label per pair: one of the pair's phrasings, category = edit kind.
+pub async fn seed_synthetic_labels(
+    s3: &aws_sdk_s3::Client,
+    pool: &sqlx::PgPool,
+    (bucket, prefix): (&str, &str),
+    pairs: usize,
+    seed: u64,
+    labeled_by: &str,
+) -> anyhow::Result<()> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..pairs {
+        let p = crate::train::synthetic::random_pair(&mut rng);
+        let (a, b) = (p.original.render(&mut rng), p.modified.render(&mut rng));
+        let (ka, kb) = (format!("{prefix}/{i}/original.jpg"), format!("{prefix}/{i}/modified.jpg"));
+        put(s3, bucket, &ka, jpeg(&a, 95)).await?;
+        put(s3, bucket, &kb, jpeg(&b, 95)).await?;
+        sqlx::query("INSERT INTO labels (original_uri, modified_uri, caption, category, labeled_by) VALUES ($1, $2, $3, $4, $5)")
+            .bind(format!("s3://{bucket}/{ka}"))
+            .bind(format!("s3://{bucket}/{kb}"))
+            .bind(&p.captions[i % p.captions.len()])
+            .bind(p.kind)
+            .bind(labeled_by)
+            .execute(pool)
+            .await
+            .context("inserting a label")?;
+    }
+    Ok(())
+}
+
 /// JPEG bytes of `img` at `quality`.
 pub fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
     crate::train::augment::jpeg_bytes(img, quality)

@@ -52,29 +52,16 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
     // Labels: synthetic pairs in S3, one human-style caption each.
     let s3 = scope.s3().await;
     let store = scope.store();
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(21);
-    for i in 0..160 {
-        let p = blip2idc::train::synthetic::random_pair(&mut rng);
-        let (a, b) = (p.original.render(&mut rng), p.modified.render(&mut rng));
-        let (ka, kb) = (format!("labels/{i}/a.jpg"), format!("labels/{i}/b.jpg"));
-        blip2idc::devtools::put(&s3, &scope.bucket, &ka, blip2idc::devtools::jpeg(&a, 95)).await.unwrap();
-        blip2idc::devtools::put(&s3, &scope.bucket, &kb, blip2idc::devtools::jpeg(&b, 95)).await.unwrap();
-        sqlx::query("INSERT INTO labels (original_uri, modified_uri, caption, category, labeled_by) VALUES ($1,$2,$3,$4,'test')")
-            .bind(format!("s3://{}/{ka}", scope.bucket))
-            .bind(format!("s3://{}/{kb}", scope.bucket))
-            .bind(&p.captions[i % p.captions.len()])
-            .bind(p.kind)
-            .execute(store.pool())
-            .await
-            .unwrap();
-    }
+    blip2idc::devtools::seed_synthetic_labels(&s3, store.pool(), (&scope.bucket, "labels"), 160, 21, "test")
+        .await
+        .unwrap();
 
     // A consumer running on the base.
     let cfg = scope.cfg.clone();
     let shutdown = CancellationToken::new();
     let (s, h) = (shutdown.clone(), Arc::new(Health::default()));
     let factory = blip2idc::caption::blip2::factory(&cfg.model).unwrap();
-    let service = tokio::spawn(async move { blip2idc::pipeline::run(&cfg, factory, h, s, |_| {}).await });
+    let service = tokio::spawn(async move { blip2idc::pipeline::run(&cfg, factory, h, s).await });
     scope.seed(0..3, 64).await;
     scope.wait_for_captions(3, Duration::from_secs(120)).await;
     let before: String =

@@ -194,8 +194,16 @@ async fn main() -> anyhow::Result<()> {
             devtools::ensure_bucket(&s3, bucket).await?;
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
             store.migrate().await?;
-            let n = seed_synthetic_labels(&s3, &store, bucket, &prefix, pairs, seed).await?;
-            println!("uploaded {n} synthetic pairs to s3://{bucket}/{prefix}/ and inserted {n} labels");
+            devtools::seed_synthetic_labels(
+                &s3,
+                store.pool(),
+                (bucket, &prefix),
+                pairs,
+                seed,
+                "blip2idc-dev synth-labels",
+            )
+            .await?;
+            println!("uploaded {pairs} synthetic pairs to s3://{bucket}/{prefix}/ and inserted {pairs} labels");
         }
         Command::Wait { count, prefix, timeout } => {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
@@ -216,43 +224,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Uploads synthetic pairs and inserts one label per pair (category = edit kind).
-async fn seed_synthetic_labels(
-    s3: &aws_sdk_s3::Client,
-    store: &blip2idc::store::Store,
-    bucket: &str,
-    prefix: &str,
-    pairs: usize,
-    seed: u64,
-) -> anyhow::Result<usize> {
-    use rand::SeedableRng;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    for i in 0..pairs {
-        let p = blip2idc::train::synthetic::random_pair(&mut rng);
-        let (a, b) = (p.original.render(&mut rng), p.modified.render(&mut rng));
-        let (ka, kb) = (format!("{prefix}/{i}/original.png"), format!("{prefix}/{i}/modified.png"));
-        devtools::put(s3, bucket, &ka, png(&a)).await?;
-        devtools::put(s3, bucket, &kb, png(&b)).await?;
-        let caption = rand::seq::IndexedRandom::choose(p.captions.as_slice(), &mut rng).expect("non-empty").clone();
-        sqlx::query("INSERT INTO labels (original_uri, modified_uri, caption, category, labeled_by) VALUES ($1, $2, $3, $4, $5)")
-            .bind(format!("s3://{bucket}/{ka}"))
-            .bind(format!("s3://{bucket}/{kb}"))
-            .bind(caption)
-            .bind(p.kind)
-            .bind("blip2idc-dev synth-labels")
-            .execute(store.pool())
-            .await?;
-    }
-    Ok(pairs)
-}
-
-fn png(img: &image::RgbImage) -> Vec<u8> {
-    use image::ImageEncoder;
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
-        .expect("encoding to memory cannot fail");
-    out
 }
