@@ -387,6 +387,22 @@ mod tests {
         defaults().validate().unwrap();
     }
 
+    /// `[retrain]` may be left out of a config file, so its defaults also live in code
+    /// (`RetrainConfig::default`); they must say what config/default.toml says.
+    #[test]
+    fn retrain_defaults_in_code_match_the_default_file() {
+        let from_file = serde_json::to_value(defaults().retrain).unwrap();
+        let in_code = serde_json::to_value(crate::train::job::RetrainConfig::default()).unwrap();
+        for (key, value) in in_code.as_object().unwrap() {
+            if key != "work_dir" {
+                assert_eq!(
+                    &from_file[key], value,
+                    "retrain.{key}: config/default.toml and RetrainConfig::default differ"
+                );
+            }
+        }
+    }
+
     #[test]
     fn validation_names_every_bad_key() {
         let mut c = defaults();
