@@ -1,4 +1,5 @@
-//! The admin port: `/healthz` (the process is up), `/readyz` (group joined, database reachable,
+//! The admin port: `/healthz` (the process is up), `/startedz` (the model is loaded: the startup
+//! probe, which may take minutes for a 3.9 B model), `/readyz` (group joined, database reachable,
 //! model loaded) and `/metrics` (Prometheus text exposition).
 
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ pub async fn spawn(
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/startedz", get(startedz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(AppState { health, store, prometheus });
@@ -54,6 +56,14 @@ pub async fn spawn(
         }
     });
     Ok((addr, task))
+}
+
+async fn startedz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.health.model_loaded.load(Ordering::Relaxed) {
+        (StatusCode::OK, "model loaded\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading the model\n")
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {

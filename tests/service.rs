@@ -277,9 +277,13 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     let (code, body) = http_get(addr, "/readyz").await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("\"database_reachable\":true"), "{body}");
+    let (code, _) = http_get(addr, "/startedz").await;
+    assert_eq!(code, 503, "the model is not loaded yet");
     health.group_joined.store(true, std::sync::atomic::Ordering::Relaxed);
     health.model_loaded.store(true, std::sync::atomic::Ordering::Relaxed);
     let (code, _) = http_get(addr, "/readyz").await;
+    assert_eq!(code, 200);
+    let (code, _) = http_get(addr, "/startedz").await;
     assert_eq!(code, 200);
     metrics::counter!(blip2idc::metrics::CONSUMED).increment(1);
     let (code, body) = http_get(addr, "/metrics").await;
