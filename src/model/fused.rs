@@ -9,7 +9,7 @@
 //! on CPU for f32 with frozen parameters; trainable parameters (the synthetic base's full training)
 //! and other devices keep candle's composed ops, which the parity tests check these against.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::blas;
@@ -112,6 +112,96 @@ impl CustomOp1 for Linear {
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&GradInput { w: self.w.clone() })?))
+    }
+}
+
+/// A frozen linear with a trainable LoRA branch, on (x, A [r, in], B [out, r]):
+/// `y = x wᵀ + b + scale · ((mask ⊙ x) Aᵀ) Bᵀ`. Backward recomputes the rank-r product `u` from `x`
+/// (cheap) instead of keeping the branch's activations:
+/// `dB = scale · gradᵀ u`, `dA = (scale · grad B)ᵀ (mask ⊙ x)`, `dx = grad w + mask ⊙ (scale · grad B) A`.
+pub struct LoraLinear {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+    /// LoRA dropout's mask of `x`'s shape (0 or 1/keep), when dropout applies.
+    pub mask: Option<Tensor>,
+    pub scale: f32,
+}
+
+impl LoraLinear {
+    fn masked(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.mask {
+            Some(m) => x.apply_op1_no_bwd(&Mask { mask: m.clone() }),
+            None => Ok(x.clone()),
+        }
+    }
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "fused-frozen-linear-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sa: &CpuStorage,
+        la: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (base, shape) = Linear { w: self.w.clone(), b: self.b.clone() }.cpu_fwd(sx, lx)?;
+        let CpuStorage::F32(mut y) = base else { unreachable!("the linear returns f32") };
+        let (x, a, b) = (f32_slice(sx, lx)?, f32_slice(sa, la)?, f32_slice(sb, lb)?);
+        let (r, k) = la.shape().dims2()?;
+        let (n, r2) = lb.shape().dims2()?;
+        if r != r2 || last_dim(lx)? != k || n != *shape.dims().last().expect("rank >= 1") {
+            bail!("lora linear: A {:?}, B {:?} for input {:?}", la.dims(), lb.dims(), lx.dims());
+        }
+        let m = x.len() / k;
+        let masked;
+        let h = match &self.mask {
+            Some(mask) => {
+                masked = with_data(mask, |mask| {
+                    if mask.len() != x.len() {
+                        bail!("lora dropout mask of {} elements for an input of {}", mask.len(), x.len());
+                    }
+                    Ok(x.iter().zip(mask).map(|(x, m)| x * m).collect::<Vec<f32>>())
+                })?;
+                &masked[..]
+            }
+            None => x,
+        };
+        // u = scale · h Aᵀ [m, r], then y += u Bᵀ.
+        let mut u = vec![0f32; m * r];
+        blas::sgemm((m, r, k), h, k, a, k, true, 0.0, &mut u, r);
+        u.iter_mut().for_each(|v| *v *= self.scale);
+        blas::sgemm((m, n, r), &u, r, b, r, true, 1.0, &mut y, n);
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Plain tensor ops on detached operands (no graph); the rank-r products are small.
+        let (x, a, b) = (x.detach(), a.detach(), b.detach());
+        let k = a.dim(1)?;
+        let n = b.dim(0)?;
+        let rows = x.elem_count() / k;
+        let h = self.masked(&x.contiguous()?)?.reshape((rows, k))?;
+        let g = grad.contiguous()?.reshape((rows, n))?;
+        let u = (h.matmul(&a.t()?)? * self.scale as f64)?; // [rows, r]
+        let grad_b = g.t()?.matmul(&u)?; // [n, r]
+        let du = (g.matmul(&b)? * self.scale as f64)?; // [rows, r]
+        let grad_a = du.t()?.matmul(&h)?; // [r, k]
+        let through_lora = self.masked(&du.matmul(&a)?.reshape(x.shape())?)?;
+        let through_w = grad.contiguous()?.apply_op1_no_bwd(&GradInput { w: self.w.clone() })?;
+        Ok((Some((through_w + through_lora)?), Some(grad_a), Some(grad_b)))
     }
 }
 
@@ -398,6 +488,37 @@ mod tests {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 5), &dev)?)?;
         let grads = x.as_tensor().apply_op1(Linear { w: w.clone(), b: Some(b.clone()) })?.sum_all()?.backward()?;
         assert!(grads.get(&w).is_none() && grads.get(&b).is_none(), "frozen parameters got gradients");
+        Ok(())
+    }
+
+    #[test]
+    fn lora_linear_matches_the_composed_branch_with_and_without_dropout() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.5, (6, 5), &dev)?;
+        let bias = Tensor::randn(0f32, 0.5, 6, &dev)?;
+        let a = Var::from_tensor(&Tensor::randn(0f32, 0.5, (2, 5), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, (6, 2), &dev)?)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 5), &dev)?)?;
+        let keep: Vec<f32> = (0..30).map(|i| if i % 3 == 0 { 0.0 } else { 1.5 }).collect();
+        let r = Tensor::randn(0f32, 1., (2, 3, 6), &dev)?;
+        for mask in [None, Some(Tensor::from_vec(keep, (2, 3, 5), &dev)?)] {
+            let op = LoraLinear { w: w.clone(), b: Some(bias.clone()), mask: mask.clone(), scale: 2.0 };
+            let fused = x.as_tensor().apply_op3(a.as_tensor(), b.as_tensor(), op)?;
+            let h = match &mask {
+                Some(m) => (x.as_tensor() * m)?,
+                None => x.as_tensor().clone(),
+            };
+            let lora = (h.broadcast_matmul(&a.as_tensor().t()?)?.broadcast_matmul(&b.as_tensor().t()?)? * 2.0)?;
+            let reference = (x.as_tensor().broadcast_matmul(&w.t()?)?.broadcast_add(&bias)? + lora)?;
+            assert!(max_diff(&fused, &reference) < 1e-5, "forward differs by {}", max_diff(&fused, &reference));
+            let gf = (fused * &r)?.sum_all()?.backward()?;
+            let gr = (reference * &r)?.sum_all()?.backward()?;
+            for (name, t) in [("x", x.as_tensor()), ("A", a.as_tensor()), ("B", b.as_tensor())] {
+                let (f, g) = (gf.get(t).expect("fused grad"), gr.get(t).expect("reference grad"));
+                assert!(max_diff(f, g) < 1e-4, "d{name} differs by {} (mask: {})", max_diff(f, g), mask.is_some());
+            }
+            assert!(gf.get(&w).is_none() && gf.get(&bias).is_none(), "frozen parameters got gradients");
+        }
         Ok(())
     }
 

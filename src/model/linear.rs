@@ -55,14 +55,10 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let mut y = ops::linear(x, &self.weight, self.bias.as_ref(), mode)?;
-        if let Some(l) = &self.lora {
-            let h = ops::lora_dropout(x, l.dropout, mode)?.to_dtype(l.a.dtype())?;
-            let delta = (h.broadcast_matmul(&l.a.t()?)?.broadcast_matmul(&l.b.t()?)? * l.scale)?;
-            let delta = delta.to_dtype(y.dtype())?;
-            y = (y + delta)?;
+        match &self.lora {
+            Some(lora) => ops::lora_linear(x, &self.weight, self.bias.as_ref(), lora, mode),
+            None => ops::linear(x, &self.weight, self.bias.as_ref(), mode),
         }
-        Ok(y)
     }
 
     /// `(name, tensor)` of its base parameters.

@@ -10,6 +10,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
 use super::fused;
+use super::linear::LoraBranch;
 
 /// Whether `x` can go through the fused CPU kernels.
 fn cpu_f32(x: &Tensor) -> bool {
@@ -59,14 +60,23 @@ pub fn seed_dropout(seed: u64) {
     *DROPOUT_RNG.lock().expect("dropout rng") = Some(rand::rngs::StdRng::seed_from_u64(seed));
 }
 
-fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+/// A dropout mask of `shape` (0 or 1/keep), from the seeded RNG when there is one.
+fn dropout_mask(shape: &Shape, p: f64, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
     use rand::Rng;
-    let mut guard = DROPOUT_RNG.lock().expect("dropout rng");
-    let Some(rng) = guard.as_mut() else { return candle_nn::ops::dropout(x, p as f32) };
     let keep = 1.0 - p;
+    let mut guard = DROPOUT_RNG.lock().expect("dropout rng");
+    let Some(rng) = guard.as_mut() else {
+        // candle_nn::ops::dropout's mask.
+        let uniform = Tensor::rand(0f32, 1f32, shape, device)?;
+        return (uniform.ge(p)?.to_dtype(dtype)? * (1.0 / keep))?.contiguous();
+    };
     let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random_bool(keep) { scale } else { 0.0 }).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    let mask: Vec<f32> = (0..shape.elem_count()).map(|_| if rng.random_bool(keep) { scale } else { 0.0 }).collect();
+    Tensor::from_vec(mask, shape, device)?.to_dtype(dtype)
+}
+
+fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+    let mask = dropout_mask(x.shape(), p, x.dtype(), x.device())?;
     if cpu_f32(x) {
         x.contiguous()?.apply_op1(fused::Mask { mask })
     } else {
@@ -152,6 +162,34 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, mode: Mode) -> Resu
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
     }
+}
+
+/// `x @ wᵀ + bias + scale · B(A(dropout(x)))`: a linear with an unmerged LoRA branch (PEFT 0.6's
+/// `Linear.forward`, the branch in the adapter's dtype, f32).
+///
+/// On CPU in f32 with a frozen base it is one [`fused::LoraLinear`]: the graph keeps `x`, the
+/// dropout mask and the output, where the composition also keeps the masked input, `B`'s output,
+/// its scaled copy and the sum (three activations of the layer's output size, per adapted linear).
+pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: &LoraBranch, mode: Mode) -> Result<Tensor> {
+    let frozen = !w.track_op() && !bias.is_some_and(Tensor::track_op);
+    let dropout = lora.dropout > 0.0 && mode.flags().lora_dropout;
+    if frozen && cpu_f32(x) && cpu_f32(w) && bias.is_none_or(cpu_f32) && cpu_f32(&lora.a) && cpu_f32(&lora.b) {
+        let x = x.contiguous()?;
+        let mask = if dropout { Some(dropout_mask(x.shape(), lora.dropout, DType::F32, x.device())?) } else { None };
+        let op = fused::LoraLinear {
+            w: w.contiguous()?,
+            b: bias.map(Tensor::contiguous).transpose()?,
+            mask,
+            scale: lora.scale as f32,
+        };
+        let (a, b) = (lora.a.contiguous()?, lora.b.contiguous()?);
+        return if mode.is_train() { x.apply_op3(&a, &b, op) } else { x.apply_op3_no_bwd(&a, &b, &op) };
+    }
+    let y = linear(x, w, bias, mode)?;
+    let h = lora_dropout(x, lora.dropout, mode)?.to_dtype(lora.a.dtype())?;
+    let delta = (h.broadcast_matmul(&lora.a.t()?)?.broadcast_matmul(&lora.b.t()?)? * lora.scale)?;
+    let delta = delta.to_dtype(y.dtype())?;
+    y + delta
 }
 
 /// `x @ wᵀ` outside the fused CPU path (see [`linear`]).
