@@ -60,7 +60,7 @@ fn lora_on_pairs_raises_heldout_cider_over_the_pretrained_base() {
     cfg.lora_alpha = 16.0;
     let params = LoraParams::init(&mut model.model, cfg, 5).unwrap();
     let tc = TrainConfig {
-        epochs: 8,
+        epochs: 12,
         batch_size: 16,
         lr: 3e-3,
         patience: 3,
