@@ -230,6 +230,95 @@ impl CustomOp1 for GradInput {
     }
 }
 
+/// The MLP activation between the two linears of [`Mlp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU (ViT, Q-Former).
+    Gelu,
+    /// ReLU (OPT).
+    Relu,
+}
+
+impl Activation {
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Gelu => gelu(x),
+            Activation::Relu => x.max(0.0),
+        }
+    }
+
+    fn derivative(self, x: f32) -> f32 {
+        match self {
+            Activation::Gelu => gelu_grad(x),
+            // torch's relu backward: 0 at x = 0.
+            Activation::Relu => f32::from(x > 0.0),
+        }
+    }
+}
+
+/// `fc2(act(fc1(x)))` with frozen linears. A frozen linear's backward needs none of its input, so
+/// only `fc1(x)` is kept (for the activation's derivative, inside the op); the composition would
+/// also keep `act(fc1(x))`, the largest activation of a transformer layer, as PyTorch does not.
+pub struct Mlp {
+    pub fc1: (Tensor, Option<Tensor>),
+    pub fc2: (Tensor, Option<Tensor>),
+    pub activation: Activation,
+    /// `fc1(x)` from the forward pass, for the backward pass.
+    hidden: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl Mlp {
+    pub fn new(fc1: (Tensor, Option<Tensor>), fc2: (Tensor, Option<Tensor>), activation: Activation) -> Self {
+        Mlp { fc1, fc2, activation, hidden: std::sync::Mutex::new(None) }
+    }
+}
+
+impl CustomOp1 for Mlp {
+    fn name(&self) -> &'static str {
+        "fused-frozen-mlp"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (hidden, hidden_shape) = Linear { w: self.fc1.0.clone(), b: self.fc1.1.clone() }.cpu_fwd(s, l)?;
+        let CpuStorage::F32(hidden) = hidden else { unreachable!("the linear returns f32") };
+        let inner = *hidden_shape.dims().last().expect("rank >= 1");
+        let act =
+            map_rows(&hidden, inner, |h, a| a.iter_mut().zip(h).for_each(|(a, &h)| *a = self.activation.apply(h)));
+        let act_layout = Layout::contiguous(hidden_shape);
+        let out =
+            Linear { w: self.fc2.0.clone(), b: self.fc2.1.clone() }.cpu_fwd(&CpuStorage::F32(act), &act_layout)?;
+        *self.hidden.lock().expect("mlp hidden") = Some(hidden);
+        Ok(out)
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let guard = self.hidden.lock().expect("mlp hidden");
+        let Some(hidden) = guard.as_ref() else { bail!("fused mlp: backward before forward") };
+        let (out, inner) = self.fc2.0.dims2()?;
+        let (_, k) = self.fc1.0.dims2()?;
+        let rows = hidden.len() / inner;
+        let grad = grad.contiguous()?;
+        // d act = grad · W2, then ⊙ act'(fc1(x)), then · W1.
+        let mut d_hidden = vec![0f32; rows * inner];
+        with_data(&grad, |g| {
+            with_data(&self.fc2.0, |w2| {
+                blas::sgemm((rows, inner, out), g, out, w2, inner, false, 0.0, &mut d_hidden, inner);
+                Ok(())
+            })
+        })?;
+        let chunk = inner * rows_per_task(inner);
+        d_hidden.par_chunks_mut(chunk).zip(hidden.par_chunks(chunk)).for_each(|(d, h)| {
+            d.iter_mut().zip(h).for_each(|(d, &h)| *d *= self.activation.derivative(h));
+        });
+        let mut dx = vec![0f32; rows * k];
+        with_data(&self.fc1.0, |w1| {
+            blas::sgemm((rows, k, inner), &d_hidden, inner, w1, k, false, 0.0, &mut dx, k);
+            Ok(())
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
 /// `torch.nn.LayerNorm` over the last dimension with a frozen weight and bias.
 pub struct LayerNorm {
     pub w: Tensor,
@@ -518,6 +607,23 @@ mod tests {
                 assert!(max_diff(f, g) < 1e-4, "d{name} differs by {} (mask: {})", max_diff(f, g), mask.is_some());
             }
             assert!(gf.get(&w).is_none() && gf.get(&bias).is_none(), "frozen parameters got gradients");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn mlp_matches_linear_activation_linear() -> Result<()> {
+        let dev = Device::Cpu;
+        let (w1, b1) = (Tensor::randn(0f32, 0.5, (7, 5), &dev)?, Tensor::randn(0f32, 0.5, 7, &dev)?);
+        let (w2, b2) = (Tensor::randn(0f32, 0.5, (4, 7), &dev)?, Tensor::randn(0f32, 0.5, 4, &dev)?);
+        for act in [Activation::Gelu, Activation::Relu] {
+            let op = || Mlp::new((w1.clone(), Some(b1.clone())), (w2.clone(), Some(b2.clone())), act);
+            let reference = |x: &Tensor| {
+                let h = x.broadcast_matmul(&w1.t()?)?.broadcast_add(&b1)?;
+                let h = if act == Activation::Gelu { h.gelu_erf()? } else { h.relu()? };
+                h.broadcast_matmul(&w2.t()?)?.broadcast_add(&b2)
+            };
+            check(&[2, 3, 5], |x| x.apply_op1(op()), reference, 1e-5)?;
         }
         Ok(())
     }

@@ -10,7 +10,8 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
 use super::fused;
-use super::linear::LoraBranch;
+pub use super::fused::Activation;
+use super::linear::{Linear, LoraBranch};
 
 /// Whether `x` can go through the fused CPU kernels.
 fn cpu_f32(x: &Tensor) -> bool {
@@ -190,6 +191,29 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: &LoraBra
     let delta = (h.broadcast_matmul(&lora.a.t()?)?.broadcast_matmul(&lora.b.t()?)? * lora.scale)?;
     let delta = delta.to_dtype(y.dtype())?;
     y + delta
+}
+
+/// `fc2(act(fc1(x)))`: the transformer MLP. In training on CPU in f32 with frozen linears without
+/// LoRA it is one [`fused::Mlp`], which keeps `fc1(x)` only; otherwise the composition.
+pub fn mlp(x: &Tensor, fc1: &Linear, activation: fused::Activation, fc2: &Linear, mode: Mode) -> Result<Tensor> {
+    let plain = |l: &Linear| {
+        l.lora.is_none()
+            && !l.weight.track_op()
+            && cpu_f32(&l.weight)
+            && l.bias.as_ref().is_none_or(|b| !b.track_op() && cpu_f32(b))
+    };
+    if mode.is_train() && cpu_f32(x) && plain(fc1) && plain(fc2) {
+        let part = |l: &Linear| -> Result<(Tensor, Option<Tensor>)> {
+            Ok((l.weight.contiguous()?, l.bias.as_ref().map(Tensor::contiguous).transpose()?))
+        };
+        return x.contiguous()?.apply_op1(fused::Mlp::new(part(fc1)?, part(fc2)?, activation));
+    }
+    let h = fc1.forward(x, mode)?;
+    let h = match activation {
+        fused::Activation::Gelu => gelu(&h, mode)?,
+        fused::Activation::Relu => h.relu()?,
+    };
+    fc2.forward(&h, mode)
 }
 
 /// `x @ wᵀ` outside the fused CPU path (see [`linear`]).

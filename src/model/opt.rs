@@ -139,8 +139,7 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         let h = self.self_attn.forward(&self.self_attn_layer_norm.forward(x, mode)?, mask, cache, mode)?;
         let x = (x + ops::base_dropout(&h, self.dropout, mode)?)?;
-        let h = self.fc1.forward(&self.final_layer_norm.forward(&x, mode)?, mode)?.relu()?;
-        let h = self.fc2.forward(&h, mode)?;
+        let h = ops::mlp(&self.final_layer_norm.forward(&x, mode)?, &self.fc1, ops::Activation::Relu, &self.fc2, mode)?;
         x + ops::base_dropout(&h, self.dropout, mode)?
     }
 }

@@ -126,7 +126,7 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.fc2.forward(&ops::gelu(&self.fc1.forward(x, mode)?, mode)?, mode)
+        ops::mlp(x, &self.fc1, ops::Activation::Gelu, &self.fc2, mode)
     }
 }
 
