@@ -28,7 +28,7 @@ if ! pkg-config --exists libturbojpeg 2>/dev/null; then
 fi
 
 # --- Run-time option: OpenBLAS for the CPU matrix products (model.blas = "auto" loads it) --------
-if ! ldconfig -p | grep -q 'libopenblas\.so\.0'; then
+if ! { PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0'; }; then
   log "installing libopenblas0-pthread (apt)"
   sudo_maybe apt-get update -qq && sudo_maybe env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null
 fi

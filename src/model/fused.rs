@@ -188,6 +188,8 @@ impl CustomOp3 for LoraLinear {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // The first adapted layer's input comes from frozen weights only: no gradient to compute.
+        let need_dx = x.track_op();
         // Plain tensor ops on detached operands (no graph); the rank-r products are small.
         let (x, a, b) = (x.detach(), a.detach(), b.detach());
         let k = a.dim(1)?;
@@ -199,9 +201,14 @@ impl CustomOp3 for LoraLinear {
         let grad_b = g.t()?.matmul(&u)?; // [n, r]
         let du = (g.matmul(&b)? * self.scale as f64)?; // [rows, r]
         let grad_a = du.t()?.matmul(&h)?; // [r, k]
-        let through_lora = self.masked(&du.matmul(&a)?.reshape(x.shape())?)?;
-        let through_w = grad.contiguous()?.apply_op1_no_bwd(&GradInput { w: self.w.clone() })?;
-        Ok((Some((through_w + through_lora)?), Some(grad_a), Some(grad_b)))
+        let grad_x = if need_dx {
+            let through_lora = self.masked(&du.matmul(&a)?.reshape(x.shape())?)?;
+            let through_w = grad.contiguous()?.apply_op1_no_bwd(&GradInput { w: self.w.clone() })?;
+            Some((through_w + through_lora)?)
+        } else {
+            None
+        };
+        Ok((grad_x, Some(grad_a), Some(grad_b)))
     }
 }
 
@@ -608,6 +615,11 @@ mod tests {
             }
             assert!(gf.get(&w).is_none() && gf.get(&bias).is_none(), "frozen parameters got gradients");
         }
+        // An input computed from frozen weights only (the first adapted layer) gets no gradient.
+        let x = Tensor::randn(0f32, 1., (3, 5), &dev)?;
+        let op = LoraLinear { w: w.clone(), b: None, mask: None, scale: 2.0 };
+        let grads = x.apply_op3(a.as_tensor(), b.as_tensor(), op)?.sum_all()?.backward()?;
+        assert!(grads.get(&x).is_none() && grads.get(a.as_tensor()).is_some());
         Ok(())
     }
 
