@@ -75,7 +75,7 @@ fn child() -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    blip2idc::retain_freed_memory();
+    blip2idc::setup_process();
     if std::env::args().any(|a| a == "--child") {
         return child();
     }

@@ -9,6 +9,13 @@
 /// The allocator every binary of the crate uses (see Cargo.toml).
 pub type GlobalAllocator = mimalloc::MiMalloc;
 
+/// Process-wide settings every binary makes first thing in `main`, before any other thread starts:
+/// [`retain_freed_memory`] and [`model::blas::quiet_idle_threads`].
+pub fn setup_process() {
+    retain_freed_memory();
+    model::blas::quiet_idle_threads();
+}
+
 /// Tells the allocator to keep freed memory for reuse instead of returning it to the OS after a
 /// second (mimalloc's `purge_delay`). Model steps free and reallocate the same large activation
 /// buffers every forward pass; returned pages come back zero-filled by the kernel, which cost a third

@@ -97,7 +97,7 @@ struct CaptionArgs {
 }
 
 fn main() -> ExitCode {
-    blip2idc::retain_freed_memory();
+    blip2idc::setup_process();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(dispatch(cli)) {

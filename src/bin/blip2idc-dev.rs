@@ -93,7 +93,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    blip2idc::retain_freed_memory();
+    blip2idc::setup_process();
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.command {
