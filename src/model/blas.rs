@@ -5,7 +5,7 @@
 //! kernels for the CPU are picked at run time). Linking a BLAS at build time would tie every build
 //! to one; loading `libopenblas.so.0` when it is installed (Debian: `libopenblas0-pthread`) keeps the
 //! build self-contained, and [`sgemm`] falls back to the `gemm` crate, candle's own, when it is
-//! absent. Compare the two with `BLIP2IDC_BLAS=off` on any benchmark.
+//! absent. Compare the two with `BLIP2IDC_MODEL__BLAS=off` on any benchmark.
 //!
 //! The choice is `model.blas` in the config (env `BLIP2IDC_MODEL__BLAS`, which the benchmarks and
 //! tests read directly): `auto` (the default) tries `libopenblas.so.0` and falls back quietly; `off`
