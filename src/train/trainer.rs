@@ -225,16 +225,6 @@ pub fn train(
     Ok(report)
 }
 
-/// Mean loss over `examples` (no augmentation, no dropout).
-pub fn evaluate_loss(
-    model: &Blip2Model,
-    examples: &[Example],
-    processor: &ImageProcessorConfig,
-    cfg: &TrainConfig,
-) -> anyhow::Result<f64> {
-    batches_loss(model, &fixed_batches(model, examples, processor, cfg)?, cfg)
-}
-
 /// `examples` preprocessed without augmentation, in batches of `cfg.batch_size`: pixels and labels.
 fn fixed_batches(
     model: &Blip2Model,
