@@ -124,7 +124,7 @@ const BLAS_MIN_ROWS: usize = 16;
 /// for [`BLAS_MIN_ROWS`] rows or more, else on the `gemm` crate with candle's thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     a: &[f32],
     lda: usize,
     b: &[f32],
@@ -134,19 +134,60 @@ pub fn sgemm(
     c: &mut [f32],
     ldc: usize,
 ) {
-    let blas = if m >= BLAS_MIN_ROWS { get() } else { None };
-    sgemm_on(blas, (m, n, k), a, lda, b, ldb, b_transposed, beta, c, ldc)
+    sgemm_ex(dims, Operand::new(a, lda), Operand { data: b, ld: ldb, transposed: b_transposed }, beta, c, ldc)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A row-major operand of [`sgemm_ex`]: `data` with row stride `ld`, used as stored or transposed.
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    pub data: &'a [f32],
+    pub ld: usize,
+    pub transposed: bool,
+}
+
+impl<'a> Operand<'a> {
+    /// Used as stored.
+    pub fn new(data: &'a [f32], ld: usize) -> Self {
+        Operand { data, ld, transposed: false }
+    }
+
+    /// Used transposed.
+    pub fn t(data: &'a [f32], ld: usize) -> Self {
+        Operand { data, ld, transposed: true }
+    }
+}
+
+/// Row-major `c[m, n] = op(a) · op(b) + beta · c` with `op(a)` [m, k] and `op(b)` [k, n]: the general
+/// form of [`sgemm`] (attention's backward needs a transposed left operand).
+pub fn sgemm_ex(dims: (usize, usize, usize), a: Operand, b: Operand, beta: f32, c: &mut [f32], ldc: usize) {
+    let engine = match get() {
+        Some(blas) if dims.0 >= BLAS_MIN_ROWS => Engine::Blas(blas),
+        _ => Engine::Gemm { threads: candle_core::utils::get_num_threads() },
+    };
+    sgemm_on(engine, dims, a, b, beta, c, ldc)
+}
+
+/// [`sgemm_ex`] on the calling thread only (the `gemm` crate, no thread pool): for many small
+/// products run from parallel tasks, such as attention's per-head products.
+pub fn sgemm_serial(dims: (usize, usize, usize), a: Operand, b: Operand, beta: f32, c: &mut [f32], ldc: usize) {
+    sgemm_on(Engine::Gemm { threads: 1 }, dims, a, b, beta, c, ldc)
+}
+
+/// What computes a product.
+#[derive(Clone, Copy)]
+enum Engine<'a> {
+    Blas(&'a Blas),
+    /// The `gemm` crate on this many threads.
+    Gemm {
+        threads: usize,
+    },
+}
+
 fn sgemm_on(
-    blas: Option<&Blas>,
+    engine: Engine,
     (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    b_transposed: bool,
+    a: Operand,
+    b: Operand,
     beta: f32,
     c: &mut [f32],
     ldc: usize,
@@ -154,43 +195,45 @@ fn sgemm_on(
     if m == 0 || n == 0 {
         return;
     }
-    let (b_rows, b_cols) = if b_transposed { (n, k) } else { (k, n) };
-    assert!(lda >= k && ldb >= b_cols && ldc >= n, "sgemm: a row stride is too small");
-    assert!(k == 0 || a.len() >= (m - 1) * lda + k, "sgemm: a is too short");
-    assert!(k == 0 || b.len() >= (b_rows - 1) * ldb + b_cols, "sgemm: b is too short");
+    // Stored shapes: op(a) is [m, k], op(b) is [k, n].
+    let (a_rows, a_cols) = if a.transposed { (k, m) } else { (m, k) };
+    let (b_rows, b_cols) = if b.transposed { (n, k) } else { (k, n) };
+    assert!(a.ld >= a_cols && b.ld >= b_cols && ldc >= n, "sgemm: a row stride is too small");
+    assert!(k == 0 || a.data.len() >= (a_rows - 1) * a.ld + a_cols, "sgemm: a is too short");
+    assert!(k == 0 || b.data.len() >= (b_rows - 1) * b.ld + b_cols, "sgemm: b is too short");
     assert!(c.len() >= (m - 1) * ldc + n, "sgemm: c is too short");
     if k == 0 {
         c.chunks_mut(ldc).take(m).for_each(|row| row[..n].iter_mut().for_each(|v| *v *= beta));
         return;
     }
-    // The strides of op(b) as a [k, n] matrix.
-    let (b_rs, b_cs) = if b_transposed { (1, ldb) } else { (ldb, 1) };
-    match blas {
-        Some(blas) => {
+    // (row, column) strides of op(a) as an [m, k] matrix and of op(b) as a [k, n] one.
+    let strides = |o: &Operand| if o.transposed { (1, o.ld) } else { (o.ld, 1) };
+    let ((a_rs, a_cs), (b_rs, b_cs)) = (strides(&a), strides(&b));
+    match engine {
+        Engine::Blas(blas) => {
             let int = |v: usize| c_int::try_from(v).expect("sgemm: dimension exceeds the BLAS's int");
-            let tb = if b_transposed { TRANS } else { NO_TRANS };
+            let trans = |o: &Operand| if o.transposed { TRANS } else { NO_TRANS };
             // SAFETY: the asserts above keep every access of the row-major operands inside the slices.
             unsafe {
                 (blas.sgemm)(
                     ROW_MAJOR,
-                    NO_TRANS,
-                    tb,
+                    trans(&a),
+                    trans(&b),
                     int(m),
                     int(n),
                     int(k),
                     1.0,
-                    a.as_ptr(),
-                    int(lda),
-                    b.as_ptr(),
-                    int(ldb),
+                    a.data.as_ptr(),
+                    int(a.ld),
+                    b.data.as_ptr(),
+                    int(b.ld),
                     beta,
                     c.as_mut_ptr(),
                     int(ldc),
                 )
             }
         }
-        None => {
-            let threads = candle_core::utils::get_num_threads();
+        Engine::Gemm { threads } => {
             let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
             // SAFETY: as above; gemm computes dst = alpha·dst + beta·lhs·rhs, and reads dst only when
             // `read_dst`.
@@ -203,10 +246,10 @@ fn sgemm_on(
                     1,
                     ldc as isize,
                     beta != 0.0,
-                    a.as_ptr(),
-                    1,
-                    lda as isize,
-                    b.as_ptr(),
+                    a.data.as_ptr(),
+                    a_cs as isize,
+                    a_rs as isize,
+                    b.data.as_ptr(),
                     b_cs as isize,
                     b_rs as isize,
                     beta,
@@ -225,11 +268,16 @@ fn sgemm_on(
 mod tests {
     use super::*;
 
-    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], bt: bool) -> Vec<f32> {
+    /// `op(a) · op(b)` for `a` stored [m, k] (or [k, m] when `at`) and `b` [k, n] (or [n, k] when `bt`).
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], at: bool, b: &[f32], bt: bool) -> Vec<f32> {
         let mut c = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
-                c[i * n + j] = (0..k).map(|p| a[i * k + p] * if bt { b[j * k + p] } else { b[p * n + j] }).sum();
+                c[i * n + j] = (0..k)
+                    .map(|p| {
+                        (if at { a[p * m + i] } else { a[i * k + p] }) * if bt { b[j * k + p] } else { b[p * n + j] }
+                    })
+                    .sum();
             }
         }
         c
@@ -245,24 +293,33 @@ mod tests {
         let (m, n, k) = (5, 7, 3);
         let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 3.0).collect();
         let b: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 - 1.5).collect();
-        for (blas, bt) in [(None, true), (None, false), (get(), true), (get(), false)] {
-            let sgemm = |dims, a: &[f32], lda, b: &[f32], ldb, bt, beta, c: &mut [f32], ldc| {
-                sgemm_on(blas, dims, a, lda, b, ldb, bt, beta, c, ldc)
-            };
-            let mut c = vec![1f32; m * n];
-            sgemm((m, n, k), &a, k, &b, if bt { k } else { n }, bt, 0.0, &mut c, n);
-            assert_eq!(c, naive(m, n, k, &a, &b, bt), "b transposed: {bt}");
-            // A strided output (ldc > n) leaves the gaps alone.
-            let mut wide = vec![9f32; m * (n + 2)];
-            sgemm((m, n, k), &a, k, &b, if bt { k } else { n }, bt, 0.0, &mut wide, n + 2);
-            let rows: Vec<f32> = wide.chunks(n + 2).flat_map(|r| r[..n].to_vec()).collect();
-            assert_eq!(rows, naive(m, n, k, &a, &b, bt));
-            assert!(wide.chunks(n + 2).all(|r| r[n..] == [9.0, 9.0]));
-            // beta = 1 accumulates.
-            let mut c = vec![1f32; m * n];
-            sgemm((m, n, k), &a, k, &b, if bt { k } else { n }, bt, 1.0, &mut c, n);
-            let expected: Vec<f32> = naive(m, n, k, &a, &b, bt).iter().map(|v| v + 1.0).collect();
-            assert_eq!(c, expected);
+        let threads = candle_core::utils::get_num_threads();
+        let mut engines = vec![Engine::Gemm { threads }, Engine::Gemm { threads: 1 }];
+        engines.extend(get().map(Engine::Blas));
+        for engine in engines {
+            for (at, bt) in [(false, false), (false, true), (true, false), (true, true)] {
+                let op_a = Operand { data: &a, ld: if at { m } else { k }, transposed: at };
+                let op_b = Operand { data: &b, ld: if bt { k } else { n }, transposed: bt };
+                let expected = naive(m, n, k, &a, at, &b, bt);
+                let what = match engine {
+                    Engine::Blas(_) => format!("blas, a transposed {at}, b transposed {bt}"),
+                    Engine::Gemm { threads } => format!("gemm on {threads}, a transposed {at}, b transposed {bt}"),
+                };
+                let mut c = vec![1f32; m * n];
+                sgemm_on(engine, (m, n, k), op_a, op_b, 0.0, &mut c, n);
+                assert_eq!(c, expected, "{what}");
+                // A strided output (ldc > n) leaves the gaps alone.
+                let mut wide = vec![9f32; m * (n + 2)];
+                sgemm_on(engine, (m, n, k), op_a, op_b, 0.0, &mut wide, n + 2);
+                let rows: Vec<f32> = wide.chunks(n + 2).flat_map(|r| r[..n].to_vec()).collect();
+                assert_eq!(rows, expected, "{what}");
+                assert!(wide.chunks(n + 2).all(|r| r[n..] == [9.0, 9.0]), "{what}");
+                // beta = 1 accumulates.
+                let mut c = vec![1f32; m * n];
+                sgemm_on(engine, (m, n, k), op_a, op_b, 1.0, &mut c, n);
+                let plus_one: Vec<f32> = expected.iter().map(|v| v + 1.0).collect();
+                assert_eq!(c, plus_one, "{what}");
+            }
         }
     }
 }

@@ -216,6 +216,27 @@ pub fn mlp(x: &Tensor, fc1: &Linear, activation: fused::Activation, fc2: &Linear
     fc2.forward(&h, mode)
 }
 
+/// Multi-head self-attention on a fused projection `qkv` [b, t, 3·d], laid out as HF's
+/// `reshape(b, t, 3, heads, d / heads)` (the ViT's `Blip2Attention`): `softmax(scale · q kᵀ) v` with
+/// the heads concatenated, [b, t, d]. On CPU in f32 it is one [`fused::QkvAttention`] (q, k, v read
+/// in place, only the probabilities kept for the backward); elsewhere candle's composition.
+pub fn qkv_attention(qkv: &Tensor, heads: usize, scale: f64, mode: Mode) -> Result<Tensor> {
+    if cpu_f32(qkv) {
+        let op = fused::QkvAttention::new(heads, scale as f32);
+        let qkv = qkv.contiguous()?;
+        return if mode.is_train() { qkv.apply_op1(op) } else { qkv.apply_op1_no_bwd(&op) };
+    }
+    let (b, t, d3) = qkv.dims3()?;
+    let d = d3 / 3;
+    let qkv = qkv.reshape((b, t, 3, heads, d / heads))?.permute((2, 0, 3, 1, 4))?;
+    let q = qkv.get(0)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let probs = softmax_last_dim(&scores, mode)?;
+    probs.matmul(&v)?.permute((0, 2, 1, 3))?.reshape((b, t, d))
+}
+
 /// `x @ wᵀ` outside the fused CPU path (see [`linear`]).
 fn frozen_matmul(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
     let dims = x.dims().to_vec();

@@ -97,15 +97,8 @@ impl Attention {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let hd = d / self.heads;
-        let qkv = self.qkv.forward(x, mode)?.reshape((b, t, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let probs = ops::softmax_last_dim(&scores, mode)?;
-        let ctx = probs.matmul(&v)?.permute((0, 2, 1, 3))?.reshape((b, t, d))?;
+        let qkv = self.qkv.forward(x, mode)?;
+        let ctx = ops::qkv_attention(&qkv, self.heads, self.scale, mode)?;
         self.projection.forward(&ctx, mode)
     }
 }

@@ -1,5 +1,6 @@
-//! Fused CPU f32 kernels with an explicit backward: the frozen linear, LayerNorm with frozen
-//! parameters, softmax, exact GELU and dropout.
+//! Fused CPU f32 kernels with an explicit backward: the frozen linear (alone, with a LoRA branch, as
+//! an MLP), self-attention on a fused `qkv` ([`attention`]), LayerNorm with frozen parameters,
+//! softmax, exact GELU and dropout.
 //!
 //! candle's autograd computes a gradient for *every* operand of a binary op, trainable or not, and
 //! keeps it until `backward` returns: the broadcast LayerNorm weight and bias, each linear's bias,
@@ -13,6 +14,9 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Res
 use rayon::prelude::*;
 
 use super::blas;
+
+mod attention;
+pub use attention::QkvAttention;
 
 /// Rows per parallel task: enough work per task to amortise the scheduling.
 const MIN_ELEMS_PER_TASK: usize = 1 << 14;
@@ -545,7 +549,7 @@ mod tests {
     }
 
     /// Compares `fused(x)` with `reference(x)` and the gradients of `sum(out · r)` for a random `r`.
-    fn check(
+    pub(super) fn check(
         shape: &[usize],
         fused: impl Fn(&Tensor) -> Result<Tensor>,
         reference: impl Fn(&Tensor) -> Result<Tensor>,
