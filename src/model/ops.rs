@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D
 
 use super::fused;
 pub use super::fused::Activation;
+use super::layer_norm::LayerNorm;
 use super::linear::{Linear, LoraBranch};
 
 /// Whether `x` can go through the fused CPU kernels.
@@ -61,28 +62,40 @@ pub fn seed_dropout(seed: u64) {
     *DROPOUT_RNG.lock().expect("dropout rng") = Some(rand::rngs::StdRng::seed_from_u64(seed));
 }
 
+/// A dropout keep mask of `len` bytes (1 = kept, with probability 1 − p), from the seeded RNG when
+/// there is one.
+fn keep_mask(len: usize, p: f64) -> Vec<u8> {
+    use rand::Rng;
+    let draw = |rng: &mut dyn rand::RngCore| (0..len).map(|_| u8::from(rng.random_bool(1.0 - p))).collect();
+    match DROPOUT_RNG.lock().expect("dropout rng").as_mut() {
+        Some(rng) => draw(rng),
+        None => draw(&mut rand::rng()),
+    }
+}
+
 /// A dropout mask of `shape` (0 or 1/keep), from the seeded RNG when there is one.
 fn dropout_mask(shape: &Shape, p: f64, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
-    use rand::Rng;
     let keep = 1.0 - p;
-    let mut guard = DROPOUT_RNG.lock().expect("dropout rng");
-    let Some(rng) = guard.as_mut() else {
+    if DROPOUT_RNG.lock().expect("dropout rng").is_none() {
         // candle_nn::ops::dropout's mask.
         let uniform = Tensor::rand(0f32, 1f32, shape, device)?;
         return (uniform.ge(p)?.to_dtype(dtype)? * (1.0 / keep))?.contiguous();
-    };
+    }
     let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = (0..shape.elem_count()).map(|_| if rng.random_bool(keep) { scale } else { 0.0 }).collect();
+    let mask: Vec<f32> = keep_mask(shape.elem_count(), p).into_iter().map(|k| f32::from(k) * scale).collect();
     Tensor::from_vec(mask, shape, device)?.to_dtype(dtype)
 }
 
+/// A dropout mask of `len` elements as bytes, for the fused CPU kernels.
+fn byte_mask(len: usize, p: f64) -> std::sync::Arc<fused::DropoutMask> {
+    std::sync::Arc::new(fused::DropoutMask { keep: keep_mask(len, p), scale: (1.0 / (1.0 - p)) as f32 })
+}
+
 fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
-    let mask = dropout_mask(x.shape(), p, x.dtype(), x.device())?;
     if cpu_f32(x) {
-        x.contiguous()?.apply_op1(fused::Mask { mask })
-    } else {
-        x * mask
+        return x.contiguous()?.apply_op1(fused::Mask { mask: byte_mask(x.elem_count(), p) });
     }
+    x * dropout_mask(x.shape(), p, x.dtype(), x.device())?
 }
 
 /// Softmax over the last dimension, computed in f32 for half inputs (as OPT does for f16).
@@ -176,7 +189,7 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: &LoraBra
     let dropout = lora.dropout > 0.0 && mode.flags().lora_dropout;
     if frozen && cpu_f32(x) && cpu_f32(w) && bias.is_none_or(cpu_f32) && cpu_f32(&lora.a) && cpu_f32(&lora.b) {
         let x = x.contiguous()?;
-        let mask = if dropout { Some(dropout_mask(x.shape(), lora.dropout, DType::F32, x.device())?) } else { None };
+        let mask = dropout.then(|| byte_mask(x.elem_count(), lora.dropout));
         let op = fused::LoraLinear {
             w: w.contiguous()?,
             b: bias.map(Tensor::contiguous).transpose()?,
@@ -193,20 +206,28 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: &LoraBra
     y + delta
 }
 
+/// Whether `l` can go into a fused CPU kernel: a frozen f32 linear without LoRA.
+fn plain(l: &Linear) -> bool {
+    l.lora.is_none()
+        && !l.weight.track_op()
+        && cpu_f32(&l.weight)
+        && l.bias.as_ref().is_none_or(|b| !b.track_op() && cpu_f32(b))
+}
+
+fn parts(l: &Linear) -> Result<(Tensor, Option<Tensor>)> {
+    Ok((l.weight.contiguous()?, l.bias.as_ref().map(Tensor::contiguous).transpose()?))
+}
+
+/// Whether `ln` can go into a fused CPU kernel: frozen f32 parameters.
+fn plain_norm(ln: &LayerNorm) -> bool {
+    !ln.weight.track_op() && !ln.bias.track_op() && cpu_f32(&ln.weight) && cpu_f32(&ln.bias)
+}
+
 /// `fc2(act(fc1(x)))`: the transformer MLP. In training on CPU in f32 with frozen linears without
 /// LoRA it is one [`fused::Mlp`], which keeps `fc1(x)` only; otherwise the composition.
 pub fn mlp(x: &Tensor, fc1: &Linear, activation: fused::Activation, fc2: &Linear, mode: Mode) -> Result<Tensor> {
-    let plain = |l: &Linear| {
-        l.lora.is_none()
-            && !l.weight.track_op()
-            && cpu_f32(&l.weight)
-            && l.bias.as_ref().is_none_or(|b| !b.track_op() && cpu_f32(b))
-    };
     if mode.is_train() && cpu_f32(x) && plain(fc1) && plain(fc2) {
-        let part = |l: &Linear| -> Result<(Tensor, Option<Tensor>)> {
-            Ok((l.weight.contiguous()?, l.bias.as_ref().map(Tensor::contiguous).transpose()?))
-        };
-        return x.contiguous()?.apply_op1(fused::Mlp::new(part(fc1)?, part(fc2)?, activation));
+        return x.contiguous()?.apply_op1(fused::Mlp::new(parts(fc1)?, parts(fc2)?, activation));
     }
     let h = fc1.forward(x, mode)?;
     let h = match activation {
@@ -216,25 +237,99 @@ pub fn mlp(x: &Tensor, fc1: &Linear, activation: fused::Activation, fc2: &Linear
     fc2.forward(&h, mode)
 }
 
+/// `x + dropout(fc2(act(fc1(ln(x)))))`: a pre-LN transformer's feed-forward block with its residual
+/// (the ViT's `layer_norm2` + MLP, OPT's `final_layer_norm` + `fc1`/`fc2` + hidden dropout). In
+/// training on CPU in f32 with frozen parameters it is one [`fused::Mlp::block`], which keeps
+/// `fc1(ln(x))` only; otherwise the composition.
+pub fn pre_norm_mlp_block(
+    x: &Tensor,
+    ln: &LayerNorm,
+    (fc1, activation, fc2): (&Linear, fused::Activation, &Linear),
+    dropout: f64,
+    mode: Mode,
+) -> Result<Tensor> {
+    if mode.is_train() && cpu_f32(x) && plain(fc1) && plain(fc2) && plain_norm(ln) {
+        let dropout = (dropout > 0.0 && mode.flags().base_dropout).then(|| byte_mask(x.elem_count(), dropout));
+        let norm = (ln.weight.contiguous()?, ln.bias.contiguous()?, ln.eps as f32);
+        let op = fused::Mlp::new(parts(fc1)?, parts(fc2)?, activation).block(norm, dropout);
+        return x.contiguous()?.apply_op1(op);
+    }
+    let h = mlp(&ln.forward(x, mode)?, fc1, activation, fc2, mode)?;
+    x + base_dropout(&h, dropout, mode)?
+}
+
+/// `residual + dropout(linear(x))`: an output projection and its residual connection. In training on
+/// CPU in f32 with a frozen linear without LoRA it is one [`fused::ResidualLinear`], which keeps no
+/// activation of its own; otherwise the composition.
+pub fn residual_linear(x: &Tensor, linear: &Linear, residual: &Tensor, dropout: f64, mode: Mode) -> Result<Tensor> {
+    if mode.is_train() && cpu_f32(x) && cpu_f32(residual) && plain(linear) {
+        let dropout = (dropout > 0.0 && mode.flags().base_dropout).then(|| byte_mask(residual.elem_count(), dropout));
+        let (w, b) = parts(linear)?;
+        return x.contiguous()?.apply_op2(&residual.contiguous()?, fused::ResidualLinear { w, b, dropout });
+    }
+    residual + base_dropout(&linear.forward(x, mode)?, dropout, mode)?
+}
+
 /// Multi-head self-attention on a fused projection `qkv` [b, t, 3·d], laid out as HF's
 /// `reshape(b, t, 3, heads, d / heads)` (the ViT's `Blip2Attention`): `softmax(scale · q kᵀ) v` with
 /// the heads concatenated, [b, t, d]. On CPU in f32 it is one [`fused::QkvAttention`] (q, k, v read
 /// in place, only the probabilities kept for the backward); elsewhere candle's composition.
 pub fn qkv_attention(qkv: &Tensor, heads: usize, scale: f64, mode: Mode) -> Result<Tensor> {
     if cpu_f32(qkv) {
-        let op = fused::QkvAttention::new(heads, scale as f32);
+        let op = fused::QkvAttention(fused::AttentionCore::new(heads, scale as f32, false, None));
         let qkv = qkv.contiguous()?;
         return if mode.is_train() { qkv.apply_op1(op) } else { qkv.apply_op1_no_bwd(&op) };
     }
-    let (b, t, d3) = qkv.dims3()?;
-    let d = d3 / 3;
-    let qkv = qkv.reshape((b, t, 3, heads, d / heads))?.permute((2, 0, 3, 1, 4))?;
-    let q = qkv.get(0)?.contiguous()?;
-    let k = qkv.get(1)?.contiguous()?;
-    let v = qkv.get(2)?.contiguous()?;
-    let scores = (q.matmul(&k.t()?)? * scale)?;
-    let probs = softmax_last_dim(&scores, mode)?;
-    probs.matmul(&v)?.permute((0, 2, 1, 3))?.reshape((b, t, d))
+    let d = qkv.dim(2)? / 3;
+    let part = |i: usize| qkv.narrow(2, i * d, d);
+    attention(&part(0)?, &part(1)?, &part(2)?, heads, scale, false, 0.0, mode)
+}
+
+/// Multi-head attention on separate projections q [b, tq, d], k and v [b, tk, d] (the Q-Former's,
+/// OPT's without a KV cache): `dropout(softmax(scale · q kᵀ + causal)) v` with the heads
+/// concatenated, [b, tq, d]. `causal` hides key `j` from query `i` when `j > i + tk − tq`; `dropout`
+/// is the base model's attention dropout (applied when the mode asks for it). On CPU in f32 it is
+/// one [`fused::Attention`] (keeps the probabilities and a byte mask only); elsewhere candle's
+/// composition.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+    dropout: f64,
+    mode: Mode,
+) -> Result<Tensor> {
+    let (b, tq, d) = q.dims3()?;
+    let tk = k.dim(1)?;
+    let dropout = if dropout > 0.0 && mode.flags().base_dropout { dropout } else { 0.0 };
+    if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) {
+        let mask = (dropout > 0.0)
+            .then(|| std::sync::Arc::into_inner(byte_mask(b * heads * tq * tk, dropout)).expect("a fresh mask"));
+        let op = fused::Attention(fused::AttentionCore::new(heads, scale as f32, causal, mask));
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        return if mode.is_train() { q.apply_op3(&k, &v, op) } else { q.apply_op3_no_bwd(&k, &v, &op) };
+    }
+    let split = |x: &Tensor| -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        x.reshape((b, t, heads, d / heads))?.transpose(1, 2)?.contiguous()
+    };
+    let mut scores = (split(q)?.matmul(&split(k)?.t()?)? * scale)?;
+    if causal {
+        scores = scores.broadcast_add(&causal_mask(tq, tk - tq, scores.dtype(), scores.device())?)?;
+    }
+    let probs = base_dropout(&softmax_last_dim(&scores, mode)?, dropout, mode)?;
+    probs.matmul(&split(v)?)?.transpose(1, 2)?.reshape((b, tq, d))
+}
+
+/// Additive causal mask [1, 1, t, past + t]: 0 where allowed, -inf above the diagonal.
+pub fn causal_mask(t: usize, past: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+    let s = past + t;
+    let data: Vec<f32> =
+        (0..t).flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(data, (1, 1, t, s), device)?.to_dtype(dtype)
 }
 
 /// `x @ wᵀ` outside the fused CPU path (see [`linear`]).

@@ -5,7 +5,7 @@
 //! Positions are `past_len + index + 2`, which is what OPT computes from an all-ones attention mask;
 //! BLIP-2 always builds one (query slots and prompt are never padded), so no mask is taken.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::OptConfig;
@@ -78,7 +78,8 @@ impl Attention {
         x.reshape((b, t, self.heads, d / self.heads))?.transpose(1, 2)?.contiguous()
     }
 
-    pub fn forward(
+    /// The heads' concatenated context [B, T, D], before `out_proj`; appends to `cache` when given.
+    pub fn context(
         &self,
         x: &Tensor,
         causal_mask: Option<&Tensor>,
@@ -86,23 +87,37 @@ impl Attention {
         mode: Mode,
     ) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
+        let Some(cache) = cache else {
+            // Training (and any forward without a cache): one attention op on the projections.
+            let (q, k, v) =
+                (self.q_proj.forward(x, mode)?, self.k_proj.forward(x, mode)?, self.v_proj.forward(x, mode)?);
+            let causal = causal_mask.is_some();
+            return ops::attention(&q, &k, &v, self.heads, self.scaling, causal, self.dropout, mode);
+        };
         let q = self.shape(&(self.q_proj.forward(x, mode)? * self.scaling)?)?;
         let mut k = self.shape(&self.k_proj.forward(x, mode)?)?;
         let mut v = self.shape(&self.v_proj.forward(x, mode)?)?;
-        if let Some(cache) = cache {
-            if let Some((pk, pv)) = cache.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            *cache = Some((k.clone(), v.clone()));
+        if let Some((pk, pv)) = cache.as_ref() {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
         }
+        *cache = Some((k.clone(), v.clone()));
         let mut scores = q.matmul(&k.t()?)?;
         if let Some(mask) = causal_mask {
             scores = scores.broadcast_add(mask)?;
         }
         let probs = ops::base_dropout(&ops::softmax_last_dim(&scores, mode)?, self.dropout, mode)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        self.out_proj.forward(&out, mode)
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        causal_mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        self.out_proj.forward(&self.context(x, causal_mask, cache, mode)?, mode)
     }
 }
 
@@ -137,10 +152,11 @@ impl DecoderLayer {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.self_attn_layer_norm.forward(x, mode)?, mask, cache, mode)?;
-        let x = (x + ops::base_dropout(&h, self.dropout, mode)?)?;
-        let h = ops::mlp(&self.final_layer_norm.forward(&x, mode)?, &self.fc1, ops::Activation::Relu, &self.fc2, mode)?;
-        x + ops::base_dropout(&h, self.dropout, mode)?
+        // x + dropout(out_proj(attention(ln(x)))), then h + dropout(fc2(relu(fc1(ln(h))))).
+        let ctx = self.self_attn.context(&self.self_attn_layer_norm.forward(x, mode)?, mask, cache, mode)?;
+        let h = ops::residual_linear(&ctx, &self.self_attn.out_proj, x, self.dropout, mode)?;
+        let mlp = (&self.fc1, ops::Activation::Relu, &self.fc2);
+        ops::pre_norm_mlp_block(&h, &self.final_layer_norm, mlp, self.dropout, mode)
     }
 }
 
@@ -216,7 +232,7 @@ impl OptForCausalLM {
         };
         let pos = self.embed_positions.narrow(0, past + POSITION_OFFSET, t)?;
         x = x.broadcast_add(&pos.unsqueeze(0)?.to_dtype(x.dtype())?)?;
-        let mask = if t > 1 { Some(causal_mask(t, past, x.dtype(), x.device())?) } else { None };
+        let mask = if t > 1 { Some(ops::causal_mask(t, past, x.dtype(), x.device())?) } else { None };
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(&x, mask.as_ref(), layer_cache, mode)?;
@@ -274,12 +290,4 @@ impl OptForCausalLM {
         v.extend(self.project_out.iter_mut());
         v
     }
-}
-
-/// Additive causal mask [1, 1, t, past + t]: 0 where allowed, -inf above the diagonal.
-fn causal_mask(t: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let s = past + t;
-    let data: Vec<f32> =
-        (0..t).flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Tensor::from_vec(data, (1, 1, t, s), device)?.to_dtype(dtype)
 }

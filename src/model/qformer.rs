@@ -34,22 +34,14 @@ impl MultiHeadAttention {
         })
     }
 
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        x.reshape((b, t, self.heads, d / self.heads))?.transpose(1, 2)?.contiguous()
-    }
-
     /// `kv_source` is the image embeddings for cross-attention, `x` itself for self-attention.
     pub fn forward(&self, x: &Tensor, kv_source: &Tensor, mode: Mode) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let q = self.split_heads(&self.query.forward(x, mode)?)?;
-        let k = self.split_heads(&self.key.forward(kv_source, mode)?)?;
-        let v = self.split_heads(&self.value.forward(kv_source, mode)?)?;
-        let head_dim = (d / self.heads) as f64;
-        // HF divides by sqrt(head_dim) (BERT style) rather than multiplying by a scale.
-        let scores = (q.matmul(&k.t()?)? / head_dim.sqrt())?;
-        let probs = ops::base_dropout(&ops::softmax_last_dim(&scores, mode)?, self.dropout, mode)?;
-        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))
+        let q = self.query.forward(x, mode)?;
+        let k = self.key.forward(kv_source, mode)?;
+        let v = self.value.forward(kv_source, mode)?;
+        // HF divides the scores by sqrt(head_dim) (BERT style).
+        let scale = ((x.dim(2)? / self.heads) as f64).powf(-0.5);
+        ops::attention(&q, &k, &v, self.heads, scale, false, self.dropout, mode)
     }
 }
 
@@ -71,8 +63,7 @@ impl ResidualOutput {
     }
 
     pub fn forward(&self, h: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
-        let h = ops::base_dropout(&self.dense.forward(h, mode)?, self.dropout, mode)?;
-        self.layer_norm.forward(&(h + residual)?, mode)
+        self.layer_norm.forward(&ops::residual_linear(h, &self.dense, residual, self.dropout, mode)?, mode)
     }
 }
 

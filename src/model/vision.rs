@@ -96,10 +96,13 @@ impl Attention {
         })
     }
 
+    /// The heads' concatenated context, before `projection`.
+    pub fn context(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        ops::qkv_attention(&self.qkv.forward(x, mode)?, self.heads, self.scale, mode)
+    }
+
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let qkv = self.qkv.forward(x, mode)?;
-        let ctx = ops::qkv_attention(&qkv, self.heads, self.scale, mode)?;
-        self.projection.forward(&ctx, mode)
+        self.projection.forward(&self.context(x, mode)?, mode)
     }
 }
 
@@ -143,8 +146,11 @@ impl EncoderLayer {
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x, mode)?, mode)?)?;
-        &h + self.mlp.forward(&self.layer_norm2.forward(&h, mode)?, mode)?
+        // x + projection(attention(layer_norm1(x))), then h + mlp(layer_norm2(h)).
+        let ctx = self.self_attn.context(&self.layer_norm1.forward(x, mode)?, mode)?;
+        let h = ops::residual_linear(&ctx, &self.self_attn.projection, x, 0.0, mode)?;
+        let mlp = (&self.mlp.fc1, ops::Activation::Gelu, &self.mlp.fc2);
+        ops::pre_norm_mlp_block(&h, &self.layer_norm2, mlp, 0.0, mode)
     }
 }
 

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::blas;
 
 mod attention;
-pub use attention::QkvAttention;
+pub use attention::{Attention, Core as AttentionCore, QkvAttention};
 
 /// Rows per parallel task: enough work per task to amortise the scheduling.
 const MIN_ELEMS_PER_TASK: usize = 1 << 14;
@@ -74,6 +74,33 @@ fn last_dim(l: &Layout) -> Result<usize> {
     }
 }
 
+/// A dropout keep mask: 0/1 bytes, and the kept values' scale (1 / keep probability). Bytes, where a
+/// float mask would hold 4× the memory for as long as the graph lives.
+#[derive(Debug)]
+pub struct DropoutMask {
+    pub keep: Vec<u8>,
+    pub scale: f32,
+}
+
+impl DropoutMask {
+    /// `x ⊙ mask` (zero where dropped, `x · scale` where kept).
+    fn apply(&self, x: &[f32]) -> Result<Vec<f32>> {
+        if self.keep.len() != x.len() {
+            bail!("dropout mask of {} elements for a tensor of {}", self.keep.len(), x.len());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(MIN_ELEMS_PER_TASK)
+            .zip(x.par_chunks(MIN_ELEMS_PER_TASK))
+            .zip(self.keep.par_chunks(MIN_ELEMS_PER_TASK))
+            .for_each(|((y, x), keep)| {
+                for ((y, &x), &k) in y.iter_mut().zip(x).zip(keep) {
+                    *y = if k != 0 { x * self.scale } else { 0.0 };
+                }
+            });
+        Ok(y)
+    }
+}
+
 /// `x @ wᵀ + b` for a frozen `w` [out, in] (and `b` [out]); `x` [..., in]. Backward: `grad @ w` to
 /// `x` only.
 pub struct Linear {
@@ -126,8 +153,8 @@ impl CustomOp1 for Linear {
 pub struct LoraLinear {
     pub w: Tensor,
     pub b: Option<Tensor>,
-    /// LoRA dropout's mask of `x`'s shape (0 or 1/keep), when dropout applies.
-    pub mask: Option<Tensor>,
+    /// LoRA dropout's mask of `x`'s shape, when dropout applies.
+    pub mask: Option<std::sync::Arc<DropoutMask>>,
     pub scale: f32,
 }
 
@@ -166,12 +193,7 @@ impl CustomOp3 for LoraLinear {
         let masked;
         let h = match &self.mask {
             Some(mask) => {
-                masked = with_data(mask, |mask| {
-                    if mask.len() != x.len() {
-                        bail!("lora dropout mask of {} elements for an input of {}", mask.len(), x.len());
-                    }
-                    Ok(x.iter().zip(mask).map(|(x, m)| x * m).collect::<Vec<f32>>())
-                })?;
+                masked = mask.apply(x)?;
                 &masked[..]
             }
             None => x,
@@ -267,20 +289,38 @@ impl Activation {
     }
 }
 
-/// `fc2(act(fc1(x)))` with frozen linears. A frozen linear's backward needs none of its input, so
-/// only `fc1(x)` is kept (for the activation's derivative, inside the op); the composition would
-/// also keep `act(fc1(x))`, the largest activation of a transformer layer, as PyTorch does not.
+/// `fc2(act(fc1(x)))` with frozen linears, optionally as a whole pre-LN feed-forward block
+/// `x + dropout(fc2(act(fc1(LN(x)))))` ([`Mlp::block`]). A frozen linear's backward needs none of
+/// its input, so only `fc1(·)` is kept (for the activation's derivative, inside the op); the
+/// composition would also keep `act(fc1(·))`, the largest activation of a transformer layer, as
+/// PyTorch does not, and as a block the LayerNorm's output, the MLP's output and its dropped copy
+/// (the LayerNorm's backward recomputes its statistics from `x`, which the graph keeps anyway).
 pub struct Mlp {
     pub fc1: (Tensor, Option<Tensor>),
     pub fc2: (Tensor, Option<Tensor>),
     pub activation: Activation,
-    /// `fc1(x)` from the forward pass, for the backward pass.
+    block: Option<Block>,
+    /// `fc1(·)` from the forward pass, for the backward pass.
     hidden: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+/// What makes an [`Mlp`] a pre-LN feed-forward block.
+struct Block {
+    /// The LayerNorm's weight, bias and eps.
+    norm: (Tensor, Tensor, f32),
+    /// Dropout of the MLP's output (OPT's hidden dropout), when it applies.
+    dropout: Option<std::sync::Arc<DropoutMask>>,
 }
 
 impl Mlp {
     pub fn new(fc1: (Tensor, Option<Tensor>), fc2: (Tensor, Option<Tensor>), activation: Activation) -> Self {
-        Mlp { fc1, fc2, activation, hidden: std::sync::Mutex::new(None) }
+        Mlp { fc1, fc2, activation, block: None, hidden: std::sync::Mutex::new(None) }
+    }
+
+    /// Makes it `x + dropout(fc2(act(fc1(LN(x)))))` with the LayerNorm `norm` (weight, bias, eps).
+    pub fn block(mut self, norm: (Tensor, Tensor, f32), dropout: Option<std::sync::Arc<DropoutMask>>) -> Self {
+        self.block = Some(Block { norm, dropout });
+        self
     }
 }
 
@@ -290,16 +330,36 @@ impl CustomOp1 for Mlp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (hidden, hidden_shape) = Linear { w: self.fc1.0.clone(), b: self.fc1.1.clone() }.cpu_fwd(s, l)?;
+        let x = f32_slice(s, l)?;
+        let normed;
+        let (input, in_layout) = match &self.block {
+            Some(Block { norm: (w, b, eps), .. }) => {
+                normed = CpuStorage::F32(layer_norm_rows(x, last_dim(l)?, w, b, *eps)?);
+                (&normed, Layout::contiguous(l.shape().clone()))
+            }
+            None => (s, l.clone()),
+        };
+        let (hidden, hidden_shape) =
+            Linear { w: self.fc1.0.clone(), b: self.fc1.1.clone() }.cpu_fwd(input, &in_layout)?;
         let CpuStorage::F32(hidden) = hidden else { unreachable!("the linear returns f32") };
         let inner = *hidden_shape.dims().last().expect("rank >= 1");
         let act =
             map_rows(&hidden, inner, |h, a| a.iter_mut().zip(h).for_each(|(a, &h)| *a = self.activation.apply(h)));
         let act_layout = Layout::contiguous(hidden_shape);
-        let out =
+        let (out, shape) =
             Linear { w: self.fc2.0.clone(), b: self.fc2.1.clone() }.cpu_fwd(&CpuStorage::F32(act), &act_layout)?;
         *self.hidden.lock().expect("mlp hidden") = Some(hidden);
-        Ok(out)
+        let Some(block) = &self.block else { return Ok((out, shape)) };
+        let CpuStorage::F32(out) = out else { unreachable!("the linear returns f32") };
+        if shape.dims() != l.dims() {
+            bail!("mlp block: output {:?} cannot be added to its input {:?}", shape.dims(), l.dims());
+        }
+        let mut out = match &block.dropout {
+            Some(mask) => mask.apply(&out)?,
+            None => out,
+        };
+        add_assign(&mut out, x);
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -309,9 +369,18 @@ impl CustomOp1 for Mlp {
         let (_, k) = self.fc1.0.dims2()?;
         let rows = hidden.len() / inner;
         let grad = grad.contiguous()?;
-        // d act = grad · W2, then ⊙ act'(fc1(x)), then · W1.
+        // d act = grad [⊙ dropout] · W2, then ⊙ act'(fc1(·)), then · W1 [then LayerNorm's backward,
+        // plus grad itself through the residual].
         let mut d_hidden = vec![0f32; rows * inner];
         with_data(&grad, |g| {
+            let dropped;
+            let g = match self.block.as_ref().and_then(|b| b.dropout.as_ref()) {
+                Some(mask) => {
+                    dropped = mask.apply(g)?;
+                    &dropped[..]
+                }
+                None => g,
+            };
             with_data(&self.fc2.0, |w2| {
                 blas::sgemm((rows, inner, out), g, out, w2, inner, false, 0.0, &mut d_hidden, inner);
                 Ok(())
@@ -326,7 +395,62 @@ impl CustomOp1 for Mlp {
             blas::sgemm((rows, k, inner), &d_hidden, inner, w1, k, false, 0.0, &mut dx, k);
             Ok(())
         })?;
+        if let Some(Block { norm: (w, _, eps), .. }) = &self.block {
+            let x = x.contiguous()?;
+            dx = with_data(&x, |x| layer_norm_grad_rows(x, &dx, k, w, *eps))?;
+            with_data(&grad, |g| {
+                add_assign(&mut dx, g);
+                Ok(())
+            })?;
+        }
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// `y += x`, in parallel.
+fn add_assign(y: &mut [f32], x: &[f32]) {
+    y.par_chunks_mut(MIN_ELEMS_PER_TASK)
+        .zip(x.par_chunks(MIN_ELEMS_PER_TASK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, x)| *y += x));
+}
+
+/// `residual + dropout(x wᵀ + b)` for a frozen `w` [out, in] on (x, residual): an output projection
+/// and its residual connection. The composition keeps the projection's output and its dropped copy
+/// for the backward of the add; this op keeps nothing beyond its inputs, which the graph holds
+/// anyway. Backward: `(grad [⊙ dropout]) w` to `x`, `grad` to `residual`.
+pub struct ResidualLinear {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+    pub dropout: Option<std::sync::Arc<DropoutMask>>,
+}
+
+impl CustomOp2 for ResidualLinear {
+    fn name(&self) -> &'static str {
+        "fused-frozen-linear-residual"
+    }
+
+    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sr: &CpuStorage, lr: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, shape) = Linear { w: self.w.clone(), b: self.b.clone() }.cpu_fwd(sx, lx)?;
+        let CpuStorage::F32(y) = y else { unreachable!("the linear returns f32") };
+        if shape.dims() != lr.dims() {
+            bail!("residual linear: output {:?} cannot be added to the residual {:?}", shape.dims(), lr.dims());
+        }
+        let mut y = match &self.dropout {
+            Some(mask) => mask.apply(&y)?,
+            None => y,
+        };
+        add_assign(&mut y, f32_slice(sr, lr)?);
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, r: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let g = match &self.dropout {
+            Some(mask) => grad.apply_op1_no_bwd(&Mask { mask: mask.clone() })?,
+            None => grad.clone(),
+        };
+        let dx = if x.track_op() { Some(g.apply_op1_no_bwd(&GradInput { w: self.w.clone() })?) } else { None };
+        Ok((dx, r.track_op().then_some(grad)))
     }
 }
 
@@ -353,19 +477,7 @@ impl CustomOp1 for LayerNorm {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
         let d = last_dim(l)?;
-        let y = with_data(&self.w, |w| {
-            with_data(&self.b, |b| {
-                if w.len() != d || b.len() != d {
-                    bail!("layer norm: weight/bias of {} for rows of {d}", w.len());
-                }
-                Ok(map_rows(x, d, |x, y| {
-                    let (mean, rstd) = moments(x, self.eps);
-                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        *y = (x - mean) * rstd * w + b;
-                    }
-                }))
-            })
-        })?;
+        let y = layer_norm_rows(x, d, &self.w, &self.b, self.eps)?;
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -375,7 +487,44 @@ impl CustomOp1 for LayerNorm {
     }
 }
 
-/// LayerNorm's input gradient from (x, grad): `rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂))`.
+/// LayerNorm of each row of `x` (rows of `d`) with weight `w` and bias `b`.
+fn layer_norm_rows(x: &[f32], d: usize, w: &Tensor, b: &Tensor, eps: f32) -> Result<Vec<f32>> {
+    with_data(w, |w| {
+        with_data(b, |b| {
+            if w.len() != d || b.len() != d {
+                bail!("layer norm: weight/bias of {} for rows of {d}", w.len());
+            }
+            Ok(map_rows(x, d, |x, y| {
+                let (mean, rstd) = moments(x, eps);
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                    *y = (x - mean) * rstd * w + b;
+                }
+            }))
+        })
+    })
+}
+
+/// LayerNorm's input gradient for the rows of `x` given the output gradient `g`:
+/// `rstd · (g·w − mean(g·w) − x̂ · mean(g·w·x̂))`.
+fn layer_norm_grad_rows(x: &[f32], g: &[f32], d: usize, w: &Tensor, eps: f32) -> Result<Vec<f32>> {
+    with_data(w, |w| {
+        Ok(map_rows2(x, g, d, |x, g, dx| {
+            let (mean, rstd) = moments(x, eps);
+            let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
+            for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
+                let gw = (g * w) as f64;
+                sum_gw += gw;
+                sum_gw_xhat += gw * ((x - mean) * rstd) as f64;
+            }
+            let (a, c) = ((sum_gw / d as f64) as f32, (sum_gw_xhat / d as f64) as f32);
+            for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+                *dx = rstd * (g * w - a - (x - mean) * rstd * c);
+            }
+        }))
+    })
+}
+
+/// LayerNorm's input gradient from (x, grad) ([`layer_norm_grad_rows`]).
 struct LayerNormGrad {
     w: Tensor,
     eps: f32,
@@ -392,21 +541,7 @@ impl CustomOp2 for LayerNormGrad {
         if x.len() != g.len() {
             bail!("layer norm grad: shapes {:?} and {:?}", l1.dims(), l2.dims());
         }
-        let dx = with_data(&self.w, |w| {
-            Ok(map_rows2(x, g, d, |x, g, dx| {
-                let (mean, rstd) = moments(x, self.eps);
-                let (mut sum_gw, mut sum_gw_xhat) = (0f64, 0f64);
-                for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
-                    let gw = (g * w) as f64;
-                    sum_gw += gw;
-                    sum_gw_xhat += gw * ((x - mean) * rstd) as f64;
-                }
-                let (a, c) = ((sum_gw / d as f64) as f32, (sum_gw_xhat / d as f64) as f32);
-                for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
-                    *dx = rstd * (g * w - a - (x - mean) * rstd * c);
-                }
-            }))
-        })?;
+        let dx = layer_norm_grad_rows(x, g, d, &self.w, self.eps)?;
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -512,9 +647,9 @@ impl CustomOp2 for GeluGrad {
     }
 }
 
-/// `x · mask` for a constant mask of `x`'s shape (dropout: 0 or 1/keep); backward `grad · mask`.
+/// `x ⊙ mask` for a dropout mask of `x`'s shape; backward `grad ⊙ mask`.
 pub struct Mask {
-    pub mask: Tensor,
+    pub mask: std::sync::Arc<DropoutMask>,
 }
 
 impl CustomOp1 for Mask {
@@ -523,14 +658,7 @@ impl CustomOp1 for Mask {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
-        let y = with_data(&self.mask, |m| {
-            if m.len() != x.len() {
-                bail!("mask of {} elements for a tensor of {}", m.len(), x.len());
-            }
-            Ok(map_rows2(x, m, last_dim(l)?, |x, m, y| y.iter_mut().zip(x).zip(m).for_each(|((y, x), m)| *y = x * m)))
-        })?;
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((CpuStorage::F32(self.mask.apply(f32_slice(s, l)?)?), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -599,13 +727,14 @@ mod tests {
         let a = Var::from_tensor(&Tensor::randn(0f32, 0.5, (2, 5), &dev)?)?;
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.5, (6, 2), &dev)?)?;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 5), &dev)?)?;
-        let keep: Vec<f32> = (0..30).map(|i| if i % 3 == 0 { 0.0 } else { 1.5 }).collect();
+        let keep: Vec<u8> = (0..30).map(|i| u8::from(i % 3 != 0)).collect();
+        let keep_f = Tensor::from_vec(keep.iter().map(|&k| f32::from(k) * 1.5).collect(), (2, 3, 5), &dev)?;
         let r = Tensor::randn(0f32, 1., (2, 3, 6), &dev)?;
-        for mask in [None, Some(Tensor::from_vec(keep, (2, 3, 5), &dev)?)] {
+        for mask in [None, Some(std::sync::Arc::new(DropoutMask { keep: keep.clone(), scale: 1.5 }))] {
             let op = LoraLinear { w: w.clone(), b: Some(bias.clone()), mask: mask.clone(), scale: 2.0 };
             let fused = x.as_tensor().apply_op3(a.as_tensor(), b.as_tensor(), op)?;
             let h = match &mask {
-                Some(m) => (x.as_tensor() * m)?,
+                Some(_) => (x.as_tensor() * &keep_f)?,
                 None => x.as_tensor().clone(),
             };
             let lora = (h.broadcast_matmul(&a.as_tensor().t()?)?.broadcast_matmul(&b.as_tensor().t()?)? * 2.0)?;
@@ -644,6 +773,67 @@ mod tests {
         Ok(())
     }
 
+    /// A byte mask over `n` elements and the same mask as floats (0 or `scale`) of `shape`.
+    fn masks(shape: &[usize], scale: f32) -> Result<(std::sync::Arc<DropoutMask>, Tensor)> {
+        let n = shape.iter().product();
+        let keep: Vec<u8> = (0..n).map(|i| u8::from(i % 4 != 1)).collect();
+        let floats = Tensor::from_vec(keep.iter().map(|&k| f32::from(k) * scale).collect(), shape, &Device::Cpu)?;
+        Ok((std::sync::Arc::new(DropoutMask { keep, scale }), floats))
+    }
+
+    #[test]
+    fn mlp_block_matches_layer_norm_mlp_dropout_residual() -> Result<()> {
+        let dev = Device::Cpu;
+        let (w1, b1) = (Tensor::randn(0f32, 0.5, (9, 6), &dev)?, Tensor::randn(0f32, 0.5, 9, &dev)?);
+        let (w2, b2) = (Tensor::randn(0f32, 0.5, (6, 9), &dev)?, Tensor::randn(0f32, 0.5, 6, &dev)?);
+        let (lw, lb) = (Tensor::randn(1f32, 0.3, 6, &dev)?, Tensor::randn(0f32, 0.3, 6, &dev)?);
+        let (mask, mask_f) = masks(&[2, 3, 6], 1.25)?;
+        for (act, dropout) in [(Activation::Gelu, false), (Activation::Relu, true), (Activation::Relu, false)] {
+            let op = || {
+                Mlp::new((w1.clone(), Some(b1.clone())), (w2.clone(), Some(b2.clone())), act)
+                    .block((lw.clone(), lb.clone(), 1e-5), dropout.then(|| mask.clone()))
+            };
+            let reference = |x: &Tensor| {
+                let h = candle_nn::ops::layer_norm_slow(x, &lw, &lb, 1e-5)?;
+                let h = h.broadcast_matmul(&w1.t()?)?.broadcast_add(&b1)?;
+                let h = if act == Activation::Gelu { h.gelu_erf()? } else { h.relu()? };
+                let h = h.broadcast_matmul(&w2.t()?)?.broadcast_add(&b2)?;
+                x + if dropout { (h * &mask_f)? } else { h }
+            };
+            check(&[2, 3, 6], |x| x.apply_op1(op()), reference, 2e-5)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn residual_linear_matches_linear_dropout_add() -> Result<()> {
+        let dev = Device::Cpu;
+        let (w, b) = (Tensor::randn(0f32, 0.5, (4, 5), &dev)?, Tensor::randn(0f32, 0.5, 4, &dev)?);
+        let residual = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 4), &dev)?)?;
+        let (mask, mask_f) = masks(&[2, 3, 4], 2.0)?;
+        for dropout in [false, true] {
+            let op = || ResidualLinear { w: w.clone(), b: Some(b.clone()), dropout: dropout.then(|| mask.clone()) };
+            let reference = |x: &Tensor| {
+                let y = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
+                residual.as_tensor() + if dropout { (y * &mask_f)? } else { y }
+            };
+            check(&[2, 3, 5], |x| x.apply_op2(residual.as_tensor(), op()), reference, 1e-5)?;
+            // The residual's gradient is the output's; the frozen weight gets none.
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 5), &dev)?)?;
+            let r = Tensor::randn(0f32, 1., (2, 3, 4), &dev)?;
+            let grads = (x.as_tensor().apply_op2(residual.as_tensor(), op())? * &r)?.sum_all()?.backward()?;
+            assert_eq!(grads.get(residual.as_tensor()).expect("residual grad").to_vec3::<f32>()?, r.to_vec3::<f32>()?);
+            assert!(grads.get(&w).is_none() && grads.get(&b).is_none());
+        }
+        // An untracked residual (the first layer's input) gets no gradient buffer.
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 5), &dev)?)?;
+        let fixed = Tensor::randn(0f32, 1., (2, 3, 4), &dev)?;
+        let op = ResidualLinear { w: w.clone(), b: None, dropout: None };
+        let grads = x.as_tensor().apply_op2(&fixed, op)?.sum_all()?.backward()?;
+        assert!(grads.get(&fixed).is_none() && grads.get(x.as_tensor()).is_some());
+        Ok(())
+    }
+
     #[test]
     fn layer_norm_matches_the_composed_layer_norm() -> Result<()> {
         let dev = Device::Cpu;
@@ -669,7 +859,8 @@ mod tests {
 
     #[test]
     fn mask_multiplies_forward_and_backward() -> Result<()> {
-        let mask = Tensor::new(&[[0f32, 2.0, 2.0], [2.0, 0.0, 2.0]], &Device::Cpu)?;
-        check(&[2, 3], |x| x.apply_op1(Mask { mask: mask.clone() }), |x| x * &mask, 0.0)
+        let reference = Tensor::new(&[[0f32, 2.0, 2.0], [2.0, 0.0, 2.0]], &Device::Cpu)?;
+        let mask = std::sync::Arc::new(DropoutMask { keep: vec![0, 1, 1, 1, 0, 1], scale: 2.0 });
+        check(&[2, 3], |x| x.apply_op1(Mask { mask: mask.clone() }), |x| x * &reference, 0.0)
     }
 }
