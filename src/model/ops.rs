@@ -87,13 +87,17 @@ fn dropout_mask(shape: &Shape, p: f64, dtype: DType, device: &candle_core::Devic
 }
 
 /// A dropout mask of `len` elements as bytes, for the fused CPU kernels.
-fn byte_mask(len: usize, p: f64) -> std::sync::Arc<fused::DropoutMask> {
-    std::sync::Arc::new(fused::DropoutMask { keep: keep_mask(len, p), scale: (1.0 / (1.0 - p)) as f32 })
+fn byte_mask(len: usize, p: f64) -> fused::DropoutMask {
+    fused::DropoutMask { keep: keep_mask(len, p), scale: (1.0 / (1.0 - p)) as f32 }
+}
+
+fn shared_byte_mask(len: usize, p: f64) -> std::sync::Arc<fused::DropoutMask> {
+    std::sync::Arc::new(byte_mask(len, p))
 }
 
 fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     if cpu_f32(x) {
-        return x.contiguous()?.apply_op1(fused::Mask { mask: byte_mask(x.elem_count(), p) });
+        return x.contiguous()?.apply_op1(fused::Mask { mask: shared_byte_mask(x.elem_count(), p) });
     }
     x * dropout_mask(x.shape(), p, x.dtype(), x.device())?
 }
@@ -189,7 +193,7 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: &LoraBra
     let dropout = lora.dropout > 0.0 && mode.flags().lora_dropout;
     if frozen && cpu_f32(x) && cpu_f32(w) && bias.is_none_or(cpu_f32) && cpu_f32(&lora.a) && cpu_f32(&lora.b) {
         let x = x.contiguous()?;
-        let mask = dropout.then(|| byte_mask(x.elem_count(), lora.dropout));
+        let mask = dropout.then(|| shared_byte_mask(x.elem_count(), lora.dropout));
         let op = fused::LoraLinear {
             w: w.contiguous()?,
             b: bias.map(Tensor::contiguous).transpose()?,
@@ -249,7 +253,7 @@ pub fn pre_norm_mlp_block(
     mode: Mode,
 ) -> Result<Tensor> {
     if mode.is_train() && cpu_f32(x) && plain(fc1) && plain(fc2) && plain_norm(ln) {
-        let dropout = (dropout > 0.0 && mode.flags().base_dropout).then(|| byte_mask(x.elem_count(), dropout));
+        let dropout = (dropout > 0.0 && mode.flags().base_dropout).then(|| shared_byte_mask(x.elem_count(), dropout));
         let norm = (ln.weight.contiguous()?, ln.bias.contiguous()?, ln.eps as f32);
         let op = fused::Mlp::new(parts(fc1)?, parts(fc2)?, activation).block(norm, dropout);
         return x.contiguous()?.apply_op1(op);
@@ -263,7 +267,8 @@ pub fn pre_norm_mlp_block(
 /// activation of its own; otherwise the composition.
 pub fn residual_linear(x: &Tensor, linear: &Linear, residual: &Tensor, dropout: f64, mode: Mode) -> Result<Tensor> {
     if mode.is_train() && cpu_f32(x) && cpu_f32(residual) && plain(linear) {
-        let dropout = (dropout > 0.0 && mode.flags().base_dropout).then(|| byte_mask(residual.elem_count(), dropout));
+        let dropout =
+            (dropout > 0.0 && mode.flags().base_dropout).then(|| shared_byte_mask(residual.elem_count(), dropout));
         let (w, b) = parts(linear)?;
         return x.contiguous()?.apply_op2(&residual.contiguous()?, fused::ResidualLinear { w, b, dropout });
     }
@@ -280,9 +285,13 @@ pub fn qkv_attention(qkv: &Tensor, heads: usize, scale: f64, mode: Mode) -> Resu
         let qkv = qkv.contiguous()?;
         return if mode.is_train() { qkv.apply_op1(op) } else { qkv.apply_op1_no_bwd(&op) };
     }
+    qkv_attention_composed(qkv, heads, scale, mode)
+}
+
+fn qkv_attention_composed(qkv: &Tensor, heads: usize, scale: f64, mode: Mode) -> Result<Tensor> {
     let d = qkv.dim(2)? / 3;
     let part = |i: usize| qkv.narrow(2, i * d, d);
-    attention(&part(0)?, &part(1)?, &part(2)?, heads, scale, false, 0.0, mode)
+    attention_composed(&part(0)?, &part(1)?, &part(2)?, heads, scale, false, 0.0, mode)
 }
 
 /// Multi-head attention on separate projections q [b, tq, d], k and v [b, tk, d] (the Q-Former's,
@@ -302,16 +311,32 @@ pub fn attention(
     dropout: f64,
     mode: Mode,
 ) -> Result<Tensor> {
-    let (b, tq, d) = q.dims3()?;
+    let (b, tq, _) = q.dims3()?;
     let tk = k.dim(1)?;
     let dropout = if dropout > 0.0 && mode.flags().base_dropout { dropout } else { 0.0 };
     if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) {
-        let mask = (dropout > 0.0)
-            .then(|| std::sync::Arc::into_inner(byte_mask(b * heads * tq * tk, dropout)).expect("a fresh mask"));
+        let mask = (dropout > 0.0).then(|| byte_mask(b * heads * tq * tk, dropout));
         let op = fused::Attention(fused::AttentionCore::new(heads, scale as f32, causal, mask));
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
         return if mode.is_train() { q.apply_op3(&k, &v, op) } else { q.apply_op3_no_bwd(&k, &v, &op) };
     }
+    attention_composed(q, k, v, heads, scale, causal, dropout, mode)
+}
+
+/// [`attention`] as candle ops (other devices and dtypes).
+#[allow(clippy::too_many_arguments)]
+fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+    dropout: f64,
+    mode: Mode,
+) -> Result<Tensor> {
+    let (b, tq, d) = q.dims3()?;
+    let tk = k.dim(1)?;
     let split = |x: &Tensor| -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         x.reshape((b, t, heads, d / heads))?.transpose(1, 2)?.contiguous()
@@ -435,6 +460,31 @@ mod tests {
         let x2 = x.reshape((2, 3))?;
         let expected = x2.matmul(&w.as_tensor().t()?)?.t()?.matmul(&x2)?.to_vec2::<f32>()?;
         assert_eq!(grads.get(w.as_tensor()).expect("w has a gradient").to_vec2::<f32>()?, expected);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composition_other_devices_take() -> Result<()> {
+        let dev = Device::Cpu;
+        let mode = Mode::TRAIN_NO_DROPOUT;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar() };
+        // The ViT's: fused qkv [b, t, 3·heads·hd].
+        let qkv = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 5, 3 * 4 * 3), &dev)?)?;
+        let fused = qkv_attention(&qkv, 4, 0.4, mode)?;
+        let composed = qkv_attention_composed(&qkv, 4, 0.4, mode)?;
+        assert!(diff(&fused, &composed)? < 1e-5);
+        let (gf, gc) = (fused.sqr()?.sum_all()?.backward()?, composed.sqr()?.sum_all()?.backward()?);
+        assert!(diff(gf.get(&qkv).expect("fused"), gc.get(&qkv).expect("composed"))? < 1e-4);
+        // OPT's after a "cache": causal with tk > tq.
+        let q = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 8), &dev)?)?;
+        let kv = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 5, 8), &dev)?)?;
+        let fused = attention(&q, &kv, &kv, 2, 0.5, true, 0.1, mode)?;
+        let composed = attention_composed(&q, &kv, &kv, 2, 0.5, true, 0.1, mode)?;
+        assert!(diff(&fused, &composed)? < 1e-5);
+        let (gf, gc) = (fused.sqr()?.sum_all()?.backward()?, composed.sqr()?.sum_all()?.backward()?);
+        for x in [&q, &kv] {
+            assert!(diff(gf.get(x).expect("fused"), gc.get(x).expect("composed"))? < 1e-4);
+        }
         Ok(())
     }
 

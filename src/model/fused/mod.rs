@@ -1,14 +1,17 @@
-//! Fused CPU f32 kernels with an explicit backward: the frozen linear (alone, with a LoRA branch, as
-//! an MLP), self-attention on a fused `qkv` ([`attention`]), LayerNorm with frozen parameters,
-//! softmax, exact GELU and dropout.
+//! Fused CPU f32 kernels with an explicit backward: the frozen linear (alone, with a LoRA branch,
+//! with its residual), the MLP (alone or as a whole pre-LN block with its residual), multi-head
+//! attention ([`attention`]), LayerNorm with frozen parameters, softmax, exact GELU and dropout.
 //!
 //! candle's autograd computes a gradient for *every* operand of a binary op, trainable or not, and
 //! keeps it until `backward` returns: the broadcast LayerNorm weight and bias, each linear's bias,
 //! each dropout mask all get full-size gradients nobody reads. Its composed LayerNorm, softmax and
-//! GELU backward also take 5–10 passes (and allocations) over each activation. These ops take one
-//! pass forward and one backward and give a gradient to their input only. [`super::ops`] picks them
-//! on CPU for f32 with frozen parameters; trainable parameters (the synthetic base's full training)
-//! and other devices keep candle's composed ops, which the parity tests check these against.
+//! GELU backward also take 5–10 passes (and allocations) over each activation. And every node keeps
+//! its inputs alive until `backward` returns, where PyTorch saves only what each backward needs: a
+//! residual add keeps both its operands, a head split keeps the tensor it copied. These ops take one
+//! pass forward and one backward, give a gradient to trainable inputs only, and keep only what
+//! their backward needs (dropout masks as bytes). [`super::ops`] picks them on CPU for f32 with
+//! frozen parameters; trainable parameters (the synthetic base's full training) and other devices
+//! keep candle's composed ops, which the unit tests check these against.
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
