@@ -3,13 +3,18 @@
 //!
 //! ```text
 //! cargo bench --bench train_step -- --model DIR [--batch B] [--steps N] [--threads T] [--python PATH] [--rounds R]
+//!     [--dtype f32|bf16] [--device cpu|cuda]
 //! ```
 //! Both sides do what the authors' loop does per batch: `model.train()` (LoRA dropout 0.05, Q-Former
-//! and OPT dropout 0.1), a fresh BLIP2IDC LoRA (r 8, alpha 16), AdamW (lr 5e-5, wd 0.01), labels of
-//! length 30, one untimed warm-up step then N timed steps on one seeded batch. Each side runs in its
-//! own process (ours: this binary with `--child`; theirs: `benches/train_reference.py`); peak RSS is the
-//! process's VmHWM. `--rounds R` alternates the two sides R times and keeps each side's fastest round
-//! (for machines whose speed drifts). Without `--bench` (as `cargo test --benches` runs it) it does nothing.
+//! and OPT dropout 0.1), a fresh BLIP2IDC LoRA (r 8, alpha 16, f32 whatever the base's dtype), AdamW
+//! (lr 5e-5, wd 0.01), labels of length 30, one untimed warm-up step then N timed steps on one seeded
+//! batch. Each side runs in its own process (ours: this binary with `--child`; theirs:
+//! `benches/train_reference.py`); peak RSS is the process's VmHWM. On `--device cuda` (a binary built
+//! with `--features cuda`) the GPU memory is measured the same way for both sides, from outside: the
+//! device's used memory (`nvidia-smi`, every 50 ms) above what was in use before the side started,
+//! CUDA context included. `--rounds R` alternates the two sides R times and keeps each side's fastest
+//! round (for machines whose speed drifts). Without `--bench` (as `cargo test --benches` runs it) it
+//! does nothing.
 
 #[global_allocator]
 static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
@@ -21,24 +26,26 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use blip2idc::model::loader::{parse_device, parse_dtype};
 use blip2idc::model::lora::AdapterConfig;
 use blip2idc::model::ops::{Mode, TrainFlags};
 use blip2idc::model::{Blip2Idc, LoadOptions};
 use blip2idc::train::lora::LoraParams;
 use blip2idc::train::loss::{caption_loss, PadMasking};
 use blip2idc::train::optim::{AdamW, AdamWConfig};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 fn child() -> anyhow::Result<()> {
     let (batch, steps, len) = (num("--batch", 2), num("--steps", 3), num("--max-length", 30));
+    let device = parse_device(&arg("--device").unwrap_or_else(|| "cpu".into()))?;
     let t = Instant::now();
     let mut m = Blip2Idc::load(&LoadOptions {
         checkpoint: arg("--model").expect("--model"),
         adapter: None,
-        dtype: DType::F32,
-        device: Device::Cpu,
+        dtype: parse_dtype(&arg("--dtype").unwrap_or_else(|| "f32".into()))?,
+        device: device.clone(),
         merge_adapter: false,
     })?;
     let params = LoraParams::init(&mut m.model, AdapterConfig::blip2idc_default("bench"), 0)?;
@@ -47,7 +54,7 @@ fn child() -> anyhow::Result<()> {
     let vocab = m.model.config.text_config.vocab_size as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let pv: Vec<f32> = (0..batch * 3 * s * s).map(|_| rng.random_range(-1.8f32..2.1)).collect();
-    let pv = Tensor::from_vec(pv, (batch, 3, s, s), &Device::Cpu)?;
+    let pv = Tensor::from_vec(pv, (batch, 3, s, s), &device)?;
     let labels: Vec<Vec<u32>> =
         (0..batch).map(|_| std::iter::once(2).chain((1..len).map(|_| rng.random_range(4..vocab))).collect()).collect();
     let mut opt = AdamW::new(params.vars(), AdamWConfig { lr: 5e-5, weight_decay: 0.01, ..Default::default() })?;
@@ -86,8 +93,28 @@ fn main() -> anyhow::Result<()> {
     let (batch, steps) = (num("--batch", 2), num("--steps", 3));
     let threads = num("--threads", std::thread::available_parallelism().map_or(2, |n| n.get()));
     let python = arg("--python").unwrap_or_else(|| "python3".into());
-    let common =
-        ["--model".to_owned(), model, "--batch".into(), batch.to_string(), "--steps".into(), steps.to_string()];
+    let (dtype, device) =
+        (arg("--dtype").unwrap_or_else(|| "f32".into()), arg("--device").unwrap_or_else(|| "cpu".into()));
+    // The GPU's index for nvidia-smi when on CUDA.
+    let gpu = match device.as_str() {
+        "cpu" => None,
+        "cuda" => Some("0".to_owned()),
+        d => Some(
+            d.strip_prefix("cuda:").ok_or_else(|| anyhow::anyhow!("--device {d:?}: cpu, cuda or cuda:N"))?.to_owned(),
+        ),
+    };
+    let common = [
+        "--model".to_owned(),
+        model,
+        "--batch".into(),
+        batch.to_string(),
+        "--steps".into(),
+        steps.to_string(),
+        "--dtype".into(),
+        dtype.clone(),
+        "--device".into(),
+        device.clone(),
+    ];
     let rounds = num("--rounds", 1).max(1);
     let gemm = common::cpu_gemm()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/train_reference.py");
@@ -99,18 +126,23 @@ fn main() -> anyhow::Result<()> {
         _ => Some(new),
     };
     for round in 1..=rounds {
-        eprintln!("round {round}/{rounds}: candle, one LoRA step, batch {batch}, {threads} threads; CPU GEMM: {gemm}");
-        let o = run_json(
+        eprintln!(
+            "round {round}/{rounds}: candle, one LoRA step, batch {batch}, {dtype} on {device}, {threads} threads; \
+             CPU GEMM: {gemm}"
+        );
+        let o = run_side(
             Command::new(std::env::current_exe()?)
                 .arg("--child")
                 .args(&common)
                 .env("RAYON_NUM_THREADS", threads.to_string()),
             "our run",
+            gpu.as_deref(),
         )?;
         eprintln!("round {round}/{rounds}: pytorch + peft, benches/train_reference.py via {python}");
-        let t = run_json(
+        let t = run_side(
             Command::new(&python).arg(&script).args(&common).args(["--threads", &threads.to_string(), "--json"]),
             "the reference run",
+            gpu.as_deref(),
         )?;
         let secs = |v: &Value| v["step_s"].as_f64().unwrap_or(f64::NAN);
         eprintln!("round {round}/{rounds}: candle {:.3} s, pytorch {:.3} s", secs(&o), secs(&t));
@@ -130,5 +162,49 @@ fn main() -> anyhow::Result<()> {
     }
     println!("ratio step time candle / pytorch: {:.2}", f(&ours, "step_s") / f(&theirs, "step_s"));
     println!("ratio peak memory candle / pytorch: {:.2}", f(&ours, "peak_rss_bytes") / f(&theirs, "peak_rss_bytes"));
+    if gpu.is_some() {
+        let gib = |v: &Value| f(v, "gpu_peak_bytes") / (1u64 << 30) as f64;
+        println!("GPU memory (device used above idle): candle {:.3} GiB, pytorch {:.3} GiB", gib(&ours), gib(&theirs));
+        println!("ratio peak GPU memory candle / pytorch: {:.2}", gib(&ours) / gib(&theirs));
+    }
     Ok(())
+}
+
+/// Runs one side; on a GPU (`gpu`: its nvidia-smi index) also samples the device's used memory from
+/// outside while it runs, the same way for both sides, and adds the peak above the memory in use
+/// before it started as `gpu_peak_bytes`.
+fn run_side(cmd: &mut Command, what: &str, gpu: Option<&str>) -> anyhow::Result<Value> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let Some(gpu) = gpu else { return run_json(cmd, what) };
+    let idle = gpu_used_bytes(gpu)?;
+    let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(idle)));
+    let sampler = {
+        let (stop, peak, gpu) = (stop.clone(), peak.clone(), gpu.to_owned());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(used) = gpu_used_bytes(&gpu) {
+                    peak.fetch_max(used, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+    };
+    let result = run_json(cmd, what);
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().map_err(|_| anyhow::anyhow!("the GPU memory sampler panicked"))?;
+    let mut v = result?;
+    v["gpu_peak_bytes"] = json!(peak.load(Ordering::Relaxed).saturating_sub(idle));
+    Ok(v)
+}
+
+/// The used memory of GPU `index`, from nvidia-smi.
+fn gpu_used_bytes(index: &str) -> anyhow::Result<u64> {
+    let out = Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "--id", index])
+        .output()
+        .map_err(|e| anyhow::anyhow!("nvidia-smi (needed to measure GPU memory): {e}"))?;
+    anyhow::ensure!(out.status.success(), "nvidia-smi failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+    Ok(mib << 20)
 }
