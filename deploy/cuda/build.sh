@@ -3,6 +3,8 @@
 # a CUDA toolkit, from PyPI's CUDA 13.0 wheels (the GPU machines run driver 580 / CUDA 13.0).
 #
 #   deploy/cuda/build.sh            → $CARGO_TARGET_DIR_CUDA/release/blip2idc (default target/cuda)
+#   deploy/cuda/build.sh train_step → also the CUDA build of that benchmark (any of benches/*.rs),
+#                                     its path printed last: a GPU machine runs it with `--bench ...`
 #
 # Environment: CUDA_COMPUTE_CAP (default 90: H100/H200), BLIP2IDC_CUDA_VENV (the toolkit venv, cached),
 # CARGO_TARGET_DIR_CUDA. At run time the machine must provide libcuda.so.1 (the driver) and cuBLAS /
@@ -48,6 +50,14 @@ export LIBRARY_PATH="$link:$CU/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 log "cargo build --release --features cuda (compute capability $CUDA_COMPUTE_CAP)"
 CARGO_TARGET_DIR="$target" cargo build --release --locked --features cuda --bin blip2idc
 log "built $target/release/blip2idc"
+benches=()
+for bench in "$@"; do
+  [ -f "benches/$bench.rs" ] || { log "no benchmark benches/$bench.rs"; exit 1; }
+  exe="$(CARGO_TARGET_DIR="$target" cargo bench --locked --features cuda --bench "$bench" --no-run 2>&1 \
+    | tee /dev/stderr | sed -nE 's/.*Executable .*\((.*)\)$/\1/p')"
+  [ -x "$exe" ] || { log "building benchmark $bench failed"; exit 1; }
+  benches+=("$exe")
+done
 # Smoke test here, without a GPU: the binary links libcuda.so.1, so point the loader at the stub (in a
 # directory of its own: never put it on a GPU machine's library path, it would shadow the driver).
 # On the CPU it must caption; with --device cuda it must fail with a plain error, not crash.
@@ -67,3 +77,4 @@ else
   LD_LIBRARY_PATH="$CU/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$target/release/blip2idc" caption \
     --model tests/fixtures/blip2/tiny-a --device cuda "${pair[@]}" && log "smoke test captioned on the GPU"
 fi
+for exe in "${benches[@]}"; do log "benchmark: $exe"; done

@@ -291,52 +291,44 @@ pub fn qkv_attention(qkv: &Tensor, heads: usize, scale: f64, mode: Mode) -> Resu
 fn qkv_attention_composed(qkv: &Tensor, heads: usize, scale: f64, mode: Mode) -> Result<Tensor> {
     let d = qkv.dim(2)? / 3;
     let part = |i: usize| qkv.narrow(2, i * d, d);
-    attention_composed(&part(0)?, &part(1)?, &part(2)?, heads, scale, false, 0.0, mode)
+    let spec = AttentionSpec { heads, scale, causal: false, dropout: 0.0 };
+    attention_composed(&part(0)?, &part(1)?, &part(2)?, spec, mode)
+}
+
+/// What a multi-head attention computes besides its q, k, v.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionSpec {
+    pub heads: usize,
+    /// Multiplies the scores `q kᵀ`.
+    pub scale: f64,
+    /// Hides key `j` from query `i` when `j > i + tk − tq` (OPT's mask, also after a KV cache).
+    pub causal: bool,
+    /// The base model's attention dropout, applied when the mode asks for base dropout.
+    pub dropout: f64,
 }
 
 /// Multi-head attention on separate projections q [b, tq, d], k and v [b, tk, d] (the Q-Former's,
 /// OPT's without a KV cache): `dropout(softmax(scale · q kᵀ + causal)) v` with the heads
-/// concatenated, [b, tq, d]. `causal` hides key `j` from query `i` when `j > i + tk − tq`; `dropout`
-/// is the base model's attention dropout (applied when the mode asks for it). On CPU in f32 it is
-/// one [`fused::Attention`] (keeps the probabilities and a byte mask only); elsewhere candle's
-/// composition.
-#[allow(clippy::too_many_arguments)]
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    scale: f64,
-    causal: bool,
-    dropout: f64,
-    mode: Mode,
-) -> Result<Tensor> {
+/// concatenated, [b, tq, d]. On CPU in f32 it is one [`fused::Attention`] (keeps the probabilities
+/// and a byte mask only); elsewhere candle's composition.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: AttentionSpec, mode: Mode) -> Result<Tensor> {
     let (b, tq, _) = q.dims3()?;
     let tk = k.dim(1)?;
-    let dropout = if dropout > 0.0 && mode.flags().base_dropout { dropout } else { 0.0 };
+    let AttentionSpec { heads, scale, causal, dropout } = spec;
     if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) {
-        let mask = (dropout > 0.0).then(|| byte_mask(b * heads * tq * tk, dropout));
+        let mask = (dropout > 0.0 && mode.flags().base_dropout).then(|| byte_mask(b * heads * tq * tk, dropout));
         let op = fused::Attention(fused::AttentionCore::new(heads, scale as f32, causal, mask));
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
         return if mode.is_train() { q.apply_op3(&k, &v, op) } else { q.apply_op3_no_bwd(&k, &v, &op) };
     }
-    attention_composed(q, k, v, heads, scale, causal, dropout, mode)
+    attention_composed(q, k, v, spec, mode)
 }
 
 /// [`attention`] as candle ops (other devices and dtypes).
-#[allow(clippy::too_many_arguments)]
-fn attention_composed(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    scale: f64,
-    causal: bool,
-    dropout: f64,
-    mode: Mode,
-) -> Result<Tensor> {
+fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, spec: AttentionSpec, mode: Mode) -> Result<Tensor> {
     let (b, tq, d) = q.dims3()?;
     let tk = k.dim(1)?;
+    let AttentionSpec { heads, scale, causal, dropout } = spec;
     let split = |x: &Tensor| -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         x.reshape((b, t, heads, d / heads))?.transpose(1, 2)?.contiguous()
@@ -478,8 +470,9 @@ mod tests {
         // OPT's after a "cache": causal with tk > tq.
         let q = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 8), &dev)?)?;
         let kv = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 5, 8), &dev)?)?;
-        let fused = attention(&q, &kv, &kv, 2, 0.5, true, 0.1, mode)?;
-        let composed = attention_composed(&q, &kv, &kv, 2, 0.5, true, 0.1, mode)?;
+        let spec = AttentionSpec { heads: 2, scale: 0.5, causal: true, dropout: 0.1 };
+        let fused = attention(&q, &kv, &kv, spec, mode)?;
+        let composed = attention_composed(&q, &kv, &kv, spec, mode)?;
         assert!(diff(&fused, &composed)? < 1e-5);
         let (gf, gc) = (fused.sqr()?.sum_all()?.backward()?, composed.sqr()?.sum_all()?.backward()?);
         for x in [&q, &kv] {

@@ -91,8 +91,13 @@ impl Attention {
             // Training (and any forward without a cache): one attention op on the projections.
             let (q, k, v) =
                 (self.q_proj.forward(x, mode)?, self.k_proj.forward(x, mode)?, self.v_proj.forward(x, mode)?);
-            let causal = causal_mask.is_some();
-            return ops::attention(&q, &k, &v, self.heads, self.scaling, causal, self.dropout, mode);
+            let spec = ops::AttentionSpec {
+                heads: self.heads,
+                scale: self.scaling,
+                causal: causal_mask.is_some(),
+                dropout: self.dropout,
+            };
+            return ops::attention(&q, &k, &v, spec, mode);
         };
         let q = self.shape(&(self.q_proj.forward(x, mode)? * self.scaling)?)?;
         let mut k = self.shape(&self.k_proj.forward(x, mode)?)?;

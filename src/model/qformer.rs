@@ -41,7 +41,13 @@ impl MultiHeadAttention {
         let v = self.value.forward(kv_source, mode)?;
         // HF divides the scores by sqrt(head_dim) (BERT style).
         let scale = ((x.dim(2)? / self.heads) as f64).powf(-0.5);
-        ops::attention(&q, &k, &v, self.heads, scale, false, self.dropout, mode)
+        ops::attention(
+            &q,
+            &k,
+            &v,
+            ops::AttentionSpec { heads: self.heads, scale, causal: false, dropout: self.dropout },
+            mode,
+        )
     }
 }
 
