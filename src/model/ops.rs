@@ -53,13 +53,21 @@ impl Mode {
     }
 }
 
-static DROPOUT_RNG: std::sync::Mutex<Option<rand::rngs::StdRng>> = std::sync::Mutex::new(None);
+thread_local! {
+    /// Per thread: a training loop seeds and runs its forwards on one thread, and nothing else in
+    /// the process (another loop, a test running beside it) can take draws from its sequence.
+    static DROPOUT_RNG: std::cell::RefCell<Option<rand::rngs::StdRng>> = const { std::cell::RefCell::new(None) };
+}
 
-/// Makes every later dropout mask reproducible (training is seedable). Without a seed, candle's own
-/// device RNG draws the masks.
+/// Makes every later dropout mask drawn on this thread reproducible (training is seedable). Without
+/// a seed, masks are drawn from candle's device RNG (tensor masks) or the thread's RNG (byte masks).
 pub fn seed_dropout(seed: u64) {
     use rand::SeedableRng;
-    *DROPOUT_RNG.lock().expect("dropout rng") = Some(rand::rngs::StdRng::seed_from_u64(seed));
+    DROPOUT_RNG.with_borrow_mut(|rng| *rng = Some(rand::rngs::StdRng::seed_from_u64(seed)));
+}
+
+fn seeded() -> bool {
+    DROPOUT_RNG.with_borrow(Option::is_some)
 }
 
 /// A dropout keep mask of `len` bytes (1 = kept, with probability 1 − p), from the seeded RNG when
@@ -67,16 +75,16 @@ pub fn seed_dropout(seed: u64) {
 fn keep_mask(len: usize, p: f64) -> Vec<u8> {
     use rand::Rng;
     let draw = |rng: &mut dyn rand::RngCore| (0..len).map(|_| u8::from(rng.random_bool(1.0 - p))).collect();
-    match DROPOUT_RNG.lock().expect("dropout rng").as_mut() {
+    DROPOUT_RNG.with_borrow_mut(|seeded| match seeded.as_mut() {
         Some(rng) => draw(rng),
         None => draw(&mut rand::rng()),
-    }
+    })
 }
 
 /// A dropout mask of `shape` (0 or 1/keep), from the seeded RNG when there is one.
 fn dropout_mask(shape: &Shape, p: f64, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
     let keep = 1.0 - p;
-    if DROPOUT_RNG.lock().expect("dropout rng").is_none() {
+    if !seeded() {
         // candle_nn::ops::dropout's mask.
         let uniform = Tensor::rand(0f32, 1f32, shape, device)?;
         return (uniform.ge(p)?.to_dtype(dtype)? * (1.0 / keep))?.contiguous();
@@ -291,7 +299,7 @@ pub fn qkv_attention(qkv: &Tensor, heads: usize, scale: f64, mode: Mode) -> Resu
 fn qkv_attention_composed(qkv: &Tensor, heads: usize, scale: f64, mode: Mode) -> Result<Tensor> {
     let d = qkv.dim(2)? / 3;
     let part = |i: usize| qkv.narrow(2, i * d, d);
-    let spec = AttentionSpec { heads, scale, causal: false, dropout: 0.0 };
+    let spec = AttentionSpec { heads, scale, scale_queries: false, causal: false, dropout: 0.0 };
     attention_composed(&part(0)?, &part(1)?, &part(2)?, spec, mode)
 }
 
@@ -301,6 +309,10 @@ pub struct AttentionSpec {
     pub heads: usize,
     /// Multiplies the scores `q kᵀ`.
     pub scale: f64,
+    /// Where candle's composition applies `scale`: to q before `q kᵀ` (OPT, as HF does and as the
+    /// KV-cache path does) or to the scores (the Q-Former, BERT style). It only changes rounding in
+    /// half precision; the fused f32 kernel scales the scores.
+    pub scale_queries: bool,
     /// Hides key `j` from query `i` when `j > i + tk − tq` (OPT's mask, also after a KV cache).
     pub causal: bool,
     /// The base model's attention dropout, applied when the mode asks for base dropout.
@@ -314,7 +326,7 @@ pub struct AttentionSpec {
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: AttentionSpec, mode: Mode) -> Result<Tensor> {
     let (b, tq, _) = q.dims3()?;
     let tk = k.dim(1)?;
-    let AttentionSpec { heads, scale, causal, dropout } = spec;
+    let AttentionSpec { heads, scale, causal, dropout, .. } = spec;
     if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) {
         let mask = (dropout > 0.0 && mode.flags().base_dropout).then(|| byte_mask(b * heads * tq * tk, dropout));
         let op = fused::Attention(fused::AttentionCore::new(heads, scale as f32, causal, mask));
@@ -328,12 +340,19 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: AttentionSpec, mode: 
 fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, spec: AttentionSpec, mode: Mode) -> Result<Tensor> {
     let (b, tq, d) = q.dims3()?;
     let tk = k.dim(1)?;
-    let AttentionSpec { heads, scale, causal, dropout } = spec;
+    let AttentionSpec { heads, scale, scale_queries, causal, dropout } = spec;
+    if causal && tk < tq {
+        candle_core::bail!("causal attention needs at least as many keys ({tk}) as queries ({tq})");
+    }
     let split = |x: &Tensor| -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         x.reshape((b, t, heads, d / heads))?.transpose(1, 2)?.contiguous()
     };
-    let mut scores = (split(q)?.matmul(&split(k)?.t()?)? * scale)?;
+    let mut scores = if scale_queries {
+        (split(q)? * scale)?.matmul(&split(k)?.t()?)?
+    } else {
+        (split(q)?.matmul(&split(k)?.t()?)? * scale)?
+    };
     if causal {
         scores = scores.broadcast_add(&causal_mask(tq, tk - tq, scores.dtype(), scores.device())?)?;
     }
@@ -470,13 +489,73 @@ mod tests {
         // OPT's after a "cache": causal with tk > tq.
         let q = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 8), &dev)?)?;
         let kv = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 5, 8), &dev)?)?;
-        let spec = AttentionSpec { heads: 2, scale: 0.5, causal: true, dropout: 0.1 };
-        let fused = attention(&q, &kv, &kv, spec, mode)?;
-        let composed = attention_composed(&q, &kv, &kv, spec, mode)?;
-        assert!(diff(&fused, &composed)? < 1e-5);
-        let (gf, gc) = (fused.sqr()?.sum_all()?.backward()?, composed.sqr()?.sum_all()?.backward()?);
-        for x in [&q, &kv] {
-            assert!(diff(gf.get(x).expect("fused"), gc.get(x).expect("composed"))? < 1e-4);
+        // With dropout: the same seed draws the same mask on both paths.
+        let with_dropout = Mode::Train(TrainFlags { lora_dropout: false, base_dropout: true });
+        for (scale_queries, mode) in [(false, mode), (true, mode), (false, with_dropout)] {
+            let spec = AttentionSpec { heads: 2, scale: 0.5, scale_queries, causal: true, dropout: 0.3 };
+            seed_dropout(7);
+            let fused = attention(&q, &kv, &kv, spec, mode)?;
+            seed_dropout(7);
+            let composed = attention_composed(&q, &kv, &kv, spec, mode)?;
+            assert!(diff(&fused, &composed)? < 1e-5, "{spec:?} {mode:?}");
+            let (gf, gc) = (fused.sqr()?.sum_all()?.backward()?, composed.sqr()?.sum_all()?.backward()?);
+            for x in [&q, &kv] {
+                assert!(diff(gf.get(x).expect("fused"), gc.get(x).expect("composed"))? < 1e-4, "{spec:?} {mode:?}");
+            }
+        }
+        let spec = AttentionSpec { heads: 2, scale: 0.5, scale_queries: true, causal: true, dropout: 0.0 };
+        let err = attention_composed(&kv, &q, &q, spec, mode).unwrap_err().to_string();
+        assert!(err.contains("at least as many keys"), "{err}");
+        Ok(())
+    }
+
+    /// The fused blocks against the compositions other devices take, with seeded dropout.
+    #[test]
+    fn fused_blocks_match_their_compositions_with_dropout() -> Result<()> {
+        let dev = Device::Cpu;
+        let mode = Mode::Train(TrainFlags { lora_dropout: true, base_dropout: true });
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar() };
+        let linear = |i: usize, o: usize| -> Result<Linear> {
+            Ok(Linear {
+                name: "l".into(),
+                weight: Tensor::randn(0f32, 0.3, (o, i), &dev)?,
+                bias: Some(Tensor::randn(0f32, 0.3, o, &dev)?),
+                lora: None,
+                merged: false,
+            })
+        };
+        let (fc1, fc2, proj) = (linear(6, 10)?, linear(10, 6)?, linear(4, 6)?);
+        let ln = LayerNorm {
+            name: "ln".into(),
+            weight: Tensor::randn(1f32, 0.2, 6, &dev)?,
+            bias: Tensor::randn(0f32, 0.2, 6, &dev)?,
+            eps: 1e-5,
+        };
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 6), &dev)?)?;
+        let ctx = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 4), &dev)?)?;
+        type Path<'a> = &'a dyn Fn() -> Result<Tensor>;
+        let fused_mlp: Path = &|| pre_norm_mlp_block(&x, &ln, (&fc1, Activation::Relu, &fc2), 0.3, mode);
+        let composed_mlp: Path = &|| {
+            let h = fc2.forward(&fc1.forward(&ln.forward(&x, mode)?, mode)?.relu()?, mode)?;
+            x.as_tensor() + base_dropout(&h, 0.3, mode)?
+        };
+        let fused_proj: Path = &|| residual_linear(&ctx, &proj, &x, 0.3, mode);
+        let composed_proj: Path = &|| x.as_tensor() + base_dropout(&proj.forward(&ctx, mode)?, 0.3, mode)?;
+        for (name, fused, composed) in
+            [("mlp block", fused_mlp, composed_mlp), ("residual linear", fused_proj, composed_proj)]
+        {
+            seed_dropout(3);
+            let yf = fused()?;
+            seed_dropout(3);
+            let yc = composed()?;
+            assert!(diff(&yf, &yc)? < 1e-5, "{name}: forward differs by {}", diff(&yf, &yc)?);
+            let (gf, gc) = (yf.sqr()?.sum_all()?.backward()?, yc.sqr()?.sum_all()?.backward()?);
+            for v in [&x, &ctx] {
+                match (gf.get(v), gc.get(v)) {
+                    (Some(a), Some(b)) => assert!(diff(a, b)? < 1e-4, "{name}: gradient differs by {}", diff(a, b)?),
+                    (a, b) => assert_eq!(a.is_some(), b.is_some(), "{name}: gradient presence"),
+                }
+            }
         }
         Ok(())
     }

@@ -94,6 +94,7 @@ impl Attention {
             let spec = ops::AttentionSpec {
                 heads: self.heads,
                 scale: self.scaling,
+                scale_queries: true,
                 causal: causal_mask.is_some(),
                 dropout: self.dropout,
             };

@@ -41,13 +41,9 @@ impl MultiHeadAttention {
         let v = self.value.forward(kv_source, mode)?;
         // HF divides the scores by sqrt(head_dim) (BERT style).
         let scale = ((x.dim(2)? / self.heads) as f64).powf(-0.5);
-        ops::attention(
-            &q,
-            &k,
-            &v,
-            ops::AttentionSpec { heads: self.heads, scale, causal: false, dropout: self.dropout },
-            mode,
-        )
+        let spec =
+            ops::AttentionSpec { heads: self.heads, scale, scale_queries: false, causal: false, dropout: self.dropout };
+        ops::attention(&q, &k, &v, spec, mode)
     }
 }
 

@@ -286,7 +286,10 @@ impl CustomOp3 for Attention {
             merge_heads(&blocks, (block, start), &g, t, &mut out, (d, 0));
             Tensor::from_vec(out, like.shape(), like.device())
         };
-        Ok((Some(part(0, tq, &q)?), Some(part(tq * hd, tk, &k)?), Some(part((tq + tk) * hd, tk, &v)?)))
+        // Only tracked operands get a gradient: candle would keep any other one in its store unread
+        // (the Q-Former's cross-attention k and v come from a frozen ViT, for instance).
+        let grad_of = |start: usize, t: usize, x: &Tensor| x.track_op().then(|| part(start, t, x)).transpose();
+        Ok((grad_of(0, tq, &q)?, grad_of(tq * hd, tk, &k)?, grad_of((tq + tk) * hd, tk, &v)?))
     }
 }
 
