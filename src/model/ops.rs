@@ -235,23 +235,9 @@ fn plain_norm(ln: &LayerNorm) -> bool {
     !ln.weight.track_op() && !ln.bias.track_op() && cpu_f32(&ln.weight) && cpu_f32(&ln.bias)
 }
 
-/// `fc2(act(fc1(x)))`: the transformer MLP. In training on CPU in f32 with frozen linears without
-/// LoRA it is one [`fused::Mlp`], which keeps `fc1(x)` only; otherwise the composition.
-pub fn mlp(x: &Tensor, fc1: &Linear, activation: fused::Activation, fc2: &Linear, mode: Mode) -> Result<Tensor> {
-    if mode.is_train() && cpu_f32(x) && plain(fc1) && plain(fc2) {
-        return x.contiguous()?.apply_op1(fused::Mlp::new(parts(fc1)?, parts(fc2)?, activation));
-    }
-    let h = fc1.forward(x, mode)?;
-    let h = match activation {
-        fused::Activation::Gelu => gelu(&h, mode)?,
-        fused::Activation::Relu => h.relu()?,
-    };
-    fc2.forward(&h, mode)
-}
-
 /// `x + dropout(fc2(act(fc1(ln(x)))))`: a pre-LN transformer's feed-forward block with its residual
 /// (the ViT's `layer_norm2` + MLP, OPT's `final_layer_norm` + `fc1`/`fc2` + hidden dropout). In
-/// training on CPU in f32 with frozen parameters it is one [`fused::Mlp::block`], which keeps
+/// training on CPU in f32 with frozen parameters it is one [`fused::Mlp`], which keeps
 /// `fc1(ln(x))` only; otherwise the composition.
 pub fn pre_norm_mlp_block(
     x: &Tensor,
@@ -263,11 +249,15 @@ pub fn pre_norm_mlp_block(
     if mode.is_train() && cpu_f32(x) && plain(fc1) && plain(fc2) && plain_norm(ln) {
         let dropout = (dropout > 0.0 && mode.flags().base_dropout).then(|| shared_byte_mask(x.elem_count(), dropout));
         let norm = (ln.weight.contiguous()?, ln.bias.contiguous()?, ln.eps as f32);
-        let op = fused::Mlp::new(parts(fc1)?, parts(fc2)?, activation).block(norm, dropout);
+        let op = fused::Mlp::new((parts(fc1)?, activation, parts(fc2)?), norm, dropout);
         return x.contiguous()?.apply_op1(op);
     }
-    let h = mlp(&ln.forward(x, mode)?, fc1, activation, fc2, mode)?;
-    x + base_dropout(&h, dropout, mode)?
+    let h = fc1.forward(&ln.forward(x, mode)?, mode)?;
+    let h = match activation {
+        fused::Activation::Gelu => gelu(&h, mode)?,
+        fused::Activation::Relu => h.relu()?,
+    };
+    x + base_dropout(&fc2.forward(&h, mode)?, dropout, mode)?
 }
 
 /// `residual + dropout(linear(x))`: an output projection and its residual connection. In training on

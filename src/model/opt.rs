@@ -78,7 +78,8 @@ impl Attention {
         x.reshape((b, t, self.heads, d / self.heads))?.transpose(1, 2)?.contiguous()
     }
 
-    /// The heads' concatenated context [B, T, D], before `out_proj`; appends to `cache` when given.
+    /// The heads' concatenated context [B, T, D], before `out_proj` (which [`DecoderLayer`] applies
+    /// with its residual); appends to `cache` when given.
     pub fn context(
         &self,
         x: &Tensor,
@@ -114,16 +115,6 @@ impl Attention {
         }
         let probs = ops::base_dropout(&ops::softmax_last_dim(&scores, mode)?, self.dropout, mode)?;
         probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))
-    }
-
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        causal_mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        self.out_proj.forward(&self.context(x, causal_mask, cache, mode)?, mode)
     }
 }
 

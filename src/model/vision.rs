@@ -96,13 +96,10 @@ impl Attention {
         })
     }
 
-    /// The heads' concatenated context, before `projection`.
+    /// The heads' concatenated context, before `projection` (which [`EncoderLayer`] applies with
+    /// its residual).
     pub fn context(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         ops::qkv_attention(&self.qkv.forward(x, mode)?, self.heads, self.scale, mode)
-    }
-
-    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.projection.forward(&self.context(x, mode)?, mode)
     }
 }
 
@@ -119,10 +116,6 @@ impl Mlp {
             fc1: Linear::new(vb.pp("fc1"), cfg.hidden_size, cfg.intermediate_size, true)?,
             fc2: Linear::new(vb.pp("fc2"), cfg.intermediate_size, cfg.hidden_size, true)?,
         })
-    }
-
-    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        ops::mlp(x, &self.fc1, ops::Activation::Gelu, &self.fc2, mode)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Fused CPU f32 kernels with an explicit backward: the frozen linear (alone, with a LoRA branch,
-//! with its residual), the MLP (alone or as a whole pre-LN block with its residual), multi-head
+//! with its residual), the pre-LN MLP block (LayerNorm, MLP, dropout, residual), multi-head
 //! attention ([`attention`]), LayerNorm with frozen parameters, softmax, exact GELU and dropout.
 //!
 //! candle's autograd computes a gradient for *every* operand of a binary op, trainable or not, and
@@ -292,58 +292,49 @@ impl Activation {
     }
 }
 
-/// `fc2(act(fc1(x)))` with frozen linears, optionally as a whole pre-LN feed-forward block
-/// `x + dropout(fc2(act(fc1(LN(x)))))` ([`Mlp::block`]). A frozen linear's backward needs none of
-/// its input, so only `fc1(·)` is kept (for the activation's derivative, inside the op); the
-/// composition would also keep `act(fc1(·))`, the largest activation of a transformer layer, as
-/// PyTorch does not, and as a block the LayerNorm's output, the MLP's output and its dropped copy
-/// (the LayerNorm's backward recomputes its statistics from `x`, which the graph keeps anyway).
+/// A frozen linear's weight [out, in] and bias.
+pub type FrozenLinear = (Tensor, Option<Tensor>);
+
+/// A pre-LN transformer's feed-forward block with frozen parameters,
+/// `x + dropout(fc2(act(fc1(LN(x)))))`. A frozen linear's backward needs none of its input, so only
+/// `fc1(LN(x))` is kept (for the activation's derivative, inside the op); the composition would also
+/// keep the LayerNorm's output, `act(fc1(·))` (the largest activation of a transformer layer, which
+/// PyTorch does not keep), the MLP's output and its dropped copy. The LayerNorm's backward
+/// recomputes its statistics from `x`, which the graph keeps anyway.
 pub struct Mlp {
-    pub fc1: (Tensor, Option<Tensor>),
-    pub fc2: (Tensor, Option<Tensor>),
+    pub fc1: FrozenLinear,
+    pub fc2: FrozenLinear,
     pub activation: Activation,
-    block: Option<Block>,
-    /// `fc1(·)` from the forward pass, for the backward pass.
+    /// The LayerNorm's weight, bias and eps.
+    pub norm: (Tensor, Tensor, f32),
+    /// Dropout of the MLP's output (OPT's hidden dropout), when it applies.
+    pub dropout: Option<std::sync::Arc<DropoutMask>>,
+    /// `fc1(LN(x))` from the forward pass, for the backward pass.
     hidden: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
-/// What makes an [`Mlp`] a pre-LN feed-forward block.
-struct Block {
-    /// The LayerNorm's weight, bias and eps.
-    norm: (Tensor, Tensor, f32),
-    /// Dropout of the MLP's output (OPT's hidden dropout), when it applies.
-    dropout: Option<std::sync::Arc<DropoutMask>>,
-}
-
 impl Mlp {
-    pub fn new(fc1: (Tensor, Option<Tensor>), fc2: (Tensor, Option<Tensor>), activation: Activation) -> Self {
-        Mlp { fc1, fc2, activation, block: None, hidden: std::sync::Mutex::new(None) }
-    }
-
-    /// Makes it `x + dropout(fc2(act(fc1(LN(x)))))` with the LayerNorm `norm` (weight, bias, eps).
-    pub fn block(mut self, norm: (Tensor, Tensor, f32), dropout: Option<std::sync::Arc<DropoutMask>>) -> Self {
-        self.block = Some(Block { norm, dropout });
-        self
+    pub fn new(
+        (fc1, activation, fc2): (FrozenLinear, Activation, FrozenLinear),
+        norm: (Tensor, Tensor, f32),
+        dropout: Option<std::sync::Arc<DropoutMask>>,
+    ) -> Self {
+        Mlp { fc1, fc2, activation, norm, dropout, hidden: std::sync::Mutex::new(None) }
     }
 }
 
 impl CustomOp1 for Mlp {
     fn name(&self) -> &'static str {
-        "fused-frozen-mlp"
+        "fused-frozen-mlp-block"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
-        let normed;
-        let (input, in_layout) = match &self.block {
-            Some(Block { norm: (w, b, eps), .. }) => {
-                normed = CpuStorage::F32(layer_norm_rows(x, last_dim(l)?, w, b, *eps)?);
-                (&normed, Layout::contiguous(l.shape().clone()))
-            }
-            None => (s, l.clone()),
-        };
-        let (hidden, hidden_shape) =
-            Linear { w: self.fc1.0.clone(), b: self.fc1.1.clone() }.cpu_fwd(input, &in_layout)?;
+        let (w, b, eps) = &self.norm;
+        let normed = CpuStorage::F32(layer_norm_rows(x, last_dim(l)?, w, b, *eps)?);
+        let (hidden, hidden_shape) = Linear { w: self.fc1.0.clone(), b: self.fc1.1.clone() }
+            .cpu_fwd(&normed, &Layout::contiguous(l.shape().clone()))?;
+        drop(normed);
         let CpuStorage::F32(hidden) = hidden else { unreachable!("the linear returns f32") };
         let inner = *hidden_shape.dims().last().expect("rank >= 1");
         let act =
@@ -352,12 +343,11 @@ impl CustomOp1 for Mlp {
         let (out, shape) =
             Linear { w: self.fc2.0.clone(), b: self.fc2.1.clone() }.cpu_fwd(&CpuStorage::F32(act), &act_layout)?;
         *self.hidden.lock().expect("mlp hidden") = Some(hidden);
-        let Some(block) = &self.block else { return Ok((out, shape)) };
         let CpuStorage::F32(out) = out else { unreachable!("the linear returns f32") };
         if shape.dims() != l.dims() {
             bail!("mlp block: output {:?} cannot be added to its input {:?}", shape.dims(), l.dims());
         }
-        let mut out = match &block.dropout {
+        let mut out = match &self.dropout {
             Some(mask) => mask.apply(&out)?,
             None => out,
         };
@@ -372,12 +362,12 @@ impl CustomOp1 for Mlp {
         let (_, k) = self.fc1.0.dims2()?;
         let rows = hidden.len() / inner;
         let grad = grad.contiguous()?;
-        // d act = grad [⊙ dropout] · W2, then ⊙ act'(fc1(·)), then · W1 [then LayerNorm's backward,
-        // plus grad itself through the residual].
+        // d act = (grad ⊙ dropout) · W2, then ⊙ act'(fc1(·)), then · W1, then LayerNorm's backward,
+        // plus grad itself through the residual.
         let mut d_hidden = vec![0f32; rows * inner];
         with_data(&grad, |g| {
             let dropped;
-            let g = match self.block.as_ref().and_then(|b| b.dropout.as_ref()) {
+            let g = match &self.dropout {
                 Some(mask) => {
                     dropped = mask.apply(g)?;
                     &dropped[..]
@@ -393,19 +383,17 @@ impl CustomOp1 for Mlp {
         d_hidden.par_chunks_mut(chunk).zip(hidden.par_chunks(chunk)).for_each(|(d, h)| {
             d.iter_mut().zip(h).for_each(|(d, &h)| *d *= self.activation.derivative(h));
         });
-        let mut dx = vec![0f32; rows * k];
+        let mut d_normed = vec![0f32; rows * k];
         with_data(&self.fc1.0, |w1| {
-            blas::sgemm((rows, k, inner), &d_hidden, inner, w1, k, false, 0.0, &mut dx, k);
+            blas::sgemm((rows, k, inner), &d_hidden, inner, w1, k, false, 0.0, &mut d_normed, k);
             Ok(())
         })?;
-        if let Some(Block { norm: (w, _, eps), .. }) = &self.block {
-            let x = x.contiguous()?;
-            dx = with_data(&x, |x| layer_norm_grad_rows(x, &dx, k, w, *eps))?;
-            with_data(&grad, |g| {
-                add_assign(&mut dx, g);
-                Ok(())
-            })?;
-        }
+        let x = x.contiguous()?;
+        let mut dx = with_data(&x, |x| layer_norm_grad_rows(x, &d_normed, k, &self.norm.0, self.norm.2))?;
+        with_data(&grad, |g| {
+            add_assign(&mut dx, g);
+            Ok(())
+        })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
@@ -759,23 +747,6 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn mlp_matches_linear_activation_linear() -> Result<()> {
-        let dev = Device::Cpu;
-        let (w1, b1) = (Tensor::randn(0f32, 0.5, (7, 5), &dev)?, Tensor::randn(0f32, 0.5, 7, &dev)?);
-        let (w2, b2) = (Tensor::randn(0f32, 0.5, (4, 7), &dev)?, Tensor::randn(0f32, 0.5, 4, &dev)?);
-        for act in [Activation::Gelu, Activation::Relu] {
-            let op = || Mlp::new((w1.clone(), Some(b1.clone())), (w2.clone(), Some(b2.clone())), act);
-            let reference = |x: &Tensor| {
-                let h = x.broadcast_matmul(&w1.t()?)?.broadcast_add(&b1)?;
-                let h = if act == Activation::Gelu { h.gelu_erf()? } else { h.relu()? };
-                h.broadcast_matmul(&w2.t()?)?.broadcast_add(&b2)
-            };
-            check(&[2, 3, 5], |x| x.apply_op1(op()), reference, 1e-5)?;
-        }
-        Ok(())
-    }
-
     /// A byte mask over `n` elements and the same mask as floats (0 or `scale`) of `shape`.
     fn masks(shape: &[usize], scale: f32) -> Result<(std::sync::Arc<DropoutMask>, Tensor)> {
         let n = shape.iter().product();
@@ -793,8 +764,8 @@ mod tests {
         let (mask, mask_f) = masks(&[2, 3, 6], 1.25)?;
         for (act, dropout) in [(Activation::Gelu, false), (Activation::Relu, true), (Activation::Relu, false)] {
             let op = || {
-                Mlp::new((w1.clone(), Some(b1.clone())), (w2.clone(), Some(b2.clone())), act)
-                    .block((lw.clone(), lb.clone(), 1e-5), dropout.then(|| mask.clone()))
+                let mlp = ((w1.clone(), Some(b1.clone())), act, (w2.clone(), Some(b2.clone())));
+                Mlp::new(mlp, (lw.clone(), lb.clone(), 1e-5), dropout.then(|| mask.clone()))
             };
             let reference = |x: &Tensor| {
                 let h = candle_nn::ops::layer_norm_slow(x, &lw, &lb, 1e-5)?;
