@@ -383,7 +383,7 @@ mod tests {
     use serde_json::Value;
 
     fn fixture(name: &str) -> Value {
-        let path = format!("{}/../shared/fixtures/metrics/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/tests/fixtures/metrics/{name}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         serde_json::from_str(&text).expect("valid JSON fixture")
     }

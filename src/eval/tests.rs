@@ -1,5 +1,5 @@
 //! Tests against pycocoevalcap 1.2's own numbers
-//! (`shared/fixtures/metrics/pycocoevalcap_fixture.json`) and property tests.
+//! (`tests/fixtures/metrics/pycocoevalcap_fixture.json`, made by `make_metrics_fixtures.py` beside it) and property tests.
 
 use serde_json::Value;
 
@@ -10,7 +10,7 @@ use super::*;
 const TOL: f64 = 1e-12;
 
 fn fixture() -> Value {
-    let path = format!("{}/../shared/fixtures/metrics/pycocoevalcap_fixture.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/metrics/pycocoevalcap_fixture.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).expect("valid JSON fixture")
 }
@@ -19,7 +19,7 @@ fn fixture() -> Value {
 /// from the fixture's text with Rust's correctly rounded `str::parse`
 /// (serde_json without its `float_roundtrip` feature may be 1 ulp off).
 fn exact_numbers(section: &str, key: &str) -> Vec<f64> {
-    let path = format!("{}/../shared/fixtures/metrics/pycocoevalcap_fixture.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/metrics/pycocoevalcap_fixture.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let start = text.find(&format!("\"{section}\"")).expect("section");
     let text = &text[start..];
