@@ -2,23 +2,23 @@
 """Write a Salesforce/blip2-opt-2.7b-shaped checkpoint with random weights (and a LoRA adapter for it).
 
 The CPU/GPU benchmarks need the full BLIP-2 OPT-2.7b shapes, but this machine has no internet: the
-`Blip2Config` is built by hand with the real sizes (see /work/shared/notes/blip2idc-reference.md) and the
+`Blip2Config` is built by hand with the real sizes (BLIP-2 OPT-2.7b: EVA ViT-g 39 layers, 32 queries, OPT 32 layers) and the
 3.87 B parameters are drawn at random, float32 (15.5 GB on disk). Captions from it are meaningless.
 
 usage:
-  /work/venv-ref/bin/python benches/make_random_checkpoint.py [--preset full|mid] [--out DIR]
+  .venv-ref/bin/python benches/make_random_checkpoint.py [--preset full|mid] [--out DIR]
       [--adapter-out DIR] [--seed K] [--max-shard-size 2GB] [--no-check]
-  /work/venv-ref/bin/python benches/make_random_checkpoint.py --check-only [--out DIR] [--adapter-out DIR]
+  .venv-ref/bin/python benches/make_random_checkpoint.py --check-only [--out DIR] [--adapter-out DIR]
 
   --preset full      (default) every size of blip2-opt-2.7b: 3.87 B parameters, 15.5 GB
   --preset mid       the real widths with few layers, for CPU training benchmarks: vision 1408 hidden /
                      6144 ffn / 16 heads / 4 layers / image 224 / patch 14; Q-Former 768 / 12 heads /
                      4 layers / cross-attention every 2nd layer (layers 0 and 2); OPT 2560 / 10240 ffn /
                      32 heads / 4 layers / vocab 50272; 32 query tokens. 0.59 B parameters, 2.35 GB
-  --out DIR          checkpoint (default /work/bench-ckpt/blip2-opt-2.7b-random; mid:
-                     /work/bench-ckpt/blip2-mid-random)
-  --adapter-out DIR  PEFT LoRA adapter (default /work/bench-ckpt/blip2idc-adapter-random; mid:
-                     /work/bench-ckpt/blip2idc-adapter-mid-random)
+  --out DIR          checkpoint (default <repo>/.bench-ckpt/blip2-opt-2.7b-random; mid:
+                     .bench-ckpt/blip2-mid-random)
+  --adapter-out DIR  PEFT LoRA adapter (default .bench-ckpt/blip2idc-adapter-random; mid:
+                     .bench-ckpt/blip2idc-adapter-mid-random)
   --seed K           default 0; the output is a deterministic function of the seed
   --max-shard-size   shard size as `save_pretrained` takes it (default "2GB")
   --no-check         skip the final reload + forward check
@@ -60,10 +60,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "blip2")
 TOKENIZER_JSON = os.path.join(FIXTURES, "tokenizer.json")
-DEFAULT_OUT = "/work/bench-ckpt/blip2-opt-2.7b-random"
-DEFAULT_ADAPTER_OUT = "/work/bench-ckpt/blip2idc-adapter-random"
-DEFAULT_OUT_MID = "/work/bench-ckpt/blip2-mid-random"
-DEFAULT_ADAPTER_OUT_MID = "/work/bench-ckpt/blip2idc-adapter-mid-random"
+DEFAULT_OUT = os.path.join(REPO, ".bench-ckpt", "blip2-opt-2.7b-random")
+DEFAULT_ADAPTER_OUT = os.path.join(REPO, ".bench-ckpt", "blip2idc-adapter-random")
+DEFAULT_OUT_MID = os.path.join(REPO, ".bench-ckpt", "blip2-mid-random")
+DEFAULT_ADAPTER_OUT_MID = os.path.join(REPO, ".bench-ckpt", "blip2idc-adapter-mid-random")
 # Layer counts per preset (vision, Q-Former, OPT); every width is blip2-opt-2.7b's.
 PRESET_LAYERS = {"full": (39, 12, 32), "mid": (4, 4, 4)}
 
