@@ -34,7 +34,14 @@ pub struct Fetcher {
 /// Builds an S3 client for `cfg` (custom endpoint, path style, timeouts; SDK retries off: the fetcher
 /// owns the retry policy). Credentials come from the AWS default chain (env, profile, web identity).
 pub async fn s3_client(cfg: &S3Config) -> Client {
+    // HTTPS through rustls + ring (see Cargo.toml); the SDK's default would be aws-lc.
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
     let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
         .region(Region::new(cfg.region.clone()))
         .timeout_config(
             TimeoutConfig::builder()
