@@ -94,6 +94,14 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
     truncated.truncate(good.len() / 3);
     put("truncated.jpg", truncated).await;
     put("bomb.png", blip2idc::devtools::png_bomb(60_000, 60_000)).await;
+    // A key with characters the SDK must encode: the request addresses exactly this object.
+    const ODD_KEY: &str = "odd key+%2B \u{fc}?x=1&y#frag;.jpg";
+    put(ODD_KEY, good.clone()).await;
+    // A bucket that is not on the allow-list, which keys climbing out of the allowed one would reach
+    // (the S3 server resolves `..` in the path).
+    let private = format!("{b}-x");
+    blip2idc::devtools::ensure_bucket(&s3, &private).await.unwrap();
+    blip2idc::devtools::put(&s3, &private, "secret.jpg", good.clone()).await.unwrap();
 
     let p = &scope.prefix;
     let ev = |id: &str, a: &str| scope.event(&format!("{p}-{id}"), a, "good.jpg");
@@ -113,6 +121,9 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
             e["original"] = "s3://someone-elses-bucket/a.jpg".into();
             e.to_string().into_bytes()
         }),
+        ("bad_uri", ev("dotdot", &format!("../{private}/secret.jpg")).to_string().into_bytes()),
+        ("bad_uri", ev("encoded-dotdot", &format!("%2e%2e/{private}/secret.jpg")).to_string().into_bytes()),
+        ("bad_uri", ev("encoded-slash", &format!("..%2F{private}%2Fsecret.jpg")).to_string().into_bytes()),
         ("object_missing", ev("missing", "does/not/exist.jpg").to_string().into_bytes()),
         ("object_too_large", ev("large", "huge.bin").to_string().into_bytes()),
         ("not_an_image", ev("text", "text.jpg").to_string().into_bytes()),
@@ -127,13 +138,14 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
         scope.publish_raw(&format!("bad-{i}"), payload).await;
     }
     scope.seed(3..6, 40).await;
+    scope.publish_json("odd", &ev("odd", ODD_KEY)).await;
 
     let run = start(&scope.cfg, test_captioner(Duration::ZERO));
-    scope.wait_for_captions(6, Duration::from_secs(60)).await;
+    scope.wait_for_captions(7, Duration::from_secs(60)).await;
     let letters = scope.dead_letters(cases.len(), Duration::from_secs(30));
     let summary = run.stop().await;
     assert!(summary.fatal.is_none(), "{summary:?}");
-    assert_eq!(scope.caption_count().await, 6, "good events flow around the bad ones");
+    assert_eq!(scope.caption_count().await, 7, "good events flow around the bad ones");
     assert_eq!(letters.len(), cases.len(), "one dead letter per bad event: {letters:#?}");
     for (kind, payload) in &cases {
         let l = letters.iter().find(|l| &l.payload == payload).unwrap_or_else(|| panic!("no dead letter for {kind}"));
@@ -144,7 +156,7 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
         assert!(l.headers["source.partition"].parse::<i32>().is_ok());
         assert!(l.headers.contains_key("dead_lettered_at"));
     }
-    assert_eq!(scope.committed_total(), (6 + cases.len()) as i64, "dead-lettered events count as done");
+    assert_eq!(scope.committed_total(), (7 + cases.len()) as i64, "dead-lettered events count as done");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
