@@ -74,9 +74,10 @@ struct CaptionArgs {
     /// PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors or .bin).
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
-    /// Most tokens to generate (the authors use 77).
-    #[arg(long, default_value_t = 77, value_name = "N")]
-    max_new_tokens: usize,
+    /// Most tokens to generate [default: 77 (the authors' setting), or the model's limit when its
+    /// positions allow fewer]. A value above the limit is an error that names it.
+    #[arg(long, value_name = "N")]
+    max_new_tokens: Option<usize>,
     /// Weight dtype.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     dtype: String,
@@ -184,7 +185,14 @@ fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
     if model.files.random_weights && !a.json {
         eprintln!("note: {} has RANDOM weights; this caption means nothing", a.model);
     }
-    let g = model.caption_images(&original, &modified, a.max_new_tokens)?;
+    let max_new_tokens = match a.max_new_tokens {
+        Some(n) => {
+            model.check_max_new_tokens(n, "--max-new-tokens")?;
+            n
+        }
+        None => blip2idc::model::DEFAULT_MAX_NEW_TOKENS.min(model.model.max_new_tokens_limit()),
+    };
+    let g = model.caption_images(&original, &modified, max_new_tokens)?;
     if a.json {
         println!("{}", serde_json::json!({"caption": g.caption, "token_ids": g.token_ids}));
     } else {

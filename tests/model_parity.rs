@@ -304,3 +304,53 @@ fn an_unknown_hub_id_fails_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-org/no-such-model") && err.contains("HF cache"), "{err}");
 }
+
+/// A generation length beyond the model's positions is refused where it enters, naming the limit,
+/// instead of failing inside the embedding lookup (the synthetic base: 64 positions, 8 query tokens).
+#[test]
+fn max_new_tokens_beyond_the_positions_is_a_clear_error() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/synthetic/base");
+    let caption = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_blip2idc"))
+            .args(["caption", "--model"])
+            .arg(&base)
+            .args(extra)
+            .arg(dir().join("images/p0_original_rgb.png"))
+            .arg(dir().join("images/p0_modified_rgb.png"))
+            .output()
+            .unwrap()
+    };
+    let out = caption(&["--max-new-tokens", "77"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-new-tokens = 77") && err.contains("at most 56"), "{err}");
+    assert!(!err.contains("narrow"), "{err}");
+    // Without the option the CLI takes the model's limit, and the limit itself is fine.
+    for extra in [&[][..], &["--max-new-tokens", "56"][..]] {
+        let out = caption(extra);
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // serve: the captioner refuses to start.
+    let mut cfg = blip2idc::config::Config::load(None).unwrap().model;
+    cfg.checkpoint = base.to_string_lossy().into_owned();
+    cfg.max_new_tokens = 77;
+    let err = blip2idc::caption::blip2::Blip2Captioner::load(&cfg).err().expect("refused").to_string();
+    assert!(err.contains("model.max_new_tokens = 77") && err.contains("at most 56"), "{err}");
+    cfg.max_new_tokens = 56;
+    assert!(blip2idc::caption::blip2::Blip2Captioner::load(&cfg).is_ok());
+
+    // The model itself returns an error, never a panic or a raw tensor error.
+    let m = Blip2Idc::load(&LoadOptions {
+        checkpoint: cfg.checkpoint.clone(),
+        adapter: None,
+        dtype: DType::F32,
+        device: Device::Cpu,
+        merge_adapter: true,
+    })
+    .unwrap();
+    assert_eq!(m.model.max_new_tokens_limit(), 56);
+    let pv = vec![0f32; 3 * m.processor.height as usize * m.processor.width as usize];
+    let err = m.caption_pixels(&[&pv], 57).unwrap_err().to_string();
+    assert!(err.contains("at most 56"), "{err}");
+}

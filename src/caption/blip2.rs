@@ -34,6 +34,7 @@ impl Blip2Captioner {
             merge_adapter: true,
         };
         let model = Blip2Idc::load(&opts)?;
+        model.check_max_new_tokens(cfg.max_new_tokens, "model.max_new_tokens")?;
         let version = match version {
             Some(v) => v,
             None => model.default_version()?,

@@ -126,10 +126,26 @@ impl Blip2Model {
         self.language_model.logits(&self.hidden_states(pixel_values, input_ids, mode)?.0, mode)
     }
 
+    /// The most tokens greedy decoding can generate: OPT's learned positions must cover the query
+    /// tokens, the bos prompt and every generated token but the last (HF has the same bound, and
+    /// fails inside the embedding lookup past it).
+    pub fn max_new_tokens_limit(&self) -> usize {
+        self.config.text_config.max_position_embeddings.saturating_sub(self.config.num_query_tokens)
+    }
+
     /// Greedy decoding with a KV cache, batched. Every sequence starts from `[bos]` after the image
     /// prefix and stops at the first id in `eos` (not included) or after `max_new_tokens`. Finished
     /// sequences leave the batch, so the others run at the cost of the survivors only.
     pub fn generate_greedy(&self, pixel_values: &Tensor, max_new_tokens: usize, eos: &[u32]) -> Result<Vec<Vec<u32>>> {
+        let limit = self.max_new_tokens_limit();
+        if max_new_tokens > limit {
+            candle_core::bail!(
+                "max_new_tokens = {max_new_tokens} is more than this model can generate: at most {limit} \
+                 (OPT max_position_embeddings {} - {} query tokens)",
+                self.config.text_config.max_position_embeddings,
+                self.config.num_query_tokens
+            );
+        }
         let mode = Mode::Inference;
         let lm = &self.language_model;
         let b = pixel_values.dim(0)?;

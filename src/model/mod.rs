@@ -45,6 +45,9 @@ pub struct LoadOptions {
     pub merge_adapter: bool,
 }
 
+/// Generation length when none is configured: the authors' setting.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 77;
+
 /// One generated caption.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generated {
@@ -170,6 +173,21 @@ impl Blip2Idc {
             flat.extend_from_slice(pv);
         }
         Ok(Tensor::from_vec(flat, (pixel_values.len(), 3, h, w), self.model.device())?.to_dtype(self.model.dtype())?)
+    }
+
+    /// Checks a requested generation length against the model's positions (see
+    /// [`Blip2Model::max_new_tokens_limit`]) where it enters: `setting` names the option to change.
+    pub fn check_max_new_tokens(&self, requested: usize, setting: &str) -> anyhow::Result<()> {
+        let limit = self.model.max_new_tokens_limit();
+        anyhow::ensure!(
+            (1..=limit).contains(&requested),
+            "{setting} = {requested}, but {} can generate 1 to {limit} tokens (max_position_embeddings {} \
+             of its language model minus {} query tokens); set {setting} to at most {limit}",
+            self.files.source,
+            self.model.config.text_config.max_position_embeddings,
+            self.model.config.num_query_tokens
+        );
+        Ok(())
     }
 
     /// Greedy captions for a batch of preprocessed pairs.

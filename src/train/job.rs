@@ -291,6 +291,7 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
         device: device.clone(),
         merge_adapter: false,
     })?;
+    model.check_max_new_tokens(cfg.model.max_new_tokens, "model.max_new_tokens")?;
     let params = match &start_adapter {
         Some(dir) => LoraParams::from_adapter(&mut model.model, &Adapter::load(dir, &device)?)?,
         None => {
