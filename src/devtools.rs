@@ -215,3 +215,69 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !c
 }
+
+/// Serves S3 on `addr` from the directory `root` (s3s-fs; requests must be signed with the key pair)
+/// until SIGINT/SIGTERM. The local stack's S3 (deploy/local/up.sh), built with the project instead of
+/// a separate `cargo install`.
+pub async fn s3_server(
+    root: &std::path::Path,
+    addr: (&str, u16),
+    access_key: &str,
+    secret_key: &str,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let fs = s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("opening {}: {e:?}", root.display()))?;
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(access_key, secret_key));
+    let service = builder.build();
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {}:{}", addr.0, addr.1))?;
+    tracing::info!(root = %root.display(), "S3 server listening on http://{}", listener.local_addr()?);
+    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    continue;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        };
+        let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("S3 connection: {e}");
+            }
+        });
+    }
+    tracing::info!("S3 server stopped");
+    Ok(())
+}
+
+/// Writes `predictions.jsonl` and `references.jsonl` (the input of `blip2idc eval`) into `dir` for the
+/// rows `(event_id, model_version, caption, attributes)` of pairs published by `blip2idc-dev seed`
+/// (their attributes carry the edit's reference captions); other rows are skipped. Returns how many
+/// pairs were written.
+pub fn write_eval_files(
+    rows: &[(String, String, String, serde_json::Value)],
+    dir: &std::path::Path,
+) -> anyhow::Result<usize> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (mut predictions, mut references, mut n) = (String::new(), String::new(), 0);
+    for (id, _, caption, attributes) in rows {
+        let Some(refs) = attributes.get("synthetic_references") else { continue };
+        writeln!(predictions, "{}", serde_json::json!({"id": id, "caption": caption}))?;
+        let category = attributes.get("synthetic_edit").cloned().unwrap_or(serde_json::Value::Null);
+        writeln!(references, "{}", serde_json::json!({"id": id, "references": refs, "category": category}))?;
+        n += 1;
+    }
+    std::fs::write(dir.join("predictions.jsonl"), predictions)?;
+    std::fs::write(dir.join("references.jsonl"), references)?;
+    Ok(n)
+}

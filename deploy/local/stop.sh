@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Stops what deploy/local/up.sh started (tansu, s3s-fs, PostgreSQL). `--clean` also deletes S3 data.
+# Stops what deploy/local/up.sh started (tansu, the S3 server, PostgreSQL). `--clean` also deletes S3 data.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 state="${BLIP2IDC_STATE_DIR:-$here/.state}"
 sudo_maybe() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-for svc in tansu s3s; do
+for svc in tansu s3 s3s; do
   if [ -f "$state/$svc.pid" ]; then
     kill "$(cat "$state/$svc.pid")" 2>/dev/null && echo "[stop] $svc stopped"
     rm -f "$state/$svc.pid"

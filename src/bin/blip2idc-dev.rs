@@ -31,28 +31,35 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         partitions: i32,
     },
-    /// Upload N synthetic image pairs (coloured squares, one edit each) and publish their events;
-    /// with --bad, also publish one event of every bad-input kind.
+    /// Upload N image pairs of the synthetic world (1-3 shapes in a 2x2 grid, one known edit each:
+    /// add, remove, recolour or move; the world the demo model was trained on) and publish their
+    /// events, with the edit's reference captions in the event's attributes; with --bad, also publish
+    /// one event of every bad-input kind.
     Seed {
         #[arg(long, default_value_t = 5)]
         pairs: u64,
-        /// Side of the square images, in pixels.
-        #[arg(long, default_value_t = 96)]
-        size: u32,
         /// Also publish malformed events (they end up on the dead-letter topic).
         #[arg(long)]
         bad: bool,
         /// Prefix of the event ids and object keys.
         #[arg(long, default_value = "demo")]
         prefix: String,
+        /// Seed of the pairs (the same seed publishes the same pairs).
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
     },
-    /// Print the latest stored captions (from the latest_captions view).
+    /// Print the latest stored captions (from the latest_captions view); for seeded pairs, beside
+    /// the known edit.
     Captions {
         #[arg(long, default_value_t = 20)]
         limit: i64,
         /// Only ids with this prefix.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// Also write predictions.jsonl and references.jsonl of the seeded pairs (their reference
+        /// captions, category = edit kind) into DIR, the input of `blip2idc eval`.
+        #[arg(long, value_name = "DIR")]
+        eval_dir: Option<PathBuf>,
     },
     /// Pretrain the synthetic world's tiny BLIP-2 fully on single-image captions and save it as a
     /// checkpoint directory (the base that `retrain` then adapts with LoRA on pairs).
@@ -69,6 +76,9 @@ enum Command {
         batch_size: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Side of the model's input (8-pixel patches); the demo model uses 96.
+        #[arg(long, default_value_t = 48)]
+        image_size: usize,
     },
     /// Upload N synthetic image pairs and insert a human-style label for each (the retraining
     /// job's input); categories are the edit kinds.
@@ -79,6 +89,20 @@ enum Command {
         prefix: String,
         #[arg(long, default_value_t = 11)]
         seed: u64,
+    },
+    /// Run the local stack's S3 server (s3s-fs: objects as files under ROOT, SigV4 signatures checked
+    /// against the given key pair) until interrupted. deploy/local/up.sh starts it.
+    S3Server {
+        /// Directory holding the buckets (one sub-directory each).
+        root: PathBuf,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+        access_key: String,
+        #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+        secret_key: String,
     },
     /// Wait until COUNT captions with the prefix are stored (or TIMEOUT passes).
     Wait {
@@ -107,22 +131,24 @@ async fn main() -> anyhow::Result<()> {
                 cfg.kafka.input_topic, cfg.kafka.dlq_topic, cfg.s3.allowed_buckets[0]
             );
         }
-        Command::Seed { pairs, size, bad, prefix } => {
+        Command::Seed { pairs, bad, prefix, seed } => {
             let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
             let bucket = &cfg.s3.allowed_buckets[0];
             let producer = devtools::producer(&cfg.kafka.brokers)?;
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
             for i in 0..pairs {
-                let (a, b, truth) = devtools::synthetic_pair(i, size);
+                let p = blip2idc::train::synthetic::random_pair(&mut rng);
+                let (a, b) = (p.original.render(&mut rng), p.modified.render(&mut rng));
                 let (ka, kb) = (format!("{prefix}/{i}/original.jpg"), format!("{prefix}/{i}/republished.jpg"));
-                devtools::put(&s3, bucket, &ka, devtools::jpeg(&a, 90)).await?;
-                devtools::put(&s3, bucket, &kb, devtools::jpeg(&b, 90)).await?;
+                devtools::put(&s3, bucket, &ka, devtools::jpeg(&a, 95)).await?;
+                devtools::put(&s3, bucket, &kb, devtools::jpeg(&b, 95)).await?;
                 let event = serde_json::json!({
                     "event_id": format!("{prefix}-{i}"),
                     "original": format!("s3://{bucket}/{ka}"),
                     "republished": format!("s3://{bucket}/{kb}"),
                     "source_url": format!("https://news.example/{prefix}/{i}"),
                     "observed_at": chrono::Utc::now().to_rfc3339(),
-                    "attributes": {"synthetic_truth": truth},
+                    "attributes": {"synthetic_edit": p.kind, "synthetic_references": p.captions},
                 });
                 devtools::publish(
                     &producer,
@@ -131,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
                     event.to_string().as_bytes(),
                 )
                 .await?;
-                println!("published {prefix}-{i}: {truth}");
+                println!("published {prefix}-{i}: {}", p.captions[0]);
             }
             if bad {
                 devtools::put(&s3, bucket, &format!("{prefix}/not-an-image.jpg"), b"hello".to_vec()).await?;
@@ -151,22 +177,35 @@ async fn main() -> anyhow::Result<()> {
                 println!("published {} bad events (they go to {})", bad_events.len(), cfg.kafka.dlq_topic);
             }
         }
-        Command::Captions { limit, prefix } => {
+        Command::Captions { limit, prefix, eval_dir } => {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
-            let rows: Vec<(String, String, String)> = sqlx::query_as(
-                "SELECT event_id, model_version, caption FROM latest_captions
+            let rows: Vec<(String, String, String, serde_json::Value)> = sqlx::query_as(
+                "SELECT event_id, model_version, caption, attributes FROM latest_captions
                  WHERE event_id LIKE $1 || '%' ORDER BY captioned_at DESC, event_id LIMIT $2",
             )
             .bind(&prefix)
             .bind(limit)
             .fetch_all(store.pool())
             .await?;
-            for (id, version, caption) in rows {
-                println!("{id}\t{version}\t{caption}");
+            let seeded = rows.iter().any(|r| r.3.get("synthetic_references").is_some());
+            if seeded {
+                println!("{:<14} {:<44} stored caption", "event", "known edit");
+            }
+            for (id, version, caption, attributes) in &rows {
+                match attributes["synthetic_references"].get(0).and_then(|v| v.as_str()) {
+                    Some(truth) => println!("{id:<14} {truth:<44} {caption}"),
+                    None => println!("{id}\t{version}\t{caption}"),
+                }
+            }
+            if let Some(dir) = eval_dir {
+                let n = devtools::write_eval_files(&rows, &dir)?;
+                println!("wrote {n} seeded pairs to {}/predictions.jsonl and references.jsonl", dir.display());
             }
         }
-        Command::SynthPretrain { out, examples, epochs, lr, batch_size, seed } => {
+        Command::SynthPretrain { out, examples, epochs, lr, batch_size, seed, image_size } => {
             use blip2idc::train::trainer::TrainConfig;
+            // The trainer logs each epoch (losses, seconds): the progress of a long run.
+            blip2idc::telemetry::init("pretty", "info");
             let tc = TrainConfig {
                 epochs,
                 batch_size,
@@ -179,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
                 augment: None,
                 ..TrainConfig::default()
             };
-            let report = blip2idc::train::synthetic::pretrain_base(&out, examples, &tc)?;
+            let report = blip2idc::train::synthetic::pretrain_base(&out, examples, image_size, &tc)?;
             for e in &report.epochs {
                 println!(
                     "epoch {}: train loss {:.4} holdout loss {:?} ({:.0} s)",
@@ -204,6 +243,10 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             println!("uploaded {pairs} synthetic pairs to s3://{bucket}/{prefix}/ and inserted {pairs} labels");
+        }
+        Command::S3Server { root, host, port, access_key, secret_key } => {
+            blip2idc::telemetry::init("pretty", "info");
+            devtools::s3_server(&root, (&host, port), &access_key, &secret_key).await?;
         }
         Command::Wait { count, prefix, timeout } => {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
