@@ -226,12 +226,19 @@ pub fn tokenizer_json() -> serde_json::Value {
 
 /// The BLIP-2 of the synthetic world: 48×48 input, 8 query tokens, a 2-layer OPT.
 pub fn tiny_base_config() -> Blip2Config {
+    tiny_base_config_for(48)
+}
+
+/// [`tiny_base_config`] for `image_size`×`image_size` inputs (8-pixel patches). The demo model
+/// uses 96: a pair is stacked into one input, so each image gets half the rows, and at 48 a
+/// cell of the 2×2 grid is less than two patches high.
+pub fn tiny_base_config_for(image_size: usize) -> Blip2Config {
     let vocab = (vocabulary().len() + 5).next_multiple_of(8);
     serde_json::from_value(serde_json::json!({
         "model_type": "blip-2",
         "num_query_tokens": 8,
         "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                          "num_attention_heads": 4, "image_size": 48, "patch_size": 8},
+                          "num_attention_heads": 4, "image_size": image_size, "patch_size": 8},
         "qformer_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                            "intermediate_size": 128, "cross_attention_frequency": 1, "encoder_hidden_size": 64},
         "text_config": {"vocab_size": vocab, "hidden_size": 96, "num_hidden_layers": 2, "ffn_dim": 192,
@@ -281,9 +288,9 @@ pub fn make_all_trainable(model: &mut Blip2Model) -> anyhow::Result<Vec<Var>> {
 
 /// Pretrains the synthetic base on single-image captions (every weight trained), then saves it as a
 /// `save_pretrained`-style checkpoint in `out`.
-pub fn pretrain_base(out: &Path, examples: usize, cfg: &TrainConfig) -> anyhow::Result<TrainReport> {
+pub fn pretrain_base(out: &Path, examples: usize, image_size: usize, cfg: &TrainConfig) -> anyhow::Result<TrainReport> {
     let device = Device::Cpu;
-    let config = tiny_base_config();
+    let config = tiny_base_config_for(image_size);
     let mut model = random_model(&config, cfg.seed, &device)?;
     let tokenizer = tokenizer_from_json(&tokenizer_json())?;
     let processor = ImageProcessorConfig::for_image_size(config.vision_config.image_size as u32);
