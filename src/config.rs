@@ -123,6 +123,7 @@ pub struct PipelineConfig {
 #[serde(deny_unknown_fields)]
 pub struct DlqConfig {
     pub breaker_window: usize,
+    #[serde(deserialize_with = "float")]
     pub breaker_max_ratio: f64,
     pub breaker_min_events: usize,
 }
@@ -199,6 +200,36 @@ pub fn redact_url(url: &str) -> String {
         out.replace_range(i + "password=".len()..end, "***");
     }
     out
+}
+
+/// Deserializes a float key from a number or from a string in any notation Rust parses (`1e-3`,
+/// `2.5E+2`, `0.001`): environment overrides reach serde as strings whenever figment's own parser
+/// does not read them as numbers, which is the case for scientific notation. Every `f64` key of the
+/// configuration uses it (a test walks them all).
+pub fn float<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    struct Float;
+    impl serde::de::Visitor<'_> for Float {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number (e.g. 0.001 or 1e-3)")
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<f64, E> {
+            match v.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() => Ok(x),
+                _ => Err(E::custom(format!("{v:?} is not a number (expected e.g. 0.001 or 1e-3)"))),
+            }
+        }
+    }
+    d.deserialize_any(Float)
 }
 
 impl Config {
@@ -428,6 +459,65 @@ mod tests {
             assert_eq!(c.database.url.expose(), "postgres://u:hunter2@db/x");
             let shown = format!("{:?} {}", c.database, c.to_redacted_toml().unwrap());
             assert!(!shown.contains("hunter2"), "password leaked: {shown}");
+            Ok(())
+        });
+    }
+
+    /// Every float key of the configuration, found by walking the defaults.
+    fn float_keys(v: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, f64)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    path.push(k.clone());
+                    float_keys(v, path, out);
+                    path.pop();
+                }
+            }
+            serde_json::Value::Number(n) if n.is_f64() => out.push((path.clone(), n.as_f64().unwrap())),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_float_key_takes_scientific_notation_from_env_and_files() {
+        let mut keys = Vec::new();
+        float_keys(&serde_json::to_value(defaults()).unwrap(), &mut Vec::new(), &mut keys);
+        assert!(keys.len() >= 10, "{keys:?}");
+        assert!(keys.iter().any(|(p, _)| p.join(".") == "retrain.train.lr"), "{keys:?}");
+        for (path, default) in keys {
+            let dotted = path.join(".");
+            let read = |c: &Config| {
+                let mut v = serde_json::to_value(c).unwrap();
+                for k in &path {
+                    v = v[k].take();
+                }
+                v.as_f64().unwrap()
+            };
+            // From the environment: the default written as 5e-5, 1.6e1, 2e-1, ...
+            figment::Jail::expect_with(|jail| {
+                let var = format!("BLIP2IDC_{}", path.join("__").to_uppercase());
+                jail.set_env(&var, format!("{default:e}"));
+                let c = Config::load(None).map_err(|e| format!("{var}={default:e}: {e}"))?;
+                assert_eq!(read(&c), default, "{var}={default:e}");
+                jail.set_env(&var, format!("{default:E}"));
+                assert_eq!(read(&Config::load(None).map_err(|e| e.to_string())?), default, "{var}={default:E}");
+                Ok(())
+            });
+            // From a file: as a TOML float in scientific notation, and as a string.
+            let (table, key) = path.split_at(path.len() - 1);
+            for value in [format!("{default:e}"), format!("\"{default:e}\"")] {
+                figment::Jail::expect_with(|jail| {
+                    jail.create_file("c.toml", &format!("[{}]\n{} = {value}\n", table.join("."), key[0]))?;
+                    let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| format!("{dotted} = {value}: {e}"))?;
+                    assert_eq!(read(&c), default, "{dotted} = {value}");
+                    Ok(())
+                });
+            }
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BLIP2IDC_RETRAIN__TRAIN__LR", "fast");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("\"fast\" is not a number"), "{err}");
             Ok(())
         });
     }

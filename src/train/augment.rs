@@ -8,8 +8,10 @@ use rand::Rng;
 #[derive(Clone, Copy, Debug, serde::Deserialize, serde::Serialize)]
 pub struct AugmentConfig {
     /// Probability of torchvision's `GaussianBlur(3, sigma=(0.1, 0.5))` on each image.
+    #[serde(deserialize_with = "crate::config::float")]
     pub blur_probability: f64,
     /// Probability of re-encoding each image as JPEG at a quality drawn from `jpeg_quality`.
+    #[serde(deserialize_with = "crate::config::float")]
     pub jpeg_probability: f64,
     pub jpeg_quality: (u8, u8),
 }

@@ -48,6 +48,7 @@ pub struct RetrainConfig {
     /// Skip the run when fewer new labels arrived.
     pub min_new_labels: usize,
     /// Share of newly labeled pairs put in the (frozen) holdout.
+    #[serde(deserialize_with = "crate::config::float")]
     pub holdout_fraction: f64,
     /// The holdout gets at least this many labels (taken from new ones) before training starts.
     pub min_holdout: usize,
@@ -55,8 +56,10 @@ pub struct RetrainConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Promotion needs CIDEr-D(candidate) ≥ CIDEr-D(promoted) + this.
+    #[serde(deserialize_with = "crate::config::float")]
     pub promotion_min_cider_gain: f64,
     /// ...and no category's CIDEr-D may drop by more than this.
+    #[serde(deserialize_with = "crate::config::float")]
     pub max_category_regression: f64,
     /// Where adapters are uploaded: `s3://<adapter_bucket>/<adapter_prefix><version>/`.
     pub adapter_bucket: String,
@@ -67,7 +70,9 @@ pub struct RetrainConfig {
     pub meteor: bool,
     /// LoRA of a fresh adapter (when nothing is promoted yet).
     pub lora_r: usize,
+    #[serde(deserialize_with = "crate::config::float")]
     pub lora_alpha: f64,
+    #[serde(deserialize_with = "crate::config::float")]
     pub lora_dropout: f64,
     pub train: TrainConfig,
 }

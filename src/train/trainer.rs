@@ -44,7 +44,9 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub grad_accum: usize,
+    #[serde(deserialize_with = "crate::config::float")]
     pub lr: f64,
+    #[serde(deserialize_with = "crate::config::float")]
     pub weight_decay: f64,
     /// Epochs without a better holdout loss before stopping (0 = never stop early).
     pub patience: usize,
