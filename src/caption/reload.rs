@@ -23,7 +23,7 @@ use crate::train::artifacts::AdapterStore;
 /// Downloads the adapter of promoted `version` from `uri` into the scratch directory.
 async fn download(cfg: &Config, version: &str, uri: &str) -> anyhow::Result<PathBuf> {
     let s3 = crate::fetch::s3_client(&cfg.s3).await;
-    let dir = cfg.retrain.work_dir.join("promoted").join(version);
+    let dir = crate::train::artifacts::version_dir(&cfg.retrain.work_dir.join("promoted"), version);
     AdapterStore::new(s3, &cfg.s3).download(uri, &dir).await?;
     Ok(dir)
 }

@@ -105,6 +105,21 @@ impl AdapterStore {
     }
 }
 
+/// The directory under `root` for the files of model `version`. A version comes from the database, so
+/// it is data: it becomes one path component inside `root` whatever it holds (`/`, `..`, a leading
+/// `.`, characters outside `[A-Za-z0-9._+@-]`); a version that had to be changed gets a hash of the
+/// original appended, so distinct versions never share a directory.
+pub fn version_dir(root: &Path, version: &str) -> PathBuf {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "._+@-".contains(c);
+    let mut name: String = version.chars().map(|c| if plain(c) { c } else { '_' }).collect();
+    if name != version || name.is_empty() || name.starts_with('.') {
+        // FNV-1a: stable across runs and platforms (std's hasher is not).
+        let hash = version.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        name = format!("{}-{hash:016x}", name.trim_start_matches('.'));
+    }
+    root.join(name)
+}
+
 /// `s3://bucket/prefix[/]` → (bucket, prefix ending in `/` or empty).
 pub fn split_uri(uri: &str) -> anyhow::Result<(String, String)> {
     let rest = uri.strip_prefix("s3://").with_context(|| format!("{uri} is not an s3:// URI"))?;
@@ -116,6 +131,37 @@ pub fn split_uri(uri: &str) -> anyhow::Result<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_become_one_directory_inside_the_cache() {
+        let root = Path::new("/var/cache/blip2idc");
+        let mut seen = std::collections::HashSet::new();
+        for v in [
+            "base--retrain-1-20261202030856",
+            "base+retrain-1-20261202030856",
+            "base+adapter@0123abcd",
+            "../../etc",
+            "..",
+            ".",
+            "",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "a_b",
+            "a/b_",
+            "ü",
+        ] {
+            let dir = version_dir(root, v);
+            assert_eq!(dir.parent(), Some(root), "{v:?} -> {}", dir.display());
+            let name = dir.file_name().unwrap().to_str().unwrap();
+            assert!(!name.starts_with('.') && !name.contains('/') && !name.contains('\\'), "{v:?} -> {name}");
+            assert!(seen.insert(dir.clone()), "{v:?} shares {}", dir.display());
+        }
+        // Plain names (every name this service makes) are kept as they are.
+        assert_eq!(version_dir(root, "base--retrain-1-2026"), root.join("base--retrain-1-2026"));
+        assert_eq!(version_dir(root, "base+retrain-1-2026"), root.join("base+retrain-1-2026"));
+    }
 
     #[test]
     fn adapter_uris_split_into_bucket_and_prefix() {

@@ -24,7 +24,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::artifacts::AdapterStore;
+use super::artifacts::{version_dir, AdapterStore};
 use super::lora::LoraParams;
 use super::trainer::{Example, Input, TrainConfig, TrainReport};
 use crate::config::Config;
@@ -282,7 +282,7 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
     let adapters = AdapterStore::new(s3.clone(), &cfg.s3);
     let promoted = store.promoted_version(&cfg.model.checkpoint).await?;
     let start_adapter: Option<PathBuf> = match &promoted {
-        Some((version, Some(uri))) => Some(adapters.download(uri, &rc.work_dir.join(version)).await?),
+        Some((version, Some(uri))) => Some(adapters.download(uri, &version_dir(&rc.work_dir, version)).await?),
         _ => cfg.model.adapter.as_ref().map(PathBuf::from),
     };
     let device = crate::model::loader::parse_device(&cfg.model.device)?;
@@ -333,7 +333,7 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
 
     // 6. Save, upload, register.
     let adapter = params.to_adapter()?;
-    let dir = rc.work_dir.join(&version);
+    let dir = version_dir(&rc.work_dir, &version);
     adapter.save(&dir)?;
     let uri = format!("s3://{}/{}{}/", rc.adapter_bucket, rc.adapter_prefix, version);
     adapters.upload(&dir, &uri).await?;
@@ -580,9 +580,20 @@ pub fn decide(baseline: &EvalSummary, candidate: &EvalSummary, rc: &RetrainConfi
 /// The version of a retrained adapter: the base named as the consumers name it
 /// ([`crate::model::short_name`]), with a hub id's `/` as `--` (the version is a directory and an S3
 /// key component), the run and the time.
+/// The name of a retrained version: `<base>--retrain-<run>-<UTC time>`, made only of `[a-z0-9._-]` so
+/// that it survives every system it passes through unchanged (S3 keys, where `+` is listed back as a
+/// space by some servers; URLs; metric labels). Versions named before (`<base>+retrain-...`) are
+/// still read: they are only looked up, never parsed.
 fn candidate_version(checkpoint: &str, run_id: i64, at: chrono::DateTime<chrono::Utc>) -> String {
-    let base = crate::model::short_name(checkpoint).replace('/', "--");
-    format!("{base}+retrain-{run_id}-{}", at.format("%Y%m%d%H%M%S"))
+    let base: String = crate::model::short_name(checkpoint)
+        .replace('/', "--")
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.' | '_' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    format!("{}--retrain-{run_id}-{}", base.trim_start_matches('.'), at.format("%Y%m%d%H%M%S"))
 }
 
 /// Scheduled mode: a run every `retrain.interval` until `stop` fires.
@@ -620,12 +631,19 @@ mod tests {
         let at = chrono::DateTime::parse_from_rfc3339("2026-11-26T20:00:00Z").unwrap().to_utc();
         assert_eq!(
             candidate_version("Salesforce/blip2-opt-2.7b", 7, at),
-            "Salesforce--blip2-opt-2.7b+retrain-7-20261126200000"
+            "salesforce--blip2-opt-2.7b--retrain-7-20261126200000"
         );
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("my-base");
         std::fs::create_dir(&base).unwrap();
-        assert_eq!(candidate_version(&format!("{}/", base.display()), 1, at), "my-base+retrain-1-20261126200000");
+        assert_eq!(candidate_version(&format!("{}/", base.display()), 1, at), "my-base--retrain-1-20261126200000");
+        for odd in ["My Base+v2 (ü)", "..hidden", "a@b:c"] {
+            let odd_dir = dir.path().join(odd);
+            std::fs::create_dir(&odd_dir).unwrap();
+            let v = candidate_version(&odd_dir.to_string_lossy(), 3, at);
+            assert!(v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)), "{v}");
+            assert!(!v.starts_with('.'), "{v}");
+        }
     }
 
     #[test]
