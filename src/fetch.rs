@@ -34,13 +34,18 @@ pub struct Fetcher {
 /// Builds an S3 client for `cfg` (custom endpoint, path style, timeouts; SDK retries off: the fetcher
 /// owns the retry policy). Credentials come from the AWS default chain (env, profile, web identity).
 pub async fn s3_client(cfg: &S3Config) -> Client {
+    client_for(&sdk_config(cfg).await, cfg)
+}
+
+/// The AWS settings of [`s3_client`] (credentials chain, timeouts, HTTPS connector).
+async fn sdk_config(cfg: &S3Config) -> aws_config::SdkConfig {
     // HTTPS through rustls + ring (see Cargo.toml); the SDK's default would be aws-lc.
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https();
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
+    aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
         .region(Region::new(cfg.region.clone()))
         .timeout_config(
@@ -51,12 +56,54 @@ pub async fn s3_client(cfg: &S3Config) -> Client {
         )
         .retry_config(RetryConfig::disabled())
         .load()
-        .await;
-    let mut b = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(cfg.force_path_style);
+        .await
+}
+
+fn client_for(sdk: &aws_config::SdkConfig, cfg: &S3Config) -> Client {
+    let mut b = aws_sdk_s3::config::Builder::from(sdk).force_path_style(cfg.force_path_style);
     if let Some(ep) = &cfg.endpoint {
         b = b.endpoint_url(ep);
     }
     Client::from_conf(b.build())
+}
+
+/// Fetches one object outside the pipeline (`blip2idc caption s3://...`): the same allow-list, size
+/// cap and retries, a deadline of three request timeouts, and errors that say what to set when the
+/// credentials or the endpoint are missing.
+pub async fn fetch_one(cfg: &S3Config, uri: &S3Uri) -> anyhow::Result<Bytes> {
+    let sdk = sdk_config(cfg).await;
+    let client = client_for(&sdk, cfg);
+    let endpoint = match &cfg.endpoint {
+        Some(e) => format!("the S3 endpoint {e}"),
+        None => format!(
+            "AWS S3 in {} (no s3.endpoint / BLIP2IDC_S3__ENDPOINT is set: set it for another S3 server)",
+            cfg.region
+        ),
+    };
+    let credentials = sdk.credentials_provider();
+    let found = match &credentials {
+        Some(p) => {
+            use aws_sdk_s3::config::ProvideCredentials;
+            p.provide_credentials().await.map_err(|e| e.to_string())
+        }
+        None => Err("no credentials provider".into()),
+    };
+    if let Err(e) = found {
+        anyhow::bail!(
+            "reading {uri}: no AWS credentials ({e}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
+             AWS_PROFILE, or a web identity (the AWS default chain)"
+        );
+    }
+    let deadline = cfg.request_timeout * 3;
+    let cancel = CancellationToken::new();
+    match tokio::time::timeout(deadline, Fetcher::new(client, cfg).fetch(uri, &cancel)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => anyhow::bail!("reading {uri} from {endpoint}: {e}"),
+        Err(_) => {
+            cancel.cancel();
+            anyhow::bail!("reading {uri}: no answer from {endpoint} within {deadline:?}")
+        }
+    }
 }
 
 impl Fetcher {

@@ -91,10 +91,16 @@ struct CaptionArgs {
     /// after the bos prompt, up to but excluding the first eos).
     #[arg(long)]
     json: bool,
-    /// The original image (JPEG, PNG or WebP).
-    original: PathBuf,
-    /// The modified (republished) image.
-    modified: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The original image (JPEG, PNG or WebP): a file, or an s3://bucket/key object, read as the
+    /// service reads it (s3.* settings of --config and the environment: endpoint, allow-list, size
+    /// cap, retries; AWS credentials from the default chain).
+    #[arg(value_name = "ORIGINAL")]
+    original: String,
+    /// The modified (republished) image: a file or an s3://bucket/key object.
+    #[arg(value_name = "MODIFIED")]
+    modified: String,
 }
 
 fn main() -> ExitCode {
@@ -121,7 +127,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("migrations applied to {}", cfg.database.url.redacted());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Caption(a) => caption(a),
+        Command::Caption(a) => caption(a).await,
         Command::Retrain(a) => retrain(a).await,
         Command::Eval(args) => {
             blip2idc::eval::cli::run(&args)?;
@@ -163,7 +169,7 @@ async fn retrain(a: RetrainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
+async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
     use blip2idc::model::loader::{parse_device, parse_dtype};
     blip2idc::telemetry::init("pretty", "warn");
     let opts = blip2idc::model::LoadOptions {
@@ -173,14 +179,9 @@ fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
         device: parse_device(&a.device)?,
         merge_adapter: !a.unmerged,
     };
-    let defaults = Config::load(None)?;
-    blip2idc::model::blas::configure(&defaults.model.blas)?;
-    let limits = defaults.decode;
-    let read = |p: &PathBuf| -> anyhow::Result<image::DynamicImage> {
-        let bytes = std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
-        Ok(blip2idc::decode::decode(&bytes, &limits, &p.display().to_string())?)
-    };
-    let (original, modified) = (read(&a.original)?, read(&a.modified)?);
+    let cfg = Config::load(a.config.config.as_deref())?;
+    blip2idc::model::blas::configure(&cfg.model.blas)?;
+    let (original, modified) = tokio::try_join!(read_image(&a.original, &cfg), read_image(&a.modified, &cfg))?;
     let model = blip2idc::model::Blip2Idc::load(&opts)?;
     if model.files.random_weights && !a.json {
         eprintln!("note: {} has RANDOM weights; this caption means nothing", a.model);
@@ -199,6 +200,17 @@ fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
         println!("{}", g.caption);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An image of `caption`: a local file, or an `s3://` object fetched as the service fetches it.
+async fn read_image(spec: &str, cfg: &Config) -> anyhow::Result<image::DynamicImage> {
+    let bytes = if spec.starts_with("s3://") {
+        let uri = blip2idc::event::S3Uri::parse(spec).map_err(|r| anyhow::anyhow!("{}", r.message))?;
+        blip2idc::fetch::fetch_one(&cfg.s3, &uri).await?
+    } else {
+        std::fs::read(spec).map_err(|e| anyhow::anyhow!("reading {spec}: {e}"))?.into()
+    };
+    Ok(blip2idc::decode::decode(&bytes, &cfg.decode, spec)?)
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {

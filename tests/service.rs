@@ -315,3 +315,66 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
     (code, body)
 }
+
+/// `blip2idc caption` reads s3:// objects as the service does (same fetcher, allow-list, limits) and
+/// says what is missing when it cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caption_cli_reads_s3_objects_like_the_service() {
+    let scope = Scope::new("cli-s3").await;
+    let s3 = scope.s3().await;
+    let (a, b, _) = blip2idc::devtools::synthetic_pair(3, 64);
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    a.save(&pa).unwrap();
+    b.save(&pb).unwrap();
+    blip2idc::devtools::put(&s3, &scope.bucket, "cli/a.png", std::fs::read(&pa).unwrap()).await.unwrap();
+    blip2idc::devtools::put(&s3, &scope.bucket, "cli/b.png", std::fs::read(&pb).unwrap()).await.unwrap();
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/blip2/tiny-a");
+    let allowed = format!("[\"{}\"]", scope.bucket);
+    let run = |images: [&str; 2], env: &[(&str, &str)], remove: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_blip2idc"));
+        cmd.args(["caption", "--json", "--max-new-tokens", "12", "--model", model]).args(images);
+        cmd.env("BLIP2IDC_S3__ALLOWED_BUCKETS", &allowed).env("BLIP2IDC_S3__REQUEST_TIMEOUT", "2s");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        for k in remove {
+            cmd.env_remove(k);
+        }
+        cmd.output().unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    let local = run([pa.to_str().unwrap(), pb.to_str().unwrap()], &[], &[]);
+    assert!(local.status.success(), "{}", text(&local));
+    let (ua, ub) = (format!("s3://{}/cli/a.png", scope.bucket), format!("s3://{}/cli/b.png", scope.bucket));
+    let remote = run([&ua, &ub], &[], &[]);
+    assert!(remote.status.success(), "{}", text(&remote));
+    assert_eq!(remote.stdout, local.stdout, "the same pixels give the same caption");
+
+    // The service's rules and clear errors.
+    let failures: [(&str, [&str; 2], Vec<(&str, &str)>, Vec<&str>); 5] = [
+        ("not in s3.allowed_buckets", [&ua, "s3://elsewhere/b.png"], vec![], vec![]),
+        ("no such object", [&ua, &format!("s3://{}/cli/nope.png", scope.bucket)], vec![], vec![]),
+        ("\"..\" path segment", [&ua, &format!("s3://{}/../elsewhere/b.png", scope.bucket)], vec![], vec![]),
+        (
+            "no AWS credentials",
+            [&ua, &ub],
+            vec![("HOME", dir.path().to_str().unwrap()), ("AWS_EC2_METADATA_DISABLED", "true")],
+            vec!["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"],
+        ),
+        (
+            "no answer from the S3 endpoint http://127.0.0.1:9",
+            [&ua, &ub],
+            vec![("BLIP2IDC_S3__ENDPOINT", "http://127.0.0.1:9")],
+            vec![],
+        ),
+    ];
+    for (needle, images, env, remove) in failures {
+        let out = run(images, &env, &remove);
+        assert!(!out.status.success(), "{needle}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
