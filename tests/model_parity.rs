@@ -323,7 +323,7 @@ fn max_new_tokens_beyond_the_positions_is_a_clear_error() {
     let out = caption(&["--max-new-tokens", "77"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--max-new-tokens = 77") && err.contains("at most 56"), "{err}");
+    assert!(err.contains("--max-new-tokens = 77") && err.contains("from 1 to 56"), "{err}");
     assert!(!err.contains("narrow"), "{err}");
     // Without the option the CLI takes the model's limit, and the limit itself is fine.
     for extra in [&[][..], &["--max-new-tokens", "56"][..]] {
@@ -336,7 +336,7 @@ fn max_new_tokens_beyond_the_positions_is_a_clear_error() {
     cfg.checkpoint = base.to_string_lossy().into_owned();
     cfg.max_new_tokens = 77;
     let err = blip2idc::caption::blip2::Blip2Captioner::load(&cfg).err().expect("refused").to_string();
-    assert!(err.contains("model.max_new_tokens = 77") && err.contains("at most 56"), "{err}");
+    assert!(err.contains("model.max_new_tokens = 77") && err.contains("from 1 to 56"), "{err}");
     cfg.max_new_tokens = 56;
     assert!(blip2idc::caption::blip2::Blip2Captioner::load(&cfg).is_ok());
 

@@ -182,7 +182,7 @@ impl Blip2Idc {
         anyhow::ensure!(
             (1..=limit).contains(&requested),
             "{setting} = {requested}, but {} can generate 1 to {limit} tokens (max_position_embeddings {} \
-             of its language model minus {} query tokens); set {setting} to at most {limit}",
+             of its language model minus {} query tokens); set {setting} to a value from 1 to {limit}",
             self.files.source,
             self.model.config.text_config.max_position_embeddings,
             self.model.config.num_query_tokens
