@@ -49,8 +49,57 @@ pub struct KafkaConfig {
     pub auto_offset_reset: String,
     #[serde(with = "humantime_serde")]
     pub statistics_interval: Duration,
+    /// Extra librdkafka properties (`sasl.password`, `ssl.key.password`, ...). Values whose key names a
+    /// secret are redacted wherever the configuration is shown ([`KafkaProperties`]).
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub properties: KafkaProperties,
+}
+
+/// `kafka.properties`: a map whose `Debug` and `Serialize` redact every value whose key names a
+/// password, secret, token, credential, private key or JAAS config.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl KafkaProperties {
+    fn shown(&self) -> BTreeMap<&str, &str> {
+        self.0.iter().map(|(k, v)| (k.as_str(), if secret_key(k) { "***" } else { v.as_str() })).collect()
+    }
+}
+
+impl std::ops::Deref for KafkaProperties {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaProperties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shown().fmt(f)
+    }
+}
+
+impl Serialize for KafkaProperties {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.shown().serialize(s)
+    }
+}
+
+/// Whether a setting's name says its value is a secret.
+pub fn secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "token", "credential", "jaas", "private", "passphrase", "api.key", "apikey"]
+        .iter()
+        .any(|w| k.contains(w))
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -181,23 +230,32 @@ impl Serialize for Secret {
     }
 }
 
-/// `scheme://user:password@host/...` → `scheme://user:***@host/...`; anything else unchanged except a
-/// `password=` query parameter.
+/// `scheme://user:password@host/...` → `scheme://user:***@host/...`, and the value of every query
+/// parameter whose name names a secret (`password`, `sslpassword`, `token`, ...) → `***`. Works on
+/// strings that are not valid URLs too (an error message quoting one): the user information ends at
+/// the last `@` before the query, so a password may hold `/`, `@` or `:`.
 pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..].find('/').map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
-            }
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], Some(&url[q + 1..])),
+        None => (url, None),
+    };
+    let mut out = base.to_owned();
+    let rest_start = out.find("://").map_or(0, |i| i + 3);
+    if let Some(at) = out[rest_start..].rfind('@') {
+        if let Some(colon) = out[rest_start..rest_start + at].find(':') {
+            out.replace_range(rest_start + colon + 1..rest_start + at, "***");
         }
     }
-    if let Some(i) = out.find("password=") {
-        let end = out[i..].find('&').map_or(out.len(), |j| i + j);
-        out.replace_range(i + "password=".len()..end, "***");
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if secret_key(k) => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
     }
     out
 }
@@ -537,5 +595,39 @@ mod tests {
         assert_eq!(redact_url("postgres://u:p@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres://h/db?password=x&a=b"), "postgres://h/db?password=***&a=b");
+        for (url, secrets) in [
+            ("postgres://u:pa/ss@h/db", vec!["pa/ss"]),
+            ("postgres://u:p@ss:w/rd@h:5432/db", vec!["p@ss:w/rd"]),
+            ("postgres://u:a@b@h/db?sslpassword=s3cr&password=t0p&application_name=x", vec!["a@b", "s3cr", "t0p"]),
+            ("not a url u:hunter2@h?password=x", vec!["hunter2", "password=x"]),
+            ("postgres://h/db?sslmode=verify-full&sslpassword=k3y", vec!["k3y"]),
+        ] {
+            let shown = redact_url(url);
+            for secret in secrets {
+                assert!(!shown.contains(secret), "{url} -> {shown}");
+            }
+            assert!(shown.contains("***"), "{shown}");
+        }
+        assert!(redact_url("postgres://u:x@h/db?application_name=x").ends_with("application_name=x"));
+    }
+
+    #[test]
+    fn kafka_properties_with_secret_names_are_redacted() {
+        let mut c = defaults();
+        for (k, v) in [
+            ("sasl.password", "pw-1"),
+            ("ssl.key.password", "pw-2"),
+            ("sasl.jaas.config", "org.apache.kafka...required username=\"u\" password=\"pw-3\";"),
+            ("sasl.oauthbearer.client.secret", "pw-4"),
+            ("ssl.keystore.password", "pw-5"),
+            ("sasl.username", "alice"),
+        ] {
+            c.kafka.properties.0.insert(k.into(), v.into());
+        }
+        let shown = format!("{} {:?}", c.to_redacted_toml().unwrap(), c);
+        for secret in ["pw-1", "pw-2", "pw-3", "pw-4", "pw-5"] {
+            assert!(!shown.contains(secret), "{secret} shown");
+        }
+        assert!(shown.contains("alice"), "non-secret properties stay visible");
     }
 }
