@@ -354,7 +354,8 @@ async fn caption_cli_reads_s3_objects_like_the_service() {
     assert_eq!(remote.stdout, local.stdout, "the same pixels give the same caption");
 
     // The service's rules and clear errors.
-    let failures: [(&str, [&str; 2], Vec<(&str, &str)>, Vec<&str>); 5] = [
+    type Case<'a> = (&'a str, [&'a str; 2], Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let failures: [Case; 5] = [
         ("not in s3.allowed_buckets", [&ua, "s3://elsewhere/b.png"], vec![], vec![]),
         ("no such object", [&ua, &format!("s3://{}/cli/nope.png", scope.bucket)], vec![], vec![]),
         ("\"..\" path segment", [&ua, &format!("s3://{}/../elsewhere/b.png", scope.bucket)], vec![], vec![]),
