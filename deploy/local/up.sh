@@ -32,7 +32,7 @@ python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
 if [ ${#pkgs[@]} -gt 0 ]; then
   log "installing ${pkgs[*]} (apt)"
   sudo_maybe apt-get update -qq
-  sudo_maybe env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  sudo_maybe env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
 fi
 
 # --- Build (in the background while the servers start) ------------------------------------------
