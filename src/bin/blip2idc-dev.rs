@@ -76,7 +76,7 @@ enum Command {
         batch_size: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,
-        /// Side of the model's input (8-pixel patches); the demo model uses 96.
+        /// Side of the model's input (8-pixel patches); the demo model uses 64.
         #[arg(long, default_value_t = 48)]
         image_size: usize,
     },

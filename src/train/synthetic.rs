@@ -230,7 +230,7 @@ pub fn tiny_base_config() -> Blip2Config {
 }
 
 /// [`tiny_base_config`] for `image_size`×`image_size` inputs (8-pixel patches). The demo model
-/// uses 96: a pair is stacked into one input, so each image gets half the rows, and at 48 a
+/// uses 64: a pair is stacked into one input, so each image gets half the rows, and at 48 a
 /// cell of the 2×2 grid is less than two patches high.
 pub fn tiny_base_config_for(image_size: usize) -> Blip2Config {
     let vocab = (vocabulary().len() + 5).next_multiple_of(8);
@@ -292,6 +292,14 @@ pub fn pretrain_base(out: &Path, examples: usize, image_size: usize, cfg: &Train
     let device = Device::Cpu;
     let config = tiny_base_config_for(image_size);
     let mut model = random_model(&config, cfg.seed, &device)?;
+    // Where a shape is is half of what a caption says; HF's N(0, 0.02) position embeddings leave
+    // the patches nearly indistinguishable at the start and the tiny model learns the text prior
+    // first. Start them as 2-D sine/cosine codes instead (as MAE does), then train them as usual.
+    for (name, t) in model.named_tensors_mut() {
+        if name == "vision_model.embeddings.position_embedding" {
+            *t = sincos_2d_positions(t.dims(), &device)?;
+        }
+    }
     let tokenizer = tokenizer_from_json(&tokenizer_json())?;
     let processor = ImageProcessorConfig::for_image_size(config.vision_config.image_size as u32);
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0xdead_beef);
@@ -312,6 +320,28 @@ pub fn pretrain_base(out: &Path, examples: usize, image_size: usize, cfg: &Train
     std::fs::write(out.join("tokenizer.json"), serde_json::to_string_pretty(&tokenizer_json())?)?;
     std::fs::write(out.join("training_report.json"), serde_json::to_string_pretty(&report)?)?;
     Ok(report)
+}
+
+/// 2-D sine/cosine position codes of shape `dims` = [1, 1 + g², d] (the class token's row zero): the
+/// first half of the channels encode the patch row, the second half its column.
+fn sincos_2d_positions(dims: &[usize], device: &Device) -> anyhow::Result<Tensor> {
+    let (n, d) = (dims[1], dims[2]);
+    let g = ((n - 1) as f64).sqrt().round() as usize;
+    anyhow::ensure!(g * g + 1 == n && d % 4 == 0, "position embedding {dims:?} is not [1, 1 + g², 4k]");
+    let quarter = d / 4;
+    let mut v = vec![0f32; n * d];
+    for p in 0..g * g {
+        let (row, col) = ((p / g) as f64, (p % g) as f64);
+        for k in 0..quarter {
+            let omega = 1.0 / 10000f64.powf(k as f64 / quarter as f64);
+            let base = (p + 1) * d;
+            v[base + k] = (row * omega).sin() as f32;
+            v[base + quarter + k] = (row * omega).cos() as f32;
+            v[base + 2 * quarter + k] = (col * omega).sin() as f32;
+            v[base + 3 * quarter + k] = (col * omega).cos() as f32;
+        }
+    }
+    Ok(Tensor::from_vec(v, dims, device)?)
 }
 
 /// Parses a tokenizer from its JSON.
