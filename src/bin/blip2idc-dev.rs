@@ -189,11 +189,11 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             let seeded = rows.iter().any(|r| r.3.get("synthetic_references").is_some());
             if seeded {
-                println!("{:<14} {:<44} stored caption", "event", "known edit");
+                println!("{:<20} {:<46} stored caption", "event", "known edit");
             }
             for (id, version, caption, attributes) in &rows {
                 match attributes["synthetic_references"].get(0).and_then(|v| v.as_str()) {
-                    Some(truth) => println!("{id:<14} {truth:<44} {caption}"),
+                    Some(truth) => println!("{id:<20} {truth:<46} {caption}"),
                     None => println!("{id}\t{version}\t{caption}"),
                 }
             }
