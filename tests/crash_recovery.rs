@@ -160,3 +160,76 @@ async fn restart_before_any_commit_redelivers_without_duplicate_rows() {
     );
     assert_eq!(scope.caption_count().await, 20, "redelivery made no second rows");
 }
+
+/// Secrets set in every place the service reads them from — the database URL (a password with `/`,
+/// `@` and `:`), `kafka.properties`, the AWS secret key — never appear in any command's output or in
+/// the service's log, even at debug level and in errors about unreachable or unparsable URLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_or_command_output() {
+    let scope = Scope::new("secrets").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pid = std::process::id();
+    let role = format!("secrets_{pid}_{}", scope.prefix.len());
+    let password = format!("pw/{pid}@se:cret");
+    let store = scope.store();
+    let create = format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{password}'");
+    sqlx::query(sqlx::AssertSqlSafe(create)).execute(store.pool()).await.unwrap();
+    let encoded = password.replace('/', "%2F").replace('@', "%40").replace(':', "%3A");
+    let url = format!("postgres://{role}:{encoded}@127.0.0.1:5432/blip2idc?application_name=secrets");
+    let kafka_password = format!("kafka-pw-{pid}");
+    let aws_secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    let config = config_file(&scope, dir.path(), "200ms");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!(
+        "[kafka.properties]\n\"sasl.username\" = \"alice\"\n\"sasl.password\" = \"{kafka_password}\"\n"
+    ));
+    std::fs::write(&config, toml).unwrap();
+
+    let mut shown = String::new();
+    let mut run = |args: &[&str], database_url: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_blip2idc"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("DATABASE_URL", database_url)
+            .env("BLIP2IDC_LOG__FILTER", "debug")
+            .env("BLIP2IDC_DATABASE__CONNECT_TIMEOUT", "2s")
+            .output()
+            .unwrap();
+        shown.push_str(&String::from_utf8_lossy(&out.stdout));
+        shown.push_str(&String::from_utf8_lossy(&out.stderr));
+        out.status.success()
+    };
+    assert!(run(&["config"], &url));
+    assert!(run(&["migrate"], &url));
+    assert!(!run(&["migrate"], &url.replace("127.0.0.1:5432", "127.0.0.1:1")), "unreachable database");
+    let unparsable = format!("postgres://{role}:{password}@127.0.0.1:5432/blip2idc?x=%zz");
+    run(&["migrate"], &unparsable);
+
+    // The service itself, at debug level, until it has joined the group, then a graceful stop.
+    let log = dir.path().join("serve.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blip2idc"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("DATABASE_URL", &url)
+        .env("BLIP2IDC_LOG__FILTER", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    scope.seed(0..2, 40).await;
+    wait_rows_at_least(&scope, 2, Duration::from_secs(60), &log).await;
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(30)).await.success());
+    shown.push_str(&std::fs::read_to_string(&log).unwrap());
+
+    assert!(shown.contains("***"), "the redacted forms are shown");
+    for secret in [password.as_str(), encoded.as_str(), "se:cret", "se%3Acret", &kafka_password, &aws_secret] {
+        if let Some(at) = shown.find(secret) {
+            let context = &shown[at.saturating_sub(200)..(at + 200).min(shown.len())];
+            panic!("secret {secret:?} shown:\n{context}");
+        }
+    }
+    let drop = format!("DROP ROLE {role}");
+    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(store.pool()).await.unwrap();
+}
