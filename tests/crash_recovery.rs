@@ -115,6 +115,7 @@ async fn sigkill_mid_stream_then_restart_stores_every_event_exactly_once() {
     assert_eq!(scope.caption_count().await, 120, "exactly one row per event");
     assert_eq!(scope.captioned_events().await, 120);
     assert_eq!(scope.committed_total(), 120, "everything stored is committed at shutdown");
+    scope.assert_all_committed("everything stored is committed at shutdown");
     let version: String =
         sqlx::query_scalar("SELECT DISTINCT model_version FROM captions WHERE event_id LIKE $1 || '-%'")
             .bind(&scope.prefix)
@@ -122,6 +123,28 @@ async fn sigkill_mid_stream_then_restart_stores_every_event_exactly_once() {
             .await
             .unwrap();
     assert!(version.starts_with("tiny-a+tiny-a-adapter@"), "{version}");
+}
+
+/// `blip2idc_captions_stored_total` of the service whose (JSON) log is `log`, read from its admin
+/// endpoint (the address is in the log); 0 until both are there.
+fn stored_counter(log: &Path) -> u64 {
+    use std::io::{Read, Write};
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.contains("admin endpoints")) else { return 0 };
+    let Some(addr) =
+        serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["addr"].as_str().map(String::from))
+    else {
+        return 0;
+    };
+    let Ok(mut conn) = std::net::TcpStream::connect(&addr) else { return 0 };
+    let _ = conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = conn.read_to_string(&mut body);
+    body.lines()
+        .find(|l| l.starts_with("blip2idc_captions_stored_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +171,11 @@ async fn restart_before_any_commit_redelivers_without_duplicate_rows() {
         assert!(Instant::now() < deadline, "the restarted service never got its partitions");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Stop it once it has handled all 20 (its stored counter; the rows themselves exist already).
+    while stored_counter(&log2) < 20 {
+        assert!(Instant::now() < deadline, "the restarted service never re-stored the 20 events");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     signal(&second, "-TERM");
     let status = wait_exit(&mut second, Duration::from_secs(60)).await;
     assert!(status.success(), "{status}");
@@ -159,6 +186,7 @@ async fn restart_before_any_commit_redelivers_without_duplicate_rows() {
         std::fs::read_to_string(&log2).unwrap_or_default()
     );
     assert_eq!(scope.caption_count().await, 20, "redelivery made no second rows");
+    scope.assert_all_committed("all redelivered events were committed");
 }
 
 /// Secrets set in every place the service reads them from — the database URL (a password with `/`,

@@ -93,5 +93,6 @@ async fn postgres_down_mid_run_loses_nothing() {
     assert!(summary.fatal.is_none(), "{summary:?}");
     assert_eq!(scope.caption_count().await, 60, "nothing lost, nothing doubled");
     assert_eq!(scope.committed_total(), 60);
+    scope.assert_all_committed("everything is committed after the outage");
     assert!(scope.dead_letters(1, Duration::from_secs(3)).is_empty(), "a database outage is not the events' fault");
 }

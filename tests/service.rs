@@ -47,6 +47,7 @@ async fn happy_path_stores_every_event_once_and_commits() {
     assert!(summary.fatal.is_none() && !summary.drain_timed_out, "{summary:?}");
     assert_eq!(scope.caption_count().await, 30);
     assert_eq!(scope.committed_total(), 30, "every stored event is committed at shutdown");
+    scope.assert_all_committed("every stored event is committed at shutdown");
 
     // Source metadata and the analyst views.
     let (uri, attrs, host): (String, serde_json::Value, Option<String>) =
@@ -157,6 +158,7 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
         assert!(l.headers.contains_key("dead_lettered_at"));
     }
     assert_eq!(scope.committed_total(), (7 + cases.len()) as i64, "dead-lettered events count as done");
+    scope.assert_all_committed("dead-lettered events count as done");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

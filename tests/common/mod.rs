@@ -161,6 +161,21 @@ impl Scope {
             .sum()
     }
 
+    /// Asserts that every input partition's committed offset is its end (high watermark): each
+    /// partition is checked on its own, so one partition committed past its events cannot make up
+    /// for another left behind, as a sum could.
+    pub fn assert_all_committed(&self, why: &str) {
+        let k = &self.cfg.kafka;
+        let committed = devtools::committed_offsets(&k.brokers, &k.group_id, &k.input_topic, 3).unwrap();
+        let c: BaseConsumer =
+            rdkafka::config::ClientConfig::new().set("bootstrap.servers", &k.brokers).create().unwrap();
+        for (p, &offset) in committed.iter().enumerate() {
+            let (low, high) = c.fetch_watermarks(&k.input_topic, p as i32, Duration::from_secs(10)).unwrap();
+            let empty = high == low;
+            assert!(offset == high || (empty && offset < 0), "{why}: partition {p} committed {offset}, end {high}");
+        }
+    }
+
     /// Reads every dead letter (waits until `expect` arrived or `timeout`).
     pub fn dead_letters(&self, expect: usize, timeout: Duration) -> Vec<DeadLetter> {
         // Assigned, not subscribed: no consumer-group round trips.
