@@ -493,6 +493,12 @@ mod tests {
     }
 
     #[test]
+    fn adapters_default_to_a_bucket_of_their_own() {
+        let c = defaults();
+        assert!(!c.s3.allowed_buckets.contains(&c.retrain.adapter_bucket), "{:?}", c.retrain.adapter_bucket);
+    }
+
+    #[test]
     fn validation_names_every_bad_key() {
         let mut c = defaults();
         c.kafka.dlq_topic = c.kafka.input_topic.clone();

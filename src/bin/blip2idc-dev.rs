@@ -25,8 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the input topic (with PARTITIONS partitions), the dead-letter topic and the first
-    /// allowed bucket.
+    /// Create the input topic (with PARTITIONS partitions), the dead-letter topic, the first
+    /// allowed bucket and the adapters bucket.
     Setup {
         #[arg(long, default_value_t = 3)]
         partitions: i32,
@@ -126,9 +126,10 @@ async fn main() -> anyhow::Result<()> {
             devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.dlq_topic, 1).await?;
             let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
             devtools::ensure_bucket(&s3, &cfg.s3.allowed_buckets[0]).await?;
+            devtools::ensure_bucket(&s3, &cfg.retrain.adapter_bucket).await?;
             println!(
-                "topics {} ({partitions} partitions) and {}; bucket {}",
-                cfg.kafka.input_topic, cfg.kafka.dlq_topic, cfg.s3.allowed_buckets[0]
+                "topics {} ({partitions} partitions) and {}; buckets {} (images) and {} (adapters)",
+                cfg.kafka.input_topic, cfg.kafka.dlq_topic, cfg.s3.allowed_buckets[0], cfg.retrain.adapter_bucket
             );
         }
         Command::Seed { pairs, bad, prefix, seed } => {

@@ -87,7 +87,7 @@ impl Default for RetrainConfig {
             interval: Duration::from_secs(24 * 3600),
             promotion_min_cider_gain: 0.01,
             max_category_regression: 0.1,
-            adapter_bucket: "images".into(),
+            adapter_bucket: "blip2idc-adapters".into(),
             adapter_prefix: "adapters/".into(),
             work_dir: std::env::temp_dir().join("blip2idc-retrain"),
             meteor: true,
