@@ -151,11 +151,8 @@ pub async fn seed_synthetic_labels(
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for i in 0..pairs {
-        let p = crate::train::synthetic::random_pair(&mut rng);
-        let (a, b) = (p.original.render(&mut rng), p.modified.render(&mut rng));
         let (ka, kb) = (format!("{prefix}/{i}/original.jpg"), format!("{prefix}/{i}/modified.jpg"));
-        put(s3, bucket, &ka, jpeg(&a, 95)).await?;
-        put(s3, bucket, &kb, jpeg(&b, 95)).await?;
+        let p = put_synthetic_pair(s3, bucket, (&ka, &kb), &mut rng).await?;
         sqlx::query("INSERT INTO labels (original_uri, modified_uri, caption, category, labeled_by) VALUES ($1, $2, $3, $4, $5)")
             .bind(format!("s3://{bucket}/{ka}"))
             .bind(format!("s3://{bucket}/{kb}"))
@@ -167,6 +164,21 @@ pub async fn seed_synthetic_labels(
             .context("inserting a label")?;
     }
     Ok(())
+}
+
+/// Draws a pair of the synthetic shapes world (`train::synthetic`), uploads its two images as JPEG
+/// (quality 95) under `keys` and returns the pair (edit kind, reference captions).
+pub async fn put_synthetic_pair(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    (original, modified): (&str, &str),
+    rng: &mut rand::rngs::StdRng,
+) -> anyhow::Result<crate::train::synthetic::PairSample> {
+    let p = crate::train::synthetic::random_pair(rng);
+    let (a, b) = (p.original.render(rng), p.modified.render(rng));
+    put(s3, bucket, original, jpeg(&a, 95)).await?;
+    put(s3, bucket, modified, jpeg(&b, 95)).await?;
+    Ok(p)
 }
 
 /// JPEG bytes of `img` at `quality`.

@@ -67,41 +67,56 @@ fn client_for(sdk: &aws_config::SdkConfig, cfg: &S3Config) -> Client {
     Client::from_conf(b.build())
 }
 
-/// Fetches one object outside the pipeline (`blip2idc caption s3://...`): the same allow-list, size
-/// cap and retries, a deadline of three request timeouts, and errors that say what to set when the
-/// credentials or the endpoint are missing.
-pub async fn fetch_one(cfg: &S3Config, uri: &S3Uri) -> anyhow::Result<Bytes> {
-    let sdk = sdk_config(cfg).await;
-    let client = client_for(&sdk, cfg);
-    let endpoint = match &cfg.endpoint {
-        Some(e) => format!("the S3 endpoint {e}"),
-        None => format!(
-            "AWS S3 in {} (no s3.endpoint / BLIP2IDC_S3__ENDPOINT is set: set it for another S3 server)",
-            cfg.region
-        ),
-    };
-    let credentials = sdk.credentials_provider();
-    let found = match &credentials {
-        Some(p) => {
-            use aws_sdk_s3::config::ProvideCredentials;
-            p.provide_credentials().await.map_err(|e| e.to_string())
+/// Reads objects outside the pipeline (`blip2idc caption s3://...`): the service's [`Fetcher`] (same
+/// allow-list, size cap and retries) with a deadline of three request timeouts per object, and errors
+/// that say what to set when the credentials or the endpoint are missing. Connect once, read many.
+pub struct ObjectReader {
+    fetcher: Fetcher,
+    endpoint: String,
+    deadline: std::time::Duration,
+}
+
+impl ObjectReader {
+    /// Builds the client and resolves the credentials once (an error names what to set).
+    pub async fn connect(cfg: &S3Config) -> anyhow::Result<ObjectReader> {
+        let sdk = sdk_config(cfg).await;
+        let found = match sdk.credentials_provider() {
+            Some(p) => {
+                use aws_sdk_s3::config::ProvideCredentials;
+                p.provide_credentials().await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            None => Err("no credentials provider".into()),
+        };
+        if let Err(e) = found {
+            anyhow::bail!(
+                "no AWS credentials for S3 ({e}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
+                 AWS_PROFILE, or a web identity (the AWS default chain)"
+            );
         }
-        None => Err("no credentials provider".into()),
-    };
-    if let Err(e) = found {
-        anyhow::bail!(
-            "reading {uri}: no AWS credentials ({e}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
-             AWS_PROFILE, or a web identity (the AWS default chain)"
-        );
+        let endpoint = match &cfg.endpoint {
+            Some(e) => format!("the S3 endpoint {e}"),
+            None => format!(
+                "AWS S3 in {} (no s3.endpoint / BLIP2IDC_S3__ENDPOINT is set: set it for another S3 server)",
+                cfg.region
+            ),
+        };
+        Ok(ObjectReader {
+            fetcher: Fetcher::new(client_for(&sdk, cfg), cfg),
+            endpoint,
+            deadline: cfg.request_timeout * 3,
+        })
     }
-    let deadline = cfg.request_timeout * 3;
-    let cancel = CancellationToken::new();
-    match tokio::time::timeout(deadline, Fetcher::new(client, cfg).fetch(uri, &cancel)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => anyhow::bail!("reading {uri} from {endpoint}: {e}"),
-        Err(_) => {
-            cancel.cancel();
-            anyhow::bail!("reading {uri}: no answer from {endpoint} within {deadline:?}")
+
+    /// The bytes of `uri`.
+    pub async fn read(&self, uri: &S3Uri) -> anyhow::Result<Bytes> {
+        let cancel = CancellationToken::new();
+        match tokio::time::timeout(self.deadline, self.fetcher.fetch(uri, &cancel)).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => anyhow::bail!("reading {uri} from {}: {e}", self.endpoint),
+            Err(_) => {
+                cancel.cancel();
+                anyhow::bail!("reading {uri}: no answer from {} within {:?}", self.endpoint, self.deadline)
+            }
         }
     }
 }

@@ -181,7 +181,13 @@ async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
     };
     let cfg = Config::load(a.config.config.as_deref())?;
     blip2idc::model::blas::configure(&cfg.model.blas)?;
-    let (original, modified) = tokio::try_join!(read_image(&a.original, &cfg), read_image(&a.modified, &cfg))?;
+    let s3 = if [&a.original, &a.modified].iter().any(|s| s.starts_with("s3://")) {
+        Some(blip2idc::fetch::ObjectReader::connect(&cfg.s3).await?)
+    } else {
+        None
+    };
+    let (original, modified) =
+        tokio::try_join!(read_image(&a.original, &cfg, s3.as_ref()), read_image(&a.modified, &cfg, s3.as_ref()))?;
     let model = blip2idc::model::Blip2Idc::load(&opts)?;
     if model.files.random_weights && !a.json {
         eprintln!("note: {} has RANDOM weights; this caption means nothing", a.model);
@@ -202,13 +208,18 @@ async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// An image of `caption`: a local file, or an `s3://` object fetched as the service fetches it.
-async fn read_image(spec: &str, cfg: &Config) -> anyhow::Result<image::DynamicImage> {
-    let bytes = if spec.starts_with("s3://") {
-        let uri = blip2idc::event::S3Uri::parse(spec).map_err(|r| anyhow::anyhow!("{}", r.message))?;
-        blip2idc::fetch::fetch_one(&cfg.s3, &uri).await?
-    } else {
-        std::fs::read(spec).map_err(|e| anyhow::anyhow!("reading {spec}: {e}"))?.into()
+/// An image of `caption`: a local file, or an `s3://` object read as the service reads it.
+async fn read_image(
+    spec: &str,
+    cfg: &Config,
+    s3: Option<&blip2idc::fetch::ObjectReader>,
+) -> anyhow::Result<image::DynamicImage> {
+    let bytes = match s3.filter(|_| spec.starts_with("s3://")) {
+        Some(reader) => {
+            let uri = blip2idc::event::S3Uri::parse(spec).map_err(|r| anyhow::anyhow!("{}", r.message))?;
+            reader.read(&uri).await?
+        }
+        None => std::fs::read(spec).map_err(|e| anyhow::anyhow!("reading {spec}: {e}"))?.into(),
     };
     Ok(blip2idc::decode::decode(&bytes, &cfg.decode, spec)?)
 }

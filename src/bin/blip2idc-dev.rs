@@ -138,11 +138,8 @@ async fn main() -> anyhow::Result<()> {
             let producer = devtools::producer(&cfg.kafka.brokers)?;
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
             for i in 0..pairs {
-                let p = blip2idc::train::synthetic::random_pair(&mut rng);
-                let (a, b) = (p.original.render(&mut rng), p.modified.render(&mut rng));
                 let (ka, kb) = (format!("{prefix}/{i}/original.jpg"), format!("{prefix}/{i}/republished.jpg"));
-                devtools::put(&s3, bucket, &ka, devtools::jpeg(&a, 95)).await?;
-                devtools::put(&s3, bucket, &kb, devtools::jpeg(&b, 95)).await?;
+                let p = devtools::put_synthetic_pair(&s3, bucket, (&ka, &kb), &mut rng).await?;
                 let event = serde_json::json!({
                     "event_id": format!("{prefix}-{i}"),
                     "original": format!("s3://{bucket}/{ka}"),
