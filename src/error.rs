@@ -118,3 +118,12 @@ impl fmt::Display for StepError {
         }
     }
 }
+
+/// The text of a caught panic (`std::panic::catch_unwind`'s payload).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}

@@ -19,6 +19,7 @@ pub const IN_FLIGHT: &str = "blip2idc_in_flight_events";
 pub const PAUSED: &str = "blip2idc_consumer_paused";
 pub const COMMITS: &str = "blip2idc_offset_commits_total";
 pub const MODEL_SWAPS: &str = "blip2idc_model_swaps_total";
+pub const MODEL_SWAP_FAILURES: &str = "blip2idc_model_swap_failures_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -57,4 +58,8 @@ fn describe() {
     describe_gauge!(PAUSED, "1 while the input partitions are paused for backpressure.");
     describe_counter!(COMMITS, "Offset commits, by outcome.");
     describe_counter!(MODEL_SWAPS, "Hot swaps of the captioning model.");
+    describe_counter!(
+        MODEL_SWAP_FAILURES,
+        "Promoted adapters that could not be loaded (marked in model_versions.load_error; the running one stays)."
+    );
 }

@@ -39,7 +39,8 @@ fn trainable(ckpt: &str) -> (Blip2Idc, LoraParams) {
         merge_adapter: false,
     })
     .unwrap();
-    let adapter = Adapter::load(&dir().join(format!("{ckpt}-adapter")), &Device::Cpu).unwrap();
+    let shapes = m.model.linear_shapes();
+    let adapter = Adapter::load(&dir().join(format!("{ckpt}-adapter")), &Device::Cpu, &shapes).unwrap();
     let params = LoraParams::from_adapter(&mut m.model, &adapter).unwrap();
     (m, params)
 }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
@@ -77,26 +78,49 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
     }
 }
 
-/// One comparison of the promoted version with the loaded one.
+/// One comparison of the promoted version with the loaded one. A version that fails to download or
+/// load is marked in `model_versions` (`load_error`) and skipped from then on, until it is promoted
+/// again; the running adapter stays (a failed swap changes no weight).
 pub async fn check_once(cfg: &Config, store: &Store, worker: &CaptionWorker) -> anyhow::Result<bool> {
-    let Some((version, Some(uri))) = store.promoted_version(&cfg.model.checkpoint).await? else { return Ok(false) };
-    if version == worker.model_version() {
+    let Some(p) = store.promoted(&cfg.model.checkpoint).await? else { return Ok(false) };
+    let Some(uri) = p.adapter_uri else { return Ok(false) };
+    if p.version == worker.model_version() {
         return Ok(false);
     }
-    let dir = download(cfg, &version, &uri).await?;
+    if let Some(why) = p.load_error {
+        tracing::debug!(version = %p.version, "the promoted version failed to load before; not retrying: {why}");
+        return Ok(false);
+    }
+    let version = p.version;
+    // A download that fails may heal (S3 unreachable): retried on the next poll, not marked.
+    let dir = download(cfg, &version, &uri).await.with_context(|| format!("downloading promoted version {version}"))?;
+    match swap_to(cfg, worker, &version, dir).await {
+        Ok(v) => {
+            metrics::counter!(crate::metrics::MODEL_SWAPS).increment(1);
+            tracing::info!(version = %v, "now captioning with the promoted adapter");
+            Ok(true)
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            metrics::counter!(crate::metrics::MODEL_SWAP_FAILURES).increment(1);
+            tracing::error!(%version, running = %worker.model_version(), "the promoted adapter cannot be loaded; keeping the running one: {why}");
+            store.mark_load_failed(&version, &why).await?;
+            Err(e.context(format!("loading promoted version {version}")))
+        }
+    }
+}
+
+async fn swap_to(cfg: &Config, worker: &CaptionWorker, version: &str, dir: PathBuf) -> anyhow::Result<String> {
     tracing::info!(from = %worker.model_version(), to = %version, "swapping in the promoted adapter");
-    let v = match worker.swap_adapter(Some(dir.clone()), version.clone()).await {
+    match worker.swap_adapter(Some(dir.clone()), version.to_owned()).await {
         Err(e) if e.is::<super::SwapUnsupported>() => {
             // A model that cannot swap in place is rebuilt whole.
             tracing::info!("in-place adapter swap unavailable; loading a new model");
             let mut model = cfg.model.clone();
             model.adapter = Some(dir.to_string_lossy().into_owned());
-            model.version = Some(version);
-            worker.swap(super::blip2::factory(&model)?).await?
+            model.version = Some(version.to_owned());
+            worker.swap(super::blip2::factory(&model)?).await
         }
-        r => r?,
-    };
-    metrics::counter!(crate::metrics::MODEL_SWAPS).increment(1);
-    tracing::info!(version = %v, "now captioning with the promoted adapter");
-    Ok(true)
+        r => r,
+    }
 }

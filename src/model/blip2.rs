@@ -91,6 +91,11 @@ impl Blip2Model {
         Ok((self.language_model.forward_embeds(&embeds, None, mode)?, prefix.dim(1)?))
     }
 
+    /// In/out dimensions of every linear, by module name: what an adapter file must fit.
+    pub fn linear_shapes(&mut self) -> crate::model::lora::LinearShapes {
+        self.linears_mut().into_iter().map(|l| (l.name.clone(), (l.in_dim(), l.out_dim()))).collect()
+    }
+
     /// Attaches `adapter`'s LoRA branches to the modules it targets (PEFT matching), merged into the
     /// weights when `merge`. Returns the adapted module names, sorted.
     pub fn apply_adapter(&mut self, adapter: &Adapter, merge: bool) -> anyhow::Result<Vec<String>> {

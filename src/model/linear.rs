@@ -73,11 +73,14 @@ impl Linear {
     /// Folds the LoRA branch into the weight (PEFT's `merge`).
     pub fn merge_lora(&mut self) -> Result<()> {
         if let Some(l) = self.lora.take() {
-            let dtype = self.weight.dtype();
-            let w = (self.weight.to_dtype(DType::F32)? + l.delta_weight()?)?;
-            self.weight = w.to_dtype(dtype)?;
+            self.weight = merged_weight(&self.weight, &l)?;
             self.merged = true;
         }
         Ok(())
     }
+}
+
+/// `weight + scale · B · A`, computed in f32 and cast back to `weight`'s dtype.
+pub fn merged_weight(weight: &Tensor, lora: &LoraBranch) -> Result<Tensor> {
+    (weight.to_dtype(DType::F32)? + lora.delta_weight()?)?.to_dtype(weight.dtype())
 }

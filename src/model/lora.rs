@@ -145,47 +145,131 @@ pub struct Adapter {
 
 const PREFIX: &str = "base_model.model.";
 
+/// The largest LoRA rank accepted from a file.
+const MAX_RANK: usize = 4096;
+
+/// In and out dimensions of every linear of a model, by HF module name: what an adapter must fit.
+pub type LinearShapes = HashMap<String, (usize, usize)>;
+
+/// `base_model.model.<module>.lora_A.weight` → (`module`, is A). PEFT < 0.3 and some tools keep the
+/// adapter name (`.lora_A.default.weight`).
+fn split_key(key: &str) -> anyhow::Result<(String, bool)> {
+    let Some(rest) = key.strip_prefix(PREFIX) else {
+        bail!("unexpected key {key:?} in the adapter (expected {PREFIX}<module>.lora_A/B.weight)")
+    };
+    let rest =
+        rest.replace(".lora_A.default.weight", ".lora_A.weight").replace(".lora_B.default.weight", ".lora_B.weight");
+    if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+        Ok((m.to_owned(), true))
+    } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
+        Ok((m.to_owned(), false))
+    } else {
+        bail!("unsupported adapter tensor {key:?} (only lora_A/lora_B weights are supported)")
+    }
+}
+
 impl Adapter {
-    /// Reads an adapter directory.
-    pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Adapter> {
+    /// Reads an adapter directory for a model whose linears have the given shapes.
+    ///
+    /// An adapter is untrusted data (it comes from S3): the config is validated, every tensor's name,
+    /// dtype and declared shape are read from the file's header and checked against the model's linear
+    /// (`A` [r, in], `B` [out, r]) *before* any tensor data is allocated, and the file may not be
+    /// larger than such tensors can take. A crafted file is an error, never an abort.
+    pub fn load(dir: &Path, device: &Device, shapes: &LinearShapes) -> anyhow::Result<Adapter> {
         let cfg_path = dir.join("adapter_config.json");
+        let cfg_len = std::fs::metadata(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?.len();
+        ensure!(cfg_len <= 1 << 20, "{} is {cfg_len} bytes: not an adapter config", cfg_path.display());
         let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
         let config: AdapterConfig =
             serde_json::from_str(&text).with_context(|| format!("{} is not a LoRA config", cfg_path.display()))?;
         config.check_supported().with_context(|| cfg_path.display().to_string())?;
+        ensure!(
+            config.r <= MAX_RANK,
+            "{}: r = {} is absurd (at most {MAX_RANK} is accepted)",
+            cfg_path.display(),
+            config.r
+        );
         let st = dir.join("adapter_model.safetensors");
         let bin = dir.join("adapter_model.bin");
-        let tensors: Vec<(String, Tensor)> = if st.exists() {
-            candle_core::safetensors::load(&st, device)
-                .with_context(|| format!("reading {}", st.display()))?
-                .into_iter()
-                .collect()
+        let (path, is_st) = if st.exists() {
+            (st, true)
         } else if bin.exists() {
-            candle_core::pickle::read_all(&bin)
-                .with_context(|| format!("reading {} (torch pickle)", bin.display()))?
-                .into_iter()
-                .map(|(k, t)| t.to_device(device).map(|t| (k, t)))
-                .collect::<candle_core::Result<_>>()?
+            (bin, false)
         } else {
             bail!("{} has neither adapter_model.safetensors nor adapter_model.bin", dir.display());
+        };
+        // The most bytes a well-formed adapter of this rank can take: A and B of every linear, f64.
+        let bound = shapes.values().map(|(i, o)| (i + o) as u64 * config.r as u64 * 8).sum::<u64>() + (16 << 20);
+        let file_len = std::fs::metadata(&path)?.len();
+        ensure!(
+            file_len <= bound,
+            "{} is {file_len} bytes, more than any r = {} adapter of this model can take ({bound})",
+            path.display(),
+            config.r
+        );
+        let expected = |key: &str, dims: &[usize]| -> anyhow::Result<()> {
+            let (module, is_a) = split_key(key)?;
+            let &(in_dim, out_dim) = shapes.get(&module).with_context(|| {
+                format!("the adapter has weights for {module}, which is not a linear of this model")
+            })?;
+            let r = config.r;
+            let want = match (is_a, config.fan_in_fan_out) {
+                (true, false) => [r, in_dim],
+                (false, false) => [out_dim, r],
+                (true, true) => [in_dim, r],
+                (false, true) => [r, out_dim],
+            };
+            ensure!(dims == want, "{key}: declared shape {dims:?}, but this model and r = {r} need {want:?}");
+            Ok(())
+        };
+        // A panic inside a third-party parser must not take the process down.
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> anyhow::Result<Vec<(String, Tensor)>> {
+                if is_st {
+                    let reader = super::weights::ShardReader::open(std::slice::from_ref(&path))?;
+                    let names = reader.tensor_shapes();
+                    for (name, dims) in &names {
+                        expected(name, dims)?;
+                    }
+                    names
+                        .into_iter()
+                        .map(|(name, _)| Ok((name.clone(), reader.read(&name)?.to_device(device)?)))
+                        .collect()
+                } else {
+                    let pth = candle_core::pickle::PthTensors::new(&path, None).context("not a torch pickle")?;
+                    for (name, info) in pth.tensor_infos() {
+                        let dims = info.layout.dims();
+                        expected(name, dims)?;
+                        let elems: usize = dims.iter().product();
+                        ensure!(
+                            info.layout.start_offset() + elems <= info.storage_size,
+                            "{name}: shape {dims:?} needs more than its storage of {} elements",
+                            info.storage_size
+                        );
+                    }
+                    let mut out = Vec::new();
+                    for name in pth.tensor_infos().keys() {
+                        let t = pth.get(name)?.with_context(|| format!("{name} vanished"))?;
+                        out.push((name.clone(), t.to_device(device)?));
+                    }
+                    Ok(out)
+                }
+            }));
+        let tensors = match read {
+            Ok(r) => r.with_context(|| format!("reading {}", path.display()))?,
+            Err(panic) => {
+                bail!("reading {}: the parser panicked: {}", path.display(), crate::error::panic_message(&*panic))
+            }
         };
         let mut a_s: HashMap<String, Tensor> = HashMap::new();
         let mut b_s: HashMap<String, Tensor> = HashMap::new();
         for (key, t) in tensors {
-            let Some(rest) = key.strip_prefix(PREFIX) else {
-                bail!("unexpected key {key:?} in the adapter (expected {PREFIX}<module>.lora_A/B.weight)")
-            };
-            // PEFT < 0.3 and some tools keep the adapter name: `.lora_A.default.weight`.
-            let rest = rest
-                .replace(".lora_A.default.weight", ".lora_A.weight")
-                .replace(".lora_B.default.weight", ".lora_B.weight");
+            let (module, is_a) = split_key(&key)?;
             let t = t.to_dtype(DType::F32)?;
-            if let Some(m) = rest.strip_suffix(".lora_A.weight") {
-                a_s.insert(m.to_owned(), t);
-            } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
-                b_s.insert(m.to_owned(), t);
+            if is_a {
+                a_s.insert(module, t);
             } else {
-                bail!("unsupported adapter tensor {key:?} (only lora_A/lora_B weights are supported)");
+                b_s.insert(module, t);
             }
         }
         let mut weights = HashMap::new();

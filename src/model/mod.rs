@@ -86,7 +86,8 @@ impl Blip2Idc {
         let (adapter, adapted_modules) = match &opts.adapter {
             None => (None, Vec::new()),
             Some(dir) => {
-                let adapter = Adapter::load(dir, &opts.device)
+                let shapes = model.linear_shapes();
+                let adapter = Adapter::load(dir, &opts.device, &shapes)
                     .with_context(|| format!("loading the adapter {}", dir.display()))?;
                 let adapted = model
                     .apply_adapter(&adapter, opts.merge_adapter)
@@ -120,29 +121,69 @@ impl Blip2Idc {
 
     /// Replaces the adapter in place (hot swap): the linears the old adapter touched get their base
     /// weights back from the checkpoint files, then the new adapter is attached (merged when `merge`).
-    /// Needs no second copy of the model.
+    /// Needs no second copy of the model, only of the adapted linears.
+    ///
+    /// Atomic: every new weight is computed (and every check made) before the first one is assigned,
+    /// so an error leaves exactly the previous weights and adapter.
     pub fn replace_adapter(&mut self, adapter_dir: Option<&Path>, merge: bool) -> anyhow::Result<()> {
         let device = self.model.device().clone();
-        let new = adapter_dir.map(|d| Adapter::load(d, &device)).transpose()?;
-        // Only merged linears changed their weights; unmerged branches just come off.
+        let shapes = self.model.linear_shapes();
+        let new = match adapter_dir {
+            Some(d) => Some(
+                Adapter::load(d, &device, &shapes).with_context(|| format!("loading the adapter {}", d.display()))?,
+            ),
+            None => None,
+        };
+        // Stage: (index, weight, unmerged branch, merged) of every linear that changes.
+        let mut staged = Vec::new();
+        let mut adapted = Vec::new();
         let mut vb = None;
-        for lin in self.model.linears_mut() {
-            if lin.merged {
+        for (i, lin) in self.model.linears_mut().into_iter().enumerate() {
+            let branch = match &new {
+                Some(a) => a.branch_for(&lin.name, lin.in_dim(), lin.out_dim())?,
+                None => None,
+            };
+            if branch.is_none() && !lin.merged && lin.lora.is_none() {
+                continue;
+            }
+            // Only merged linears changed their weights; unmerged branches just come off.
+            let base = if lin.merged {
                 let vb = match &mut vb {
                     Some(vb) => vb,
                     None => {
                         vb.insert(weights::ShardReader::var_builder(&self.files.weights, lin.weight.dtype(), &device)?)
                     }
                 };
-                lin.weight = vb.get((lin.out_dim(), lin.in_dim()), &format!("{}.weight", lin.name))?;
-                lin.merged = false;
-            }
-            lin.lora = None;
+                vb.get((lin.out_dim(), lin.in_dim()), &format!("{}.weight", lin.name))?
+            } else {
+                lin.weight.clone()
+            };
+            let next = match branch {
+                Some(b) => {
+                    adapted.push(lin.name.clone());
+                    if merge {
+                        (linear::merged_weight(&base, &b)?, None, true)
+                    } else {
+                        (base, Some(b), false)
+                    }
+                }
+                None => (base, None, false),
+            };
+            staged.push((i, next));
         }
-        self.adapted_modules = match &new {
-            Some(a) => self.model.apply_adapter(a, merge)?,
-            None => Vec::new(),
-        };
+        if let Some(a) = &new {
+            a.check_all_used(&adapted)?;
+        }
+        // Commit: plain assignments, nothing can fail from here on.
+        let mut linears = self.model.linears_mut();
+        for (i, (weight, lora, merged)) in staged {
+            let lin = &mut linears[i];
+            lin.weight = weight;
+            lin.lora = lora;
+            lin.merged = merged;
+        }
+        adapted.sort();
+        self.adapted_modules = adapted;
         self.adapter = new;
         Ok(())
     }

@@ -49,6 +49,13 @@ impl ShardReader {
         Ok(ShardReader { files, entries })
     }
 
+    /// Every tensor's name and declared shape (from the headers; nothing is read).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let mut v: Vec<_> = self.entries.iter().map(|(n, e)| (n.clone(), e.shape.clone())).collect();
+        v.sort();
+        v
+    }
+
     /// A `VarBuilder` over these shards.
     pub fn var_builder(paths: &[PathBuf], dtype: DType, device: &Device) -> anyhow::Result<VarBuilder<'static>> {
         let reader = ShardReader::open(paths)?;

@@ -19,7 +19,7 @@ use crate::event::ImagePairEvent;
 use crate::retry::Backoff;
 
 mod registry;
-pub use registry::{ModelVersion, PROMOTION_CHANNEL};
+pub use registry::{ModelVersion, Promoted, PROMOTION_CHANNEL};
 
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

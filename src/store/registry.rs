@@ -19,6 +19,15 @@ pub struct ModelVersion {
     pub adapter_uri: Option<String>,
 }
 
+/// The promoted version of a base model.
+#[derive(Clone, Debug)]
+pub struct Promoted {
+    pub version: String,
+    pub adapter_uri: Option<String>,
+    /// Set when a consumer failed to load it (and it has not been promoted again since).
+    pub load_error: Option<String>,
+}
+
 impl Store {
     /// Registers a model version if it is new (the consumers' own version at start).
     pub async fn register_model_version(&self, m: &ModelVersion) -> anyhow::Result<()> {
@@ -51,7 +60,9 @@ impl Store {
     /// Promotes `version` and announces it on [`PROMOTION_CHANNEL`], atomically.
     pub async fn promote(&self, version: &str) -> anyhow::Result<()> {
         let mut tx = self.pool().begin().await?;
-        let updated = sqlx::query("UPDATE model_versions SET promoted_at = now() WHERE version = $1")
+        let updated = sqlx::query(
+            "UPDATE model_versions SET promoted_at = now(), load_error = NULL, load_failed_at = NULL WHERE version = $1",
+        )
             .bind(version)
             .execute(&mut *tx)
             .await?
@@ -63,12 +74,29 @@ impl Store {
 
     /// The promoted version for `base_model` and its adapter location, if a version is promoted.
     pub async fn promoted_version(&self, base_model: &str) -> anyhow::Result<Option<(String, Option<String>)>> {
-        Ok(sqlx::query_as(
-            "SELECT version, adapter_uri FROM model_versions WHERE promoted_at IS NOT NULL AND base_model = $1
-             ORDER BY promoted_at DESC LIMIT 1",
+        Ok(self.promoted(base_model).await?.map(|p| (p.version, p.adapter_uri)))
+    }
+
+    /// The promoted version for `base_model`, with the load error a consumer recorded for it.
+    pub async fn promoted(&self, base_model: &str) -> anyhow::Result<Option<Promoted>> {
+        let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT version, adapter_uri, load_error FROM model_versions
+             WHERE promoted_at IS NOT NULL AND base_model = $1 ORDER BY promoted_at DESC LIMIT 1",
         )
         .bind(base_model)
         .fetch_optional(self.pool())
-        .await?)
+        .await?;
+        Ok(row.map(|(version, adapter_uri, load_error)| Promoted { version, adapter_uri, load_error }))
+    }
+
+    /// Records that `version` could not be loaded (consumers stop retrying it until it is promoted again).
+    pub async fn mark_load_failed(&self, version: &str, error: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE model_versions SET load_error = $2, load_failed_at = now() WHERE version = $1")
+            .bind(version)
+            .bind(error)
+            .execute(self.pool())
+            .await
+            .with_context(|| format!("marking {version} as failed to load"))?;
+        Ok(())
     }
 }

@@ -49,6 +49,10 @@ impl AdapterStore {
             self.client.clone(),
             &S3Config { allowed_buckets: vec![bucket.clone()], max_object_bytes: MAX_ADAPTER_BYTES, ..self.s3.clone() },
         );
+        // Start empty: weights left by an earlier download must never be picked up instead.
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut got_weights = false;
         for name in std::iter::once(CONFIG_FILE).chain(WEIGHT_FILES) {

@@ -298,7 +298,10 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
     })?;
     model.check_max_new_tokens(cfg.model.max_new_tokens, "model.max_new_tokens")?;
     let params = match &start_adapter {
-        Some(dir) => LoraParams::from_adapter(&mut model.model, &Adapter::load(dir, &device)?)?,
+        Some(dir) => {
+            let shapes = model.model.linear_shapes();
+            LoraParams::from_adapter(&mut model.model, &Adapter::load(dir, &device, &shapes)?)?
+        }
         None => {
             let mut ac = AdapterConfig::blip2idc_default(&cfg.model.checkpoint);
             ac.r = rc.lora_r;
