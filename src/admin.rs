@@ -1,6 +1,7 @@
 //! The admin port: `/healthz` (the process is up), `/startedz` (the model is loaded: the startup
 //! probe, which may take minutes for a 3.9 B model), `/readyz` (group joined, database reachable,
-//! model loaded) and `/metrics` (Prometheus text exposition).
+//! model loaded, events progressing, dead-letter breaker closed) and `/metrics` (Prometheus text
+//! exposition).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,10 @@ use crate::store::Store;
 pub struct Health {
     pub group_joined: AtomicBool,
     pub model_loaded: AtomicBool,
+    /// Events wait and none finished for `pipeline.stall_timeout`.
+    pub stalled: AtomicBool,
+    /// The group's dead-letter breaker is tripped: the consumer holds (see `dlq::breaker`).
+    pub breaker_tripped: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -70,10 +75,18 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let group = s.health.group_joined.load(Ordering::Relaxed);
     let model = s.health.model_loaded.load(Ordering::Relaxed);
     let database = s.store.ping(Duration::from_secs(1)).await;
-    let ready = group && model && database;
+    let progressing = !s.health.stalled.load(Ordering::Relaxed);
+    let breaker_closed = !s.health.breaker_tripped.load(Ordering::Relaxed);
+    let ready = group && model && database && progressing && breaker_closed;
     let body = serde_json::json!({
         "ready": ready,
-        "checks": {"kafka_group_joined": group, "database_reachable": database, "model_loaded": model}
+        "checks": {
+            "kafka_group_joined": group,
+            "database_reachable": database,
+            "model_loaded": model,
+            "progressing": progressing,
+            "breaker_closed": breaker_closed,
+        }
     });
     (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }

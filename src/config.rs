@@ -119,6 +119,9 @@ pub struct S3Config {
     pub retry_initial_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+    /// How long one event's transient failures are retried before it is dead-lettered (`fetch_failed`).
+    #[serde(with = "humantime_serde")]
+    pub retry_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -166,6 +169,9 @@ pub struct PipelineConfig {
     pub max_batch_wait: Duration,
     pub max_in_flight: usize,
     pub decode_concurrency: usize,
+    /// Events are waiting but none finished for this long: `/readyz` fails and the stall metric rises.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -370,6 +376,13 @@ impl Config {
             s.retry_initial_backoff <= s.retry_max_backoff,
             "s3.retry_initial_backoff must not exceed s3.retry_max_backoff".into(),
         );
+        check(
+            s.retry_timeout >= s.retry_max_backoff,
+            format!(
+                "s3.retry_timeout ({:?}) must be at least s3.retry_max_backoff ({:?})",
+                s.retry_timeout, s.retry_max_backoff
+            ),
+        );
 
         let d = &self.decode;
         check(d.max_width > 0 && d.max_height > 0, "decode.max_width and decode.max_height must be > 0".into());
@@ -412,6 +425,7 @@ impl Config {
             ),
         );
         check(p.decode_concurrency > 0, "pipeline.decode_concurrency must be > 0".into());
+        check(!p.stall_timeout.is_zero(), "pipeline.stall_timeout must be > 0".into());
 
         let q = &self.dlq;
         check(q.breaker_window > 0, "dlq.breaker_window must be > 0".into());

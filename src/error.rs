@@ -24,6 +24,15 @@ pub enum RejectKind {
     ObjectMissing,
     /// The object is larger than `s3.max_object_bytes`.
     ObjectTooLarge,
+    /// S3 denies access to the object (403 AccessDenied: a bucket or key policy).
+    ObjectForbidden,
+    /// S3 cannot serve the object as asked: archived (InvalidObjectState), encrypted with a customer
+    /// key (400), or its bucket answers elsewhere (301/307 redirect).
+    ObjectUnavailable,
+    /// Transient S3 failures outlasted `s3.retry_timeout` for this event.
+    FetchFailed,
+    /// The event payload is larger than `kafka.max_event_bytes`.
+    EventTooLarge,
     /// The bytes are not in an image format we decode (JPEG, PNG, WebP).
     NotAnImage,
     /// The bytes claim an image format but do not decode.
@@ -32,11 +41,13 @@ pub enum RejectKind {
     ImageTooLarge,
     /// The captioner failed on this pair alone (its batch-mates succeeded).
     CaptionFailed,
+    /// Decoding, preprocessing or captioning this event panicked (a bug, or an input that trips one).
+    InternalError,
 }
 
 impl RejectKind {
     /// Every kind, for metric registration and documentation.
-    pub const ALL: [RejectKind; 11] = [
+    pub const ALL: [RejectKind; 16] = [
         RejectKind::MalformedJson,
         RejectKind::MissingField,
         RejectKind::InvalidField,
@@ -44,10 +55,15 @@ impl RejectKind {
         RejectKind::BucketNotAllowed,
         RejectKind::ObjectMissing,
         RejectKind::ObjectTooLarge,
+        RejectKind::ObjectForbidden,
+        RejectKind::ObjectUnavailable,
+        RejectKind::FetchFailed,
+        RejectKind::EventTooLarge,
         RejectKind::NotAnImage,
         RejectKind::CorruptImage,
         RejectKind::ImageTooLarge,
         RejectKind::CaptionFailed,
+        RejectKind::InternalError,
     ];
 
     /// Stable snake_case name.
@@ -60,10 +76,15 @@ impl RejectKind {
             RejectKind::BucketNotAllowed => "bucket_not_allowed",
             RejectKind::ObjectMissing => "object_missing",
             RejectKind::ObjectTooLarge => "object_too_large",
+            RejectKind::ObjectForbidden => "object_forbidden",
+            RejectKind::ObjectUnavailable => "object_unavailable",
+            RejectKind::FetchFailed => "fetch_failed",
+            RejectKind::EventTooLarge => "event_too_large",
             RejectKind::NotAnImage => "not_an_image",
             RejectKind::CorruptImage => "corrupt_image",
             RejectKind::ImageTooLarge => "image_too_large",
             RejectKind::CaptionFailed => "caption_failed",
+            RejectKind::InternalError => "internal_error",
         }
     }
 }

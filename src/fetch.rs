@@ -2,9 +2,12 @@
 //!
 //! Guarantees: an event can only read buckets on the allow-list; an object larger than
 //! `s3.max_object_bytes` is refused before (Content-Length) and while (streamed count) it is read;
-//! a missing object is a rejection; everything else that can heal (5xx, throttling, timeouts,
-//! connection errors, access denied while credentials rotate) is retried with capped exponential
-//! backoff and jitter until it succeeds or the service's hard deadline cancels it.
+//! errors that belong to the object are rejections at once (404 missing, 403 AccessDenied,
+//! InvalidObjectState, other 4xx such as SSE-C, 3xx redirects); everything that can heal (5xx,
+//! throttling, timeouts, connection errors, expired or rotating credentials) is retried with capped
+//! exponential backoff and jitter, for at most `s3.retry_timeout` per event (then `fetch_failed`), or
+//! until the service's hard deadline cancels it. When one image of a pair is rejected the other's
+//! fetch is dropped at once.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -29,6 +32,7 @@ pub struct Fetcher {
     allowed: HashSet<String>,
     max_bytes: u64,
     backoff: Backoff,
+    retry_timeout: std::time::Duration,
 }
 
 /// Builds an S3 client for `cfg` (custom endpoint, path style, timeouts; SDK retries off: the fetcher
@@ -128,6 +132,7 @@ impl Fetcher {
             allowed: cfg.allowed_buckets.iter().cloned().collect(),
             max_bytes: cfg.max_object_bytes,
             backoff: Backoff::new(cfg.retry_initial_backoff, cfg.retry_max_backoff),
+            retry_timeout: cfg.retry_timeout,
         }
     }
 
@@ -135,7 +140,8 @@ impl Fetcher {
         &self.client
     }
 
-    /// Fetches both objects concurrently. A rejection of either rejects the pair.
+    /// Fetches both objects concurrently. A rejection of either rejects the pair at once (the other
+    /// fetch, perhaps waiting out retries, is dropped).
     pub async fn fetch_pair(
         &self,
         original: &S3Uri,
@@ -143,9 +149,9 @@ impl Fetcher {
         cancel: &CancellationToken,
     ) -> Result<(Bytes, Bytes), StepError> {
         let started = Instant::now();
-        let (a, b) = tokio::join!(self.fetch(original, cancel), self.fetch(republished, cancel));
+        let pair = futures::future::try_join(self.fetch(original, cancel), self.fetch(republished, cancel)).await;
         metrics::histogram!(crate::metrics::FETCH_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok((a?, b?))
+        pair
     }
 
     /// Fetches one object, retrying transient failures until `cancel` fires.
@@ -158,10 +164,22 @@ impl Fetcher {
             .into());
         }
         let mut attempt = 0u32;
+        let mut first_failure: Option<Instant> = None;
         loop {
             match self.get_once(uri).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(StepError::Transient(e)) => {
+                    let since = *first_failure.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.retry_timeout {
+                        return Err(Rejection::new(
+                            RejectKind::FetchFailed,
+                            format!(
+                                "still failing after {attempt} retries over {:?} (s3.retry_timeout): {e:#}",
+                                self.retry_timeout
+                            ),
+                        )
+                        .into());
+                    }
                     attempt += 1;
                     metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => "fetch").increment(1);
                     let delay = self.backoff.delay(attempt);
@@ -200,6 +218,38 @@ impl Fetcher {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_object_errors_are_rejections_and_the_rest_is_retried() {
+        let cases = [
+            (404, "NoSuchKey", Some(RejectKind::ObjectMissing)),
+            (404, "NoSuchBucket", Some(RejectKind::ObjectMissing)),
+            (403, "AccessDenied", Some(RejectKind::ObjectForbidden)),
+            (403, "", Some(RejectKind::ObjectForbidden)),
+            (403, "InvalidObjectState", Some(RejectKind::ObjectUnavailable)),
+            (400, "InvalidRequest", Some(RejectKind::ObjectUnavailable)),
+            (400, "InvalidArgument", Some(RejectKind::ObjectUnavailable)),
+            (301, "PermanentRedirect", Some(RejectKind::ObjectUnavailable)),
+            (307, "TemporaryRedirect", Some(RejectKind::ObjectUnavailable)),
+            (500, "InternalError", None),
+            (503, "SlowDown", None),
+            (503, "ServiceUnavailable", None),
+            (429, "", None),
+            (408, "RequestTimeout", None),
+            (400, "ExpiredToken", None),
+            (403, "InvalidAccessKeyId", None),
+            (403, "SignatureDoesNotMatch", None),
+            (403, "RequestTimeTooSkewed", None),
+        ];
+        for (status, code, want) in cases {
+            assert_eq!(classify_status(status, code), want, "HTTP {status} {code}");
+        }
+    }
+}
+
 fn too_large(uri: &S3Uri, len: u64, max: u64) -> StepError {
     Rejection::new(RejectKind::ObjectTooLarge, format!("{uri} is {len} bytes or more; s3.max_object_bytes is {max}"))
         .into()
@@ -214,18 +264,60 @@ where
         SdkError::ServiceError(ctx) => {
             let status = ctx.raw().status_code();
             let code = ctx.err().code().unwrap_or("");
-            if status == 404 || matches!(code, "NoSuchKey" | "NoSuchBucket" | "NotFound") {
-                let what = if code == "NoSuchBucket" { "bucket does not exist" } else { "no such object" };
-                return Rejection::new(RejectKind::ObjectMissing, format!("{uri}: {what}")).into();
+            let message = ctx.err().message().unwrap_or("");
+            match classify_status(status, code) {
+                Some(kind) => {
+                    let what = match (kind, code) {
+                        (RejectKind::ObjectMissing, "NoSuchBucket") => "the bucket does not exist".to_owned(),
+                        (RejectKind::ObjectMissing, _) => "no such object".to_owned(),
+                        _ => format!("HTTP {status} {code}: {message}"),
+                    };
+                    Rejection::new(kind, format!("{uri}: {what}")).into()
+                }
+                None => StepError::Transient(anyhow::anyhow!("GET {uri}: HTTP {status} {code}: {message}")),
             }
-            StepError::Transient(anyhow::anyhow!(
-                "GET {uri}: HTTP {status} {code}: {}",
-                ctx.err().message().unwrap_or("")
-            ))
         }
         SdkError::TimeoutError(_) => StepError::Transient(anyhow::anyhow!("GET {uri}: timed out")),
         _ => StepError::Transient(anyhow::anyhow!("GET {uri}: {}", aws_sdk_s3::error::DisplayErrorContext(&err))),
     }
+}
+
+/// Which S3 answers condemn the object rather than the moment: `None` means retry.
+///
+/// Transient: 5xx, 408, 429 and S3's throttling codes, and the credential and clock errors that
+/// concern every request alike and heal with a rotation or an NTP sync (ExpiredToken,
+/// InvalidAccessKeyId, SignatureDoesNotMatch, RequestTimeTooSkewed, ...; a deploy with bad
+/// credentials stalls and shows on `/readyz` instead of emptying the topic into the dead-letter queue).
+/// Everything else in 3xx/4xx is about this object: 404 → `object_missing`, 403 AccessDenied →
+/// `object_forbidden`, InvalidObjectState, other 4xx (e.g. SSE-C) and redirects → `object_unavailable`.
+pub fn classify_status(status: u16, code: &str) -> Option<RejectKind> {
+    const CREDENTIALS: [&str; 8] = [
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "InvalidToken",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "RequestTimeTooSkewed",
+        "AuthorizationHeaderMalformed",
+        "InvalidSecurity",
+    ];
+    const THROTTLING: [&str; 4] = ["SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded"];
+    if status >= 500 || status == 408 || status == 429 || THROTTLING.contains(&code) || CREDENTIALS.contains(&code) {
+        return None;
+    }
+    if status == 404 || matches!(code, "NoSuchKey" | "NoSuchBucket" | "NotFound") {
+        return Some(RejectKind::ObjectMissing);
+    }
+    if code == "InvalidObjectState" {
+        return Some(RejectKind::ObjectUnavailable);
+    }
+    if status == 403 {
+        return Some(RejectKind::ObjectForbidden);
+    }
+    if (300..500).contains(&status) {
+        return Some(RejectKind::ObjectUnavailable);
+    }
+    None
 }
 
 /// The HTTP status of a raw response (a seam so `classify` stays generic over the SDK's response type).

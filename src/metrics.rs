@@ -16,6 +16,8 @@ pub const STORE_SECONDS: &str = "blip2idc_store_seconds";
 pub const END_TO_END_SECONDS: &str = "blip2idc_end_to_end_seconds";
 pub const PARTITION_LAG: &str = "blip2idc_partition_lag";
 pub const IN_FLIGHT: &str = "blip2idc_in_flight_events";
+pub const SECONDS_SINCE_PROGRESS: &str = "blip2idc_seconds_since_progress";
+pub const STALLED: &str = "blip2idc_stalled";
 pub const PAUSED: &str = "blip2idc_consumer_paused";
 pub const COMMITS: &str = "blip2idc_offset_commits_total";
 pub const MODEL_SWAPS: &str = "blip2idc_model_swaps_total";
@@ -55,6 +57,11 @@ fn describe() {
     describe_histogram!(END_TO_END_SECONDS, Unit::Seconds, "From consumption to durable storage, per event.");
     describe_gauge!(PARTITION_LAG, "Consumer lag per partition (messages), from librdkafka statistics.");
     describe_gauge!(IN_FLIGHT, "Events consumed but not yet stored or dead-lettered.");
+    describe_gauge!(
+        SECONDS_SINCE_PROGRESS,
+        "Seconds since an event was last stored or dead-lettered while events are waiting (0 when idle)."
+    );
+    describe_gauge!(STALLED, "1 while events wait and none finished for pipeline.stall_timeout.");
     describe_gauge!(PAUSED, "1 while the input partitions are paused for backpressure.");
     describe_counter!(COMMITS, "Offset commits, by outcome.");
     describe_counter!(MODEL_SWAPS, "Hot swaps of the captioning model.");

@@ -103,6 +103,11 @@ enum Command {
         access_key: String,
         #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
         secret_key: String,
+        /// Answer GET/HEAD of keys under `_state/forbidden/`, `_state/archived/`, `_state/sse-c/`,
+        /// `_state/moved/` and `_state/throttled/` with S3's error for such objects (403 AccessDenied,
+        /// 403 InvalidObjectState, 400 InvalidRequest, 301 PermanentRedirect, 503 SlowDown).
+        #[arg(long)]
+        object_states: bool,
     },
     /// Wait until COUNT captions with the prefix are stored (or TIMEOUT passes).
     Wait {
@@ -242,9 +247,9 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             println!("uploaded {pairs} synthetic pairs to s3://{bucket}/{prefix}/ and inserted {pairs} labels");
         }
-        Command::S3Server { root, host, port, access_key, secret_key } => {
+        Command::S3Server { root, host, port, access_key, secret_key, object_states } => {
             blip2idc::telemetry::init("pretty", "info");
-            devtools::s3_server(&root, (&host, port), &access_key, &secret_key).await?;
+            devtools::s3_server(&root, (&host, port), &access_key, &secret_key, object_states).await?;
         }
         Command::Wait { count, prefix, timeout } => {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;

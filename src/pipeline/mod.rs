@@ -131,9 +131,26 @@ pub async fn run(
     };
     let gauge_task = {
         let (permits, stop, total) = (permits.clone(), hard_stop.clone(), p.max_in_flight);
+        let (outcomes, health, stall_timeout) = (outcomes.clone(), health.clone(), p.stall_timeout);
         tokio::spawn(async move {
             loop {
-                metrics::gauge!(crate::metrics::IN_FLIGHT).set((total - permits.available_permits()) as f64);
+                let in_flight = total - permits.available_permits();
+                metrics::gauge!(crate::metrics::IN_FLIGHT).set(in_flight as f64);
+                // Idle is not stalled: only time with events waiting counts.
+                if in_flight == 0 {
+                    outcomes.progressed();
+                }
+                let waiting = outcomes.since_progress();
+                let stalled = waiting >= stall_timeout;
+                metrics::gauge!(crate::metrics::SECONDS_SINCE_PROGRESS).set(waiting.as_secs_f64());
+                metrics::gauge!(crate::metrics::STALLED).set(if stalled { 1.0 } else { 0.0 });
+                if health.stalled.swap(stalled, std::sync::atomic::Ordering::Relaxed) != stalled {
+                    if stalled {
+                        tracing::warn!(in_flight, ?waiting, "no event finished for pipeline.stall_timeout: unready");
+                    } else {
+                        tracing::info!("events are finishing again: ready");
+                    }
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = stop.cancelled() => return,

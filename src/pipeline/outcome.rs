@@ -45,6 +45,8 @@ pub struct Outcomes {
     /// Fires at the hard deadline: retries give up, unfinished jobs stay uncommitted.
     pub hard_stop: CancellationToken,
     fatal_tx: tokio::sync::mpsc::UnboundedSender<Fatal>,
+    /// When an event was last stored or dead-lettered (stall detection).
+    last_progress: Mutex<std::time::Instant>,
 }
 
 impl Outcomes {
@@ -56,7 +58,15 @@ impl Outcomes {
         hard_stop: CancellationToken,
         fatal_tx: tokio::sync::mpsc::UnboundedSender<Fatal>,
     ) -> Self {
-        Outcomes { source, dlq, breaker: Mutex::new(breaker), backoff, hard_stop, fatal_tx }
+        Outcomes {
+            source,
+            dlq,
+            breaker: Mutex::new(breaker),
+            backoff,
+            hard_stop,
+            fatal_tx,
+            last_progress: Mutex::new(std::time::Instant::now()),
+        }
     }
 
     /// Reports a condition that stops the pipeline.
@@ -113,7 +123,18 @@ impl Outcomes {
 
     fn finish(&self, job: Job) {
         self.source.complete(&job.ticket);
+        self.progressed();
         drop(job.permit);
+    }
+
+    /// Restarts the stall clock (an event finished, or nothing is waiting).
+    pub fn progressed(&self) {
+        *self.last_progress.lock().expect("progress lock") = std::time::Instant::now();
+    }
+
+    /// Time since an event last finished.
+    pub fn since_progress(&self) -> std::time::Duration {
+        self.last_progress.lock().expect("progress lock").elapsed()
     }
 
     /// Flushes the dead-letter producer (shutdown).

@@ -77,6 +77,23 @@ impl Scope {
         Scope { cfg, prefix: id, bucket }
     }
 
+    /// Moves this scope to an S3 server of its own (the project's s3s-fs server, in-process, on a free
+    /// port), optionally answering for the `_state/...` keys of `devtools::OBJECT_STATES`; the scope's
+    /// bucket is created there. The server stops when the returned guard is dropped.
+    pub async fn own_s3_server(&mut self, object_states: bool) -> OwnS3 {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (key, secret) =
+            (std::env::var("AWS_ACCESS_KEY_ID").unwrap(), std::env::var("AWS_SECRET_ACCESS_KEY").unwrap());
+        let (root, s) = (dir.path().to_owned(), stop.clone());
+        tokio::spawn(async move { devtools::serve_s3(listener, &root, &key, &secret, object_states, s).await });
+        self.cfg.s3.endpoint = Some(format!("http://{addr}"));
+        devtools::ensure_bucket(&self.s3().await, &self.bucket).await.expect("bucket");
+        OwnS3 { _dir: dir, stop }
+    }
+
     pub async fn s3(&self) -> aws_sdk_s3::Client {
         blip2idc::fetch::s3_client(&self.cfg.s3).await
     }
@@ -203,6 +220,18 @@ impl Scope {
             }
         }
         out
+    }
+}
+
+/// Keeps a scope's own S3 server running (see [`Scope::own_s3_server`]).
+pub struct OwnS3 {
+    _dir: tempfile::TempDir,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
