@@ -381,3 +381,62 @@ async fn caption_cli_reads_s3_objects_like_the_service() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+/// Panics on inputs whose original image (top half of the stack) starts with a magenta row.
+struct PanicsOnMagenta(common::TestCaptioner);
+
+impl blip2idc::caption::Captioner for PanicsOnMagenta {
+    fn model_version(&self) -> &str {
+        self.0.model_version()
+    }
+    fn processor(&self) -> &blip2idc::model::preprocess::ImageProcessorConfig {
+        self.0.processor()
+    }
+    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>> {
+        let w = self.0.processor.width as usize;
+        let plane = w * self.0.processor.height as usize;
+        for pv in pixel_values {
+            // Normalised magenta: R ≈ +1.93, G ≈ -1.75.
+            if pv[..w].iter().all(|&r| r > 1.8) && pv[plane..plane + w].iter().all(|&g| g < -1.6) {
+                panic!("poison pixels");
+            }
+        }
+        self.0.caption_batch(pixel_values)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panic_while_captioning_dead_letters_that_event_and_the_service_goes_on() {
+    let mut scope = Scope::new("panic").await;
+    scope.cfg.dlq.breaker_max_ratio = 0.95;
+    scope.cfg.pipeline.max_batch_size = 4;
+    scope.cfg.pipeline.max_batch_wait = Duration::from_millis(200);
+    let s3 = scope.s3().await;
+    let magenta = image::RgbImage::from_pixel(48, 48, image::Rgb([255, 0, 255]));
+    blip2idc::devtools::put(&s3, &scope.bucket, "poison.jpg", blip2idc::devtools::jpeg(&magenta, 95)).await.unwrap();
+    scope.seed(0..10, 48).await;
+    for i in 0..3 {
+        let id = format!("{}-poison{i}", scope.prefix);
+        scope.publish_json(&id, &scope.event(&id, "poison.jpg", "0/b.jpg")).await;
+    }
+    scope.seed(10..16, 48).await;
+    let factory: blip2idc::caption::CaptionerFactory = Box::new(|| {
+        Ok(Box::new(PanicsOnMagenta(common::TestCaptioner {
+            version: "test-captioner-v1".into(),
+            processor: blip2idc::model::preprocess::ImageProcessorConfig::for_image_size(32),
+            delay: Duration::ZERO,
+        })) as Box<dyn blip2idc::caption::Captioner>)
+    });
+    let run = start(&scope.cfg, factory);
+    scope.wait_for_captions(16, Duration::from_secs(60)).await;
+    let letters = scope.dead_letters(3, Duration::from_secs(20));
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    for l in &letters {
+        assert_eq!(l.headers["error.kind"], "internal_error", "{:?}", l.headers);
+        assert!(l.headers["error.message"].contains("panicked: poison pixels"), "{:?}", l.headers);
+    }
+    let summary = run.stop().await;
+    assert!(summary.fatal.is_none() && !summary.drain_timed_out, "the captioner thread survived: {summary:?}");
+    assert_eq!(scope.caption_count().await, 16);
+    scope.assert_all_committed("poison events are dead-lettered, the rest stored");
+}

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::oneshot;
 
+use crate::error::{panic_message, RejectKind, Rejection};
 use crate::model::preprocess::ImageProcessorConfig;
 
 /// A pair-difference captioning model.
@@ -45,8 +46,9 @@ pub type CaptionerFactory = Box<dyn FnOnce() -> anyhow::Result<Box<dyn Captioner
 pub struct BatchOutput {
     /// The model version that produced every caption of this batch.
     pub model_version: String,
-    /// One result per input: a caption, or why this input alone failed.
-    pub captions: Vec<Result<String, String>>,
+    /// One result per input: a caption, or why this input alone failed (`caption_failed`, or
+    /// `internal_error` when captioning it panicked).
+    pub captions: Vec<Result<String, Rejection>>,
     pub inference: Duration,
 }
 
@@ -88,11 +90,12 @@ impl CaptionWorker {
                             let _ = reply.send(run_batch(model.as_mut(), &batch));
                         }
                         Request::SwapAdapter { dir, version, reply } => {
-                            let r = model.swap_adapter(dir.as_deref(), &version).map(|()| version);
+                            let r = contained("swapping the adapter", || model.swap_adapter(dir.as_deref(), &version))
+                                .map(|()| version);
                             let _ = reply.send(r);
                         }
                         Request::Swap { factory, reply } => {
-                            let result = factory().and_then(|new| {
+                            let result = contained("loading the new model", factory).and_then(|new| {
                                 anyhow::ensure!(
                                     new.processor() == model.processor(),
                                     "the new model expects different preprocessing ({:?}) than the running one \
@@ -172,23 +175,48 @@ impl Drop for CaptionWorker {
     }
 }
 
+/// Runs `f`, turning a panic into an error: one bad input or adapter must not take the captioner
+/// thread (and with it the service) down.
+fn contained<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => Err(anyhow::anyhow!("{what} panicked: {}", panic_message(&*panic))),
+    }
+}
+
+/// Captions a batch; when the batch fails or panics, each input is captioned alone so only the
+/// culprits are rejected (`internal_error` for a panic, with its message; `caption_failed` otherwise).
 fn run_batch(model: &mut dyn Captioner, batch: &[Vec<f32>]) -> BatchOutput {
     let started = Instant::now();
     let refs: Vec<&[f32]> = batch.iter().map(|v| v.as_slice()).collect();
-    let captions = match model.caption_batch(&refs) {
-        Ok(c) if c.len() == batch.len() => c.into_iter().map(Ok).collect(),
+    let whole = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.caption_batch(&refs)));
+    let captions = match whole {
+        Ok(Ok(c)) if c.len() == batch.len() => c.into_iter().map(Ok).collect(),
         first => {
             let why = match first {
-                Ok(c) => format!("returned {} captions for {} inputs", c.len(), batch.len()),
-                Err(e) => format!("{e:#}"),
+                Ok(Ok(c)) => format!("returned {} captions for {} inputs", c.len(), batch.len()),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(panic) => format!("panicked: {}", panic_message(&*panic)),
             };
             tracing::warn!(batch = batch.len(), "batch captioning failed ({why}); captioning one by one");
             // Isolate the culprit: only the inputs that fail alone are rejected.
             refs.iter()
-                .map(|one| match model.caption_batch(std::slice::from_ref(one)) {
-                    Ok(mut c) if c.len() == 1 => Ok(c.remove(0)),
-                    Ok(c) => Err(format!("returned {} captions for 1 input", c.len())),
-                    Err(e) => Err(format!("{e:#}")),
+                .map(|one| {
+                    let alone = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        model.caption_batch(std::slice::from_ref(one))
+                    }));
+                    match alone {
+                        Ok(Ok(mut c)) if c.len() == 1 => Ok(c.remove(0)),
+                        Ok(Ok(c)) => Err(Rejection::new(
+                            RejectKind::CaptionFailed,
+                            format!("returned {} captions for 1 input", c.len()),
+                        )),
+                        Ok(Err(e)) => Err(Rejection::new(RejectKind::CaptionFailed, format!("{e:#}"))),
+                        Err(panic) => Err(Rejection::new(
+                            RejectKind::InternalError,
+                            format!("captioning panicked: {}", panic_message(&*panic)),
+                        )),
+                    }
                 })
                 .collect()
         }

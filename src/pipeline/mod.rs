@@ -21,7 +21,6 @@ use crate::caption::{CaptionWorker, CaptionerFactory};
 use crate::config::Config;
 use crate::dlq::breaker::Breaker;
 use crate::dlq::DeadLetterQueue;
-use crate::error::{RejectKind, Rejection};
 use crate::fetch::Fetcher;
 use crate::retry::Backoff;
 use crate::source::{Job, Source};
@@ -278,9 +277,7 @@ async fn caption_step(
         for (prepared, caption) in batch.into_iter().zip(result.captions) {
             match caption {
                 Ok(c) => items.push((prepared, c)),
-                Err(why) => {
-                    outcomes.dead_letter(prepared.job, Rejection::new(RejectKind::CaptionFailed, why)).await;
-                }
+                Err(why) => outcomes.dead_letter(prepared.job, why).await,
             }
         }
         if items.is_empty() {

@@ -37,7 +37,16 @@ pub struct Prepare {
 impl Prepare {
     /// Runs the step for one job; `None` when the job ended here (dead-lettered or abandoned).
     pub async fn run(&self, job: Job) -> Option<Prepared> {
-        match self.try_run(&job).await {
+        use futures::FutureExt;
+        // A panic here (a decoder or parser bug tripped by this input) rejects this event only.
+        let outcome = match std::panic::AssertUnwindSafe(self.try_run(&job)).catch_unwind().await {
+            Ok(r) => r,
+            Err(panic) => Err(StepError::Reject(Rejection::new(
+                RejectKind::InternalError,
+                format!("preparing the event panicked: {}", crate::error::panic_message(&*panic)),
+            ))),
+        };
+        match outcome {
             Ok((event, pixel_values)) => Some(Prepared { job, event: Arc::new(event), pixel_values }),
             Err(StepError::Reject(why)) => {
                 self.outcomes.dead_letter(job, why).await;
@@ -61,9 +70,15 @@ impl Prepare {
         let limits = self.limits.clone();
         let processor = self.processor.clone();
         let started = Instant::now();
-        let pixels = tokio::task::spawn_blocking(move || crate::decode::decode_pair(&a, &b, &limits, &processor))
-            .await
-            .map_err(|e| StepError::Transient(anyhow::anyhow!("decode task failed: {e}")))??;
+        let pixels =
+            match tokio::task::spawn_blocking(move || crate::decode::decode_pair(&a, &b, &limits, &processor)).await {
+                Ok(r) => r?,
+                Err(e) if e.is_panic() => {
+                    let why = crate::error::panic_message(&*e.into_panic());
+                    return Err(Rejection::new(RejectKind::InternalError, format!("decoding panicked: {why}")).into());
+                }
+                Err(e) => return Err(StepError::Transient(anyhow::anyhow!("decode task failed: {e}"))),
+            };
         metrics::histogram!(crate::metrics::DECODE_SECONDS).record(started.elapsed().as_secs_f64());
         Ok((event, pixels))
     }
