@@ -177,6 +177,9 @@ pub struct PipelineConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DlqConfig {
+    /// Bootstrap servers of the dead-letter topic's cluster, when it is not `kafka.brokers`.
+    #[serde(default)]
+    pub brokers: Option<String>,
     pub breaker_window: usize,
     #[serde(deserialize_with = "float")]
     pub breaker_max_ratio: f64,
@@ -429,6 +432,13 @@ impl Config {
 
         let q = &self.dlq;
         check(q.breaker_window > 0, "dlq.breaker_window must be > 0".into());
+        if let Some(b) = &q.brokers {
+            check(
+                b.split(',')
+                    .all(|b| b.trim().rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())),
+                format!("dlq.brokers {b:?} is not host:port[,host:port]"),
+            );
+        }
         check(
             q.breaker_max_ratio > 0.0 && q.breaker_max_ratio <= 1.0,
             format!("dlq.breaker_max_ratio is {}; expected a ratio in (0, 1]", q.breaker_max_ratio),

@@ -7,6 +7,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const CONSUMED: &str = "blip2idc_events_consumed_total";
 pub const CAPTIONED: &str = "blip2idc_captions_stored_total";
 pub const DEAD_LETTERED: &str = "blip2idc_dead_lettered_total";
+pub const DEAD_LETTERS_PENDING: &str = "blip2idc_dead_letters_pending";
 pub const TRANSIENT_RETRIES: &str = "blip2idc_transient_retries_total";
 pub const BATCH_SIZE: &str = "blip2idc_batch_size";
 pub const FETCH_SECONDS: &str = "blip2idc_fetch_seconds";
@@ -48,6 +49,10 @@ fn describe() {
     describe_counter!(CONSUMED, "Events read from the input topic.");
     describe_counter!(CAPTIONED, "Captions durably stored in PostgreSQL.");
     describe_counter!(DEAD_LETTERED, "Events sent to the dead-letter topic, by error kind.");
+    describe_gauge!(
+        DEAD_LETTERS_PENDING,
+        "Dead letters produced but not yet acknowledged (rising: the dead-letter topic is unavailable)."
+    );
     describe_counter!(TRANSIENT_RETRIES, "Retries after transient failures, by pipeline step.");
     describe_histogram!(BATCH_SIZE, "Pairs per captioning batch.");
     describe_histogram!(FETCH_SECONDS, Unit::Seconds, "Time to fetch both images of a pair from S3.");

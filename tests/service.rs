@@ -440,3 +440,43 @@ async fn a_panic_while_captioning_dead_letters_that_event_and_the_service_goes_o
     assert_eq!(scope.caption_count().await, 16);
     scope.assert_all_committed("poison events are dead-lettered, the rest stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_outage_holds_only_the_rejected_events() {
+    let mut scope = Scope::new("dlqdown").await;
+    // The dead-letter cluster (the same broker, behind a gate) is unreachable until the gate opens.
+    let gate = common::Gate::closed(&scope.cfg.kafka.brokers).await;
+    scope.cfg.dlq.brokers = Some(gate.addr.to_string());
+    scope.cfg.s3.max_concurrency = 2;
+    scope.cfg.dlq.breaker_max_ratio = 0.95;
+    scope.cfg.s3.retry_max_backoff = Duration::from_millis(300);
+    // One partition (key "k"), in this order: two bad events (before the fix they held both fetch
+    // slots while their dead letters were retried), then good ones.
+    scope.publish_raw("k", b"not json").await;
+    scope.publish_raw("k", b"{\"event_id\": 7}").await;
+    let s3 = scope.s3().await;
+    for i in 0..6u64 {
+        let (a, b, _) = blip2idc::devtools::synthetic_pair(i, 48);
+        let (ka, kb) = (format!("{i}/a.jpg"), format!("{i}/b.jpg"));
+        blip2idc::devtools::put(&s3, &scope.bucket, &ka, blip2idc::devtools::jpeg(&a, 90)).await.unwrap();
+        blip2idc::devtools::put(&s3, &scope.bucket, &kb, blip2idc::devtools::jpeg(&b, 90)).await.unwrap();
+        let id = format!("{}-{i}", scope.prefix);
+        scope.publish_json("k", &scope.event(&id, &ka, &kb)).await;
+    }
+    let run = start(&scope.cfg, test_captioner(Duration::ZERO));
+    scope.wait_for_captions(6, Duration::from_secs(30)).await;
+    // Stored, but nothing committed past the first event still waiting for its dead letter.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let k = &scope.cfg.kafka;
+    let committed = blip2idc::devtools::committed_offsets(&k.brokers, &k.group_id, &k.input_topic, 3).unwrap();
+    assert!(committed.iter().all(|&c| c <= 0), "committed past a pending dead letter: {committed:?}");
+    assert!(scope.dead_letters(1, Duration::from_secs(1)).is_empty());
+
+    // The dead-letter cluster comes back: the pending dead letters are delivered, everything commits.
+    gate.open();
+    let letters = scope.dead_letters(2, Duration::from_secs(60));
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let summary = run.stop().await;
+    assert!(summary.fatal.is_none() && !summary.drain_timed_out, "{summary:?}");
+    scope.assert_all_committed("delivered dead letters let the offsets move");
+}

@@ -33,9 +33,10 @@ pub struct DeadLetterQueue {
 }
 
 impl DeadLetterQueue {
-    pub fn new(cfg: &KafkaConfig) -> anyhow::Result<Self> {
+    /// A producer for `cfg.dlq_topic` on `brokers` (the dead-letter cluster), else `cfg.brokers`.
+    pub fn new(cfg: &KafkaConfig, brokers: Option<&str>) -> anyhow::Result<Self> {
         let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &cfg.brokers)
+        cc.set("bootstrap.servers", brokers.unwrap_or(&cfg.brokers))
             .set("client.id", format!("{}-dlq", cfg.client_id))
             .set("acks", "all")
             .set("message.timeout.ms", "30000")

@@ -66,7 +66,7 @@ pub async fn run(
 
     let s3 = crate::fetch::s3_client(&cfg.s3).await;
     let source = Arc::new(Source::new(&cfg.kafka, health.clone())?);
-    let dlq = DeadLetterQueue::new(&cfg.kafka)?;
+    let dlq = DeadLetterQueue::new(&cfg.kafka, cfg.dlq.brokers.as_deref())?;
     let hard_stop = CancellationToken::new();
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let outcomes = Arc::new(Outcomes::new(
@@ -174,12 +174,14 @@ pub async fn run(
     stop_consuming.cancel();
     let _ = source_task.await;
     let store_abort = store_task.abort_handle();
+    let draining = outcomes.clone();
     let drain = async move {
         let _ = prepare_task.await;
         let _ = caption_task.await;
         if !store_task.is_finished() {
             let _ = store_task.await;
         }
+        draining.dead_letters_delivered().await;
     };
     let drain_timed_out = if matches!(fatal, Some(Fatal::Failed(_))) {
         true
@@ -277,7 +279,7 @@ async fn caption_step(
         for (prepared, caption) in batch.into_iter().zip(result.captions) {
             match caption {
                 Ok(c) => items.push((prepared, c)),
-                Err(why) => outcomes.dead_letter(prepared.job, why).await,
+                Err(why) => outcomes.dead_letter(prepared.job, why),
             }
         }
         if items.is_empty() {

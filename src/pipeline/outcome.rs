@@ -1,6 +1,11 @@
 //! Where events end: stored, or dead-lettered. Both release the event's permit and let its offset be
 //! committed; the dead-letter path first asks the breaker and waits for the broker's acknowledgement.
+//!
+//! Dead letters are delivered by tasks of their own, retried with backoff while the dead-letter topic
+//! is unavailable (missing topic, produce errors): the steps that rejected the events go on with good
+//! ones, whose offsets commit up to the first event still waiting for its dead letter.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
@@ -47,6 +52,9 @@ pub struct Outcomes {
     fatal_tx: tokio::sync::mpsc::UnboundedSender<Fatal>,
     /// When an event was last stored or dead-lettered (stall detection).
     last_progress: Mutex<std::time::Instant>,
+    /// Dead letters not yet acknowledged by the broker, and a wake-up when that reaches zero.
+    pending_dead_letters: AtomicUsize,
+    dead_letters_idle: tokio::sync::Notify,
 }
 
 impl Outcomes {
@@ -66,6 +74,8 @@ impl Outcomes {
             hard_stop,
             fatal_tx,
             last_progress: Mutex::new(std::time::Instant::now()),
+            pending_dead_letters: AtomicUsize::new(0),
+            dead_letters_idle: tokio::sync::Notify::new(),
         }
     }
 
@@ -82,8 +92,9 @@ impl Outcomes {
         self.finish(job);
     }
 
-    /// Dead-letters a job (unless the breaker trips), then completes it.
-    pub async fn dead_letter(&self, job: Job, why: Rejection) {
+    /// Dead-letters a job (unless the breaker trips) on a task of its own, which completes the job
+    /// once the broker acknowledged the dead letter. Returns at once.
+    pub fn dead_letter(self: &Arc<Self>, job: Job, why: Rejection) {
         let verdict = self.breaker.lock().expect("breaker lock").record_dead_letter();
         if let Verdict::Trip { ratio, events } = verdict {
             // The job is dropped uncompleted: its offset is never committed past.
@@ -95,6 +106,23 @@ impl Outcomes {
             topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = %why.kind,
             "dead-lettering: {}", why.message
         );
+        let pending = self.pending_dead_letters.fetch_add(1, Ordering::AcqRel) + 1;
+        metrics::gauge!(crate::metrics::DEAD_LETTERS_PENDING).set(pending as f64);
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.deliver(job, why).await;
+            let pending = me.pending_dead_letters.fetch_sub(1, Ordering::AcqRel) - 1;
+            metrics::gauge!(crate::metrics::DEAD_LETTERS_PENDING).set(pending as f64);
+            if pending == 0 {
+                me.dead_letters_idle.notify_waiters();
+            }
+        });
+    }
+
+    /// Produces the dead letter until the broker acknowledges it (or the hard deadline), then
+    /// completes the job.
+    async fn deliver(&self, job: Job, why: Rejection) {
+        let m = &job.message;
         let origin = Origin {
             topic: m.topic().to_owned(),
             partition: m.partition(),
@@ -109,7 +137,10 @@ impl Outcomes {
                     attempt += 1;
                     metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => "dead_letter").increment(1);
                     let delay = self.backoff.delay(attempt);
-                    tracing::warn!(attempt, retry_in = ?delay, "dead-letter produce failed: {e:#}");
+                    tracing::warn!(
+                        attempt, retry_in = ?delay, pending = self.pending_dead_letters.load(Ordering::Relaxed),
+                        "dead-letter produce failed (good events go on; offsets wait at this one): {e:#}"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.hard_stop.cancelled() => return,
@@ -119,6 +150,19 @@ impl Outcomes {
         }
         metrics::counter!(crate::metrics::DEAD_LETTERED, "kind" => why.kind.as_str()).increment(1);
         self.finish(job);
+    }
+
+    /// Waits until no dead letter is pending (the drain at shutdown).
+    pub async fn dead_letters_delivered(&self) {
+        loop {
+            let idle = self.dead_letters_idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.pending_dead_letters.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 
     fn finish(&self, job: Job) {

@@ -49,7 +49,7 @@ impl Prepare {
         match outcome {
             Ok((event, pixel_values)) => Some(Prepared { job, event: Arc::new(event), pixel_values }),
             Err(StepError::Reject(why)) => {
-                self.outcomes.dead_letter(job, why).await;
+                self.outcomes.dead_letter(job, why);
                 None
             }
             Err(StepError::Transient(e)) => {

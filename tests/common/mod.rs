@@ -223,6 +223,47 @@ impl Scope {
     }
 }
 
+/// A TCP gate in front of a real server: while closed it accepts and drops every connection (the
+/// server is unreachable for whoever is configured with the gate's address); once opened it forwards.
+pub struct Gate {
+    pub addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    pub async fn closed(target: &str) -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (is_open, target) = (open.clone(), target.to_owned());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !is_open.load(Ordering::Relaxed) {
+                    continue; // dropped: connection closed at once
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Gate { addr, open, task }
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Keeps a scope's own S3 server running (see [`Scope::own_s3_server`]).
 pub struct OwnS3 {
     _dir: tempfile::TempDir,
