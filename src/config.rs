@@ -199,6 +199,9 @@ pub struct ShutdownConfig {
     pub drain_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub consumer_close_timeout: Duration,
+    /// How long the final offset commit may wait for the broker.
+    #[serde(with = "humantime_serde")]
+    pub commit_timeout: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

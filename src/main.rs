@@ -242,11 +242,7 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     let summary = blip2idc::pipeline::run(&cfg, factory, health, shutdown).await?;
     admin_stop.cancel();
     let _ = admin.await;
-    Ok(match summary.fatal {
-        Some(blip2idc::pipeline::outcome::Fatal::BreakerTripped { .. }) => ExitCode::from(3),
-        Some(_) => ExitCode::FAILURE,
-        None => ExitCode::SUCCESS,
-    })
+    Ok(ExitCode::from(summary.exit_code()))
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.

@@ -480,3 +480,33 @@ async fn a_dead_letter_outage_holds_only_the_rejected_events() {
     assert!(summary.fatal.is_none() && !summary.drain_timed_out, "{summary:?}");
     scope.assert_all_committed("delivered dead letters let the offsets move");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_that_times_out_stops_the_steps_commits_only_stored_events_and_exits_4() {
+    let mut scope = Scope::new("draintimeout").await;
+    scope.cfg.shutdown.drain_timeout = Duration::from_millis(300);
+    scope.cfg.pipeline.max_batch_size = 2;
+    scope.seed(0..12, 40).await;
+    // Two seconds per batch of two: most events are still in flight when the stop comes.
+    let run = start(&scope.cfg, test_captioner(Duration::from_secs(2)));
+    scope.wait_for_captions(1, Duration::from_secs(60)).await;
+    let asked = std::time::Instant::now();
+    let summary = run.stop().await;
+    let took = asked.elapsed();
+    assert!(summary.drain_timed_out, "{summary:?}");
+    assert_eq!(summary.exit_code(), 4, "a drain that timed out exits non-zero");
+    assert!(took < Duration::from_secs(6), "the stop waited {took:?} for in-flight work");
+    let stored = scope.caption_count().await;
+    assert!(stored < 12, "all {stored} stored: nothing was in flight, the test proves nothing");
+    // The steps were stopped before the final commit: nothing is stored afterwards.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(scope.caption_count().await, stored, "a step kept storing after the final commit");
+    let committed = scope.committed_total();
+    assert!(committed <= stored, "committed {committed} events but only {stored} were stored");
+    // The rest is redelivered to the next run and nothing is lost.
+    let run = start(&scope.cfg, test_captioner(Duration::ZERO));
+    scope.wait_for_captions(12, Duration::from_secs(60)).await;
+    let summary = run.stop().await;
+    assert_eq!(summary.exit_code(), 0, "{summary:?}");
+    scope.assert_all_committed("the second run finished the rest");
+}

@@ -39,6 +39,20 @@ pub struct RunSummary {
     pub drain_timed_out: bool,
 }
 
+impl RunSummary {
+    /// The process exit code for this ending: 0 after a clean drain, 3 when the dead-letter breaker
+    /// tripped, 4 when the drain timed out (events were left unfinished, to be redelivered), 1 when
+    /// the pipeline failed.
+    pub fn exit_code(&self) -> u8 {
+        match &self.fatal {
+            Some(Fatal::BreakerTripped { .. }) => 3,
+            Some(Fatal::Failed(_)) => 1,
+            None if self.drain_timed_out => 4,
+            None => 0,
+        }
+    }
+}
+
 /// A captioned batch on its way to the store.
 struct Captioned {
     items: Vec<(Prepared, String)>,
@@ -173,7 +187,7 @@ pub async fn run(
     // Drain: stop consuming; the steps finish what they hold and end as their inputs close.
     stop_consuming.cancel();
     let _ = source_task.await;
-    let store_abort = store_task.abort_handle();
+    let aborts = [prepare_task.abort_handle(), caption_task.abort_handle(), store_task.abort_handle()];
     let draining = outcomes.clone();
     let drain = async move {
         let _ = prepare_task.await;
@@ -191,21 +205,40 @@ pub async fn run(
     if drain_timed_out {
         tracing::warn!(timeout = ?cfg.shutdown.drain_timeout, "drain timed out: unfinished events stay uncommitted");
     }
+    // Stop whatever still runs before the final commit: retries give up, the steps end. Their events
+    // were never completed, so the commit cannot pass them; they will be redelivered.
     hard_stop.cancel();
-    store_abort.abort();
+    for a in &aborts {
+        a.abort();
+    }
     let _ = commit_task.await;
     gauge_task.abort();
     if let Some(t) = reload_task {
         t.abort();
     }
 
-    let committed = match source.commit_all_sync() {
-        Ok(c) => {
+    let final_commit = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || source.commit_all_sync())
+    };
+    let committed = match tokio::time::timeout(cfg.shutdown.commit_timeout, final_commit).await {
+        Ok(Ok(Ok(c))) => {
             tracing::info!(positions = ?c, "final offsets committed");
             c
         }
-        Err(e) => {
+        Ok(Ok(Err(e))) => {
             tracing::error!("final commit failed (events since the last commit will be redelivered): {e}");
+            Vec::new()
+        }
+        Ok(Err(e)) => {
+            tracing::error!("final commit task failed: {e}");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::error!(
+                timeout = ?cfg.shutdown.commit_timeout,
+                "the final commit got no answer in time (events since the last commit will be redelivered)"
+            );
             Vec::new()
         }
     };

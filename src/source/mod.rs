@@ -91,7 +91,8 @@ impl ConsumerContext for SourceContext {
             let mut tracker = self.tracker.lock().expect("tracker lock");
             let positions = tracker.positions_of(&tps);
             if !positions.is_empty() {
-                match consumer.commit(&tpl_of(&positions), CommitMode::Sync) {
+                // A synchronous commit waits for the broker: off the async worker threads.
+                match blocking(|| consumer.commit(&tpl_of(&positions), CommitMode::Sync)) {
                     Ok(()) => {
                         tracing::info!(?positions, "committed stored offsets of revoked partitions")
                     }
@@ -123,7 +124,18 @@ impl ConsumerContext for SourceContext {
         match result {
             Ok(()) => {
                 metrics::counter!(crate::metrics::COMMITS, "outcome" => "ok").increment(1);
-                tracing::debug!(offsets = ?positions_of_tpl(offsets), "offsets committed");
+                let acked: Vec<(TopicPartition, i64)> = offsets
+                    .elements()
+                    .iter()
+                    .filter_map(|e| {
+                        e.offset()
+                            .to_raw()
+                            .filter(|o| *o >= 0)
+                            .map(|o| (TopicPartition::new(e.topic(), e.partition()), o))
+                    })
+                    .collect();
+                self.tracker.lock().expect("tracker lock").acknowledge(&acked);
+                tracing::debug!(offsets = ?acked, "offsets committed");
             }
             Err(e) => {
                 metrics::counter!(crate::metrics::COMMITS, "outcome" => "error").increment(1);
@@ -133,12 +145,18 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
-    tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
+/// Runs blocking `f` without stalling the other tasks of a multi-thread runtime's worker (rebalance
+/// callbacks run inside `recv()`, on a worker thread).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
-fn positions_of_tpl(tpl: &TopicPartitionList) -> Vec<(String, i32, i64)> {
-    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition(), e.offset().to_raw().unwrap_or(-1))).collect()
+fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
 }
 
 fn tpl_of(positions: &[(TopicPartition, i64)]) -> TopicPartitionList {
@@ -177,9 +195,10 @@ impl Source {
         Ok(Source { consumer: Arc::new(consumer), tracker })
     }
 
-    /// Commits what moved since the last commit (asynchronously).
+    /// Commits what the broker has not acknowledged yet (asynchronously; a failed commit is sent
+    /// again next time).
     pub fn commit_progress(&self) {
-        let positions = self.tracker.lock().expect("tracker lock").take_uncommitted();
+        let positions = self.tracker.lock().expect("tracker lock").unacknowledged();
         if !positions.is_empty() {
             if let Err(e) = self.consumer.commit(&tpl_of(&positions), CommitMode::Async) {
                 tracing::warn!("offset commit failed: {e}");
@@ -187,11 +206,12 @@ impl Source {
         }
     }
 
-    /// Commits every tracked position synchronously (shutdown).
+    /// Commits every tracked position synchronously (shutdown); they are acknowledged when it returns.
     pub fn commit_all_sync(&self) -> anyhow::Result<Vec<(TopicPartition, i64)>> {
         let positions = self.tracker.lock().expect("tracker lock").positions();
         if !positions.is_empty() {
             self.consumer.commit(&tpl_of(&positions), CommitMode::Sync)?;
+            self.tracker.lock().expect("tracker lock").acknowledge(&positions);
         }
         Ok(positions)
     }

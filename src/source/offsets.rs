@@ -38,8 +38,8 @@ struct PartitionState {
     in_flight: BTreeSet<i64>,
     /// One past the highest offset registered in this epoch.
     next: Option<i64>,
-    /// The position last handed out for commit.
-    committed: Option<i64>,
+    /// The last position the broker acknowledged as committed.
+    acked: Option<i64>,
 }
 
 impl PartitionState {
@@ -101,19 +101,29 @@ impl OffsetTracker {
         v
     }
 
-    /// Positions that moved since the last call, marking them as handed out for commit.
-    pub fn take_uncommitted(&mut self) -> Vec<(TopicPartition, i64)> {
-        let mut v = Vec::new();
-        for (tp, s) in self.partitions.iter_mut() {
-            if let Some(p) = s.position() {
-                if s.committed != Some(p) {
-                    s.committed = Some(p);
-                    v.push((tp.clone(), p));
+    /// Positions the broker has not acknowledged yet: a commit that failed or is still under way is
+    /// sent again by the next call (commits are idempotent), so a failed commit is retried.
+    pub fn unacknowledged(&self) -> Vec<(TopicPartition, i64)> {
+        let mut v: Vec<_> = self
+            .partitions
+            .iter()
+            .filter_map(|(tp, s)| s.position().filter(|p| s.acked != Some(*p)).map(|p| (tp.clone(), p)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Records positions the broker acknowledged (from the commit callback). A position counts as
+    /// committed only from here on.
+    pub fn acknowledge(&mut self, positions: &[(TopicPartition, i64)]) {
+        for (tp, p) in positions {
+            if let Some(s) = self.partitions.get_mut(tp) {
+                // Acknowledgements can arrive out of order: keep the furthest.
+                if s.acked.is_none_or(|a| a < *p) {
+                    s.acked = Some(*p);
                 }
             }
         }
-        v.sort();
-        v
     }
 
     /// Positions of the given partitions only (for a commit on revoke).
@@ -171,15 +181,23 @@ mod tests {
     }
 
     #[test]
-    fn take_uncommitted_reports_each_move_once() {
+    fn positions_are_resent_until_the_broker_acknowledges_them() {
         let mut t = OffsetTracker::new();
-        t.assign([tp(0)]);
-        assert!(t.take_uncommitted().is_empty(), "nothing consumed, nothing to commit");
+        t.assign([tp(0), tp(1)]);
+        assert!(t.unacknowledged().is_empty(), "nothing consumed, nothing to commit");
         let a = t.register(&tp(0), 3).unwrap();
-        assert_eq!(t.take_uncommitted(), vec![(tp(0), 3)]);
-        assert!(t.take_uncommitted().is_empty());
+        assert_eq!(t.unacknowledged(), vec![(tp(0), 3)]);
+        // The commit failed (no acknowledgement): the next round sends it again.
+        assert_eq!(t.unacknowledged(), vec![(tp(0), 3)]);
+        t.acknowledge(&[(tp(0), 3)]);
+        assert!(t.unacknowledged().is_empty());
         t.complete(&a);
-        assert_eq!(t.take_uncommitted(), vec![(tp(0), 4)]);
+        t.register(&tp(1), 0).unwrap();
+        assert_eq!(t.unacknowledged(), vec![(tp(0), 4), (tp(1), 0)]);
+        // A late acknowledgement of an older position does not undo a newer one.
+        t.acknowledge(&[(tp(0), 4)]);
+        t.acknowledge(&[(tp(0), 3)]);
+        assert_eq!(t.unacknowledged(), vec![(tp(1), 0)]);
     }
 
     #[test]
