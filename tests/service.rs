@@ -249,7 +249,21 @@ async fn backpressure_pauses_and_resumes_without_losing_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_members_share_the_partitions_and_survive_a_rebalance() {
+    two_members_rebalance(None).await;
+}
+
+/// Incremental rebalancing: only moved partitions are revoked, so the kept ones must keep the events
+/// waiting for a permit (before the fix they were dropped and their commits passed them: events lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cooperative_rebalancing_drops_only_the_revoked_partitions_work() {
+    two_members_rebalance(Some("cooperative-sticky")).await;
+}
+
+async fn two_members_rebalance(strategy: Option<&str>) {
     let mut scope = Scope::new("rebalance").await;
+    if let Some(s) = strategy {
+        scope.cfg.kafka.properties.0.insert("partition.assignment.strategy".into(), s.into());
+    }
     scope.cfg.pipeline.max_batch_size = 2;
     scope.cfg.pipeline.max_in_flight = 4; // keeps both members paused part of the time
     scope.seed(0..30, 32).await;
@@ -274,6 +288,7 @@ async fn two_members_share_the_partitions_and_survive_a_rebalance() {
     b.stop().await;
     assert_eq!(scope.caption_count().await, 80, "every event stored once");
     assert_eq!(scope.committed_total(), 80);
+    scope.assert_all_committed("every partition committed to its end");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

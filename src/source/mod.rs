@@ -8,10 +8,17 @@
 //! paused while the loop keeps polling (so the member stays in its group and sees rebalances), and are
 //! resumed once half the permits are back. A rebalance resets librdkafka's pause state, so the pause is
 //! re-applied to the new assignment.
+//!
+//! Rebalances may be eager (every partition revoked, then the new set assigned) or incremental
+//! (`partition.assignment.strategy=cooperative-sticky`: only the moved partitions are revoked or
+//! assigned). Messages waiting for a permit carry the assignment epoch they were received in; after a
+//! rebalance only those of revoked (or revoked and re-assigned) partitions are dropped, to be
+//! redelivered from the committed position. Kept partitions keep their waiting messages, so their
+//! commits never pass an event that was not processed.
 
 pub mod offsets;
+pub mod stash;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Health;
 use crate::config::KafkaConfig;
 use offsets::{OffsetTracker, Ticket, TopicPartition};
+use stash::Stash;
 
 /// The consumer type the service uses.
 pub type KafkaConsumer = StreamConsumer<SourceContext>;
@@ -227,16 +235,11 @@ impl Source {
         let total = permits.available_permits();
         let resume_at = (total / 2).max(1);
         let ctx = self.consumer.context();
-        let mut stash: VecDeque<OwnedMessage> = VecDeque::new();
+        let mut stash = Stash::default();
         let mut paused = false;
         loop {
             if ctx.take_rebalanced() {
-                // Stashed messages belong to the previous assignment: drop them (uncommitted, so they
-                // are redelivered) to keep each partition's offsets in order.
-                stash.clear();
-                if paused {
-                    self.set_paused(true);
-                }
+                self.after_rebalance(&mut stash, paused);
             }
             if paused && permits.available_permits() >= resume_at {
                 self.set_paused(false);
@@ -244,15 +247,15 @@ impl Source {
             }
             // Dispatch what is stashed while permits last.
             while !paused {
-                let Some(msg) = stash.pop_front() else { break };
+                let Some((epoch, msg)) = stash.pop() else { break };
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        if !self.dispatch(msg, permit, &out).await {
+                        if !self.dispatch(epoch, msg, permit, &out).await {
                             return;
                         }
                     }
                     Err(_) => {
-                        stash.push_front(msg);
+                        stash.unpop((epoch, msg));
                         self.set_paused(true);
                         paused = true;
                     }
@@ -264,12 +267,12 @@ impl Source {
                     Ok(m) => {
                         let m = m.detach();
                         if ctx.take_rebalanced() {
-                            stash.clear();
-                            if paused {
-                                self.set_paused(true);
-                            }
+                            self.after_rebalance(&mut stash, paused);
                         }
-                        stash.push_back(m);
+                        let (partition, offset) = (m.partition(), m.offset());
+                        if !stash.push(&self.tracker.lock().expect("tracker lock"), m) {
+                            tracing::debug!(partition, offset, "dropping a message of an unassigned partition");
+                        }
                     }
                     Err(e) => {
                         tracing::warn!("kafka consume error: {e}");
@@ -282,10 +285,28 @@ impl Source {
         }
     }
 
-    async fn dispatch(&self, msg: OwnedMessage, permit: OwnedSemaphorePermit, out: &mpsc::Sender<Job>) -> bool {
+    /// Drops the waiting messages of partitions revoked (or re-assigned) by the rebalance, keeping the
+    /// others in order, and re-applies the pause to the new assignment.
+    fn after_rebalance(&self, stash: &mut Stash, paused: bool) {
+        let dropped = stash.retain_assigned(&self.tracker.lock().expect("tracker lock"));
+        if dropped > 0 {
+            tracing::debug!(dropped, kept = stash.len(), "dropped waiting messages of revoked partitions");
+        }
+        if paused {
+            self.set_paused(true);
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        epoch: u64,
+        msg: OwnedMessage,
+        permit: OwnedSemaphorePermit,
+        out: &mpsc::Sender<Job>,
+    ) -> bool {
         metrics::counter!(crate::metrics::CONSUMED).increment(1);
         let tp = TopicPartition::new(msg.topic(), msg.partition());
-        let Some(ticket) = self.tracker.lock().expect("tracker lock").register(&tp, msg.offset()) else {
+        let Some(ticket) = self.tracker.lock().expect("tracker lock").register_in(&tp, msg.offset(), epoch) else {
             tracing::debug!(?tp, offset = msg.offset(), "dropping a message of a revoked partition");
             return true;
         };

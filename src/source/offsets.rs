@@ -75,10 +75,22 @@ impl OffsetTracker {
         }
     }
 
+    /// The current assignment epoch of `tp` (`None` when not assigned).
+    pub fn epoch_of(&self, tp: &TopicPartition) -> Option<u64> {
+        self.partitions.get(tp).map(|s| s.epoch)
+    }
+
     /// Records a consumed offset as in flight. Returns `None` when the partition is not assigned (a
     /// message that raced a revoke); such a message must not be processed further.
     pub fn register(&mut self, tp: &TopicPartition, offset: i64) -> Option<Ticket> {
-        let state = self.partitions.get_mut(tp)?;
+        let epoch = self.epoch_of(tp)?;
+        self.register_in(tp, offset, epoch)
+    }
+
+    /// [`register`](Self::register) for a message received during assignment `epoch`: `None` when
+    /// the partition has been revoked (or revoked and assigned again) since.
+    pub fn register_in(&mut self, tp: &TopicPartition, offset: i64, epoch: u64) -> Option<Ticket> {
+        let state = self.partitions.get_mut(tp).filter(|s| s.epoch == epoch)?;
         state.in_flight.insert(offset);
         state.next = Some(state.next.map_or(offset + 1, |n| n.max(offset + 1)));
         Some(Ticket { tp: tp.clone(), offset, epoch: state.epoch })
