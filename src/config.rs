@@ -184,6 +184,9 @@ pub struct DlqConfig {
     #[serde(deserialize_with = "float")]
     pub breaker_max_ratio: f64,
     pub breaker_min_events: usize,
+    /// A tripped breaker resets itself after this long; "0s": only `blip2idc breaker reset` does.
+    #[serde(with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

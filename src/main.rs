@@ -31,6 +31,25 @@ struct ConfigArg {
     config: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct BreakerArgs {
+    #[command(subcommand)]
+    action: BreakerAction,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The consumer group (default: kafka.group_id of the configuration).
+    #[arg(long, global = true)]
+    group: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum BreakerAction {
+    /// Print whether the group's breaker is tripped, when, by whom and why (exit code 3 when tripped).
+    Status,
+    /// Reset the group's breaker: held consumers start consuming within seconds.
+    Reset,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the streaming service: consume image-pair events from Kafka, fetch the images from S3,
@@ -39,6 +58,9 @@ enum Command {
     Serve(ConfigArg),
     /// Apply the database migrations and exit.
     Migrate(ConfigArg),
+    /// Show or reset the consumer group's dead-letter breaker. A tripped breaker (recorded in
+    /// PostgreSQL) keeps every replica of the group unready and consuming nothing until it is reset.
+    Breaker(BreakerArgs),
     /// Validate the configuration and print it (secrets redacted).
     Config(ConfigArg),
     /// Caption one pair of local image files: what changed from ORIGINAL to MODIFIED.
@@ -126,6 +148,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             store.migrate().await?;
             eprintln!("migrations applied to {}", cfg.database.url.redacted());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Breaker(b) => {
+            let cfg = Config::load(b.config.config.as_deref())?;
+            let group = b.group.unwrap_or_else(|| cfg.kafka.group_id.clone());
+            let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
+            let show = |t: &blip2idc::store::breaker::Trip| {
+                format!("tripped at {} by {}: {}", t.tripped_at.to_rfc3339(), t.tripped_by, t.reason)
+            };
+            match b.action {
+                BreakerAction::Status => match store.trip_of(&group).await? {
+                    Some(t) => {
+                        println!("group {group}: {}", show(&t));
+                        Ok(ExitCode::from(3))
+                    }
+                    None => {
+                        println!("group {group}: not tripped");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                },
+                BreakerAction::Reset => {
+                    match store.reset_trip(&group).await? {
+                        Some(t) => println!("group {group}: reset (it was {})", show(&t)),
+                        None => println!("group {group}: was not tripped"),
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         Command::Caption(a) => caption(a).await,
         Command::Retrain(a) => retrain(a).await,

@@ -19,6 +19,7 @@ pub const PARTITION_LAG: &str = "blip2idc_partition_lag";
 pub const IN_FLIGHT: &str = "blip2idc_in_flight_events";
 pub const SECONDS_SINCE_PROGRESS: &str = "blip2idc_seconds_since_progress";
 pub const STALLED: &str = "blip2idc_stalled";
+pub const BREAKER_TRIPPED: &str = "blip2idc_breaker_tripped";
 pub const PAUSED: &str = "blip2idc_consumer_paused";
 pub const COMMITS: &str = "blip2idc_offset_commits_total";
 pub const MODEL_SWAPS: &str = "blip2idc_model_swaps_total";
@@ -67,6 +68,7 @@ fn describe() {
         "Seconds since an event was last stored or dead-lettered while events are waiting (0 when idle)."
     );
     describe_gauge!(STALLED, "1 while events wait and none finished for pipeline.stall_timeout.");
+    describe_gauge!(BREAKER_TRIPPED, "1 while the group's dead-letter breaker is tripped and this consumer holds.");
     describe_gauge!(PAUSED, "1 while the input partitions are paused for backpressure.");
     describe_counter!(COMMITS, "Offset commits, by outcome.");
     describe_counter!(MODEL_SWAPS, "Hot swaps of the captioning model.");

@@ -162,7 +162,7 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn breaker_stops_consumption_when_everything_is_rejected() {
+async fn breaker_stops_consumption_when_everything_is_rejected_and_survives_restarts() {
     let mut scope = Scope::new("breaker").await;
     scope.cfg.dlq.breaker_window = 20;
     scope.cfg.dlq.breaker_min_events = 5;
@@ -174,9 +174,48 @@ async fn breaker_stops_consumption_when_everything_is_rejected() {
     let summary =
         tokio::time::timeout(Duration::from_secs(60), run.task).await.expect("stops by itself").unwrap().unwrap();
     assert!(matches!(summary.fatal, Some(Fatal::BreakerTripped { .. })), "{summary:?}");
-    let dead = scope.dead_letters(30, Duration::from_secs(12)).len();
+    assert_eq!(summary.exit_code(), 3);
+    // Every dead letter was acknowledged before the pipeline stopped: a short read sees them all.
+    let dead = scope.dead_letters(30, Duration::from_secs(3)).len();
     assert!((4..30).contains(&dead), "the breaker stopped the flood after {dead} dead letters");
     assert!(scope.committed_total() <= dead as i64, "nothing past the tripping event is committed");
+    let breaker = |action: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_blip2idc"))
+            .args(["breaker", action, "--group", &scope.cfg.kafka.group_id])
+            .output()
+            .unwrap()
+    };
+    let status = breaker("status");
+    assert_eq!(status.status.code(), Some(3), "{status:?}");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("malformed_json"), "{status:?}");
+
+    // A restart (the next pod, or a replica) holds: unready, consuming nothing, dead-lettering nothing.
+    let held = start(&scope.cfg, test_captioner(Duration::ZERO));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(held.health.breaker_tripped.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(!held.health.group_joined.load(std::sync::atomic::Ordering::Relaxed), "a held consumer joined the group");
+    assert_eq!(scope.dead_letters(30, Duration::from_secs(2)).len(), dead, "a held consumer dead-lettered");
+
+    // An operator resets it: the held consumer resumes (and, the input still being garbage, trips again
+    // after a handful more).
+    let reset = breaker("reset");
+    assert!(reset.status.success() && String::from_utf8_lossy(&reset.stdout).contains("reset"), "{reset:?}");
+    let summary =
+        tokio::time::timeout(Duration::from_secs(60), held.task).await.expect("resumes, then trips").unwrap().unwrap();
+    assert!(matches!(summary.fatal, Some(Fatal::BreakerTripped { .. })), "{summary:?}");
+    let again = scope.dead_letters(30, Duration::from_secs(3)).len();
+    assert!(again > dead && again < 30, "resumed after the reset: {dead} then {again} dead letters");
+
+    // With a cooldown, a trip resets itself once it has passed.
+    scope.cfg.dlq.breaker_cooldown = Duration::from_secs(2);
+    let cooled = start(&scope.cfg, test_captioner(Duration::ZERO));
+    let summary = tokio::time::timeout(Duration::from_secs(60), cooled.task)
+        .await
+        .expect("resumes, then trips")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(summary.fatal, Some(Fatal::BreakerTripped { .. })), "{summary:?}");
+    assert!(scope.dead_letters(30, Duration::from_secs(3)).len() > again, "resumed after the cooldown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -45,7 +45,7 @@ impl RunSummary {
     /// the pipeline failed.
     pub fn exit_code(&self) -> u8 {
         match &self.fatal {
-            Some(Fatal::BreakerTripped { .. }) => 3,
+            Some(Fatal::BreakerTripped { .. } | Fatal::BreakerHeld { .. }) => 3,
             Some(Fatal::Failed(_)) => 1,
             None if self.drain_timed_out => 4,
             None => 0,
@@ -77,6 +77,11 @@ pub async fn run(
     let worker = Arc::new(tokio::task::spawn_blocking(move || CaptionWorker::spawn(factory)).await??);
     health.model_loaded.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(model_version = %worker.model_version(), "captioner ready");
+
+    // A breaker tripped before (by this group, here or on another replica) holds consumption.
+    if !hold_while_tripped(cfg, &store, &health, &shutdown).await {
+        return Ok(RunSummary { committed: Vec::new(), fatal: None, drain_timed_out: false });
+    }
 
     let s3 = crate::fetch::s3_client(&cfg.s3).await;
     let source = Arc::new(Source::new(&cfg.kafka, health.clone())?);
@@ -172,6 +177,24 @@ pub async fn run(
         })
     };
 
+    // Another replica's trip stops this one too.
+    let breaker_watch = {
+        let (store, group, outcomes, stop) =
+            (store.clone(), cfg.kafka.group_id.clone(), outcomes.clone(), hard_stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(BREAKER_POLL) => {}
+                    _ = stop.cancelled() => return,
+                }
+                if let Ok(Some(trip)) = store.trip_of(&group).await {
+                    outcomes.fatal(Fatal::BreakerHeld { reason: trip.reason, tripped_by: trip.tripped_by });
+                    return;
+                }
+            }
+        })
+    };
+
     // Run until asked to stop or something fatal happens.
     let mut store_task = store_task;
     let fatal = tokio::select! {
@@ -182,6 +205,24 @@ pub async fn run(
     match &fatal {
         Some(f) => tracing::error!("{f}"),
         None => tracing::info!("shutdown requested: draining in-flight events"),
+    }
+    breaker_watch.abort();
+    if let Some(Fatal::BreakerTripped { last, ratio, .. }) = &fatal {
+        // Recorded so that restarts and the other replicas hold too (see hold_while_tripped).
+        health.breaker_tripped.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reason = format!("{:.0}% dead-lettered, last: {last}", ratio * 100.0);
+        let by = crate::store::breaker::this_consumer(&cfg.kafka.client_id);
+        let record = async {
+            for attempt in 1..=5u32 {
+                match store.record_trip(&cfg.kafka.group_id, &reason, &by).await {
+                    Ok(()) => return,
+                    Err(e) if attempt == 5 => tracing::error!("could not record the breaker trip: {e:#}"),
+                    Err(e) => tracing::warn!(attempt, "recording the breaker trip: {e:#}"),
+                }
+                tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
+            }
+        };
+        record.await;
     }
 
     // Drain: stop consuming; the steps finish what they hold and end as their inputs close.
@@ -248,6 +289,63 @@ pub async fn run(
     drop(outcomes);
     close_consumer(source, cfg.shutdown.consumer_close_timeout).await;
     Ok(RunSummary { committed, fatal, drain_timed_out })
+}
+
+/// How often a running consumer looks for a trip recorded by another replica, and a held one for a reset.
+const BREAKER_POLL: Duration = Duration::from_secs(2);
+
+/// Waits while the group's breaker is tripped (recorded in PostgreSQL), unready and consuming nothing,
+/// until `blip2idc breaker reset` removes the record or `dlq.breaker_cooldown` has passed. Returns
+/// false when shutdown was asked meanwhile. While the database cannot answer, it waits too: the
+/// breaker must not be skipped.
+async fn hold_while_tripped(cfg: &Config, store: &Store, health: &Health, shutdown: &CancellationToken) -> bool {
+    use std::sync::atomic::Ordering;
+    let group = &cfg.kafka.group_id;
+    let cooldown = cfg.dlq.breaker_cooldown;
+    let mut announced = false;
+    loop {
+        match store.trip_of(group).await {
+            Ok(None) => {
+                if announced {
+                    tracing::info!(group, "the dead-letter breaker was reset: consuming");
+                }
+                health.breaker_tripped.store(false, Ordering::Relaxed);
+                metrics::gauge!(crate::metrics::BREAKER_TRIPPED).set(0.0);
+                return true;
+            }
+            Ok(Some(trip)) => {
+                let age = (chrono::Utc::now() - trip.tripped_at).to_std().unwrap_or_default();
+                if !cooldown.is_zero() && age >= cooldown {
+                    tracing::warn!(
+                        group,
+                        ?cooldown,
+                        "dlq.breaker_cooldown passed since the trip: resetting the breaker"
+                    );
+                    if let Err(e) = store.reset_trip(group).await {
+                        tracing::warn!("resetting the breaker after its cooldown: {e:#}");
+                    }
+                    continue;
+                }
+                health.breaker_tripped.store(true, Ordering::Relaxed);
+                metrics::gauge!(crate::metrics::BREAKER_TRIPPED).set(1.0);
+                if !announced {
+                    announced = true;
+                    tracing::error!(
+                        group, tripped_at = %trip.tripped_at, tripped_by = %trip.tripped_by,
+                        "the dead-letter breaker of this group is tripped ({}): not consuming; fix the cause, then \
+                         run `blip2idc breaker reset`{}",
+                        trip.reason,
+                        if cooldown.is_zero() { String::new() } else { format!(" (or wait for dlq.breaker_cooldown = {cooldown:?})") }
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the breaker state (waiting for the database): {e:#}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(BREAKER_POLL) => {}
+        }
+    }
 }
 
 /// Leaves the group and closes the consumer, giving up after `timeout`.

@@ -22,6 +22,8 @@ use rdkafka::message::Message;
 pub enum Fatal {
     /// The dead-letter ratio went over `dlq.breaker_max_ratio`.
     BreakerTripped { ratio: f64, events: usize, last: Rejection },
+    /// The group's breaker was tripped (by this consumer before a restart, or by another replica).
+    BreakerHeld { reason: String, tripped_by: String },
     /// A step that cannot continue (the captioner thread died).
     Failed(String),
 }
@@ -35,6 +37,11 @@ impl std::fmt::Display for Fatal {
                  consumption stopped so the input is not emptied into the dead-letter topic — fix the cause \
                  (config, credentials, deploy) and restart; unhandled events will be redelivered",
                 ratio * 100.0
+            ),
+            Fatal::BreakerHeld { reason, tripped_by } => write!(
+                f,
+                "the dead-letter breaker of this consumer group was tripped by {tripped_by} ({reason}); \
+                 consumption stopped — fix the cause, then `blip2idc breaker reset`"
             ),
             Fatal::Failed(why) => write!(f, "pipeline failed: {why}"),
         }

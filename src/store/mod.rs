@@ -18,6 +18,7 @@ use crate::config::DatabaseConfig;
 use crate::event::ImagePairEvent;
 use crate::retry::Backoff;
 
+pub mod breaker;
 mod registry;
 pub use registry::{ModelVersion, Promoted, PROMOTION_CHANNEL};
 
