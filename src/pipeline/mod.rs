@@ -136,12 +136,19 @@ pub async fn run(
     let store_task = tokio::spawn(store_step(store.clone(), outcomes.clone(), cap_rx));
     let commit_task = {
         let (source, every, stop) = (source.clone(), cfg.kafka.commit_interval, hard_stop.clone());
+        let outcomes = outcomes.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tick.tick() => source.commit_progress(),
+                    // A delivered dead letter is committed at once (at most every 50 ms), not at the
+                    // next tick: fewer duplicate dead letters when the process dies in between.
+                    _ = outcomes.commit_soon.notified() => {
+                        source.commit_progress();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     _ = stop.cancelled() => return,
                 }
             }

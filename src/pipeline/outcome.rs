@@ -62,6 +62,9 @@ pub struct Outcomes {
     /// Dead letters not yet acknowledged by the broker, and a wake-up when that reaches zero.
     pending_dead_letters: AtomicUsize,
     dead_letters_idle: tokio::sync::Notify,
+    /// Asks the commit task for a commit now (after a dead letter: shrinks the window in which a
+    /// crash makes it a duplicate on redelivery).
+    pub commit_soon: tokio::sync::Notify,
 }
 
 impl Outcomes {
@@ -83,6 +86,7 @@ impl Outcomes {
             last_progress: Mutex::new(std::time::Instant::now()),
             pending_dead_letters: AtomicUsize::new(0),
             dead_letters_idle: tokio::sync::Notify::new(),
+            commit_soon: tokio::sync::Notify::new(),
         }
     }
 
@@ -157,6 +161,7 @@ impl Outcomes {
         }
         metrics::counter!(crate::metrics::DEAD_LETTERED, "kind" => why.kind.as_str()).increment(1);
         self.finish(job);
+        self.commit_soon.notify_one();
     }
 
     /// Waits until no dead letter is pending (the drain at shutdown).
