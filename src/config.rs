@@ -49,6 +49,8 @@ pub struct KafkaConfig {
     pub auto_offset_reset: String,
     #[serde(with = "humantime_serde")]
     pub statistics_interval: Duration,
+    /// Larger event payloads are dead-lettered (`event_too_large`) without being parsed.
+    pub max_event_bytes: usize,
     /// Extra librdkafka properties (`sasl.password`, `ssl.key.password`, ...). Values whose key names a
     /// secret are redacted wherever the configuration is shown ([`KafkaProperties`]).
     #[serde(default)]
@@ -169,6 +171,8 @@ pub struct PipelineConfig {
     pub max_batch_wait: Duration,
     pub max_in_flight: usize,
     pub decode_concurrency: usize,
+    /// Memory the events in flight may hold: fetched objects, decoded pixels, preprocessing buffers.
+    pub max_in_flight_bytes: u64,
     /// Events are waiting but none finished for this long: `/readyz` fails and the stall metric rises.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
@@ -356,6 +360,7 @@ impl Config {
             format!("kafka.auto_offset_reset is {:?}; expected \"earliest\" or \"latest\"", k.auto_offset_reset),
         );
         check(!k.commit_interval.is_zero(), "kafka.commit_interval must be > 0".into());
+        check(k.max_event_bytes >= 256, "kafka.max_event_bytes must be at least 256".into());
         for key in k.properties.keys() {
             check(
                 !matches!(key.as_str(), "enable.auto.commit" | "enable.auto.offset.store" | "group.id"),
@@ -435,6 +440,28 @@ impl Config {
         );
         check(p.decode_concurrency > 0, "pipeline.decode_concurrency must be > 0".into());
         check(!p.stall_timeout.is_zero(), "pipeline.stall_timeout must be > 0".into());
+        let largest = self.decode.max_width as u64 * self.decode.max_height as u64;
+        let pair = crate::pipeline::budget::pair_cost(largest, largest);
+        check(
+            p.max_in_flight_bytes / 2 >= pair,
+            format!(
+                "pipeline.max_in_flight_bytes ({}) must be at least {} bytes: half of it must hold the decoding of \
+                 a pair of the largest images decode.max_width × decode.max_height allow ({} × {}); raise it or \
+                 lower those",
+                p.max_in_flight_bytes,
+                2 * pair,
+                self.decode.max_width,
+                self.decode.max_height
+            ),
+        );
+        check(
+            p.max_in_flight_bytes >= 4 * self.s3.max_object_bytes,
+            format!(
+                "pipeline.max_in_flight_bytes ({}) must be at least 4 × s3.max_object_bytes ({}): a pair's two \
+                 objects must fit in the fetch half of the budget",
+                p.max_in_flight_bytes, self.s3.max_object_bytes
+            ),
+        );
 
         let q = &self.dlq;
         check(q.breaker_window > 0, "dlq.breaker_window must be > 0".into());

@@ -82,15 +82,63 @@ fn decode_jpeg_turbo(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<
     if header.colorspace == turbojpeg::Colorspace::CMYK || header.colorspace == turbojpeg::Colorspace::YCCK {
         return Ok(None);
     }
-    let img = turbojpeg::decompress(bytes, turbojpeg::PixelFormat::RGB)
-        .map_err(|e| Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt JPEG: {e}")))?;
-    let mut rgb = Vec::with_capacity(img.width * img.height * 3);
-    for row in img.pixels.chunks(img.pitch).take(img.height) {
-        rgb.extend_from_slice(&row[..img.width * 3]);
-    }
-    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, rgb)
-        .expect("libjpeg-turbo returned a full RGB buffer");
+    let rgb = turbo_rgb(bytes, header.width, header.height).map_err(|e| {
+        if e.contains("scans") {
+            Rejection::new(RejectKind::ImageTooLarge, format!("{what}: progressive JPEG refused: {e}"))
+        } else {
+            Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt JPEG: {e}"))
+        }
+    })?;
+    let buf = image::RgbImage::from_raw(header.width as u32, header.height as u32, rgb)
+        .expect("libjpeg-turbo filled a full RGB buffer");
     Ok(Some(DynamicImage::ImageRgb8(buf)))
+}
+
+/// libjpeg-turbo's `tjDecompress2` straight into a tight RGB buffer (no second copy), with
+/// `TJFLAG_LIMITSCANS`: a progressive JPEG of more than 500 scans (each a full pass over the
+/// coefficients: a CPU bomb in a few kilobytes) is an error. Otherwise the defaults, as PIL: accurate
+/// integer IDCT, fancy upsampling.
+fn turbo_rgb(bytes: &[u8], width: usize, height: usize) -> Result<Vec<u8>, String> {
+    use turbojpeg::raw;
+    struct Handle(raw::tjhandle);
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // SAFETY: a handle from tjInitDecompress, destroyed once.
+            unsafe { raw::tjDestroy(self.0) };
+        }
+    }
+    let too_big = || format!("{width}x{height} does not fit libjpeg-turbo's integer sizes");
+    let (w, h, pitch) = (
+        i32::try_from(width).map_err(|_| too_big())?,
+        i32::try_from(height).map_err(|_| too_big())?,
+        i32::try_from(width * 3).map_err(|_| too_big())?,
+    );
+    // SAFETY: plain constructor; null on failure.
+    let handle = Handle(unsafe { raw::tjInitDecompress() });
+    if handle.0.is_null() {
+        return Err("libjpeg-turbo could not create a decompressor".into());
+    }
+    let mut out = vec![0u8; width * height * 3];
+    // SAFETY: `out` holds exactly pitch × height bytes; the JPEG buffer is read-only and sized.
+    let res = unsafe {
+        raw::tjDecompress2(
+            handle.0,
+            bytes.as_ptr(),
+            bytes.len() as _,
+            out.as_mut_ptr(),
+            w,
+            pitch,
+            h,
+            raw::TJPF_TJPF_RGB as _,
+            raw::TJFLAG_LIMITSCANS as _,
+        )
+    };
+    if res != 0 {
+        // SAFETY: the handle's error string, valid until the next call on it.
+        let msg = unsafe { std::ffi::CStr::from_ptr(raw::tjGetErrorStr2(handle.0)) };
+        return Err(msg.to_string_lossy().into_owned());
+    }
+    Ok(out)
 }
 
 /// Decodes both images of a pair and produces the model's `pixel_values`.
@@ -137,6 +185,19 @@ mod tests {
         assert_eq!(decode(&p, &limits(), "x").unwrap_err().kind, RejectKind::CorruptImage);
         let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
         assert_eq!(decode(gif, &limits(), "x").unwrap_err().kind, RejectKind::NotAnImage);
+    }
+
+    #[test]
+    fn progressive_scan_bombs_are_refused() {
+        let ok = crate::devtools::progressive_scan_bomb(1);
+        let img = decode(&ok, &limits(), "x").expect("a progressive JPEG decodes");
+        assert_eq!((img.width(), img.height()), (16, 16));
+        // Before TJFLAG_LIMITSCANS, libjpeg-turbo walked all 5000 scans (then reported the repeated
+        // scans' inconsistent progression, a corrupt_image); now it stops at scan 501.
+        let bomb = crate::devtools::progressive_scan_bomb(5000);
+        let err = decode(&bomb, &limits(), "bomb").unwrap_err();
+        assert_eq!(err.kind, RejectKind::ImageTooLarge, "{err}");
+        assert!(err.message.contains("scans"), "{err}");
     }
 
     #[test]

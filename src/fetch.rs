@@ -154,6 +154,24 @@ impl Fetcher {
         pair
     }
 
+    /// [`fetch_pair`](Self::fetch_pair) within a byte budget: twice `s3.max_object_bytes` is reserved
+    /// before the GETs start, then shrunk to the bytes received; the reservation comes back with them.
+    pub async fn fetch_pair_within(
+        &self,
+        original: &S3Uri,
+        republished: &S3Uri,
+        cancel: &CancellationToken,
+        budget: &crate::pipeline::budget::ByteBudget,
+    ) -> Result<((Bytes, Bytes), crate::pipeline::budget::Reservation), StepError> {
+        let mut reservation = tokio::select! {
+            r = budget.fetch(2 * self.max_bytes) => r,
+            _ = cancel.cancelled() => return Err(StepError::Transient(anyhow::anyhow!("cancelled waiting for memory"))),
+        };
+        let (a, b) = self.fetch_pair(original, republished, cancel).await?;
+        reservation.shrink_to((a.len() + b.len()) as u64);
+        Ok(((a, b), reservation))
+    }
+
     /// Fetches one object, retrying transient failures until `cancel` fires.
     pub async fn fetch(&self, uri: &S3Uri, cancel: &CancellationToken) -> Result<Bytes, StepError> {
         if !self.allowed.contains(&uri.bucket) {

@@ -19,6 +19,7 @@ pub const PARTITION_LAG: &str = "blip2idc_partition_lag";
 pub const IN_FLIGHT: &str = "blip2idc_in_flight_events";
 pub const SECONDS_SINCE_PROGRESS: &str = "blip2idc_seconds_since_progress";
 pub const STALLED: &str = "blip2idc_stalled";
+pub const IN_FLIGHT_BYTES: &str = "blip2idc_in_flight_bytes";
 pub const BREAKER_TRIPPED: &str = "blip2idc_breaker_tripped";
 pub const PAUSED: &str = "blip2idc_consumer_paused";
 pub const COMMITS: &str = "blip2idc_offset_commits_total";
@@ -66,6 +67,10 @@ fn describe() {
     describe_gauge!(
         SECONDS_SINCE_PROGRESS,
         "Seconds since an event was last stored or dead-lettered while events are waiting (0 when idle)."
+    );
+    describe_gauge!(
+        IN_FLIGHT_BYTES,
+        "Bytes reserved by events in flight (fetched objects, decoding, pixel values) of pipeline.max_in_flight_bytes."
     );
     describe_gauge!(STALLED, "1 while events wait and none finished for pipeline.stall_timeout.");
     describe_gauge!(BREAKER_TRIPPED, "1 while the group's dead-letter breaker is tripped and this consumer holds.");

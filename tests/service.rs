@@ -78,6 +78,7 @@ async fn happy_path_stores_every_event_once_and_commits() {
 async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
     let mut scope = Scope::new("bad").await;
     scope.cfg.s3.max_object_bytes = 200_000;
+    scope.cfg.kafka.max_event_bytes = 4096;
     scope.cfg.dlq.breaker_min_events = 1000; // this test rejects on purpose
     scope.cfg.dlq.breaker_window = 1000;
     let s3 = scope.s3().await;
@@ -95,6 +96,7 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
     truncated.truncate(good.len() / 3);
     put("truncated.jpg", truncated).await;
     put("bomb.png", blip2idc::devtools::png_bomb(60_000, 60_000)).await;
+    put("scans.jpg", blip2idc::devtools::progressive_scan_bomb(5000)).await;
     // A key with characters the SDK must encode: the request addresses exactly this object.
     const ODD_KEY: &str = "odd key+%2B \u{fc}?x=1&y#frag;.jpg";
     put(ODD_KEY, good.clone()).await;
@@ -130,6 +132,12 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
         ("not_an_image", ev("text", "text.jpg").to_string().into_bytes()),
         ("corrupt_image", ev("corrupt", "truncated.jpg").to_string().into_bytes()),
         ("image_too_large", ev("bomb", "bomb.png").to_string().into_bytes()),
+        ("image_too_large", ev("scans", "scans.jpg").to_string().into_bytes()),
+        ("event_too_large", {
+            let mut e = ev("big-event", "good.jpg");
+            e["attributes"]["padding"] = "x".repeat(5000).into();
+            e.to_string().into_bytes()
+        }),
     ];
     cases.push((
         "invalid_field",

@@ -5,6 +5,7 @@
 //! stops, in-flight events finish within `shutdown.drain_timeout`, stored offsets are committed, and the
 //! consumer leaves its group within `shutdown.consumer_close_timeout`.
 
+pub mod budget;
 pub mod outcome;
 pub mod prepare;
 
@@ -108,6 +109,7 @@ pub async fn run(
 
     let p = &cfg.pipeline;
     let permits = Arc::new(Semaphore::new(p.max_in_flight));
+    let budget = Arc::new(budget::ByteBudget::new(p.max_in_flight_bytes));
     let (job_tx, job_rx) = mpsc::channel::<Job>(p.max_in_flight);
     let (prep_tx, prep_rx) = mpsc::channel::<Prepared>(p.max_batch_size * 2);
     let (cap_tx, cap_rx) = mpsc::channel::<Captioned>(16);
@@ -123,6 +125,8 @@ pub async fn run(
         processor: worker.processor().clone(),
         decode_slots: Arc::new(Semaphore::new(p.decode_concurrency)),
         outcomes: outcomes.clone(),
+        budget: budget.clone(),
+        max_event_bytes: cfg.kafka.max_event_bytes,
     });
     let prepare_task = tokio::spawn(prepare_step(prepare, job_rx, prep_tx, cfg.s3.max_concurrency));
     let caption_task = tokio::spawn(caption_step(
@@ -157,10 +161,12 @@ pub async fn run(
     let gauge_task = {
         let (permits, stop, total) = (permits.clone(), hard_stop.clone(), p.max_in_flight);
         let (outcomes, health, stall_timeout) = (outcomes.clone(), health.clone(), p.stall_timeout);
+        let budget = budget.clone();
         tokio::spawn(async move {
             loop {
                 let in_flight = total - permits.available_permits();
                 metrics::gauge!(crate::metrics::IN_FLIGHT).set(in_flight as f64);
+                metrics::gauge!(crate::metrics::IN_FLIGHT_BYTES).set(budget.in_use() as f64);
                 // Idle is not stalled: only time with events waiting counts.
                 if in_flight == 0 {
                     outcomes.progressed();
@@ -405,7 +411,11 @@ async fn caption_step(
         let pixels: Vec<Vec<f32>> = batch.iter_mut().map(|p| std::mem::take(&mut p.pixel_values)).collect();
         let batch_size = batch.len();
         metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch_size as f64);
-        let result = match worker.caption(pixels).await {
+        let result = worker.caption(pixels).await;
+        for p in &mut batch {
+            p.memory = None; // the pixels are consumed
+        }
+        let result = match result {
             Ok(r) => r,
             Err(e) => {
                 outcomes.fatal(Fatal::Failed(format!("captioner: {e:#}")));

@@ -10,6 +10,7 @@ use std::time::Instant;
 use rdkafka::message::Message;
 use tokio::sync::Semaphore;
 
+use super::budget::{ByteBudget, Reservation};
 use super::outcome::Outcomes;
 use crate::config::DecodeConfig;
 use crate::error::{RejectKind, Rejection, StepError};
@@ -23,6 +24,8 @@ pub struct Prepared {
     pub job: Job,
     pub event: Arc<ImagePairEvent>,
     pub pixel_values: Vec<f32>,
+    /// The budget its `pixel_values` hold until captioned.
+    pub memory: Option<Reservation>,
 }
 
 /// Everything the step needs, shared by its concurrent jobs.
@@ -32,6 +35,8 @@ pub struct Prepare {
     pub processor: ImageProcessorConfig,
     pub decode_slots: Arc<Semaphore>,
     pub outcomes: Arc<Outcomes>,
+    pub budget: Arc<ByteBudget>,
+    pub max_event_bytes: usize,
 }
 
 impl Prepare {
@@ -47,7 +52,9 @@ impl Prepare {
             ))),
         };
         match outcome {
-            Ok((event, pixel_values)) => Some(Prepared { job, event: Arc::new(event), pixel_values }),
+            Ok((event, pixel_values, memory)) => {
+                Some(Prepared { job, event: Arc::new(event), pixel_values, memory: Some(memory) })
+            }
             Err(StepError::Reject(why)) => {
                 self.outcomes.dead_letter(job, why);
                 None
@@ -59,14 +66,39 @@ impl Prepare {
         }
     }
 
-    async fn try_run(&self, job: &Job) -> Result<(ImagePairEvent, Vec<f32>), StepError> {
+    async fn try_run(&self, job: &Job) -> Result<(ImagePairEvent, Vec<f32>, Reservation), StepError> {
         let payload = job
             .message
             .payload()
             .ok_or_else(|| Rejection::new(RejectKind::MalformedJson, "message has no payload (tombstone)"))?;
+        if payload.len() > self.max_event_bytes {
+            return Err(Rejection::new(
+                RejectKind::EventTooLarge,
+                format!("the payload is {} bytes; kafka.max_event_bytes is {}", payload.len(), self.max_event_bytes),
+            )
+            .into());
+        }
         let event = ImagePairEvent::parse(payload)?;
-        let (a, b) = self.fetcher.fetch_pair(&event.original, &event.republished, &self.outcomes.hard_stop).await?;
+        let cancel = &self.outcomes.hard_stop;
+        let ((a, b), fetched) =
+            self.fetcher.fetch_pair_within(&event.original, &event.republished, cancel, &self.budget).await?;
+        // The slot first, then the memory: a pair holding memory never waits for a slot.
         let _slot = self.decode_slots.acquire().await.expect("decode semaphore is never closed");
+        let cost = crate::pipeline::budget::decode_cost(&a, &b).unwrap_or(0);
+        if cost > self.budget.half_bytes() {
+            return Err(Rejection::new(
+                RejectKind::ImageTooLarge,
+                format!(
+                    "decoding this pair needs about {cost} bytes, more than half of pipeline.max_in_flight_bytes ({})",
+                    self.budget.half_bytes()
+                ),
+            )
+            .into());
+        }
+        let mut memory = tokio::select! {
+            r = self.budget.decode(cost) => r,
+            _ = cancel.cancelled() => return Err(StepError::Transient(anyhow::anyhow!("cancelled waiting for memory"))),
+        };
         let limits = self.limits.clone();
         let processor = self.processor.clone();
         let started = Instant::now();
@@ -80,6 +112,8 @@ impl Prepare {
                 Err(e) => return Err(StepError::Transient(anyhow::anyhow!("decode task failed: {e}"))),
             };
         metrics::histogram!(crate::metrics::DECODE_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok((event, pixels))
+        drop(fetched);
+        memory.shrink_to((pixels.len() * std::mem::size_of::<f32>()) as u64);
+        Ok((event, pixels, memory))
     }
 }
