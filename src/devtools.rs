@@ -236,7 +236,7 @@ pub fn progressive_scan_bomb(scans: usize) -> Vec<u8> {
             w as i32,
             (w * 3) as i32,
             h as i32,
-            raw::TJPF_TJPF_RGB as i32,
+            raw::TJPF_TJPF_RGB,
             &mut buf,
             &mut size,
             raw::TJSAMP_TJSAMP_444 as i32,

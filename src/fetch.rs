@@ -236,38 +236,6 @@ impl Fetcher {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_object_errors_are_rejections_and_the_rest_is_retried() {
-        let cases = [
-            (404, "NoSuchKey", Some(RejectKind::ObjectMissing)),
-            (404, "NoSuchBucket", Some(RejectKind::ObjectMissing)),
-            (403, "AccessDenied", Some(RejectKind::ObjectForbidden)),
-            (403, "", Some(RejectKind::ObjectForbidden)),
-            (403, "InvalidObjectState", Some(RejectKind::ObjectUnavailable)),
-            (400, "InvalidRequest", Some(RejectKind::ObjectUnavailable)),
-            (400, "InvalidArgument", Some(RejectKind::ObjectUnavailable)),
-            (301, "PermanentRedirect", Some(RejectKind::ObjectUnavailable)),
-            (307, "TemporaryRedirect", Some(RejectKind::ObjectUnavailable)),
-            (500, "InternalError", None),
-            (503, "SlowDown", None),
-            (503, "ServiceUnavailable", None),
-            (429, "", None),
-            (408, "RequestTimeout", None),
-            (400, "ExpiredToken", None),
-            (403, "InvalidAccessKeyId", None),
-            (403, "SignatureDoesNotMatch", None),
-            (403, "RequestTimeTooSkewed", None),
-        ];
-        for (status, code, want) in cases {
-            assert_eq!(classify_status(status, code), want, "HTTP {status} {code}");
-        }
-    }
-}
-
 fn too_large(uri: &S3Uri, len: u64, max: u64) -> StepError {
     Rejection::new(RejectKind::ObjectTooLarge, format!("{uri} is {len} bytes or more; s3.max_object_bytes is {max}"))
         .into()
@@ -346,5 +314,37 @@ pub trait HasStatus {
 impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
     fn status_code(&self) -> u16 {
         self.status().as_u16()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_object_errors_are_rejections_and_the_rest_is_retried() {
+        let cases = [
+            (404, "NoSuchKey", Some(RejectKind::ObjectMissing)),
+            (404, "NoSuchBucket", Some(RejectKind::ObjectMissing)),
+            (403, "AccessDenied", Some(RejectKind::ObjectForbidden)),
+            (403, "", Some(RejectKind::ObjectForbidden)),
+            (403, "InvalidObjectState", Some(RejectKind::ObjectUnavailable)),
+            (400, "InvalidRequest", Some(RejectKind::ObjectUnavailable)),
+            (400, "InvalidArgument", Some(RejectKind::ObjectUnavailable)),
+            (301, "PermanentRedirect", Some(RejectKind::ObjectUnavailable)),
+            (307, "TemporaryRedirect", Some(RejectKind::ObjectUnavailable)),
+            (500, "InternalError", None),
+            (503, "SlowDown", None),
+            (503, "ServiceUnavailable", None),
+            (429, "", None),
+            (408, "RequestTimeout", None),
+            (400, "ExpiredToken", None),
+            (403, "InvalidAccessKeyId", None),
+            (403, "SignatureDoesNotMatch", None),
+            (403, "RequestTimeTooSkewed", None),
+        ];
+        for (status, code, want) in cases {
+            assert_eq!(classify_status(status, code), want, "HTTP {status} {code}");
+        }
     }
 }

@@ -35,6 +35,7 @@ pub fn retain_freed_memory() {
 
 pub mod admin;
 pub mod batch;
+pub mod bench;
 pub mod caption;
 pub mod config;
 pub mod decode;

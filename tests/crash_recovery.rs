@@ -112,7 +112,10 @@ async fn sigkill_mid_stream_then_restart_stores_every_event_exactly_once() {
     let stored_before = scope.caption_count().await;
     assert!(stored_before < 120, "the kill must land mid-stream (all {stored_before} were already stored)");
     let dead_before = scope.dead_letters(22, Duration::from_secs(2)).len() as i64;
-    assert!(scope.committed_total() <= stored_before + dead_before, "nothing is committed before it is stored or dead-lettered");
+    assert!(
+        scope.committed_total() <= stored_before + dead_before,
+        "nothing is committed before it is stored or dead-lettered"
+    );
 
     let mut second = serve(&config, &log);
     scope.wait_for_captions(120, Duration::from_secs(180)).await;

@@ -38,7 +38,8 @@ fn every_workload_mounts_what_the_configuration_names() {
     assert!(needed.iter().any(|(p, _)| p.starts_with("/models/")), "the ConfigMap names a model path: {needed:?}");
     needed.push(("/var/lib/blip2idc/hf".into(), true)); // HF_HOME of the images
     needed.push(("/tmp/x".into(), true));
-    let workloads: Vec<&&str> = docs.iter().filter(|d| d.contains("kind: Deployment") || d.contains("kind: CronJob")).collect();
+    let workloads: Vec<&&str> =
+        docs.iter().filter(|d| d.contains("kind: Deployment") || d.contains("kind: CronJob")).collect();
     assert_eq!(workloads.len(), 2);
     for doc in workloads {
         let kind = if doc.contains("kind: CronJob") { "CronJob" } else { "Deployment" };

@@ -109,6 +109,17 @@ enum Command {
         #[arg(long)]
         object_states: bool,
     },
+    /// Peak memory of `blip2idc serve` under a flood of SIZE² JPEG pairs, with pipeline.max_in_flight_bytes
+    /// = BUDGET against a run without a binding budget (needs the local stack and the built binary).
+    BenchMemory {
+        #[arg(long, default_value_t = 8192)]
+        size: u32,
+        #[arg(long, default_value_t = 12)]
+        pairs: usize,
+        /// Bytes (the default is the configured pipeline.max_in_flight_bytes).
+        #[arg(long)]
+        budget: Option<u64>,
+    },
     /// Wait until COUNT captions with the prefix are stored (or TIMEOUT passes).
     Wait {
         #[arg(long)]
@@ -250,6 +261,10 @@ async fn main() -> anyhow::Result<()> {
         Command::S3Server { root, host, port, access_key, secret_key, object_states } => {
             blip2idc::telemetry::init("pretty", "info");
             devtools::s3_server(&root, (&host, port), &access_key, &secret_key, object_states).await?;
+        }
+        Command::BenchMemory { size, pairs, budget } => {
+            let budget = budget.unwrap_or(cfg.pipeline.max_in_flight_bytes);
+            blip2idc::bench::bench_memory(&cfg, size, pairs, budget).await?;
         }
         Command::Wait { count, prefix, timeout } => {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
