@@ -89,8 +89,9 @@ pub async fn run(
     let dlq = DeadLetterQueue::new(&cfg.kafka, cfg.dlq.brokers.as_deref())?;
     let hard_stop = CancellationToken::new();
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
+    let committer = source.committer();
     let outcomes = Arc::new(Outcomes::new(
-        source.clone(),
+        committer.clone(),
         dlq,
         Breaker::new(cfg.dlq.breaker_window, cfg.dlq.breaker_max_ratio, cfg.dlq.breaker_min_events),
         Backoff::new(cfg.s3.retry_initial_backoff, cfg.s3.retry_max_backoff),
@@ -139,24 +140,8 @@ pub async fn run(
     ));
     let store_task = tokio::spawn(store_step(store.clone(), outcomes.clone(), cap_rx));
     let commit_task = {
-        let (source, every, stop) = (source.clone(), cfg.kafka.commit_interval, hard_stop.clone());
-        let outcomes = outcomes.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => source.commit_progress(),
-                    // A delivered dead letter is committed at once (at most every 50 ms), not at the
-                    // next tick: fewer duplicate dead letters when the process dies in between.
-                    _ = outcomes.commit_soon.notified() => {
-                        source.commit_progress();
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    _ = stop.cancelled() => return,
-                }
-            }
-        })
+        let (committer, every, stop) = (committer.clone(), cfg.kafka.commit_interval, hard_stop.clone());
+        tokio::spawn(async move { committer.run(every, stop).await })
     };
     let gauge_task = {
         let (permits, stop, total) = (permits.clone(), hard_stop.clone(), p.max_in_flight);
@@ -271,36 +256,13 @@ pub async fn run(
         t.abort();
     }
 
-    let final_commit = {
-        let source = source.clone();
-        tokio::task::spawn_blocking(move || source.commit_all_sync())
-    };
-    let committed = match tokio::time::timeout(cfg.shutdown.commit_timeout, final_commit).await {
-        Ok(Ok(Ok(c))) => {
-            tracing::info!(positions = ?c, "final offsets committed");
-            c
-        }
-        Ok(Ok(Err(e))) => {
-            tracing::error!("final commit failed (events since the last commit will be redelivered): {e}");
-            Vec::new()
-        }
-        Ok(Err(e)) => {
-            tracing::error!("final commit task failed: {e}");
-            Vec::new()
-        }
-        Err(_) => {
-            tracing::error!(
-                timeout = ?cfg.shutdown.commit_timeout,
-                "the final commit got no answer in time (events since the last commit will be redelivered)"
-            );
-            Vec::new()
-        }
-    };
+    let committed = committer.commit_final(cfg.shutdown.commit_timeout).await;
     if let Err(e) = outcomes.dlq_flush(Duration::from_secs(5)) {
         tracing::warn!("dead-letter producer flush: {e}");
     }
     drop(outcomes);
-    close_consumer(source, cfg.shutdown.consumer_close_timeout).await;
+    drop(source);
+    committer.close(cfg.shutdown.consumer_close_timeout).await;
     Ok(RunSummary { committed, fatal, drain_timed_out })
 }
 
@@ -358,18 +320,6 @@ async fn hold_while_tripped(cfg: &Config, store: &Store, health: &Health, shutdo
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(BREAKER_POLL) => {}
         }
-    }
-}
-
-/// Leaves the group and closes the consumer, giving up after `timeout`.
-async fn close_consumer(source: Arc<Source>, timeout: Duration) {
-    let closing = tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::Consumer;
-        source.consumer.unsubscribe();
-        drop(source);
-    });
-    if tokio::time::timeout(timeout, closing).await.is_err() {
-        tracing::warn!(?timeout, "the consumer did not close in time; exiting anyway");
     }
 }
 

@@ -14,7 +14,7 @@ use crate::dlq::breaker::{Breaker, Verdict};
 use crate::dlq::{DeadLetterQueue, Origin};
 use crate::error::Rejection;
 use crate::retry::Backoff;
-use crate::source::{Job, Source};
+use crate::source::{Committer, Job};
 use rdkafka::message::Message;
 
 /// Why the pipeline stopped on its own.
@@ -50,7 +50,7 @@ impl std::fmt::Display for Fatal {
 
 /// Shared end-of-life accounting for jobs.
 pub struct Outcomes {
-    pub source: Arc<Source>,
+    committer: Arc<Committer>,
     dlq: DeadLetterQueue,
     breaker: Mutex<Breaker>,
     backoff: Backoff,
@@ -62,14 +62,11 @@ pub struct Outcomes {
     /// Dead letters not yet acknowledged by the broker, and a wake-up when that reaches zero.
     pending_dead_letters: AtomicUsize,
     dead_letters_idle: tokio::sync::Notify,
-    /// Asks the commit task for a commit now (after a dead letter: shrinks the window in which a
-    /// crash makes it a duplicate on redelivery).
-    pub commit_soon: tokio::sync::Notify,
 }
 
 impl Outcomes {
     pub fn new(
-        source: Arc<Source>,
+        committer: Arc<Committer>,
         dlq: DeadLetterQueue,
         breaker: Breaker,
         backoff: Backoff,
@@ -77,7 +74,7 @@ impl Outcomes {
         fatal_tx: tokio::sync::mpsc::UnboundedSender<Fatal>,
     ) -> Self {
         Outcomes {
-            source,
+            committer,
             dlq,
             breaker: Mutex::new(breaker),
             backoff,
@@ -86,7 +83,6 @@ impl Outcomes {
             last_progress: Mutex::new(std::time::Instant::now()),
             pending_dead_letters: AtomicUsize::new(0),
             dead_letters_idle: tokio::sync::Notify::new(),
-            commit_soon: tokio::sync::Notify::new(),
         }
     }
 
@@ -161,7 +157,8 @@ impl Outcomes {
         }
         metrics::counter!(crate::metrics::DEAD_LETTERED, "kind" => why.kind.as_str()).increment(1);
         self.finish(job);
-        self.commit_soon.notify_one();
+        // Committed at once, not at the next interval: a crash in between would make it a duplicate.
+        self.committer.commit_soon();
     }
 
     /// Waits until no dead letter is pending (the drain at shutdown).
@@ -178,7 +175,7 @@ impl Outcomes {
     }
 
     fn finish(&self, job: Job) {
-        self.source.complete(&job.ticket);
+        self.committer.complete(&job.ticket);
         self.progressed();
         drop(job.permit);
     }

@@ -1,8 +1,8 @@
 //! The source: the Kafka consumer, its rebalance hooks, backpressure and offset commits.
 //!
 //! Offsets are never auto-committed. Each consumed offset is registered in the [`OffsetTracker`] and
-//! committed only when it and every earlier offset of its partition are stored or dead-lettered:
-//! periodically, on partition revoke (inside the rebalance callback, synchronously) and on shutdown.
+//! committed only when it and every earlier offset of its partition are stored or dead-lettered, by
+//! the [`Committer`] (`commit.rs`): periodically, on partition revoke and at shutdown.
 //!
 //! Backpressure: every event in flight holds a permit; when none is left, the assigned partitions are
 //! paused while the loop keeps polling (so the member stays in its group and sees rebalances), and are
@@ -16,6 +16,7 @@
 //! redelivered from the committed position. Kept partitions keep their waiting messages, so their
 //! commits never pass an event that was not processed.
 
+pub mod commit;
 pub mod offsets;
 pub mod stash;
 
@@ -25,16 +26,17 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
 use crate::config::KafkaConfig;
+pub use commit::Committer;
 use offsets::{OffsetTracker, Ticket, TopicPartition};
 use stash::Stash;
 
@@ -96,20 +98,7 @@ impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let tps = tps_of(tpl);
-            let mut tracker = self.tracker.lock().expect("tracker lock");
-            let positions = tracker.positions_of(&tps);
-            if !positions.is_empty() {
-                // A synchronous commit waits for the broker: off the async worker threads.
-                match blocking(|| consumer.commit(&tpl_of(&positions), CommitMode::Sync)) {
-                    Ok(()) => {
-                        tracing::info!(?positions, "committed stored offsets of revoked partitions")
-                    }
-                    Err(e) => {
-                        tracing::warn!("commit on revoke failed (events will be redelivered): {e}")
-                    }
-                }
-            }
-            tracker.revoke(&tps);
+            commit::commit_revoked(consumer, &self.tracker, &tps);
             tracing::info!(partitions = ?tps, "partitions revoked");
         }
     }
@@ -132,17 +121,7 @@ impl ConsumerContext for SourceContext {
         match result {
             Ok(()) => {
                 metrics::counter!(crate::metrics::COMMITS, "outcome" => "ok").increment(1);
-                let acked: Vec<(TopicPartition, i64)> = offsets
-                    .elements()
-                    .iter()
-                    .filter_map(|e| {
-                        e.offset()
-                            .to_raw()
-                            .filter(|o| *o >= 0)
-                            .map(|o| (TopicPartition::new(e.topic(), e.partition()), o))
-                    })
-                    .collect();
-                self.tracker.lock().expect("tracker lock").acknowledge(&acked);
+                let acked = commit::acknowledged(&self.tracker, offsets);
                 tracing::debug!(offsets = ?acked, "offsets committed");
             }
             Err(e) => {
@@ -153,32 +132,15 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-/// Runs blocking `f` without stalling the other tasks of a multi-thread runtime's worker (rebalance
-/// callbacks run inside `recv()`, on a worker thread).
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 fn tps_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements().iter().map(|e| TopicPartition::new(e.topic(), e.partition())).collect()
 }
 
-fn tpl_of(positions: &[(TopicPartition, i64)]) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for (tp, off) in positions {
-        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off)).expect("valid offset");
-    }
-    tpl
-}
-
 /// The consumer plus the state it shares with the rest of the pipeline.
 pub struct Source {
-    pub consumer: Arc<KafkaConsumer>,
-    pub tracker: Arc<Mutex<OffsetTracker>>,
+    consumer: Arc<KafkaConsumer>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    committer: Arc<Committer>,
 }
 
 impl Source {
@@ -200,33 +162,14 @@ impl Source {
         }
         let consumer: KafkaConsumer = cc.create_with_context(ctx)?;
         consumer.subscribe(&[&cfg.input_topic])?;
-        Ok(Source { consumer: Arc::new(consumer), tracker })
+        let consumer = Arc::new(consumer);
+        let committer = Arc::new(Committer::new(consumer.clone(), tracker.clone()));
+        Ok(Source { consumer, tracker, committer })
     }
 
-    /// Commits what the broker has not acknowledged yet (asynchronously; a failed commit is sent
-    /// again next time).
-    pub fn commit_progress(&self) {
-        let positions = self.tracker.lock().expect("tracker lock").unacknowledged();
-        if !positions.is_empty() {
-            if let Err(e) = self.consumer.commit(&tpl_of(&positions), CommitMode::Async) {
-                tracing::warn!("offset commit failed: {e}");
-            }
-        }
-    }
-
-    /// Commits every tracked position synchronously (shutdown); they are acknowledged when it returns.
-    pub fn commit_all_sync(&self) -> anyhow::Result<Vec<(TopicPartition, i64)>> {
-        let positions = self.tracker.lock().expect("tracker lock").positions();
-        if !positions.is_empty() {
-            self.consumer.commit(&tpl_of(&positions), CommitMode::Sync)?;
-            self.tracker.lock().expect("tracker lock").acknowledge(&positions);
-        }
-        Ok(positions)
-    }
-
-    /// Marks a job done (stored or dead-lettered); its offset may now be committed.
-    pub fn complete(&self, ticket: &Ticket) {
-        self.tracker.lock().expect("tracker lock").complete(ticket);
+    /// The committer of this consumer's offsets.
+    pub fn committer(&self) -> Arc<Committer> {
+        self.committer.clone()
     }
 
     /// The consume loop; returns when `stop` fires. Jobs go to `out`; `permits` bounds the jobs in
