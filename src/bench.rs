@@ -165,10 +165,7 @@ async fn measure(
     }
     let store = crate::store::Store::connect_lazy(&cfg.database)?;
     loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM captions WHERE event_id LIKE $1 || '-%'")
-            .bind(id)
-            .fetch_one(store.pool())
-            .await?;
+        let n = store.caption_count(&format!("{id}-")).await?;
         if n as usize >= pairs {
             break;
         }

@@ -142,7 +142,7 @@ fn draw(shapes: &[(u32, u32, usize)], size: u32, s: u32, seed: u64) -> RgbImage 
 /// modified}.jpg` and inserts one label per pair: one of the pair's phrasings, category = edit kind.
 pub async fn seed_synthetic_labels(
     s3: &aws_sdk_s3::Client,
-    pool: &sqlx::PgPool,
+    store: &crate::store::Store,
     (bucket, prefix): (&str, &str),
     pairs: usize,
     seed: u64,
@@ -153,15 +153,8 @@ pub async fn seed_synthetic_labels(
     for i in 0..pairs {
         let (ka, kb) = (format!("{prefix}/{i}/original.jpg"), format!("{prefix}/{i}/modified.jpg"));
         let p = put_synthetic_pair(s3, bucket, (&ka, &kb), &mut rng).await?;
-        sqlx::query("INSERT INTO labels (original_uri, modified_uri, caption, category, labeled_by) VALUES ($1, $2, $3, $4, $5)")
-            .bind(format!("s3://{bucket}/{ka}"))
-            .bind(format!("s3://{bucket}/{kb}"))
-            .bind(&p.captions[i % p.captions.len()])
-            .bind(p.kind)
-            .bind(labeled_by)
-            .execute(pool)
-            .await
-            .context("inserting a label")?;
+        let uris = (format!("s3://{bucket}/{ka}"), format!("s3://{bucket}/{kb}"));
+        store.insert_label((&uris.0, &uris.1), &p.captions[i % p.captions.len()], Some(p.kind), labeled_by).await?;
     }
     Ok(())
 }

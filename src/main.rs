@@ -284,11 +284,12 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     let admin_stop = CancellationToken::new();
     let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
     let (addr, admin) =
-        blip2idc::admin::spawn(cfg.admin.listen, health.clone(), store, prometheus, admin_stop.clone()).await?;
+        blip2idc::admin::spawn(cfg.admin.listen, health.clone(), store.clone(), prometheus, admin_stop.clone()).await?;
     tracing::info!(%addr, "admin endpoints: /healthz /readyz /metrics");
 
     let factory = blip2idc::caption::blip2::factory(&cfg.model)?;
-    let summary = blip2idc::pipeline::run(&cfg, factory, health, shutdown).await?;
+    // One pool for the pipeline and the admin server.
+    let summary = blip2idc::pipeline::run_with(&cfg, store, factory, health, shutdown).await?;
     admin_stop.cancel();
     let _ = admin.await;
     Ok(ExitCode::from(summary.exit_code()))

@@ -193,14 +193,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Captions { limit, prefix, eval_dir } => {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
-            let rows: Vec<(String, String, String, serde_json::Value)> = sqlx::query_as(
-                "SELECT event_id, model_version, caption, attributes FROM latest_captions
-                 WHERE event_id LIKE $1 || '%' ORDER BY captioned_at DESC, event_id LIMIT $2",
-            )
-            .bind(&prefix)
-            .bind(limit)
-            .fetch_all(store.pool())
-            .await?;
+            let rows = store.latest_captions(&prefix, limit).await?;
             let seeded = rows.iter().any(|r| r.3.get("synthetic_references").is_some());
             if seeded {
                 println!("{:<20} {:<46} stored caption", "event", "known edit");
@@ -247,15 +240,8 @@ async fn main() -> anyhow::Result<()> {
             devtools::ensure_bucket(&s3, bucket).await?;
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
             store.migrate().await?;
-            devtools::seed_synthetic_labels(
-                &s3,
-                store.pool(),
-                (bucket, &prefix),
-                pairs,
-                seed,
-                "blip2idc-dev synth-labels",
-            )
-            .await?;
+            devtools::seed_synthetic_labels(&s3, &store, (bucket, &prefix), pairs, seed, "blip2idc-dev synth-labels")
+                .await?;
             println!("uploaded {pairs} synthetic pairs to s3://{bucket}/{prefix}/ and inserted {pairs} labels");
         }
         Command::S3Server { root, host, port, access_key, secret_key, object_states } => {
@@ -270,11 +256,7 @@ async fn main() -> anyhow::Result<()> {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
             let deadline = std::time::Instant::now() + timeout;
             loop {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM captions WHERE event_id LIKE $1 || '%'")
-                    .bind(&prefix)
-                    .fetch_one(store.pool())
-                    .await
-                    .unwrap_or(0);
+                let n = store.caption_count(&prefix).await.unwrap_or(0);
                 if n >= count {
                     println!("{n} captions stored");
                     break;

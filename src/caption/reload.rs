@@ -12,13 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use super::CaptionWorker;
 use crate::config::Config;
-use crate::store::Store;
-use crate::store::PROMOTION_CHANNEL;
+use crate::store::{PromotionListener, Store};
 use crate::train::artifacts::AdapterStore;
 
 /// Downloads the adapter of promoted `version` from `uri` into the scratch directory.
@@ -35,19 +33,13 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
     if every.is_zero() {
         return;
     }
-    let mut listener: Option<PgListener> = None;
+    let mut listener: Option<PromotionListener> = None;
     loop {
         if listener.is_none() {
-            listener = match PgListener::connect_with(store.pool()).await {
-                Ok(mut l) => match l.listen(PROMOTION_CHANNEL).await {
-                    Ok(()) => Some(l),
-                    Err(e) => {
-                        tracing::debug!("LISTEN {PROMOTION_CHANNEL} failed (polling instead): {e}");
-                        None
-                    }
-                },
+            listener = match store.listen_promotions().await {
+                Ok(l) => Some(l),
                 Err(e) => {
-                    tracing::debug!("no LISTEN connection (polling instead): {e}");
+                    tracing::debug!("not listening for promotions (polling instead): {e:#}");
                     None
                 }
             };
@@ -59,7 +51,7 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
         }
         let notified = async {
             match listener.as_mut() {
-                Some(l) => l.recv().await.map(|n| n.payload().to_owned()),
+                Some(l) => l.next().await,
                 None => std::future::pending().await,
             }
         };
@@ -69,7 +61,7 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
             n = notified => match n {
                 Ok(version) => tracing::info!(%version, "promotion notified"),
                 Err(e) => {
-                    tracing::debug!("LISTEN connection lost: {e}");
+                    tracing::debug!("LISTEN connection lost: {e:#}");
                     listener = None;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

@@ -69,7 +69,17 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunSummary> {
-    let store = Store::connect_lazy(&cfg.database)?;
+    run_with(cfg, Store::connect_lazy(&cfg.database)?, factory, health, shutdown).await
+}
+
+/// [`run`] on a given database pool (the one `serve` shares with its admin server).
+pub async fn run_with(
+    cfg: &Config,
+    store: Store,
+    factory: CaptionerFactory,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunSummary> {
     if cfg.database.migrate_on_start {
         store.migrate_retrying(&shutdown).await?;
     }

@@ -19,8 +19,10 @@ use crate::event::ImagePairEvent;
 use crate::retry::Backoff;
 
 pub mod breaker;
+pub mod read;
 mod registry;
-pub use registry::{ModelVersion, Promoted, PROMOTION_CHANNEL};
+pub mod training;
+pub use registry::{ModelVersion, Promoted, PromotionListener, PROMOTION_CHANNEL};
 
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -100,3 +100,22 @@ impl Store {
         Ok(())
     }
 }
+
+/// A LISTEN on [`PROMOTION_CHANNEL`] (see [`Store::listen_promotions`]).
+pub struct PromotionListener(sqlx::postgres::PgListener);
+
+impl PromotionListener {
+    /// The next promoted version; an error means the connection is lost (make a new listener).
+    pub async fn next(&mut self) -> anyhow::Result<String> {
+        Ok(self.0.recv().await?.payload().to_owned())
+    }
+}
+
+impl Store {
+    /// Listens for promotions (on a connection of its own).
+    pub async fn listen_promotions(&self) -> anyhow::Result<PromotionListener> {
+        let mut l = sqlx::postgres::PgListener::connect_with(self.pool()).await.context("no LISTEN connection")?;
+        l.listen(PROMOTION_CHANNEL).await.with_context(|| format!("LISTEN {PROMOTION_CHANNEL}"))?;
+        Ok(PromotionListener(l))
+    }
+}

@@ -20,9 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 use super::artifacts::{version_dir, AdapterStore};
 use super::lora::LoraParams;
@@ -33,11 +31,8 @@ use crate::event::S3Uri;
 use crate::fetch::Fetcher;
 use crate::model::lora::{Adapter, AdapterConfig};
 use crate::model::{Blip2Idc, LoadOptions};
+use crate::store::training::{Label, RunResult};
 use crate::store::{ModelVersion, Store};
-
-/// The LISTEN/NOTIFY channel announcing a promotion (payload: the version).
-/// Advisory-lock key of the retraining job.
-const LOCK_KEY: i64 = 0x6231_6964_6374_726e; // "b1idctrn"
 
 /// `[retrain]` configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -163,15 +158,6 @@ pub struct EvalSummary {
     pub holdout_pairs: usize,
 }
 
-struct Label {
-    id: i64,
-    original: String,
-    modified: String,
-    caption: String,
-    category: Option<String>,
-    split: Option<String>,
-}
-
 /// A decoded holdout/train pair with its references.
 struct Pair {
     original: Arc<image::RgbImage>,
@@ -186,86 +172,38 @@ pub async fn run_once(cfg: &Config) -> anyhow::Result<RunOutcome> {
     let rc = &cfg.retrain;
     let store = Store::connect_lazy(&cfg.database)?;
     store.migrate().await?;
-    // The advisory lock lives as long as this connection.
-    let mut lock_conn = store.pool().acquire().await.context("connecting to PostgreSQL")?;
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *lock_conn).await?;
-    if !locked {
+    let Some(lock) = store.try_lock_training().await? else {
         tracing::warn!("another retraining job is running (advisory lock held): skipping");
         return Ok(RunOutcome::skipped(0, "another job holds the lock".into()));
-    }
-    let run_id: i64 = sqlx::query_scalar(
-        "INSERT INTO training_runs (status, seed, base_model, config) VALUES ('running', $1, $2, $3) RETURNING id",
-    )
-    .bind(rc.train.seed as i64)
-    .bind(&cfg.model.checkpoint)
-    .bind(serde_json::to_value(rc)?)
-    .fetch_one(store.pool())
-    .await?;
+    };
+    let run_id = store.start_run(rc.train.seed as i64, &cfg.model.checkpoint, serde_json::to_value(rc)?).await?;
     tracing::info!(run_id, "retraining run started");
     let result = run_inner(cfg, &store, run_id).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *lock_conn).await;
+    lock.release().await;
     if let Err(e) = &result {
         tracing::error!(run_id, "retraining run failed (the promoted adapter is untouched): {e:#}");
-        sqlx::query("UPDATE training_runs SET status = 'failed', finished_at = now(), error = $2 WHERE id = $1")
-            .bind(run_id)
-            .bind(format!("{e:#}"))
-            .execute(store.pool())
-            .await?;
+        store.fail_run(run_id, &format!("{e:#}")).await?;
     }
     result
 }
 
 async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<RunOutcome> {
     let rc = &cfg.retrain;
-    let pool = store.pool();
     let t0 = Instant::now();
     let mut durations = serde_json::Map::new();
 
     // 2. Labels and splits.
-    let last: Option<i64> =
-        sqlx::query_scalar("SELECT max(last_label_id) FROM training_runs WHERE status = 'succeeded'")
-            .fetch_one(pool)
-            .await?;
-    let last = last.unwrap_or(0);
-    let max_id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM labels").fetch_one(pool).await?;
-    let max_id = max_id.unwrap_or(0);
-    let n_new: i64 = sqlx::query_scalar("SELECT count(*) FROM labels WHERE id > $1").bind(last).fetch_one(pool).await?;
+    let last = store.last_trained_label().await?;
+    let (max_id, n_new) = store.label_counts(last).await?;
     if (n_new as usize) < rc.min_new_labels.max(1) {
         let decision =
             format!("{n_new} new label(s) since the last run; retrain.min_new_labels is {}", rc.min_new_labels);
-        sqlx::query(
-            "UPDATE training_runs SET status = 'skipped', finished_at = now(), decision = $2, n_new_labels = $3 WHERE id = $1",
-        )
-        .bind(run_id)
-        .bind(&decision)
-        .bind(n_new as i32)
-        .execute(pool)
-        .await?;
+        store.skip_run(run_id, &decision, n_new as i32).await?;
         tracing::info!(run_id, "{decision}: skipping");
         return Ok(RunOutcome::skipped(run_id, decision));
     }
-    assign_splits(pool, rc).await?;
-    let rows = sqlx::query(
-        "SELECT id, original_uri, modified_uri, caption, category, split FROM labels
-         WHERE (split = 'holdout' OR (split = 'train' AND (id > $1 OR $2))) AND id <= $3 ORDER BY id",
-    )
-    .bind(last)
-    .bind(rc.include_previous)
-    .bind(max_id)
-    .fetch_all(pool)
-    .await?;
-    let labels: Vec<Label> = rows
-        .iter()
-        .map(|r| Label {
-            id: r.get("id"),
-            original: r.get("original_uri"),
-            modified: r.get("modified_uri"),
-            caption: r.get("caption"),
-            category: r.get("category"),
-            split: r.get("split"),
-        })
-        .collect();
+    store.assign_splits(|pairs, holdout_pairs| choose_splits(pairs, holdout_pairs, rc)).await?;
+    let labels = store.labels_for_run(last, rc.include_previous, max_id).await?;
 
     // 3. Images.
     let t = Instant::now();
@@ -354,26 +292,24 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
         tracing::info!(run_id, %version, "not promoted: {decision}");
     }
     durations.insert("total_s".into(), t0.elapsed().as_secs_f64().into());
-    sqlx::query(
-        "UPDATE training_runs SET status = 'succeeded', finished_at = now(), parent_version = $2,
-             candidate_version = $3, promoted = $4, decision = $5, last_label_id = $6, n_new_labels = $7,
-             n_train = $8, n_holdout = $9, losses = $10, metrics = $11, durations = $12
-         WHERE id = $1",
-    )
-    .bind(run_id)
-    .bind(promoted.as_ref().map(|p| p.0.clone()))
-    .bind(&version)
-    .bind(promote)
-    .bind(&decision)
-    .bind(max_id)
-    .bind(n_new as i32)
-    .bind(train_labels.len() as i32)
-    .bind(holdout.len() as i32)
-    .bind(serde_json::to_value(&report)?)
-    .bind(serde_json::json!({"candidate": candidate, "baseline": baseline}))
-    .bind(serde_json::Value::Object(durations))
-    .execute(pool)
-    .await?;
+    store
+        .succeed_run(
+            run_id,
+            &RunResult {
+                parent_version: promoted.as_ref().map(|p| p.0.as_str()),
+                candidate_version: &version,
+                promoted: promote,
+                decision: &decision,
+                last_label_id: max_id,
+                n_new_labels: n_new as i32,
+                n_train: train_labels.len() as i32,
+                n_holdout: holdout.len() as i32,
+                losses: serde_json::to_value(&report)?,
+                metrics: serde_json::json!({"candidate": candidate, "baseline": baseline}),
+                durations: serde_json::Value::Object(durations),
+            },
+        )
+        .await?;
     Ok(RunOutcome {
         run_id,
         status: "succeeded",
@@ -385,57 +321,29 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
     })
 }
 
-/// Splits for labels that have none: a pair (its two URIs) always lands in one split; holdout by a
-/// stable hash under `holdout_fraction`, topped up to `min_holdout` from the newest pairs.
-async fn assign_splits(pool: &sqlx::PgPool, rc: &RetrainConfig) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    // Pairs already split keep their split.
-    sqlx::query(
-        "UPDATE labels l SET split = s.split FROM
-           (SELECT DISTINCT ON (original_uri, modified_uri) original_uri, modified_uri, split FROM labels
-            WHERE split IS NOT NULL ORDER BY original_uri, modified_uri, id) s
-         WHERE l.split IS NULL AND l.original_uri = s.original_uri AND l.modified_uri = s.modified_uri",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT original_uri, modified_uri FROM labels WHERE split IS NULL
-             GROUP BY original_uri, modified_uri ORDER BY min(id)",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let n_holdout: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT (original_uri, modified_uri)) FROM labels WHERE split = 'holdout'")
-            .fetch_one(&mut *tx)
-            .await?;
-    let mut need = (rc.min_holdout as i64 - n_holdout).max(0);
-    let (mut originals, mut modifieds, mut splits) = (Vec::new(), Vec::new(), Vec::new());
-    for (a, b) in rows {
-        // Hash the object keys, not the buckets: the same pairs split the same way in every environment.
-        let key = |u: &str| {
-            u.strip_prefix("s3://").and_then(|r| r.split_once('/')).map_or(u.to_owned(), |(_, k)| k.to_owned())
-        };
-        let h = crate::model::loader::fnv1a(format!("{}\n{}", key(&a), key(&b)).as_bytes());
-        let holdout = (h % 10_000) as f64 / 10_000.0 < rc.holdout_fraction || need > 0;
-        if holdout {
-            need -= 1;
-        }
-        originals.push(a);
-        modifieds.push(b);
-        splits.push(if holdout { "holdout" } else { "train" });
-    }
-    sqlx::query(
-        "UPDATE labels l SET split = s.split
-         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS s(original_uri, modified_uri, split)
-         WHERE l.original_uri = s.original_uri AND l.modified_uri = s.modified_uri AND l.split IS NULL",
-    )
-    .bind(&originals)
-    .bind(&modifieds)
-    .bind(&splits)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
+/// Splits for pairs that have none (oldest first): holdout by a stable hash under
+/// `holdout_fraction`, topped up to `min_holdout` pairs from the first ones.
+fn choose_splits(pairs: &[(String, String)], holdout_pairs: i64, rc: &RetrainConfig) -> Vec<&'static str> {
+    let mut need = (rc.min_holdout as i64 - holdout_pairs).max(0);
+    pairs
+        .iter()
+        .map(|(a, b)| {
+            // Hash the object keys, not the buckets: the same pairs split the same way in every environment.
+            let key = |u: &str| {
+                u.strip_prefix("s3://").and_then(|r| r.split_once('/')).map_or(u.to_owned(), |(_, k)| k.to_owned())
+            };
+            let h = crate::model::loader::fnv1a(format!("{}\n{}", key(a), key(b)).as_bytes());
+            let holdout = (h % 10_000) as f64 / 10_000.0 < rc.holdout_fraction || need > 0;
+            if holdout {
+                need -= 1;
+            }
+            if holdout {
+                "holdout"
+            } else {
+                "train"
+            }
+        })
+        .collect()
 }
 
 /// Fetches and decodes every label's images, `s3.max_concurrency` pairs at a time; groups labels of
