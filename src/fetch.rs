@@ -172,6 +172,15 @@ impl Fetcher {
         Ok(((a, b), reservation))
     }
 
+    /// [`fetch`](Self::fetch), with a missing object as `None` rather than a rejection.
+    pub async fn fetch_if_exists(&self, uri: &S3Uri, cancel: &CancellationToken) -> Result<Option<Bytes>, StepError> {
+        match self.fetch(uri, cancel).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StepError::Reject(r)) if r.kind == RejectKind::ObjectMissing => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Fetches one object, retrying transient failures until `cancel` fires.
     pub async fn fetch(&self, uri: &S3Uri, cancel: &CancellationToken) -> Result<Bytes, StepError> {
         if !self.allowed.contains(&uri.bucket) {

@@ -4,7 +4,8 @@
 //! [`source`] (Kafka) → [`pipeline::prepare`] ([`event`] parse, [`fetch`] from S3, [`decode`]) →
 //! [`batch`] → [`caption`] (the BLIP2IDC [`model`] on its own thread) → [`store`] (PostgreSQL) →
 //! commit (offsets, [`source::offsets`]); rejected events go to the [`dlq`].
-//! [`eval`] scores captions as pycocoevalcap does; [`train`] fine-tunes LoRA adapters.
+//! [`eval`] scores captions as pycocoevalcap does; [`train`] fine-tunes LoRA adapters, which
+//! [`adapters`] keeps in S3 for the job and for the service's hot swap.
 
 /// The allocator every binary of the crate uses (see Cargo.toml).
 pub type GlobalAllocator = mimalloc::MiMalloc;
@@ -33,6 +34,7 @@ pub fn retain_freed_memory() {
     }
 }
 
+pub mod adapters;
 pub mod admin;
 pub mod batch;
 pub mod bench;

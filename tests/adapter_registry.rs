@@ -7,10 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use blip2idc::adapters::AdapterStore;
 use blip2idc::caption::reload::check_once;
 use blip2idc::caption::CaptionWorker;
 use blip2idc::store::ModelVersion;
-use blip2idc::train::artifacts::AdapterStore;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/blip2")

@@ -112,7 +112,7 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
             .await
             .unwrap();
     let dir = work.path().join("check");
-    blip2idc::train::artifacts::AdapterStore::new(s3.clone(), &scope.cfg.s3).download(&uri, &dir).await.unwrap();
+    blip2idc::adapters::AdapterStore::new(s3.clone(), &scope.cfg.s3).download(&uri, &dir).await.unwrap();
     assert!(dir.join("adapter_config.json").exists() && dir.join("adapter_model.safetensors").exists());
 
     // Its name survives a listing: every listed key downloads byte-identical, with the SDK and with a

@@ -15,14 +15,14 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::CaptionWorker;
+use crate::adapters::AdapterStore;
 use crate::config::Config;
 use crate::store::{PromotionListener, Store};
-use crate::train::artifacts::AdapterStore;
 
 /// Downloads the adapter of promoted `version` from `uri` into the scratch directory.
 async fn download(cfg: &Config, version: &str, uri: &str) -> anyhow::Result<PathBuf> {
     let s3 = crate::fetch::s3_client(&cfg.s3).await;
-    let dir = crate::train::artifacts::version_dir(&cfg.retrain.work_dir.join("promoted"), version);
+    let dir = crate::adapters::version_dir(&cfg.retrain.work_dir.join("promoted"), version);
     AdapterStore::new(s3, &cfg.s3).download(uri, &dir).await?;
     Ok(dir)
 }

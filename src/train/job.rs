@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::artifacts::{version_dir, AdapterStore};
 use super::lora::LoraParams;
 use super::trainer::{Example, Input, TrainConfig, TrainReport};
+use crate::adapters::{version_dir, AdapterStore};
 use crate::config::Config;
 use crate::eval::{EvalItem, EvalOptions, Scores};
 use crate::event::S3Uri;

@@ -4,7 +4,6 @@
 //! loss; [`optim`] is torch's AdamW; [`augment`] the paper's non-disruptive augmentation;
 //! [`trainer`] the loop; [`synthetic`] a small image-difference world that proves it learns.
 
-pub mod artifacts;
 pub mod augment;
 pub mod job;
 pub mod lora;

@@ -1,5 +1,6 @@
-//! Adapter files in S3, PEFT layout under `s3://bucket/prefix/`: the promoted adapter downloaded by
-//! the retraining job and by consumers that hot-swap, the candidate uploaded by the job.
+//! Adapter storage: LoRA adapter files in S3, PEFT layout under `s3://bucket/prefix/`, and their local
+//! copies. The service (hot swap, `caption::reload`) downloads the promoted adapter; the retraining
+//! job (`train::job`) downloads it too and uploads candidates. Neither depends on the other.
 //!
 //! Reads go through the image [`Fetcher`] (transient failures retried with backoff, a size cap),
 //! writes retry with the same backoff, and each object has a deadline, so a flaky S3 costs a retry
@@ -15,7 +16,6 @@ use aws_sdk_s3::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::S3Config;
-use crate::error::{RejectKind, StepError};
 use crate::event::S3Uri;
 use crate::fetch::Fetcher;
 use crate::retry::Backoff;
@@ -61,16 +61,17 @@ impl AdapterStore {
             }
             let object = S3Uri { bucket: bucket.clone(), key: format!("{prefix}{name}") };
             let cancel = CancellationToken::new();
-            let fetched = tokio::time::timeout(OBJECT_DEADLINE, fetcher.fetch(&object, &cancel))
+            let fetched = tokio::time::timeout(OBJECT_DEADLINE, fetcher.fetch_if_exists(&object, &cancel))
                 .await
                 .map_err(|_| anyhow::anyhow!("downloading {object}: no success within {OBJECT_DEADLINE:?}"))?;
             match fetched {
-                Ok(bytes) => {
+                Ok(Some(bytes)) => {
                     std::fs::write(dir.join(name), &bytes).with_context(|| format!("writing {}", dir.display()))?;
                     got_weights = name != CONFIG_FILE;
                 }
                 // Either weights file may be absent; the config may not.
-                Err(StepError::Reject(r)) if r.kind == RejectKind::ObjectMissing && name != CONFIG_FILE => {}
+                Ok(None) if name != CONFIG_FILE => {}
+                Ok(None) => anyhow::bail!("downloading {object}: no such object"),
                 Err(e) => anyhow::bail!("downloading {object}: {e}"),
             }
         }
