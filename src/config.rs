@@ -502,13 +502,8 @@ impl Config {
 
     /// The effective configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> anyhow::Result<String> {
-        toml_string(self).context("rendering the configuration")
+        toml::to_string_pretty(self).context("rendering the configuration as TOML")
     }
-}
-
-fn toml_string(c: &Config) -> anyhow::Result<String> {
-    // figment has no TOML writer; JSON is a faithful, readable substitute.
-    Ok(serde_json::to_string_pretty(c)?)
 }
 
 fn valid_topic(t: &str) -> bool {
@@ -688,6 +683,11 @@ mod tests {
             c.kafka.properties.0.insert(k.into(), v.into());
         }
         let shown = format!("{} {:?}", c.to_redacted_toml().unwrap(), c);
+        // What `blip2idc config` prints is a configuration file again (secrets aside).
+        let back: Config = figment::Figment::from(figment::providers::Toml::string(&c.to_redacted_toml().unwrap()))
+            .extract()
+            .expect("the printed configuration parses as a config file");
+        assert_eq!(back.kafka.brokers, c.kafka.brokers);
         for secret in ["pw-1", "pw-2", "pw-3", "pw-4", "pw-5"] {
             assert!(!shown.contains(secret), "{secret} shown");
         }
