@@ -121,6 +121,16 @@ pub async fn run_with(
     let p = &cfg.pipeline;
     let permits = Arc::new(Semaphore::new(p.max_in_flight));
     let budget = Arc::new(budget::ByteBudget::new(p.max_in_flight_bytes));
+    let fetching = budget.half_bytes() / (2 * cfg.s3.max_object_bytes).max(1);
+    if (fetching as usize) < cfg.s3.max_concurrency {
+        tracing::info!(
+            pairs = fetching,
+            s3.max_concurrency = cfg.s3.max_concurrency,
+            "the memory budget admits fewer pairs fetching at once than s3.max_concurrency (each reserves \
+             2 × s3.max_object_bytes while fetching): raise pipeline.max_in_flight_bytes or lower \
+             s3.max_object_bytes for more"
+        );
+    }
     let (job_tx, job_rx) = mpsc::channel::<Job>(p.max_in_flight);
     let (prep_tx, prep_rx) = mpsc::channel::<Prepared>(p.max_batch_size * 2);
     let (cap_tx, cap_rx) = mpsc::channel::<Captioned>(16);
