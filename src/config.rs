@@ -191,6 +191,11 @@ pub struct DlqConfig {
     /// A tripped breaker resets itself after this long; "0s": only `blip2idc breaker reset` does.
     #[serde(with = "humantime_serde")]
     pub breaker_cooldown: Duration,
+    /// Backoff of dead-letter produce retries (the dead-letter cluster unavailable).
+    #[serde(with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -465,6 +470,10 @@ impl Config {
 
         let q = &self.dlq;
         check(q.breaker_window > 0, "dlq.breaker_window must be > 0".into());
+        check(
+            q.retry_initial_backoff <= q.retry_max_backoff,
+            "dlq.retry_initial_backoff must not exceed dlq.retry_max_backoff".into(),
+        );
         if let Some(b) = &q.brokers {
             check(
                 b.split(',')

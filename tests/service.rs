@@ -511,7 +511,7 @@ async fn a_dead_letter_outage_holds_only_the_rejected_events() {
     scope.cfg.dlq.brokers = Some(gate.addr.to_string());
     scope.cfg.s3.max_concurrency = 2;
     scope.cfg.dlq.breaker_max_ratio = 0.95;
-    scope.cfg.s3.retry_max_backoff = Duration::from_millis(300);
+    scope.cfg.dlq.retry_max_backoff = Duration::from_millis(300);
     // One partition (key "k"), in this order: two bad events (before the fix they held both fetch
     // slots while their dead letters were retried), then good ones.
     scope.publish_raw("k", b"not json").await;

@@ -104,7 +104,7 @@ pub async fn run_with(
         committer.clone(),
         dlq,
         Breaker::new(cfg.dlq.breaker_window, cfg.dlq.breaker_max_ratio, cfg.dlq.breaker_min_events),
-        Backoff::new(cfg.s3.retry_initial_backoff, cfg.s3.retry_max_backoff),
+        Backoff::new(cfg.dlq.retry_initial_backoff, cfg.dlq.retry_max_backoff),
         hard_stop.clone(),
         fatal_tx,
     ));
