@@ -3,6 +3,9 @@
 //! Every value is validated at start-up with a message naming the key, so a bad deploy fails before it
 //! touches Kafka. Secrets (the database URL's password) are wrapped in [`Secret`] and never printed.
 
+pub mod training;
+pub use training::{AugmentConfig, PadMasking, RetrainConfig, TrainConfig};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -31,7 +34,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
     #[serde(default)]
-    pub retrain: crate::train::job::RetrainConfig,
+    pub retrain: RetrainConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -542,7 +545,7 @@ mod tests {
     #[test]
     fn retrain_defaults_in_code_match_the_default_file() {
         let from_file = serde_json::to_value(defaults().retrain).unwrap();
-        let in_code = serde_json::to_value(crate::train::job::RetrainConfig::default()).unwrap();
+        let in_code = serde_json::to_value(RetrainConfig::default()).unwrap();
         for (key, value) in in_code.as_object().unwrap() {
             if key != "work_dir" {
                 assert_eq!(

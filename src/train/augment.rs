@@ -4,23 +4,7 @@
 use image::RgbImage;
 use rand::Rng;
 
-/// What to apply, each with its probability.
-#[derive(Clone, Copy, Debug, serde::Deserialize, serde::Serialize)]
-pub struct AugmentConfig {
-    /// Probability of torchvision's `GaussianBlur(3, sigma=(0.1, 0.5))` on each image.
-    #[serde(deserialize_with = "crate::config::float")]
-    pub blur_probability: f64,
-    /// Probability of re-encoding each image as JPEG at a quality drawn from `jpeg_quality`.
-    #[serde(deserialize_with = "crate::config::float")]
-    pub jpeg_probability: f64,
-    pub jpeg_quality: (u8, u8),
-}
-
-impl Default for AugmentConfig {
-    fn default() -> Self {
-        AugmentConfig { blur_probability: 0.5, jpeg_probability: 0.3, jpeg_quality: (60, 95) }
-    }
-}
+pub use crate::config::AugmentConfig;
 
 /// Augments one image.
 pub fn augment(img: &RgbImage, cfg: &AugmentConfig, rng: &mut impl Rng) -> RgbImage {

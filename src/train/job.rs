@@ -18,14 +18,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::lora::LoraParams;
-use super::trainer::{Example, Input, TrainConfig, TrainReport};
+use super::trainer::{Example, Input, TrainReport};
 use crate::adapters::{version_dir, AdapterStore};
 use crate::config::Config;
+pub use crate::config::RetrainConfig;
 use crate::eval::{EvalItem, EvalOptions, Scores};
 use crate::event::S3Uri;
 use crate::fetch::Fetcher;
@@ -33,92 +34,6 @@ use crate::model::lora::{Adapter, AdapterConfig};
 use crate::model::{Blip2Idc, LoadOptions};
 use crate::store::training::{Label, RunResult};
 use crate::store::{ModelVersion, Store};
-
-/// `[retrain]` configuration.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetrainConfig {
-    /// Train on earlier (already used) train-split labels too, not only the new ones.
-    pub include_previous: bool,
-    /// Skip the run when fewer new labels arrived.
-    pub min_new_labels: usize,
-    /// Share of newly labeled pairs put in the (frozen) holdout.
-    #[serde(deserialize_with = "crate::config::float")]
-    pub holdout_fraction: f64,
-    /// The holdout gets at least this many labels (taken from new ones) before training starts.
-    pub min_holdout: usize,
-    /// Scheduled mode: time between runs.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Promotion needs CIDEr-D(candidate) ≥ CIDEr-D(promoted) + this.
-    #[serde(deserialize_with = "crate::config::float")]
-    pub promotion_min_cider_gain: f64,
-    /// ...and no category's CIDEr-D may drop by more than this.
-    #[serde(deserialize_with = "crate::config::float")]
-    pub max_category_regression: f64,
-    /// Where adapters are uploaded: `s3://<adapter_bucket>/<adapter_prefix><version>/`.
-    pub adapter_bucket: String,
-    pub adapter_prefix: String,
-    /// Local scratch directory (downloaded and trained adapters).
-    pub work_dir: PathBuf,
-    /// Score METEOR too (needs Java and meteor-1.5.jar; reported as null otherwise).
-    pub meteor: bool,
-    /// LoRA of a fresh adapter (when nothing is promoted yet).
-    pub lora_r: usize,
-    #[serde(deserialize_with = "crate::config::float")]
-    pub lora_alpha: f64,
-    #[serde(deserialize_with = "crate::config::float")]
-    pub lora_dropout: f64,
-    pub train: TrainConfig,
-}
-
-impl Default for RetrainConfig {
-    fn default() -> Self {
-        RetrainConfig {
-            include_previous: true,
-            min_new_labels: 1,
-            holdout_fraction: 0.2,
-            min_holdout: 8,
-            interval: Duration::from_secs(24 * 3600),
-            promotion_min_cider_gain: 0.01,
-            max_category_regression: 0.1,
-            adapter_bucket: "blip2idc-adapters".into(),
-            adapter_prefix: "adapters/".into(),
-            work_dir: std::env::temp_dir().join("blip2idc-retrain"),
-            meteor: true,
-            lora_r: 8,
-            lora_alpha: 16.0,
-            lora_dropout: 0.05,
-            train: TrainConfig::default(),
-        }
-    }
-}
-
-impl RetrainConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        let mut errs = Vec::new();
-        if !(0.0..1.0).contains(&self.holdout_fraction) || self.holdout_fraction == 0.0 {
-            errs.push(format!("retrain.holdout_fraction {} is not in (0, 1)", self.holdout_fraction));
-        }
-        if self.interval.is_zero() {
-            errs.push("retrain.interval must be > 0".into());
-        }
-        if self.lora_r == 0 {
-            errs.push("retrain.lora_r must be > 0".into());
-        }
-        if crate::event::S3Uri::parse(&format!("s3://{}/k", self.adapter_bucket)).is_err() {
-            errs.push(format!("retrain.adapter_bucket {:?} is not a valid bucket name", self.adapter_bucket));
-        }
-        if let Err(e) = self.train.validate() {
-            errs.push(format!("retrain.train: {e}"));
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("\n  - "))
-        }
-    }
-}
 
 /// How a run ended.
 #[derive(Debug, Clone, Serialize)]

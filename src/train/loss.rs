@@ -12,16 +12,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::model::blip2::Blip2Model;
 use crate::model::ops::Mode;
 
-/// Whether padding positions count in the loss.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PadMasking {
-    /// As the reference: every position counts (the model learns to emit the pad/eos id).
-    Count,
-    /// Positions whose label is padding after the caption are ignored (the first one still teaches
-    /// the model to stop).
-    Ignore,
-}
+pub use crate::config::PadMasking;
 
 /// Tokenises captions into fixed-length label rows.
 pub fn encode_labels(

@@ -14,11 +14,13 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::augment::{augment, AugmentConfig};
-use super::loss::{caption_loss, PadMasking};
+use super::loss::caption_loss;
 use super::optim::{AdamW, AdamWConfig};
 use crate::model::blip2::Blip2Model;
 use crate::model::ops::{Mode, TrainFlags};
 use crate::model::preprocess::{stack_pair, ImageProcessorConfig};
+
+pub use crate::config::TrainConfig;
 
 /// What the model sees for one example.
 #[derive(Clone, Debug)]
@@ -35,73 +37,6 @@ pub enum Input {
 pub struct Example {
     pub input: Input,
     pub labels: Vec<u32>,
-}
-
-/// Hyper-parameters of a run.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub grad_accum: usize,
-    #[serde(deserialize_with = "crate::config::float")]
-    pub lr: f64,
-    #[serde(deserialize_with = "crate::config::float")]
-    pub weight_decay: f64,
-    /// Epochs without a better holdout loss before stopping (0 = never stop early).
-    pub patience: usize,
-    pub seed: u64,
-    pub max_length: usize,
-    /// Id that pads the label rows (the BLIP2IDC code pads with eos = 2).
-    pub pad_id: u32,
-    pub pad_masking: PadMasking,
-    /// Apply the LoRA dropout (and the base model's dropouts when `base_dropout`).
-    pub dropout: bool,
-    pub base_dropout: bool,
-    pub augment: Option<AugmentConfig>,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            epochs: 10,
-            batch_size: 8,
-            grad_accum: 1,
-            lr: 5e-5,
-            weight_decay: 0.01,
-            patience: 10,
-            seed: 1234,
-            max_length: 30,
-            pad_id: 2,
-            pad_masking: PadMasking::Count,
-            dropout: true,
-            base_dropout: true,
-            augment: Some(AugmentConfig::default()),
-        }
-    }
-}
-
-impl TrainConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        let mut errs = Vec::new();
-        if self.epochs == 0 {
-            errs.push("epochs must be > 0".to_owned());
-        }
-        if self.batch_size == 0 || self.grad_accum == 0 {
-            errs.push("batch_size and grad_accum must be > 0".to_owned());
-        }
-        if !(self.lr > 0.0 && self.lr < 1.0) {
-            errs.push(format!("lr {} is not in (0, 1)", self.lr));
-        }
-        if self.max_length < 2 {
-            errs.push("max_length must be at least 2".to_owned());
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("; "))
-        }
-    }
 }
 
 /// Loss figures of one epoch.

@@ -1,0 +1,190 @@
+//! `[retrain]`: the retraining job's settings and the training hyper-parameters, kept with the config
+//! layer so that configuration never imports the code it configures (`train::job`, `train::trainer`,
+//! `train::loss` and `train::augment` use these and re-export them under their old paths).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[retrain]` configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainConfig {
+    /// Train on earlier (already used) train-split labels too, not only the new ones.
+    pub include_previous: bool,
+    /// Skip the run when fewer new labels arrived.
+    pub min_new_labels: usize,
+    /// Share of newly labeled pairs put in the (frozen) holdout.
+    #[serde(deserialize_with = "super::float")]
+    pub holdout_fraction: f64,
+    /// The holdout gets at least this many labels (taken from new ones) before training starts.
+    pub min_holdout: usize,
+    /// Scheduled mode: time between runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Promotion needs CIDEr-D(candidate) ≥ CIDEr-D(promoted) + this.
+    #[serde(deserialize_with = "super::float")]
+    pub promotion_min_cider_gain: f64,
+    /// ...and no category's CIDEr-D may drop by more than this.
+    #[serde(deserialize_with = "super::float")]
+    pub max_category_regression: f64,
+    /// Where adapters are uploaded: `s3://<adapter_bucket>/<adapter_prefix><version>/`.
+    pub adapter_bucket: String,
+    pub adapter_prefix: String,
+    /// Local scratch directory (downloaded and trained adapters).
+    pub work_dir: PathBuf,
+    /// Score METEOR too (needs Java and meteor-1.5.jar; reported as null otherwise).
+    pub meteor: bool,
+    /// LoRA of a fresh adapter (when nothing is promoted yet).
+    pub lora_r: usize,
+    #[serde(deserialize_with = "super::float")]
+    pub lora_alpha: f64,
+    #[serde(deserialize_with = "super::float")]
+    pub lora_dropout: f64,
+    pub train: TrainConfig,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        RetrainConfig {
+            include_previous: true,
+            min_new_labels: 1,
+            holdout_fraction: 0.2,
+            min_holdout: 8,
+            interval: Duration::from_secs(24 * 3600),
+            promotion_min_cider_gain: 0.01,
+            max_category_regression: 0.1,
+            adapter_bucket: "blip2idc-adapters".into(),
+            adapter_prefix: "adapters/".into(),
+            work_dir: std::env::temp_dir().join("blip2idc-retrain"),
+            meteor: true,
+            lora_r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.05,
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+impl RetrainConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        if !(0.0..1.0).contains(&self.holdout_fraction) || self.holdout_fraction == 0.0 {
+            errs.push(format!("retrain.holdout_fraction {} is not in (0, 1)", self.holdout_fraction));
+        }
+        if self.interval.is_zero() {
+            errs.push("retrain.interval must be > 0".into());
+        }
+        if self.lora_r == 0 {
+            errs.push("retrain.lora_r must be > 0".into());
+        }
+        if crate::event::S3Uri::parse(&format!("s3://{}/k", self.adapter_bucket)).is_err() {
+            errs.push(format!("retrain.adapter_bucket {:?} is not a valid bucket name", self.adapter_bucket));
+        }
+        if let Err(e) = self.train.validate() {
+            errs.push(format!("retrain.train: {e}"));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("\n  - "))
+        }
+    }
+}
+
+/// Hyper-parameters of a run.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    #[serde(deserialize_with = "super::float")]
+    pub lr: f64,
+    #[serde(deserialize_with = "super::float")]
+    pub weight_decay: f64,
+    /// Epochs without a better holdout loss before stopping (0 = never stop early).
+    pub patience: usize,
+    pub seed: u64,
+    pub max_length: usize,
+    /// Id that pads the label rows (the BLIP2IDC code pads with eos = 2).
+    pub pad_id: u32,
+    pub pad_masking: PadMasking,
+    /// Apply the LoRA dropout (and the base model's dropouts when `base_dropout`).
+    pub dropout: bool,
+    pub base_dropout: bool,
+    pub augment: Option<AugmentConfig>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 8,
+            grad_accum: 1,
+            lr: 5e-5,
+            weight_decay: 0.01,
+            patience: 10,
+            seed: 1234,
+            max_length: 30,
+            pad_id: 2,
+            pad_masking: PadMasking::Count,
+            dropout: true,
+            base_dropout: true,
+            augment: Some(AugmentConfig::default()),
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        if self.epochs == 0 {
+            errs.push("epochs must be > 0".to_owned());
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            errs.push("batch_size and grad_accum must be > 0".to_owned());
+        }
+        if !(self.lr > 0.0 && self.lr < 1.0) {
+            errs.push(format!("lr {} is not in (0, 1)", self.lr));
+        }
+        if self.max_length < 2 {
+            errs.push("max_length must be at least 2".to_owned());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("; "))
+        }
+    }
+}
+
+/// Whether padding positions count in the loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PadMasking {
+    /// As the reference: every position counts (the model learns to emit the pad/eos id).
+    Count,
+    /// Positions whose label is padding after the caption are ignored (the first one still teaches
+    /// the model to stop).
+    Ignore,
+}
+
+/// What to apply, each with its probability.
+#[derive(Clone, Copy, Debug, serde::Deserialize, serde::Serialize)]
+pub struct AugmentConfig {
+    /// Probability of torchvision's `GaussianBlur(3, sigma=(0.1, 0.5))` on each image.
+    #[serde(deserialize_with = "super::float")]
+    pub blur_probability: f64,
+    /// Probability of re-encoding each image as JPEG at a quality drawn from `jpeg_quality`.
+    #[serde(deserialize_with = "super::float")]
+    pub jpeg_probability: f64,
+    pub jpeg_quality: (u8, u8),
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig { blur_probability: 0.5, jpeg_probability: 0.3, jpeg_quality: (60, 95) }
+    }
+}
