@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 
 use super::Store;
 
-/// A recorded trip.
-#[derive(Clone, Debug)]
+/// A recorded trip (a `breaker_trips` row).
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Trip {
     pub tripped_at: DateTime<Utc>,
     pub reason: String,
@@ -34,13 +34,11 @@ impl Store {
 
     /// The trip recorded for `group`, if any.
     pub async fn trip_of(&self, group: &str) -> anyhow::Result<Option<Trip>> {
-        let row: Option<(DateTime<Utc>, String, String)> =
-            sqlx::query_as("SELECT tripped_at, reason, tripped_by FROM breaker_trips WHERE group_id = $1")
-                .bind(group)
-                .fetch_optional(self.pool())
-                .await
-                .context("reading the breaker state")?;
-        Ok(row.map(|(tripped_at, reason, tripped_by)| Trip { tripped_at, reason, tripped_by }))
+        sqlx::query_as("SELECT tripped_at, reason, tripped_by FROM breaker_trips WHERE group_id = $1")
+            .bind(group)
+            .fetch_optional(self.pool())
+            .await
+            .context("reading the breaker state")
     }
 
     /// Resets `group`'s breaker; returns the trip that was removed.
