@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
     let proc = blip2idc::model::preprocess::ImageProcessorConfig::for_image_size(cfg.vision_config.image_size as u32);
     let mut raw = Vec::new();
     for i in 0..pairs as u64 {
-        let (a, b, _) = blip2idc::devtools::synthetic_pair(i, 256);
+        let (a, b, _) = blip2idc_dev::synthetic_pair(i, 256);
         for v in proc.pixel_values(&blip2idc::model::preprocess::stack_pair(&a, &b)) {
             raw.extend_from_slice(&v.to_le_bytes());
         }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use blip2idc::admin::Health;
 use blip2idc::caption::{Captioner, CaptionerFactory};
 use blip2idc::config::Config;
-use blip2idc::devtools;
 use blip2idc::model::preprocess::ImageProcessorConfig;
+use blip2idc_dev as devtools;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 

@@ -189,12 +189,12 @@ mod tests {
 
     #[test]
     fn progressive_scan_bombs_are_refused() {
-        let ok = crate::devtools::progressive_scan_bomb(1);
+        let ok = blip2idc_dev::progressive_scan_bomb(1);
         let img = decode(&ok, &limits(), "x").expect("a progressive JPEG decodes");
         assert_eq!((img.width(), img.height()), (16, 16));
         // Before TJFLAG_LIMITSCANS, libjpeg-turbo walked all 5000 scans (then reported the repeated
         // scans' inconsistent progression, a corrupt_image); now it stops at scan 501.
-        let bomb = crate::devtools::progressive_scan_bomb(5000);
+        let bomb = blip2idc_dev::progressive_scan_bomb(5000);
         let err = decode(&bomb, &limits(), "bomb").unwrap_err();
         assert_eq!(err.kind, RejectKind::ImageTooLarge, "{err}");
         assert!(err.message.contains("scans"), "{err}");
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn bomb_is_rejected_before_allocation() {
         // A PNG header claiming 60000 x 60000 (10.8 GB of RGB) with almost no data.
-        let bomb = crate::devtools::png_bomb(60_000, 60_000);
+        let bomb = blip2idc_dev::png_bomb(60_000, 60_000);
         let small = DecodeConfig { max_width: 8192, max_height: 8192, max_alloc_bytes: 64 << 20 };
         let err = decode(&bomb, &small, "bomb").unwrap_err();
         assert_eq!(err.kind, RejectKind::ImageTooLarge, "{err}");

@@ -37,11 +37,9 @@ pub fn retain_freed_memory() {
 pub mod adapters;
 pub mod admin;
 pub mod batch;
-pub mod bench;
 pub mod caption;
 pub mod config;
 pub mod decode;
-pub mod devtools;
 pub mod dlq;
 pub mod error;
 pub mod eval;

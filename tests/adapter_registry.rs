@@ -38,9 +38,7 @@ async fn an_unloadable_promoted_adapter_is_marked_and_not_retried() {
     let crafted = fixtures().join("crafted/bin-absurd-shape");
     for name in ["adapter_config.json", "adapter_model.bin"] {
         let bytes = std::fs::read(crafted.join(name)).unwrap();
-        blip2idc::devtools::put(&scope.s3().await, &scope.bucket, &format!("adapters/{bad}/{name}"), bytes)
-            .await
-            .unwrap();
+        blip2idc_dev::put(&scope.s3().await, &scope.bucket, &format!("adapters/{bad}/{name}"), bytes).await.unwrap();
     }
     let register = |version: &str, uri: &str| ModelVersion {
         version: version.to_owned(),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blip2idc::admin::Health;
-use blip2idc::devtools;
 use blip2idc::pipeline;
+use blip2idc_dev as devtools;
 use common::{test_captioner, Scope};
 use tokio_util::sync::CancellationToken;
 

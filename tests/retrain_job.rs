@@ -52,7 +52,7 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
     // Labels: synthetic pairs in S3, one human-style caption each.
     let s3 = scope.s3().await;
     let store = scope.store();
-    blip2idc::devtools::seed_synthetic_labels(&s3, &store, (&scope.bucket, "labels"), 160, 21, "test").await.unwrap();
+    blip2idc_dev::seed_synthetic_labels(&s3, &store, (&scope.bucket, "labels"), 160, 21, "test").await.unwrap();
 
     // A consumer running on the base.
     let cfg = scope.cfg.clone();

@@ -85,26 +85,26 @@ async fn every_bad_input_kind_is_dead_lettered_while_the_rest_flows() {
     let b = scope.bucket.clone();
     let put = |k: &'static str, bytes: Vec<u8>| {
         let (s3, b) = (s3.clone(), b.clone());
-        async move { blip2idc::devtools::put(&s3, &b, k, bytes).await.unwrap() }
+        async move { blip2idc_dev::put(&s3, &b, k, bytes).await.unwrap() }
     };
     scope.seed(0..3, 40).await;
-    let good = blip2idc::devtools::jpeg(&blip2idc::devtools::synthetic_pair(9, 40).0, 90);
+    let good = blip2idc_dev::jpeg(&blip2idc_dev::synthetic_pair(9, 40).0, 90);
     put("good.jpg", good.clone()).await;
     put("huge.bin", vec![0u8; 300_000]).await;
     put("text.jpg", b"this is not an image".to_vec()).await;
     let mut truncated = good.clone();
     truncated.truncate(good.len() / 3);
     put("truncated.jpg", truncated).await;
-    put("bomb.png", blip2idc::devtools::png_bomb(60_000, 60_000)).await;
-    put("scans.jpg", blip2idc::devtools::progressive_scan_bomb(5000)).await;
+    put("bomb.png", blip2idc_dev::png_bomb(60_000, 60_000)).await;
+    put("scans.jpg", blip2idc_dev::progressive_scan_bomb(5000)).await;
     // A key with characters the SDK must encode: the request addresses exactly this object.
     const ODD_KEY: &str = "odd key+%2B \u{fc}?x=1&y#frag;.jpg";
     put(ODD_KEY, good.clone()).await;
     // A bucket that is not on the allow-list, which keys climbing out of the allowed one would reach
     // (the S3 server resolves `..` in the path).
     let private = format!("{b}-x");
-    blip2idc::devtools::ensure_bucket(&s3, &private).await.unwrap();
-    blip2idc::devtools::put(&s3, &private, "secret.jpg", good.clone()).await.unwrap();
+    blip2idc_dev::ensure_bucket(&s3, &private).await.unwrap();
+    blip2idc_dev::put(&s3, &private, "secret.jpg", good.clone()).await.unwrap();
 
     let p = &scope.prefix;
     let ev = |id: &str, a: &str| scope.event(&format!("{p}-{id}"), a, "good.jpg");
@@ -256,7 +256,7 @@ async fn graceful_shutdown_commits_exactly_what_was_stored() {
     scope.wait_for_captions(4, Duration::from_secs(60)).await;
     let summary = run.stop().await;
     assert!(!summary.drain_timed_out);
-    let committed = blip2idc::devtools::committed_offsets(
+    let committed = blip2idc_dev::committed_offsets(
         &scope.cfg.kafka.brokers,
         &scope.cfg.kafka.group_id,
         &scope.cfg.kafka.input_topic,
@@ -386,13 +386,13 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 async fn caption_cli_reads_s3_objects_like_the_service() {
     let scope = Scope::new("cli-s3").await;
     let s3 = scope.s3().await;
-    let (a, b, _) = blip2idc::devtools::synthetic_pair(3, 64);
+    let (a, b, _) = blip2idc_dev::synthetic_pair(3, 64);
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (dir.path().join("a.png"), dir.path().join("b.png"));
     a.save(&pa).unwrap();
     b.save(&pb).unwrap();
-    blip2idc::devtools::put(&s3, &scope.bucket, "cli/a.png", std::fs::read(&pa).unwrap()).await.unwrap();
-    blip2idc::devtools::put(&s3, &scope.bucket, "cli/b.png", std::fs::read(&pb).unwrap()).await.unwrap();
+    blip2idc_dev::put(&s3, &scope.bucket, "cli/a.png", std::fs::read(&pa).unwrap()).await.unwrap();
+    blip2idc_dev::put(&s3, &scope.bucket, "cli/b.png", std::fs::read(&pb).unwrap()).await.unwrap();
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/blip2/tiny-a");
     let allowed = format!("[\"{}\"]", scope.bucket);
     let run = |images: [&str; 2], env: &[(&str, &str)], remove: &[&str]| {
@@ -475,7 +475,7 @@ async fn a_panic_while_captioning_dead_letters_that_event_and_the_service_goes_o
     scope.cfg.pipeline.max_batch_wait = Duration::from_millis(200);
     let s3 = scope.s3().await;
     let magenta = image::RgbImage::from_pixel(48, 48, image::Rgb([255, 0, 255]));
-    blip2idc::devtools::put(&s3, &scope.bucket, "poison.jpg", blip2idc::devtools::jpeg(&magenta, 95)).await.unwrap();
+    blip2idc_dev::put(&s3, &scope.bucket, "poison.jpg", blip2idc_dev::jpeg(&magenta, 95)).await.unwrap();
     scope.seed(0..10, 48).await;
     for i in 0..3 {
         let id = format!("{}-poison{i}", scope.prefix);
@@ -518,10 +518,10 @@ async fn a_dead_letter_outage_holds_only_the_rejected_events() {
     scope.publish_raw("k", b"{\"event_id\": 7}").await;
     let s3 = scope.s3().await;
     for i in 0..6u64 {
-        let (a, b, _) = blip2idc::devtools::synthetic_pair(i, 48);
+        let (a, b, _) = blip2idc_dev::synthetic_pair(i, 48);
         let (ka, kb) = (format!("{i}/a.jpg"), format!("{i}/b.jpg"));
-        blip2idc::devtools::put(&s3, &scope.bucket, &ka, blip2idc::devtools::jpeg(&a, 90)).await.unwrap();
-        blip2idc::devtools::put(&s3, &scope.bucket, &kb, blip2idc::devtools::jpeg(&b, 90)).await.unwrap();
+        blip2idc_dev::put(&s3, &scope.bucket, &ka, blip2idc_dev::jpeg(&a, 90)).await.unwrap();
+        blip2idc_dev::put(&s3, &scope.bucket, &kb, blip2idc_dev::jpeg(&b, 90)).await.unwrap();
         let id = format!("{}-{i}", scope.prefix);
         scope.publish_json("k", &scope.event(&id, &ka, &kb)).await;
     }
@@ -530,7 +530,7 @@ async fn a_dead_letter_outage_holds_only_the_rejected_events() {
     // Stored, but nothing committed past the first event still waiting for its dead letter.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let k = &scope.cfg.kafka;
-    let committed = blip2idc::devtools::committed_offsets(&k.brokers, &k.group_id, &k.input_topic, 3).unwrap();
+    let committed = blip2idc_dev::committed_offsets(&k.brokers, &k.group_id, &k.input_topic, 3).unwrap();
     assert!(committed.iter().all(|&c| c <= 0), "committed past a pending dead letter: {committed:?}");
     assert!(scope.dead_letters(1, Duration::from_secs(1)).is_empty());
 

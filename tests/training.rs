@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use blip2idc::model::lora::Adapter;
-use blip2idc::model::ops::Mode;
+use blip2idc::model::ops::{Mode, TrainFlags};
 use blip2idc::model::{Blip2Idc, LoadOptions};
 use blip2idc::train::lora::LoraParams;
 use blip2idc::train::loss::{caption_loss, encode_labels, PadMasking};
 use blip2idc::train::optim::{AdamW, AdamWConfig};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
+
+/// Differentiable kernels, no dropout: the training forward compared with PyTorch's.
+const TRAIN_NO_DROPOUT: Mode = Mode::Train(TrainFlags { lora_dropout: false, base_dropout: false });
 
 const CHECKPOINTS: [&str; 2] = ["tiny-a", "tiny-b"];
 
@@ -79,7 +82,7 @@ fn loss_and_every_lora_gradient_match_pytorch_peft() {
         let pv = batch(ckpt);
         let labels = labels(ckpt, &m);
         for (masking, prefix) in [(PadMasking::Count, ""), (PadMasking::Ignore, "masked.")] {
-            let loss = caption_loss(&m.model, &pv, &labels, Mode::TRAIN_NO_DROPOUT, masking, 2).unwrap();
+            let loss = caption_loss(&m.model, &pv, &labels, TRAIN_NO_DROPOUT, masking, 2).unwrap();
             let want = scalar(&exp[&format!("{prefix}loss0")]);
             let got = loss.to_scalar::<f32>().unwrap();
             assert!((got - want).abs() <= 1e-5, "{ckpt} {masking:?}: loss {got} vs {want}");
@@ -109,7 +112,7 @@ fn three_adamw_steps_match_pytorch() {
         let want_losses: Vec<f64> =
             exp["losses"].to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         for (step, want) in want_losses.iter().enumerate() {
-            let loss = caption_loss(&m.model, &pv, &labels, Mode::TRAIN_NO_DROPOUT, PadMasking::Count, 2).unwrap();
+            let loss = caption_loss(&m.model, &pv, &labels, TRAIN_NO_DROPOUT, PadMasking::Count, 2).unwrap();
             let got = loss.to_scalar::<f32>().unwrap() as f64;
             assert!((got - want).abs() <= 1e-4, "{ckpt} step {step}: loss {got} vs {want}");
             opt.step(&loss.backward().unwrap()).unwrap();
@@ -130,7 +133,7 @@ fn gradients_reach_every_lora_tensor_and_no_frozen_weight() {
     let (mut m, params) = trainable("tiny-a");
     let pv = batch("tiny-a");
     let labels = labels("tiny-a", &m);
-    let loss = caption_loss(&m.model, &pv, &labels, Mode::TRAIN_NO_DROPOUT, PadMasking::Count, 2).unwrap();
+    let loss = caption_loss(&m.model, &pv, &labels, TRAIN_NO_DROPOUT, PadMasking::Count, 2).unwrap();
     let grads = loss.backward().unwrap();
     for v in &params.modules {
         for (which, var) in [("A", &v.a), ("B", &v.b)] {
@@ -197,7 +200,7 @@ fn saved_adapters_round_trip_and_peft_loads_them() {
     let labels = labels("tiny-a", &m);
     let mut opt = AdamW::new(params.vars(), AdamWConfig { lr: 1e-3, ..Default::default() }).unwrap();
     for _ in 0..3 {
-        let loss = caption_loss(&m.model, &pv, &labels, Mode::TRAIN_NO_DROPOUT, PadMasking::Count, 2).unwrap();
+        let loss = caption_loss(&m.model, &pv, &labels, TRAIN_NO_DROPOUT, PadMasking::Count, 2).unwrap();
         opt.step(&loss.backward().unwrap()).unwrap();
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -248,7 +251,7 @@ fn write_rust_adapter_fixture() {
     let labels = labels("tiny-a", &m);
     let mut opt = AdamW::new(params.vars(), AdamWConfig { lr: 1e-2, ..Default::default() }).unwrap();
     for _ in 0..3 {
-        let loss = caption_loss(&m.model, &pv, &labels, Mode::TRAIN_NO_DROPOUT, PadMasking::Count, 2).unwrap();
+        let loss = caption_loss(&m.model, &pv, &labels, TRAIN_NO_DROPOUT, PadMasking::Count, 2).unwrap();
         opt.step(&loss.backward().unwrap()).unwrap();
     }
     params.to_adapter().unwrap().save(&dir().join("tiny-a-rust-adapter")).unwrap();

@@ -48,12 +48,12 @@ export PATH="$CU/bin:$CU/nvvm/bin:$PATH" CUDA_HOME="$CU" CUDA_PATH="$CU" CUDA_RO
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-2}"
 export LIBRARY_PATH="$link:$CU/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 log "cargo build --release --features cuda (compute capability $CUDA_COMPUTE_CAP)"
-CARGO_TARGET_DIR="$target" cargo build --release --locked --features cuda --bin blip2idc
+CARGO_TARGET_DIR="$target" cargo build --release --locked -p blip2idc --features cuda --bin blip2idc
 log "built $target/release/blip2idc"
 benches=()
 for bench in "$@"; do
   [ -f "benches/$bench.rs" ] || { log "no benchmark benches/$bench.rs"; exit 1; }
-  exe="$(CARGO_TARGET_DIR="$target" cargo bench --locked --features cuda --bench "$bench" --no-run 2>&1 \
+  exe="$(CARGO_TARGET_DIR="$target" cargo bench --locked -p blip2idc --features cuda --bench "$bench" --no-run 2>&1 \
     | tee /dev/stderr | sed -nE 's/.*Executable .*\((.*)\)$/\1/p')"
   [ -x "$exe" ] || { log "building benchmark $bench failed"; exit 1; }
   benches+=("$exe")

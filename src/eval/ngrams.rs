@@ -2,7 +2,7 @@
 //!
 //! pycocoevalcap's `precook` splits a caption with Python's `str.split()`
 //! and counts its 1..4-grams into a dict, all unigrams first, then bigrams,
-//! and so on, each in order of first occurrence. [`NgramCounts`] keeps that
+//! and so on, each in order of first occurrence. [`NgramInterner`] keeps that
 //! insertion order, which CIDEr-D's floating-point sums depend on.
 
 use std::collections::HashMap;
@@ -190,45 +190,6 @@ pub fn ngram_order(key: NgramKey) -> usize {
 /// The word ids of an n-gram key.
 pub fn ngram_words(key: NgramKey) -> Vec<u32> {
     (0..ngram_order(key)).map(|i| ((key >> (32 * i)) as u32) - 1).collect()
-}
-
-/// n-gram counts of one caption in pycocoevalcap's dict insertion order.
-#[derive(Debug, Clone, Default)]
-pub struct NgramCounts {
-    /// `(n-gram, count)` in order of first insertion.
-    pub entries: Vec<(NgramKey, u32)>,
-    /// Number of words.
-    pub len: usize,
-}
-
-/// Reusable index used while counting.
-#[derive(Default)]
-pub struct Counter {
-    index: FxHashMap<NgramKey, usize>,
-}
-
-impl Counter {
-    /// Counts the 1..=`n`-grams of `words` as pycocoevalcap's `precook`.
-    pub fn count(&mut self, words: &[u32], n: usize) -> NgramCounts {
-        self.index.clear();
-        let mut entries: Vec<(NgramKey, u32)> = Vec::with_capacity(words.len() * n);
-        for k in 1..=n {
-            if words.len() < k {
-                break;
-            }
-            for window in words.windows(k) {
-                let key = ngram_key(window);
-                match self.index.get(&key) {
-                    Some(&i) => entries[i].1 += 1,
-                    None => {
-                        self.index.insert(key, entries.len());
-                        entries.push((key, 1));
-                    }
-                }
-            }
-        }
-        NgramCounts { entries, len: words.len() }
-    }
 }
 
 /// One distinct n-gram of a caption: its dense id (see [`NgramInterner`]),
@@ -536,6 +497,45 @@ impl NgramInterner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// n-gram counts of one caption in pycocoevalcap's dict insertion order.
+    #[derive(Debug, Clone, Default)]
+    pub struct NgramCounts {
+        /// `(n-gram, count)` in order of first insertion.
+        pub entries: Vec<(NgramKey, u32)>,
+        /// Number of words.
+        pub len: usize,
+    }
+
+    /// Reusable index used while counting (the straightforward reference the interner is tested against).
+    #[derive(Default)]
+    pub struct Counter {
+        index: FxHashMap<NgramKey, usize>,
+    }
+
+    impl Counter {
+        /// Counts the 1..=`n`-grams of `words` as pycocoevalcap's `precook`.
+        pub fn count(&mut self, words: &[u32], n: usize) -> NgramCounts {
+            self.index.clear();
+            let mut entries: Vec<(NgramKey, u32)> = Vec::with_capacity(words.len() * n);
+            for k in 1..=n {
+                if words.len() < k {
+                    break;
+                }
+                for window in words.windows(k) {
+                    let key = ngram_key(window);
+                    match self.index.get(&key) {
+                        Some(&i) => entries[i].1 += 1,
+                        None => {
+                            self.index.insert(key, entries.len());
+                            entries.push((key, 1));
+                        }
+                    }
+                }
+            }
+            NgramCounts { entries, len: words.len() }
+        }
+    }
 
     #[test]
     fn counts_keep_python_dict_order() {

@@ -38,9 +38,6 @@ pub struct TrainFlags {
 }
 
 impl Mode {
-    /// Differentiable kernels, no dropout, frozen base: what parity tests use.
-    pub const TRAIN_NO_DROPOUT: Mode = Mode::Train(TrainFlags { lora_dropout: false, base_dropout: false });
-
     pub fn is_train(self) -> bool {
         matches!(self, Mode::Train(_))
     }
@@ -424,6 +421,9 @@ fn contiguous_clone<S: candle_core::backend::BackendStorage>(s: &S, l: &Layout) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Differentiable kernels, no dropout: a training forward the parity tests can compare.
+    const TRAIN_NO_DROPOUT: Mode = Mode::Train(TrainFlags { lora_dropout: false, base_dropout: false });
     use candle_core::{Device, Var};
 
     #[test]
@@ -436,8 +436,8 @@ mod tests {
         let expected = reference.broadcast_matmul(&w)?.to_vec3::<f32>()?;
         // The fused CPU path (f32) and the generic one (what other devices take).
         let paths: [(&str, &dyn Fn() -> Result<Tensor>); 2] = [
-            ("fused", &|| linear(x.as_tensor(), &w, None, Mode::TRAIN_NO_DROPOUT)),
-            ("generic", &|| frozen_matmul(x.as_tensor(), &w, Mode::TRAIN_NO_DROPOUT)),
+            ("fused", &|| linear(x.as_tensor(), &w, None, TRAIN_NO_DROPOUT)),
+            ("generic", &|| frozen_matmul(x.as_tensor(), &w, TRAIN_NO_DROPOUT)),
         ];
         for (name, forward) in paths {
             let y = forward()?;
@@ -455,7 +455,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::new(&[[[1f32, 2., 3.], [4., 5., 6.]]], &dev)?;
         let w = Var::new(&[[1f32, 0., -1.], [0.5, 0.5, 0.5]], &dev)?;
-        let y = linear(&x, w.as_tensor(), None, Mode::TRAIN_NO_DROPOUT)?;
+        let y = linear(&x, w.as_tensor(), None, TRAIN_NO_DROPOUT)?;
         let grads = (y.sqr()?.sum_all()? * 0.5)?.backward()?;
         // d/dw 0.5·|x wᵀ|² = (x wᵀ)ᵀ x, summed over the rows
         let x2 = x.reshape((2, 3))?;
@@ -467,7 +467,7 @@ mod tests {
     #[test]
     fn fused_attention_matches_the_composition_other_devices_take() -> Result<()> {
         let dev = Device::Cpu;
-        let mode = Mode::TRAIN_NO_DROPOUT;
+        let mode = TRAIN_NO_DROPOUT;
         let diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar() };
         // The ViT's: fused qkv [b, t, 3·heads·hd].
         let qkv = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 5, 3 * 4 * 3), &dev)?)?;
@@ -555,7 +555,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 3., (2, 5, 16), &dev)?;
         let (w, b) = (Tensor::randn(1f32, 0.1, 16, &dev)?, Tensor::randn(0f32, 0.1, 16, &dev)?);
-        let train = Mode::TRAIN_NO_DROPOUT;
+        let train = TRAIN_NO_DROPOUT;
         let d = (softmax_last_dim(&x, train)? - softmax_last_dim(&x, Mode::Inference)?)?.abs()?.max_all()?;
         assert!(d.to_scalar::<f32>()? < 1e-6);
         let d = (layer_norm(&x, &w, &b, 1e-6, train)? - layer_norm(&x, &w, &b, 1e-6, Mode::Inference)?)?

@@ -124,8 +124,8 @@ mod tests {
 
     #[test]
     fn decode_cost_reads_only_headers() {
-        let bomb = crate::devtools::png_bomb(60_000, 60_000);
-        let small = crate::devtools::png_bomb(10, 10);
+        let bomb = blip2idc_dev::png_bomb(60_000, 60_000);
+        let small = blip2idc_dev::png_bomb(10, 10);
         assert_eq!(decode_cost(&small, &bomb), Some(3 * (2 * 100 + 5 * 3_600_000_000)));
         assert_eq!(decode_cost(b"not an image", &small), None);
     }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use blip2idc::caption::{Captioner, CaptionerFactory};
 use blip2idc::config::Config;
-use blip2idc::devtools;
 use blip2idc::model::preprocess::ImageProcessorConfig;
+use blip2idc_dev as devtools;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use blip2idc::config::Config;
-use blip2idc::devtools;
+use blip2idc_dev as devtools;
 
 /// Development helpers for the local stack (deploy/local/up.sh): create the topics and the bucket,
 /// publish sample image pairs, print stored captions.
@@ -250,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::BenchMemory { size, pairs, budget } => {
             let budget = budget.unwrap_or(cfg.pipeline.max_in_flight_bytes);
-            blip2idc::bench::bench_memory(&cfg, size, pairs, budget).await?;
+            blip2idc_dev::bench_memory::bench_memory(&cfg, size, pairs, budget).await?;
         }
         Command::Wait { count, prefix, timeout } => {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;

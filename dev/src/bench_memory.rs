@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::config::Config;
-use crate::devtools;
+use crate as devtools;
+use blip2idc::config::Config;
 
 /// The reference run's budget: more than the machine has, so it never binds.
 const UNBOUNDED: u64 = 64 << 30;
@@ -36,7 +36,7 @@ pub async fn bench_memory(
     pairs: usize,
     budget: u64,
 ) -> anyhow::Result<(MemoryRun, MemoryRun)> {
-    let s3 = crate::fetch::s3_client(&cfg.s3).await;
+    let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
     let id = format!("benchmem-{}", std::process::id());
     let bucket = id.clone();
     devtools::ensure_bucket(&s3, &bucket).await?;
@@ -165,7 +165,7 @@ async fn measure(
         });
         devtools::publish(&producer, input, &i.to_string(), event.to_string().as_bytes()).await?;
     }
-    let store = crate::store::Store::connect_lazy(&cfg.database)?;
+    let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
     loop {
         let n = store.caption_count(&format!("{id}-")).await?;
         if n as usize >= pairs {
