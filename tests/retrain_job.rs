@@ -70,7 +70,7 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
     let mut lock = store.pool().acquire().await.unwrap();
     sqlx::query("SELECT pg_advisory_lock($1)").bind(0x6231_6964_6374_726ei64).execute(&mut *lock).await.unwrap();
     let blocked = job::run_once(&scope.cfg).await.unwrap();
-    assert_eq!(blocked.status, "skipped", "{blocked:?}");
+    assert_eq!(blocked.status, job::RunStatus::Skipped, "{blocked:?}");
     sqlx::query("SELECT pg_advisory_unlock($1)").bind(0x6231_6964_6374_726ei64).execute(&mut *lock).await.unwrap();
     drop(lock);
 
@@ -92,7 +92,7 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
         c.meteor,
         outcome.decision
     );
-    assert_eq!(outcome.status, "succeeded");
+    assert_eq!(outcome.status, job::RunStatus::Succeeded);
     assert!(outcome.promoted, "{}", outcome.decision);
     let version = outcome.candidate_version.clone().unwrap();
 
@@ -149,7 +149,7 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
 
     // Holdout labels stay holdout; a run without new labels is skipped.
     let again = job::run_once(&scope.cfg).await.unwrap();
-    assert_eq!(again.status, "skipped", "{again:?}");
+    assert_eq!(again.status, job::RunStatus::Skipped, "{again:?}");
 
     // A run that fails (here: the images are unreachable) is recorded and changes nothing.
     sqlx::query(

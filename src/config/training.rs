@@ -1,6 +1,9 @@
 //! `[retrain]`: the retraining job's settings and the training hyper-parameters, kept with the config
 //! layer so that configuration never imports the code it configures (`train::job`, `train::trainer`,
 //! `train::loss` and `train::augment` use these and re-export them under their old paths).
+//!
+//! Defaults live in one place, `config/default.toml`: the `Default` impls here read that file (the
+//! one value it cannot hold, `work_dir` under the system's temporary directory, is [`default_work_dir`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// `[retrain]` configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct RetrainConfig {
     /// Train on earlier (already used) train-split labels too, not only the new ones.
     pub include_previous: bool,
@@ -33,6 +36,7 @@ pub struct RetrainConfig {
     pub adapter_bucket: String,
     pub adapter_prefix: String,
     /// Local scratch directory (downloaded and trained adapters).
+    #[serde(default = "default_work_dir")]
     pub work_dir: PathBuf,
     /// Score METEOR too (needs Java and meteor-1.5.jar; reported as null otherwise).
     pub meteor: bool,
@@ -45,25 +49,15 @@ pub struct RetrainConfig {
     pub train: TrainConfig,
 }
 
+/// `retrain.work_dir` when not set: `blip2idc-retrain` in the system's temporary directory.
+pub fn default_work_dir() -> PathBuf {
+    std::env::temp_dir().join("blip2idc-retrain")
+}
+
+/// The shipped defaults (`config/default.toml`'s `[retrain]`).
 impl Default for RetrainConfig {
     fn default() -> Self {
-        RetrainConfig {
-            include_previous: true,
-            min_new_labels: 1,
-            holdout_fraction: 0.2,
-            min_holdout: 8,
-            interval: Duration::from_secs(24 * 3600),
-            promotion_min_cider_gain: 0.01,
-            max_category_regression: 0.1,
-            adapter_bucket: "blip2idc-adapters".into(),
-            adapter_prefix: "adapters/".into(),
-            work_dir: std::env::temp_dir().join("blip2idc-retrain"),
-            meteor: true,
-            lora_r: 8,
-            lora_alpha: 16.0,
-            lora_dropout: 0.05,
-            train: TrainConfig::default(),
-        }
+        super::Config::defaults().retrain
     }
 }
 
@@ -95,7 +89,7 @@ impl RetrainConfig {
 
 /// Hyper-parameters of a run.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
@@ -114,26 +108,15 @@ pub struct TrainConfig {
     /// Apply the LoRA dropout (and the base model's dropouts when `base_dropout`).
     pub dropout: bool,
     pub base_dropout: bool,
+    /// Augmentation of training images; none when the table is absent.
+    #[serde(default)]
     pub augment: Option<AugmentConfig>,
 }
 
+/// The shipped defaults (`config/default.toml`'s `[retrain.train]`).
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig {
-            epochs: 10,
-            batch_size: 8,
-            grad_accum: 1,
-            lr: 5e-5,
-            weight_decay: 0.01,
-            patience: 10,
-            seed: 1234,
-            max_length: 30,
-            pad_id: 2,
-            pad_masking: PadMasking::Count,
-            dropout: true,
-            base_dropout: true,
-            augment: Some(AugmentConfig::default()),
-        }
+        RetrainConfig::default().train
     }
 }
 
@@ -173,6 +156,7 @@ pub enum PadMasking {
 
 /// What to apply, each with its probability.
 #[derive(Clone, Copy, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct AugmentConfig {
     /// Probability of torchvision's `GaussianBlur(3, sigma=(0.1, 0.5))` on each image.
     #[serde(deserialize_with = "super::float")]
@@ -183,8 +167,9 @@ pub struct AugmentConfig {
     pub jpeg_quality: (u8, u8),
 }
 
+/// The shipped defaults (`config/default.toml`'s `[retrain.train.augment]`).
 impl Default for AugmentConfig {
     fn default() -> Self {
-        AugmentConfig { blur_probability: 0.5, jpeg_probability: 0.3, jpeg_quality: (60, 95) }
+        TrainConfig::default().augment.expect("config/default.toml has [retrain.train.augment]")
     }
 }

@@ -14,32 +14,53 @@
 //!    `promotion_min_cider_gain` and no category loses more than `max_category_regression`.
 //!
 //! A failure at any step marks the run failed and leaves the promoted adapter untouched.
+//!
+//! This file is the orchestrator; the data (splits, images, examples) is [`super::data`], the
+//! holdout evaluation and the promotion rule [`super::promotion`], the SQL `crate::store::training`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::data::{choose_splits, examples, load_pairs};
 use super::lora::LoraParams;
-use super::trainer::{Example, Input, TrainReport};
+pub use super::promotion::EvalSummary;
+use super::promotion::{decide, evaluate};
+use super::trainer::TrainReport;
 use crate::adapters::{version_dir, AdapterStore};
 use crate::config::Config;
 pub use crate::config::RetrainConfig;
-use crate::eval::{EvalItem, EvalOptions, Scores};
-use crate::event::S3Uri;
 use crate::fetch::Fetcher;
 use crate::model::lora::{Adapter, AdapterConfig};
 use crate::model::{Blip2Idc, LoadOptions};
-use crate::store::training::{Label, RunResult};
+use crate::store::training::RunResult;
 use crate::store::{ModelVersion, Store};
+
+/// How a run that did not fail ended (a failed run is an `Err`, recorded as `failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Another job held the lock, or too few new labels arrived.
+    Skipped,
+    /// A candidate was trained, scored and registered (promoted or not).
+    Succeeded,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunStatus::Skipped => "skipped",
+            RunStatus::Succeeded => "succeeded",
+        })
+    }
+}
 
 /// How a run ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunOutcome {
     pub run_id: i64,
-    pub status: &'static str,
+    pub status: RunStatus,
     pub candidate_version: Option<String>,
     pub promoted: bool,
     pub decision: String,
@@ -51,7 +72,7 @@ impl RunOutcome {
     fn skipped(run_id: i64, decision: String) -> RunOutcome {
         RunOutcome {
             run_id,
-            status: "skipped",
+            status: RunStatus::Skipped,
             candidate_version: None,
             promoted: false,
             decision,
@@ -59,26 +80,6 @@ impl RunOutcome {
             candidate: None,
         }
     }
-}
-
-/// Holdout scores of one model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EvalSummary {
-    pub version: String,
-    pub cider: f64,
-    pub bleu4: f64,
-    pub rouge_l: f64,
-    pub meteor: Option<f64>,
-    pub by_category: BTreeMap<String, f64>,
-    pub holdout_pairs: usize,
-}
-
-/// A decoded holdout/train pair with its references.
-struct Pair {
-    original: Arc<image::RgbImage>,
-    modified: Arc<image::RgbImage>,
-    references: Vec<String>,
-    category: Option<String>,
 }
 
 /// Runs the job once. Returns `Ok` with status `skipped` when another job holds the lock or too few
@@ -138,31 +139,7 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
         Some((version, Some(uri))) => Some(adapters.download(uri, &version_dir(&rc.work_dir, version)).await?),
         _ => cfg.model.adapter.as_ref().map(PathBuf::from),
     };
-    let device = crate::model::loader::parse_device(&cfg.model.device)?;
-    let dtype = crate::model::loader::parse_dtype(&cfg.model.dtype)?;
-    let blas = crate::model::blas::configure(&cfg.model.blas)?;
-    tracing::info!(%blas, "CPU matrix products");
-    let mut model = Blip2Idc::load(&LoadOptions {
-        checkpoint: cfg.model.checkpoint.clone(),
-        adapter: None,
-        dtype,
-        device: device.clone(),
-        merge_adapter: false,
-    })?;
-    model.check_max_new_tokens(cfg.model.max_new_tokens, "model.max_new_tokens")?;
-    let params = match &start_adapter {
-        Some(dir) => {
-            let shapes = model.model.linear_shapes();
-            LoraParams::from_adapter(&mut model.model, &Adapter::load(dir, &device, &shapes)?)?
-        }
-        None => {
-            let mut ac = AdapterConfig::blip2idc_default(&cfg.model.checkpoint);
-            ac.r = rc.lora_r;
-            ac.lora_alpha = rc.lora_alpha;
-            ac.lora_dropout = rc.lora_dropout;
-            LoraParams::init(&mut model.model, ac, rc.train.seed)?
-        }
-    };
+    let (model, params) = load_model(cfg, start_adapter.as_deref())?;
     let baseline_version = promoted.as_ref().map(|p| p.0.clone()).unwrap_or_else(|| "base".into());
     let baseline = evaluate(&model, &holdout, &baseline_version, rc, cfg.model.max_new_tokens)?;
     durations.insert("baseline_eval_s".into(), t.elapsed().as_secs_f64().into());
@@ -227,7 +204,7 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
         .await?;
     Ok(RunOutcome {
         run_id,
-        status: "succeeded",
+        status: RunStatus::Succeeded,
         candidate_version: Some(version),
         promoted: promote,
         decision,
@@ -236,171 +213,36 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
     })
 }
 
-/// Splits for pairs that have none (oldest first): holdout by a stable hash under
-/// `holdout_fraction`, topped up to `min_holdout` pairs from the first ones.
-fn choose_splits(pairs: &[(String, String)], holdout_pairs: i64, rc: &RetrainConfig) -> Vec<&'static str> {
-    let mut need = (rc.min_holdout as i64 - holdout_pairs).max(0);
-    pairs
-        .iter()
-        .map(|(a, b)| {
-            // Hash the object keys, not the buckets: the same pairs split the same way in every environment.
-            let key = |u: &str| {
-                u.strip_prefix("s3://").and_then(|r| r.split_once('/')).map_or(u.to_owned(), |(_, k)| k.to_owned())
-            };
-            let h = crate::model::loader::fnv1a(format!("{}\n{}", key(a), key(b)).as_bytes());
-            let holdout = (h % 10_000) as f64 / 10_000.0 < rc.holdout_fraction || need > 0;
-            if holdout {
-                need -= 1;
-            }
-            if holdout {
-                "holdout"
-            } else {
-                "train"
-            }
-        })
-        .collect()
-}
-
-/// Fetches and decodes every label's images, `s3.max_concurrency` pairs at a time; groups labels of
-/// the same pair (their captions become the pair's references). Labels whose images cannot be
-/// loaded are skipped with a warning.
-async fn load_pairs(
-    fetcher: &Fetcher,
-    labels: &[Label],
-    limits: &crate::config::DecodeConfig,
-    concurrency: usize,
-) -> anyhow::Result<(Vec<Pair>, Vec<Pair>)> {
-    use futures::StreamExt;
-    let mut groups: BTreeMap<(String, String), Vec<&Label>> = BTreeMap::new();
-    for l in labels {
-        groups.entry((l.original.clone(), l.modified.clone())).or_default().push(l);
-    }
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let load = |a: String, b: String| {
-        let cancel = cancel.clone();
-        async move {
-            let (ua, ub) = (S3Uri::parse(&a)?, S3Uri::parse(&b)?);
-            let (ba, bb) = fetcher.fetch_pair(&ua, &ub, &cancel).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let limits = limits.clone();
-            tokio::task::spawn_blocking(move || {
-                let ia = crate::decode::decode(&ba, &limits, &a)?;
-                let ib = crate::decode::decode(&bb, &limits, &b)?;
-                let rgb = |img| Arc::new(crate::model::preprocess::to_rgb(img));
-                anyhow::Ok((rgb(&ia), rgb(&ib)))
-            })
-            .await?
+/// Loads the base model unmerged, with the trainable LoRA variables: those of `start_adapter` (the
+/// promoted adapter, or `model.adapter`) or a fresh PEFT-initialised LoRA of `retrain.lora_*`.
+fn load_model(cfg: &Config, start_adapter: Option<&std::path::Path>) -> anyhow::Result<(Blip2Idc, LoraParams)> {
+    let rc = &cfg.retrain;
+    let device = crate::model::loader::parse_device(&cfg.model.device)?;
+    let dtype = crate::model::loader::parse_dtype(&cfg.model.dtype)?;
+    let blas = crate::model::blas::configure(&cfg.model.blas)?;
+    tracing::info!(%blas, "CPU matrix products");
+    let mut model = Blip2Idc::load(&LoadOptions {
+        checkpoint: cfg.model.checkpoint.clone(),
+        adapter: None,
+        dtype,
+        device: device.clone(),
+        merge_adapter: false,
+    })?;
+    model.check_max_new_tokens(cfg.model.max_new_tokens, "model.max_new_tokens")?;
+    let params = match start_adapter {
+        Some(dir) => {
+            let shapes = model.model.linear_shapes();
+            LoraParams::from_adapter(&mut model.model, &Adapter::load(dir, &device, &shapes)?)?
+        }
+        None => {
+            let mut ac = AdapterConfig::blip2idc_default(&cfg.model.checkpoint);
+            ac.r = rc.lora_r;
+            ac.lora_alpha = rc.lora_alpha;
+            ac.lora_dropout = rc.lora_dropout;
+            LoraParams::init(&mut model.model, ac, rc.train.seed)?
         }
     };
-    // `buffered` keeps the groups' order, so runs over the same labels see the same data.
-    let mut loaded = futures::stream::iter(groups)
-        .map(|((a, b), ls)| {
-            let fut = load(a, b);
-            async move { (fut.await, ls) }
-        })
-        .buffered(concurrency.max(1));
-    let (mut train, mut holdout) = (Vec::new(), Vec::new());
-    while let Some((result, ls)) = loaded.next().await {
-        let (original, modified) = match result {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(label_ids = ?ls.iter().map(|l| l.id).collect::<Vec<_>>(), "skipping labels: {e:#}");
-                continue;
-            }
-        };
-        let pair = Pair {
-            original,
-            modified,
-            references: ls.iter().map(|l| l.caption.clone()).collect(),
-            category: ls.iter().find_map(|l| l.category.clone()),
-        };
-        if ls[0].split.as_deref() == Some("holdout") {
-            holdout.push(pair);
-        } else {
-            train.push(pair);
-        }
-    }
-    Ok((train, holdout))
-}
-
-/// One training example per reference caption.
-fn examples(model: &Blip2Idc, pairs: &[Pair], rc: &RetrainConfig) -> anyhow::Result<Vec<Example>> {
-    let mut out = Vec::new();
-    for p in pairs {
-        let refs: Vec<&str> = p.references.iter().map(|s| s.as_str()).collect();
-        for labels in super::loss::encode_labels(&model.tokenizer, &refs, rc.train.max_length, rc.train.pad_id)? {
-            out.push(Example {
-                input: Input::Pair { original: p.original.clone(), modified: p.modified.clone() },
-                labels,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Captions the holdout with the model as it is and scores it.
-fn evaluate(
-    model: &Blip2Idc,
-    holdout: &[Pair],
-    version: &str,
-    rc: &RetrainConfig,
-    max_new_tokens: usize,
-) -> anyhow::Result<EvalSummary> {
-    let mut items = Vec::new();
-    for (i, chunk) in holdout.chunks(8).enumerate() {
-        let pvs: Vec<Vec<f32>> = chunk
-            .iter()
-            .map(|p| model.processor.pixel_values(&crate::model::preprocess::stack_pair(&p.original, &p.modified)))
-            .collect();
-        let refs: Vec<&[f32]> = pvs.iter().map(|v| v.as_slice()).collect();
-        for (j, (g, p)) in model.caption_pixels(&refs, max_new_tokens)?.into_iter().zip(chunk).enumerate() {
-            items.push(EvalItem {
-                id: format!("{}", i * 8 + j),
-                candidate: g.caption,
-                references: p.references.clone(),
-                category: p.category.clone(),
-            });
-        }
-    }
-    let mut opts = if rc.meteor { EvalOptions::default() } else { EvalOptions::native() };
-    opts.by_category = true;
-    let report = crate::eval::evaluate(&items, &opts)?;
-    Ok(summary(version, &report.corpus, &report.by_category, holdout.len()))
-}
-
-fn summary(version: &str, s: &Scores, cats: &[crate::eval::CategoryScores], n: usize) -> EvalSummary {
-    EvalSummary {
-        version: version.to_owned(),
-        cider: s.cider,
-        bleu4: s.bleu[3],
-        rouge_l: s.rouge_l,
-        meteor: s.meteor,
-        by_category: cats.iter().map(|c| (c.category.clone(), c.scores.cider)).collect(),
-        holdout_pairs: n,
-    }
-}
-
-/// The promotion rule.
-pub fn decide(baseline: &EvalSummary, candidate: &EvalSummary, rc: &RetrainConfig) -> (bool, String) {
-    let gain = candidate.cider - baseline.cider;
-    if gain < rc.promotion_min_cider_gain {
-        return (
-            false,
-            format!(
-                "CIDEr-D {:.4} vs {:.4}: gain {gain:+.4} is below retrain.promotion_min_cider_gain {}",
-                candidate.cider, baseline.cider, rc.promotion_min_cider_gain
-            ),
-        );
-    }
-    for (cat, b) in &baseline.by_category {
-        let c = candidate.by_category.get(cat).copied().unwrap_or(0.0);
-        if b - c > rc.max_category_regression {
-            return (
-                false,
-                format!("category {cat:?} regresses from {b:.4} to {c:.4} (limit {})", rc.max_category_regression),
-            );
-        }
-    }
-    (true, format!("CIDEr-D {:.4} vs {:.4} ({gain:+.4}), no category regresses", candidate.cider, baseline.cider))
+    Ok((model, params))
 }
 
 /// The version of a retrained adapter: the base named as the consumers name it
@@ -426,7 +268,7 @@ fn candidate_version(checkpoint: &str, run_id: i64, at: chrono::DateTime<chrono:
 pub async fn run_scheduled(cfg: &Config, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
     loop {
         match run_once(cfg).await {
-            Ok(o) => tracing::info!(run_id = o.run_id, status = o.status, promoted = o.promoted, "{}", o.decision),
+            Ok(o) => tracing::info!(run_id = o.run_id, status = %o.status, promoted = o.promoted, "{}", o.decision),
             Err(e) => tracing::error!("retraining run failed: {e:#}"),
         }
         tokio::select! {
@@ -439,18 +281,6 @@ pub async fn run_scheduled(cfg: &Config, stop: tokio_util::sync::CancellationTok
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn summary(cider: f64, cats: &[(&str, f64)]) -> EvalSummary {
-        EvalSummary {
-            version: "v".into(),
-            cider,
-            bleu4: 0.0,
-            rouge_l: 0.0,
-            meteor: None,
-            by_category: cats.iter().map(|(c, v)| (c.to_string(), *v)).collect(),
-            holdout_pairs: 10,
-        }
-    }
 
     #[test]
     fn candidate_versions_name_the_base_like_the_consumers_do() {
@@ -470,18 +300,5 @@ mod tests {
             assert!(v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)), "{v}");
             assert!(!v.starts_with('.'), "{v}");
         }
-    }
-
-    #[test]
-    fn promotion_needs_a_cider_gain_and_no_large_category_regression() {
-        let rc = RetrainConfig { promotion_min_cider_gain: 0.05, max_category_regression: 0.1, ..Default::default() };
-        let base = summary(1.0, &[("add", 1.0), ("remove", 1.0)]);
-        assert!(decide(&base, &summary(1.2, &[("add", 1.3), ("remove", 0.95)]), &rc).0);
-        let (ok, why) = decide(&base, &summary(1.03, &[("add", 1.1), ("remove", 1.0)]), &rc);
-        assert!(!ok && why.contains("gain"), "{why}");
-        let (ok, why) = decide(&base, &summary(1.5, &[("add", 2.0), ("remove", 0.8)]), &rc);
-        assert!(!ok && why.contains("remove"), "{why}");
-        let (ok, _) = decide(&base, &summary(1.5, &[("add", 2.0)]), &rc);
-        assert!(!ok, "a category missing from the candidate counts as a regression to 0");
     }
 }

@@ -5,9 +5,11 @@
 //! [`trainer`] the loop; [`synthetic`] a small image-difference world that proves it learns.
 
 pub mod augment;
+pub mod data;
 pub mod job;
 pub mod lora;
 pub mod loss;
 pub mod optim;
+pub mod promotion;
 pub mod synthetic;
 pub mod trainer;
