@@ -16,9 +16,9 @@ use aws_sdk_s3::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::S3Config;
-use crate::event::S3Uri;
 use crate::fetch::Fetcher;
 use crate::retry::Backoff;
+use crate::s3uri::S3Prefix;
 
 /// Larger than any LoRA adapter of BLIP-2 (r = 8 on blip2-opt-2.7b is 25 MB).
 const MAX_ADAPTER_BYTES: u64 = 2 << 30;
@@ -44,10 +44,14 @@ impl AdapterStore {
     /// Downloads `adapter_config.json` and the weights (`.safetensors`, else `.bin`) under `uri`
     /// into `dir`.
     pub async fn download(&self, uri: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-        let (bucket, prefix) = split_uri(uri)?;
+        let location = S3Prefix::parse(uri)?;
         let fetcher = Fetcher::new(
             self.client.clone(),
-            &S3Config { allowed_buckets: vec![bucket.clone()], max_object_bytes: MAX_ADAPTER_BYTES, ..self.s3.clone() },
+            &S3Config {
+                allowed_buckets: vec![location.bucket.clone()],
+                max_object_bytes: MAX_ADAPTER_BYTES,
+                ..self.s3.clone()
+            },
         );
         // Start empty: weights left by an earlier download must never be picked up instead.
         if dir.exists() {
@@ -59,7 +63,7 @@ impl AdapterStore {
             if got_weights {
                 break;
             }
-            let object = S3Uri { bucket: bucket.clone(), key: format!("{prefix}{name}") };
+            let object = location.object(name);
             let cancel = CancellationToken::new();
             let fetched = tokio::time::timeout(OBJECT_DEADLINE, fetcher.fetch_if_exists(&object, &cancel))
                 .await
@@ -81,14 +85,14 @@ impl AdapterStore {
 
     /// Uploads a saved adapter directory (`adapter_config.json` + `adapter_model.safetensors`) to `uri`.
     pub async fn upload(&self, dir: &Path, uri: &str) -> anyhow::Result<()> {
-        let (bucket, prefix) = split_uri(uri)?;
+        let location = S3Prefix::parse(uri)?;
         for name in [CONFIG_FILE, WEIGHT_FILES[0]] {
             let bytes =
                 std::fs::read(dir.join(name)).with_context(|| format!("reading {}", dir.join(name).display()))?;
-            let key = format!("{prefix}{name}");
-            tokio::time::timeout(OBJECT_DEADLINE, self.put(&bucket, &key, bytes)).await.map_err(|_| {
-                anyhow::anyhow!("uploading s3://{bucket}/{key}: no success within {OBJECT_DEADLINE:?}")
-            })??;
+            let object = location.object(name);
+            tokio::time::timeout(OBJECT_DEADLINE, self.put(&object.bucket, &object.key, bytes))
+                .await
+                .map_err(|_| anyhow::anyhow!("uploading {object}: no success within {OBJECT_DEADLINE:?}"))??;
         }
         Ok(())
     }
@@ -125,14 +129,6 @@ pub fn version_dir(root: &Path, version: &str) -> PathBuf {
     root.join(name)
 }
 
-/// `s3://bucket/prefix[/]` → (bucket, prefix ending in `/` or empty).
-pub fn split_uri(uri: &str) -> anyhow::Result<(String, String)> {
-    let rest = uri.strip_prefix("s3://").with_context(|| format!("{uri} is not an s3:// URI"))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let prefix = if prefix.is_empty() || prefix.ends_with('/') { prefix.to_owned() } else { format!("{prefix}/") };
-    Ok((bucket.to_owned(), prefix))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,13 +162,5 @@ mod tests {
         // Plain names (every name this service makes) are kept as they are.
         assert_eq!(version_dir(root, "base--retrain-1-2026"), root.join("base--retrain-1-2026"));
         assert_eq!(version_dir(root, "base+retrain-1-2026"), root.join("base+retrain-1-2026"));
-    }
-
-    #[test]
-    fn adapter_uris_split_into_bucket_and_prefix() {
-        assert_eq!(split_uri("s3://b/adapters/v1/").unwrap(), ("b".into(), "adapters/v1/".into()));
-        assert_eq!(split_uri("s3://b/adapters/v1").unwrap(), ("b".into(), "adapters/v1/".into()));
-        assert_eq!(split_uri("s3://b").unwrap(), ("b".into(), "".into()));
-        assert!(split_uri("http://b/x").is_err());
     }
 }

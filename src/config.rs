@@ -391,10 +391,7 @@ impl Config {
         check(!s.region.is_empty(), "s3.region is empty".into());
         check(!s.allowed_buckets.is_empty(), "s3.allowed_buckets is empty: the service could read nothing".into());
         for b in &s.allowed_buckets {
-            check(
-                crate::event::S3Uri::parse(&format!("s3://{b}/k")).is_ok(),
-                format!("s3.allowed_buckets entry {b:?} is not a valid bucket name"),
-            );
+            check(crate::s3uri::valid_bucket(b), format!("s3.allowed_buckets entry {b:?} is not a valid bucket name"));
         }
         check(s.max_object_bytes > 0, "s3.max_object_bytes must be > 0".into());
         check(s.max_concurrency > 0, "s3.max_concurrency must be > 0".into());

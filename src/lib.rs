@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod retry;
+pub mod s3uri;
 pub mod source;
 pub mod store;
 pub mod telemetry;

@@ -265,7 +265,7 @@ async fn read_image(
 ) -> anyhow::Result<image::DynamicImage> {
     let bytes = match s3.filter(|_| spec.starts_with("s3://")) {
         Some(reader) => {
-            let uri = blip2idc::event::S3Uri::parse(spec).map_err(|r| anyhow::anyhow!("{}", r.message))?;
+            let uri = blip2idc::s3uri::S3Uri::parse(spec)?;
             reader.read(&uri).await?
         }
         None => std::fs::read(spec).map_err(|e| anyhow::anyhow!("reading {spec}: {e}"))?.into(),

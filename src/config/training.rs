@@ -73,7 +73,7 @@ impl RetrainConfig {
         if self.lora_r == 0 {
             errs.push("retrain.lora_r must be > 0".into());
         }
-        if crate::event::S3Uri::parse(&format!("s3://{}/k", self.adapter_bucket)).is_err() {
+        if !crate::s3uri::valid_bucket(&self.adapter_bucket) {
             errs.push(format!("retrain.adapter_bucket {:?} is not a valid bucket name", self.adapter_bucket));
         }
         if let Err(e) = self.train.validate() {

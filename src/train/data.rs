@@ -27,9 +27,7 @@ pub fn choose_splits(pairs: &[(String, String)], holdout_pairs: i64, rc: &Retrai
         .iter()
         .map(|(a, b)| {
             // Hash the object keys, not the buckets: the same pairs split the same way in every environment.
-            let key = |u: &str| {
-                u.strip_prefix("s3://").and_then(|r| r.split_once('/')).map_or(u.to_owned(), |(_, k)| k.to_owned())
-            };
+            let key = |u: &str| S3Uri::parse(u).map_or(u.to_owned(), |uri| uri.key);
             let h = crate::model::loader::fnv1a(format!("{}\n{}", key(a), key(b)).as_bytes());
             let holdout = (h % 10_000) as f64 / 10_000.0 < rc.holdout_fraction || need > 0;
             if holdout {

@@ -34,6 +34,7 @@ pub use crate::config::RetrainConfig;
 use crate::fetch::Fetcher;
 use crate::model::lora::{Adapter, AdapterConfig};
 use crate::model::{Blip2Idc, LoadOptions};
+use crate::s3uri::S3Prefix;
 use crate::store::training::RunResult;
 use crate::store::{ModelVersion, Store};
 
@@ -168,7 +169,8 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
     let adapter = params.to_adapter()?;
     let dir = version_dir(&rc.work_dir, &version);
     adapter.save(&dir)?;
-    let uri = format!("s3://{}/{}{}/", rc.adapter_bucket, rc.adapter_prefix, version);
+    let uri =
+        S3Prefix { bucket: rc.adapter_bucket.clone(), prefix: format!("{}{version}/", rc.adapter_prefix) }.to_string();
     adapters.upload(&dir, &uri).await?;
     let metrics = serde_json::json!({"holdout": candidate, "baseline": baseline, "run_id": run_id});
     let registered =
