@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use blip2idc::model::loader::{parse_device, parse_dtype};
+use blip2idc::model::loader::{dtype, open_device};
 use blip2idc::model::{Blip2Idc, LoadOptions};
 use serde_json::{json, Value};
 
@@ -38,8 +38,8 @@ fn child() -> anyhow::Result<()> {
     let model = Blip2Idc::load(&LoadOptions {
         checkpoint: model_dir,
         adapter: arg("--adapter").map(PathBuf::from),
-        dtype: parse_dtype(&arg("--dtype").unwrap_or_else(|| "f32".into()))?,
-        device: parse_device(&arg("--device").unwrap_or_else(|| "cpu".into()))?,
+        dtype: dtype(arg("--dtype").unwrap_or_else(|| "f32".into()).parse().map_err(anyhow::Error::msg)?),
+        device: open_device(arg("--device").unwrap_or_else(|| "cpu".into()).parse().map_err(anyhow::Error::msg)?)?,
         merge_adapter: true,
     })?;
     let load_s = t.elapsed().as_secs_f64();

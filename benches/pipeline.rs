@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let (events, pairs, size, batch) =
         (num("--events", 6000), num("--pairs", 200), num("--size", 64), num("--batch", 32));
     load_env();
-    blip2idc::telemetry::init("pretty", "warn");
+    blip2idc::telemetry::init(blip2idc::config::LogFormat::Pretty, "warn");
     let prom = blip2idc::metrics::install();
     let mut cfg = Config::load(None)?;
     let id = format!("bench-{}", std::process::id());

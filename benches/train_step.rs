@@ -26,7 +26,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use blip2idc::model::loader::{parse_device, parse_dtype};
+use blip2idc::config::DeviceSpec;
+use blip2idc::model::loader::{dtype, open_device};
 use blip2idc::model::lora::AdapterConfig;
 use blip2idc::model::ops::{Mode, TrainFlags};
 use blip2idc::model::{Blip2Idc, LoadOptions};
@@ -39,12 +40,12 @@ use serde_json::{json, Value};
 
 fn child() -> anyhow::Result<()> {
     let (batch, steps, len) = (num("--batch", 2), num("--steps", 3), num("--max-length", 30));
-    let device = parse_device(&arg("--device").unwrap_or_else(|| "cpu".into()))?;
+    let device = open_device(arg("--device").unwrap_or_else(|| "cpu".into()).parse().map_err(anyhow::Error::msg)?)?;
     let t = Instant::now();
     let mut m = Blip2Idc::load(&LoadOptions {
         checkpoint: arg("--model").expect("--model"),
         adapter: None,
-        dtype: parse_dtype(&arg("--dtype").unwrap_or_else(|| "f32".into()))?,
+        dtype: dtype(arg("--dtype").unwrap_or_else(|| "f32".into()).parse().map_err(anyhow::Error::msg)?),
         device: device.clone(),
         merge_adapter: false,
     })?;
@@ -96,12 +97,9 @@ fn main() -> anyhow::Result<()> {
     let (dtype, device) =
         (arg("--dtype").unwrap_or_else(|| "f32".into()), arg("--device").unwrap_or_else(|| "cpu".into()));
     // The GPU's index for nvidia-smi when on CUDA.
-    let gpu = match device.as_str() {
-        "cpu" => None,
-        "cuda" => Some("0".to_owned()),
-        d => Some(
-            d.strip_prefix("cuda:").ok_or_else(|| anyhow::anyhow!("--device {d:?}: cpu, cuda or cuda:N"))?.to_owned(),
-        ),
+    let gpu = match device.parse::<DeviceSpec>().map_err(anyhow::Error::msg)? {
+        DeviceSpec::Cpu => None,
+        DeviceSpec::Cuda(n) => Some(n.to_string()),
     };
     let common = [
         "--model".to_owned(),

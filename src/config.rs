@@ -3,7 +3,9 @@
 //! Every value is validated at start-up with a message naming the key, so a bad deploy fails before it
 //! touches Kafka. Secrets (the database URL's password) are wrapped in [`Secret`] and never printed.
 
+pub mod choices;
 pub mod training;
+pub use choices::{BlasChoice, DeviceSpec, Dtype, LogFormat, OffsetReset};
 pub use training::{AugmentConfig, PadMasking, RetrainConfig, TrainConfig};
 
 use std::collections::BTreeMap;
@@ -48,7 +50,7 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    pub auto_offset_reset: String,
+    pub auto_offset_reset: OffsetReset,
     #[serde(with = "humantime_serde")]
     pub statistics_interval: Duration,
     /// Larger event payloads are dead-lettered (`event_too_large`) without being parsed.
@@ -156,13 +158,13 @@ pub struct ModelConfig {
     pub checkpoint: String,
     pub adapter: Option<String>,
     pub version: Option<String>,
-    pub dtype: String,
-    pub device: String,
+    pub dtype: Dtype,
+    pub device: DeviceSpec,
     pub max_new_tokens: usize,
     #[serde(with = "humantime_serde")]
     pub reload_poll_interval: Duration,
     /// CPU GEMM for f32: `auto`, `off` or a CBLAS library (see `model::blas`).
-    pub blas: String,
+    pub blas: BlasChoice,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -221,7 +223,7 @@ pub struct ShutdownConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    pub format: String,
+    pub format: LogFormat,
     pub filter: String,
 }
 
@@ -317,13 +319,14 @@ pub fn float<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 impl Config {
-    /// Loads defaults, then `file` (if any), then the environment; then validates.
     /// The shipped defaults, `config/default.toml` alone (every default of every section is there and
     /// nowhere else; `tests::defaults_are_valid` proves the file parses and validates).
     pub fn defaults() -> Config {
         Figment::from(Toml::string(DEFAULT_TOML)).extract().expect("config/default.toml is a valid configuration")
     }
 
+    /// Loads defaults, then `file` (if any), then the environment; then validates. A value of the wrong
+    /// type or outside a setting's choices fails here, before [`Config::validate`] lists the rest.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
@@ -368,10 +371,6 @@ impl Config {
             format!("kafka.dlq_topic must differ from kafka.input_topic (both are {:?})", k.input_topic),
         );
         check(!k.group_id.is_empty(), "kafka.group_id is empty".into());
-        check(
-            matches!(k.auto_offset_reset.as_str(), "earliest" | "latest"),
-            format!("kafka.auto_offset_reset is {:?}; expected \"earliest\" or \"latest\"", k.auto_offset_reset),
-        );
         check(!k.commit_interval.is_zero(), "kafka.commit_interval must be > 0".into());
         check(k.max_event_bytes >= 256, "kafka.max_event_bytes must be at least 256".into());
         for key in k.properties.keys() {
@@ -425,19 +424,7 @@ impl Config {
 
         let m = &self.model;
         check(!m.checkpoint.is_empty(), "model.checkpoint is empty".into());
-        check(
-            matches!(m.dtype.as_str(), "f32" | "f16" | "bf16"),
-            format!("model.dtype is {:?}; expected f32, f16 or bf16", m.dtype),
-        );
-        check(
-            matches!(m.device.as_str(), "cpu" | "cuda") || m.device.starts_with("cuda:"),
-            format!("model.device is {:?}; expected cpu, cuda or cuda:N", m.device),
-        );
         check(m.max_new_tokens > 0, "model.max_new_tokens must be > 0".into());
-        check(
-            !m.blas.trim().is_empty(),
-            "model.blas is empty; expected \"auto\", \"off\" or the path of a CBLAS library".into(),
-        );
 
         let p = &self.pipeline;
         check(p.max_batch_size > 0, "pipeline.max_batch_size must be > 0".into());
@@ -495,10 +482,6 @@ impl Config {
             "dlq.breaker_min_events must not exceed dlq.breaker_window".into(),
         );
 
-        check(
-            matches!(self.log.format.as_str(), "auto" | "json" | "pretty"),
-            format!("log.format is {:?}; expected auto, json or pretty", self.log.format),
-        );
         check(
             tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_ok(),
             format!("log.filter {:?} is not a valid tracing filter", self.log.filter),
@@ -563,10 +546,28 @@ mod tests {
         c.kafka.dlq_topic = c.kafka.input_topic.clone();
         c.pipeline.max_batch_size = 0;
         c.dlq.breaker_max_ratio = 1.5;
-        c.model.dtype = "f64".into();
         let err = c.validate().unwrap_err().to_string();
-        for needle in ["kafka.dlq_topic", "pipeline.max_batch_size", "dlq.breaker_max_ratio", "model.dtype"] {
+        for needle in ["kafka.dlq_topic", "pipeline.max_batch_size", "dlq.breaker_max_ratio"] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    /// A value outside a setting's choices is refused when the configuration is read, naming the key.
+    #[test]
+    fn choices_outside_their_set_are_refused_with_the_key() {
+        for (toml, key) in [
+            ("[model]\ndtype = \"f64\"\n", "model.dtype"),
+            ("[model]\ndevice = \"gpu\"\n", "model.device"),
+            ("[model]\nblas = \" \"\n", "model.blas"),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[kafka]\nauto_offset_reset = \"middle\"\n", "kafka.auto_offset_reset"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file("c.toml", toml)?;
+                let err = format!("{:#}", Config::load(Some(Path::new("c.toml"))).unwrap_err());
+                assert!(err.contains(key), "{key} missing from: {err}");
+                Ok(())
+            });
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use blip2idc::config::Config;
+use blip2idc::config::{Config, LogFormat};
 
 /// Image difference captioning: tells what changed between an original image and a republished copy.
 ///
@@ -101,11 +101,11 @@ struct CaptionArgs {
     #[arg(long, value_name = "N")]
     max_new_tokens: Option<usize>,
     /// Weight dtype.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
-    dtype: String,
+    #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+    dtype: blip2idc::config::Dtype,
     /// Device: cpu, cuda or cuda:N (cuda needs a binary built with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda|cuda:N")]
+    device: blip2idc::config::DeviceSpec,
     /// Keep the adapter as a separate LoRA branch instead of merging it into the weights.
     #[arg(long)]
     unmerged: bool,
@@ -143,7 +143,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(c) => serve(Config::load(c.config.as_deref())?).await,
         Command::Migrate(c) => {
             let cfg = Config::load(c.config.as_deref())?;
-            blip2idc::telemetry::init(&cfg.log.format, &cfg.log.filter);
+            blip2idc::telemetry::init(cfg.log.format, &cfg.log.filter);
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
             store.migrate().await?;
             eprintln!("migrations applied to {}", cfg.database.url.redacted());
@@ -192,7 +192,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn retrain(a: RetrainArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(a.config.config.as_deref())?;
-    blip2idc::telemetry::init(&cfg.log.format, &cfg.log.filter);
+    blip2idc::telemetry::init(cfg.log.format, &cfg.log.filter);
     if a.every {
         let stop = CancellationToken::new();
         spawn_signal_handler(stop.clone());
@@ -219,13 +219,13 @@ async fn retrain(a: RetrainArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
-    use blip2idc::model::loader::{parse_device, parse_dtype};
-    blip2idc::telemetry::init("pretty", "warn");
+    use blip2idc::model::loader::{dtype, open_device};
+    blip2idc::telemetry::init(LogFormat::Pretty, "warn");
     let opts = blip2idc::model::LoadOptions {
         checkpoint: a.model.clone(),
         adapter: a.adapter.clone(),
-        dtype: parse_dtype(&a.dtype)?,
-        device: parse_device(&a.device)?,
+        dtype: dtype(a.dtype),
+        device: open_device(a.device)?,
         merge_adapter: !a.unmerged,
     };
     let cfg = Config::load(a.config.config.as_deref())?;
@@ -274,7 +274,7 @@ async fn read_image(
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
-    blip2idc::telemetry::init(&cfg.log.format, &cfg.log.filter);
+    blip2idc::telemetry::init(cfg.log.format, &cfg.log.filter);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting blip2idc serve");
     let prometheus = blip2idc::metrics::install();
     let health = Arc::new(blip2idc::admin::Health::default());

@@ -35,6 +35,5 @@ pub fn run_json(cmd: &mut std::process::Command, what: &str) -> anyhow::Result<s
 /// The CPU GEMM the child runs will use (`BLIP2IDC_MODEL__BLAS`, default `auto`: OpenBLAS when
 /// installed); they inherit the variable.
 pub fn cpu_gemm() -> anyhow::Result<String> {
-    let choice = std::env::var(blip2idc::model::blas::ENV).unwrap_or_else(|_| "auto".to_owned());
-    blip2idc::model::blas::configure(&choice)
+    blip2idc::model::blas::configure(&blip2idc::model::blas::from_env())
 }

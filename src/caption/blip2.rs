@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::{Captioner, CaptionerFactory};
 use crate::config::ModelConfig;
-use crate::model::loader::{parse_device, parse_dtype};
+use crate::model::loader::{check_device, dtype, open_device};
 use crate::model::preprocess::ImageProcessorConfig;
 use crate::model::{Blip2Idc, LoadOptions};
 
@@ -29,8 +29,8 @@ impl Blip2Captioner {
         let opts = LoadOptions {
             checkpoint: cfg.checkpoint.clone(),
             adapter,
-            dtype: parse_dtype(&cfg.dtype)?,
-            device: parse_device(&cfg.device)?,
+            dtype: dtype(cfg.dtype),
+            device: open_device(cfg.device)?,
             merge_adapter: true,
         };
         let model = Blip2Idc::load(&opts)?;
@@ -70,7 +70,7 @@ impl Captioner for Blip2Captioner {
 /// A factory that loads the configured model on the captioner thread.
 pub fn factory(cfg: &ModelConfig) -> anyhow::Result<CaptionerFactory> {
     // Fail fast on what can be checked without loading.
-    parse_dtype(&cfg.dtype)?;
+    check_device(cfg.device)?;
     let blas = crate::model::blas::configure(&cfg.blas)?;
     tracing::info!(%blas, "CPU matrix products");
     let cfg = cfg.clone();

@@ -15,6 +15,8 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::OnceLock;
 
+use crate::config::BlasChoice;
+
 type Sgemm = unsafe extern "C" fn(
     c_int,
     c_int,
@@ -49,14 +51,17 @@ pub struct Blas {
 }
 
 /// The choice made for this process, and what it gave.
-static BLAS: OnceLock<(String, Result<Option<Blas>, String>)> = OnceLock::new();
+static BLAS: OnceLock<(BlasChoice, Result<Option<Blas>, String>)> = OnceLock::new();
 
 /// Makes the process's BLAS choice (`model.blas`) and describes it; an explicit library that cannot
 /// be loaded is an error, so that a misconfigured service stops at start. A second call with another
 /// choice is an error too: the first one stands.
-pub fn configure(choice: &str) -> anyhow::Result<String> {
-    let (chosen, result) = BLAS.get_or_init(|| (choice.to_owned(), resolve(choice)));
-    anyhow::ensure!(chosen == choice, "model.blas is already {chosen:?} in this process; cannot switch to {choice:?}");
+pub fn configure(choice: &BlasChoice) -> anyhow::Result<String> {
+    let (chosen, result) = BLAS.get_or_init(|| (choice.clone(), resolve(choice)));
+    anyhow::ensure!(
+        chosen == choice,
+        "model.blas is already \"{chosen}\" in this process; cannot switch to \"{choice}\""
+    );
     match result {
         Ok(Some(b)) => Ok(format!("BLAS {}", b.description)),
         Ok(None) => Ok("the gemm crate (no BLAS loaded)".to_owned()),
@@ -67,7 +72,7 @@ pub fn configure(choice: &str) -> anyhow::Result<String> {
 /// The loaded BLAS, if any (the choice is [`ENV`], or `auto`, when [`configure`] was not called).
 pub fn get() -> Option<&'static Blas> {
     let (_, result) = BLAS.get_or_init(|| {
-        let choice = std::env::var(ENV).unwrap_or_else(|_| "auto".to_owned());
+        let choice = from_env();
         let result = resolve(&choice);
         (choice, result)
     });
@@ -86,11 +91,19 @@ pub fn quiet_idle_threads() {
     }
 }
 
-fn resolve(choice: &str) -> Result<Option<Blas>, String> {
-    match choice.trim() {
-        "" | "auto" => Ok(DEFAULT_LIBS.iter().find_map(|name| load(name).ok())),
-        "off" => Ok(None),
-        path => load(path).map(Some).map_err(|e| format!("model.blas = {path:?}: {e}")),
+/// The choice [`ENV`] makes (`auto` when it is unset or empty), for processes that read no config.
+pub fn from_env() -> BlasChoice {
+    std::env::var(ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(BlasChoice::Auto)
+}
+
+fn resolve(choice: &BlasChoice) -> Result<Option<Blas>, String> {
+    match choice {
+        BlasChoice::Auto => Ok(DEFAULT_LIBS.iter().find_map(|name| load(name).ok())),
+        BlasChoice::Off => Ok(None),
+        BlasChoice::Library(path) => {
+            let path = path.to_string_lossy();
+            load(&path).map(Some).map_err(|e| format!("model.blas = {path:?}: {e}"))
+        }
     }
 }
 

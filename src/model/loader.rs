@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
 
+use crate::config::{DeviceSpec, Dtype};
+
 /// The files of one checkpoint.
 #[derive(Clone, Debug)]
 pub struct CheckpointFiles {
@@ -116,28 +118,32 @@ fn from_hub(id: &str) -> anyhow::Result<CheckpointFiles> {
     })
 }
 
-/// `f32`, `f16` or `bf16`.
-pub fn parse_dtype(s: &str) -> anyhow::Result<DType> {
-    Ok(match s {
-        "f32" | "float32" => DType::F32,
-        "f16" | "float16" => DType::F16,
-        "bf16" | "bfloat16" => DType::BF16,
-        other => bail!("dtype {other:?} is not one of f32, f16, bf16"),
-    })
+/// candle's dtype for `model.dtype`.
+pub fn dtype(d: Dtype) -> DType {
+    match d {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::Bf16 => DType::BF16,
+    }
 }
 
-/// `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(s: &str) -> anyhow::Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal: usize = s.strip_prefix("cuda:").map_or(Ok(0), |n| n.parse()).context("cuda:N")?;
-            if !candle_core::utils::cuda_is_available() {
-                bail!("device {s}: this binary was built without CUDA; build it with `--features cuda` (deploy/cuda/build.sh)");
-            }
+/// Whether this binary can open `d` at all (a CUDA device needs a build with `--features cuda`):
+/// checked at start, before the model is loaded on its thread.
+pub fn check_device(d: DeviceSpec) -> anyhow::Result<()> {
+    if d != DeviceSpec::Cpu && !candle_core::utils::cuda_is_available() {
+        bail!("device {d}: this binary was built without CUDA; build it with `--features cuda` (deploy/cuda/build.sh)");
+    }
+    Ok(())
+}
+
+/// Opens the device `model.device` names.
+pub fn open_device(d: DeviceSpec) -> anyhow::Result<Device> {
+    check_device(d)?;
+    match d {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(ordinal) => {
             Device::new_cuda(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))
         }
-        other => bail!("device {other:?} is not one of cpu, cuda, cuda:N"),
     }
 }
 

@@ -154,7 +154,7 @@ impl Source {
             .set("client.id", &cfg.client_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", &cfg.auto_offset_reset)
+            .set("auto.offset.reset", cfg.auto_offset_reset.as_str())
             .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
             .set("statistics.interval.ms", cfg.statistics_interval.as_millis().to_string());
         for (k, v) in &cfg.properties {

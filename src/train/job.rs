@@ -219,8 +219,8 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
 /// promoted adapter, or `model.adapter`) or a fresh PEFT-initialised LoRA of `retrain.lora_*`.
 fn load_model(cfg: &Config, start_adapter: Option<&std::path::Path>) -> anyhow::Result<(Blip2Idc, LoraParams)> {
     let rc = &cfg.retrain;
-    let device = crate::model::loader::parse_device(&cfg.model.device)?;
-    let dtype = crate::model::loader::parse_dtype(&cfg.model.dtype)?;
+    let device = crate::model::loader::open_device(cfg.model.device)?;
+    let dtype = crate::model::loader::dtype(cfg.model.dtype);
     let blas = crate::model::blas::configure(&cfg.model.blas)?;
     tracing::info!(%blas, "CPU matrix products");
     let mut model = Blip2Idc::load(&LoadOptions {

@@ -50,7 +50,7 @@ impl Scope {
     /// Creates topics (3 input partitions) and a bucket for this test.
     pub async fn new(name: &str) -> Scope {
         load_env();
-        blip2idc::telemetry::init("pretty", "info,rdkafka=warn");
+        blip2idc::telemetry::init(blip2idc::config::LogFormat::Pretty, "info,rdkafka=warn");
         let mut cfg = Config::load(None).expect("config");
         let id = unique(name);
         cfg.kafka.input_topic = format!("{id}-in");

@@ -212,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
         Command::SynthPretrain { out, examples, epochs, lr, batch_size, seed, image_size } => {
             use blip2idc::train::trainer::TrainConfig;
             // The trainer logs each epoch (losses, seconds): the progress of a long run.
-            blip2idc::telemetry::init("pretty", "info");
+            blip2idc::telemetry::init(blip2idc::config::LogFormat::Pretty, "info");
             let tc = TrainConfig {
                 epochs,
                 batch_size,
@@ -245,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
             println!("uploaded {pairs} synthetic pairs to s3://{bucket}/{prefix}/ and inserted {pairs} labels");
         }
         Command::S3Server { root, host, port, access_key, secret_key, object_states } => {
-            blip2idc::telemetry::init("pretty", "info");
+            blip2idc::telemetry::init(blip2idc::config::LogFormat::Pretty, "info");
             devtools::s3_server(&root, (&host, port), &access_key, &secret_key, object_states).await?;
         }
         Command::BenchMemory { size, pairs, budget } => {
