@@ -19,6 +19,11 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+/// Everything wrong with a configuration, one message per problem, each naming its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
 /// The default configuration, as shipped in `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -339,16 +344,13 @@ impl Config {
             fig = fig.merge(("database.url", url));
         }
         fig = fig.merge(Env::prefixed("BLIP2IDC_").split("__"));
-        let cfg: Config = fig.extract().map_err(|e| {
-            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-            anyhow::anyhow!("invalid configuration:\n  - {}", msgs.join("\n  - "))
-        })?;
+        let cfg: Config = fig.extract().map_err(|e| ConfigErrors(e.into_iter().map(|e| e.to_string()).collect()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Checks every cross-field and range constraint; the error lists all problems at once.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs: Vec<String> = Vec::new();
         let mut check = |ok: bool, msg: String| {
             if !ok {
@@ -487,13 +489,11 @@ impl Config {
             format!("log.filter {:?} is not a valid tracing filter", self.log.filter),
         );
 
-        if let Err(e) = self.retrain.validate() {
-            errs.push(e);
-        }
+        self.retrain.check(&mut errs);
         if errs.is_empty() {
             Ok(())
         } else {
-            bail!("invalid configuration:\n  - {}", errs.join("\n  - "))
+            Err(ConfigErrors(errs))
         }
     }
 
@@ -546,8 +546,18 @@ mod tests {
         c.kafka.dlq_topic = c.kafka.input_topic.clone();
         c.pipeline.max_batch_size = 0;
         c.dlq.breaker_max_ratio = 1.5;
-        let err = c.validate().unwrap_err().to_string();
-        for needle in ["kafka.dlq_topic", "pipeline.max_batch_size", "dlq.breaker_max_ratio"] {
+        c.retrain.lora_r = 0;
+        c.retrain.train.grad_accum = 0;
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.0.len(), 5, "{err}");
+        let err = err.to_string();
+        for needle in [
+            "kafka.dlq_topic",
+            "pipeline.max_batch_size",
+            "dlq.breaker_max_ratio",
+            "retrain.lora_r",
+            "retrain.train.grad_accum",
+        ] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
     }

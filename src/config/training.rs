@@ -62,8 +62,8 @@ impl Default for RetrainConfig {
 }
 
 impl RetrainConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        let mut errs = Vec::new();
+    /// Adds a message naming the key for each bad value to `errs`.
+    pub fn check(&self, errs: &mut Vec<String>) {
         if !(0.0..1.0).contains(&self.holdout_fraction) || self.holdout_fraction == 0.0 {
             errs.push(format!("retrain.holdout_fraction {} is not in (0, 1)", self.holdout_fraction));
         }
@@ -76,14 +76,7 @@ impl RetrainConfig {
         if !crate::s3uri::valid_bucket(&self.adapter_bucket) {
             errs.push(format!("retrain.adapter_bucket {:?} is not a valid bucket name", self.adapter_bucket));
         }
-        if let Err(e) = self.train.validate() {
-            errs.push(format!("retrain.train: {e}"));
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("\n  - "))
-        }
+        errs.extend(self.train.problems().into_iter().map(|p| format!("retrain.train.{p}")));
     }
 }
 
@@ -121,13 +114,27 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the hyper-parameters (for runs that do not come from a configuration file).
+    pub fn validate(&self) -> Result<(), super::ConfigErrors> {
+        let errs = self.problems();
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(super::ConfigErrors(errs))
+        }
+    }
+
+    /// One message per bad value, each starting with the key.
+    fn problems(&self) -> Vec<String> {
         let mut errs = Vec::new();
         if self.epochs == 0 {
             errs.push("epochs must be > 0".to_owned());
         }
-        if self.batch_size == 0 || self.grad_accum == 0 {
-            errs.push("batch_size and grad_accum must be > 0".to_owned());
+        if self.batch_size == 0 {
+            errs.push("batch_size must be > 0".to_owned());
+        }
+        if self.grad_accum == 0 {
+            errs.push("grad_accum must be > 0".to_owned());
         }
         if !(self.lr > 0.0 && self.lr < 1.0) {
             errs.push(format!("lr {} is not in (0, 1)", self.lr));
@@ -135,11 +142,7 @@ impl TrainConfig {
         if self.max_length < 2 {
             errs.push("max_length must be at least 2".to_owned());
         }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("; "))
-        }
+        errs
     }
 }
 
