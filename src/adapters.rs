@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::S3Config;
 use crate::fetch::Fetcher;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, GaveUp, Retry};
 use crate::s3uri::S3Prefix;
 
 /// Larger than any LoRA adapter of BLIP-2 (r = 8 on blip2-opt-2.7b is 25 MB).
@@ -99,18 +99,20 @@ impl AdapterStore {
 
     async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
         let body = bytes::Bytes::from(bytes);
-        for attempt in 1.. {
-            let sent = self.client.put_object().bucket(bucket).key(key).body(body.clone().into()).send().await;
-            let e = match sent {
-                Ok(_) => return Ok(()),
-                Err(e) => aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
-            };
-            anyhow::ensure!(attempt < UPLOAD_ATTEMPTS, "uploading s3://{bucket}/{key} ({attempt} attempts): {e}");
-            let delay = self.backoff.delay(attempt);
-            tracing::warn!(bucket, key, attempt, retry_in = ?delay, "adapter upload failed: {e}");
-            tokio::time::sleep(delay).await;
-        }
-        unreachable!("the loop returns or bails")
+        let object = format!("s3://{bucket}/{key}");
+        let put = || async {
+            match self.client.put_object().bucket(bucket).key(key).body(body.clone().into()).send().await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(aws_sdk_s3::error::DisplayErrorContext(e).to_string()),
+            }
+        };
+        let retry = Retry::new("adapter_upload", self.backoff).at_most(UPLOAD_ATTEMPTS).about(&object);
+        retry.run(put, |_| true).await.map_err(|gave_up| match gave_up {
+            GaveUp::Exhausted { retries, last, .. } => {
+                anyhow::anyhow!("uploading {object} ({} attempts): {last}", retries + 1)
+            }
+            other => anyhow::anyhow!("uploading {object}: {}", other.into_last()),
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::S3Config;
 use crate::error::{RejectKind, Rejection, StepError};
 use crate::event::S3Uri;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, GaveUp, Retry};
 
 /// S3 client plus the policy around it.
 #[derive(Clone)]
@@ -190,34 +190,27 @@ impl Fetcher {
             )
             .into());
         }
-        let mut attempt = 0u32;
-        let mut first_failure: Option<Instant> = None;
-        loop {
-            match self.get_once(uri).await {
-                Ok(bytes) => return Ok(bytes),
-                Err(StepError::Transient(e)) => {
-                    let since = *first_failure.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= self.retry_timeout {
-                        return Err(Rejection::new(
-                            RejectKind::FetchFailed,
-                            format!(
-                                "still failing after {attempt} retries over {:?} (s3.retry_timeout): {e:#}",
-                                self.retry_timeout
-                            ),
-                        )
-                        .into());
-                    }
-                    attempt += 1;
-                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => "fetch").increment(1);
-                    let delay = self.backoff.delay(attempt);
-                    tracing::warn!(uri = %uri, attempt, retry_in = ?delay, "S3 fetch failed transiently: {e:#}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = cancel.cancelled() => return Err(StepError::Transient(e.context("cancelled while retrying"))),
-                    }
-                }
-                Err(reject) => return Err(reject),
+        let retry = Retry::new("fetch", self.backoff).cancelled_by(cancel).for_at_most(self.retry_timeout).about(uri);
+        match retry.run(|| self.get_once(uri), |e| matches!(e, StepError::Transient(_))).await {
+            Ok(bytes) => Ok(bytes),
+            Err(GaveUp::Cancelled(StepError::Transient(e))) => {
+                Err(StepError::Transient(e.context("cancelled while retrying")))
             }
+            Err(GaveUp::Exhausted { retries, last, .. }) => {
+                let e = match last {
+                    StepError::Transient(e) => format!("{e:#}"),
+                    other => other.to_string(),
+                };
+                Err(Rejection::new(
+                    RejectKind::FetchFailed,
+                    format!(
+                        "still failing after {retries} retries over {:?} (s3.retry_timeout): {e}",
+                        self.retry_timeout
+                    ),
+                )
+                .into())
+            }
+            Err(gave_up) => Err(gave_up.into_last()),
         }
     }
 

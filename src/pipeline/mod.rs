@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::dlq::breaker::Breaker;
 use crate::dlq::DeadLetterQueue;
 use crate::fetch::Fetcher;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Retry};
 use crate::source::{Job, Source};
 use crate::store::{CaptionRecord, Store};
 use outcome::{Fatal, Outcomes};
@@ -230,17 +230,11 @@ pub async fn run_with(
         health.breaker_tripped.store(true, std::sync::atomic::Ordering::Relaxed);
         let reason = format!("{:.0}% dead-lettered, last: {last}", ratio * 100.0);
         let by = crate::store::breaker::this_consumer(&cfg.kafka.client_id);
-        let record = async {
-            for attempt in 1..=5u32 {
-                match store.record_trip(&cfg.kafka.group_id, &reason, &by).await {
-                    Ok(()) => return,
-                    Err(e) if attempt == 5 => tracing::error!("could not record the breaker trip: {e:#}"),
-                    Err(e) => tracing::warn!(attempt, "recording the breaker trip: {e:#}"),
-                }
-                tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
-            }
-        };
-        record.await;
+        let retry =
+            Retry::new("record_trip", Backoff::new(Duration::from_millis(500), Duration::from_secs(4))).at_most(5);
+        if let Err(e) = retry.run(|| store.record_trip(&cfg.kafka.group_id, &reason, &by), |_| true).await {
+            tracing::error!("could not record the breaker trip: {:#}", e.into_last());
+        }
     }
 
     // Drain: stop consuming; the steps finish what they hold and end as their inputs close.

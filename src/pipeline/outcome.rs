@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dlq::breaker::{Breaker, Verdict};
 use crate::dlq::{DeadLetterQueue, Origin};
 use crate::error::Rejection;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Retry};
 use crate::source::{Committer, Job};
 use rdkafka::message::Message;
 
@@ -136,24 +136,15 @@ impl Outcomes {
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
         };
-        let mut attempt = 0;
-        loop {
-            match self.dlq.send(m.payload(), m.key(), &origin, &why).await {
-                Ok(()) => break,
-                Err(e) => {
-                    attempt += 1;
-                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => "dead_letter").increment(1);
-                    let delay = self.backoff.delay(attempt);
-                    tracing::warn!(
-                        attempt, retry_in = ?delay, pending = self.pending_dead_letters.load(Ordering::Relaxed),
-                        "dead-letter produce failed (good events go on; offsets wait at this one): {e:#}"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.hard_stop.cancelled() => return,
-                    }
-                }
-            }
+        // Good events go on meanwhile; offsets wait at this one.
+        let about = format!("{}/{}@{}", origin.topic, origin.partition, origin.offset);
+        let sent = Retry::new("dead_letter", self.backoff)
+            .cancelled_by(&self.hard_stop)
+            .about(&about)
+            .run(|| self.dlq.send(m.payload(), m.key(), &origin, &why), |_| true)
+            .await;
+        if sent.is_err() {
+            return; // the hard deadline: the job stays unfinished, so its offset is never committed
         }
         metrics::counter!(crate::metrics::DEAD_LETTERED, "kind" => why.kind.as_str()).increment(1);
         self.finish(job);

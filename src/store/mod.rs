@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DatabaseConfig;
 use crate::event::ImagePairEvent;
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Retry};
 
 pub mod breaker;
 pub mod read;
@@ -170,21 +170,11 @@ impl Store {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>> + 'a,
     {
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    attempt += 1;
-                    metrics::counter!(crate::metrics::TRANSIENT_RETRIES, "step" => step).increment(1);
-                    let delay = self.backoff.delay(attempt);
-                    tracing::warn!(attempt, retry_in = ?delay, "database {step} failed: {e:#}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = cancel.cancelled() => return Err(e.context(format!("cancelled while retrying {step}"))),
-                    }
-                }
-            }
-        }
+        Retry::new(step, self.backoff)
+            .cancelled_by(cancel)
+            .about(&"database")
+            .run(&mut op, |_| true)
+            .await
+            .map_err(|gave_up| gave_up.into_last().context(format!("cancelled while retrying {step}")))
     }
 }
