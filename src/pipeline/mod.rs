@@ -6,8 +6,9 @@
 //! consumer leaves its group within `shutdown.consumer_close_timeout`.
 
 pub mod budget;
-pub mod outcome;
+pub mod outcomes;
 pub mod prepare;
+pub mod summary;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,33 +27,9 @@ use crate::fetch::Fetcher;
 use crate::retry::{Backoff, Retry};
 use crate::source::{Job, Source};
 use crate::store::{CaptionRecord, Store};
-use outcome::{Fatal, Outcomes};
+use outcomes::Outcomes;
 use prepare::{Prepare, Prepared};
-
-/// How a run ended.
-#[derive(Debug)]
-pub struct RunSummary {
-    /// Positions committed at shutdown.
-    pub committed: Vec<(crate::source::offsets::TopicPartition, i64)>,
-    /// Set when the pipeline stopped itself (breaker, dead captioner).
-    pub fatal: Option<Fatal>,
-    /// True when in-flight work did not finish within the drain timeout.
-    pub drain_timed_out: bool,
-}
-
-impl RunSummary {
-    /// The process exit code for this ending: 0 after a clean drain, 3 when the dead-letter breaker
-    /// tripped, 4 when the drain timed out (events were left unfinished, to be redelivered), 1 when
-    /// the pipeline failed.
-    pub fn exit_code(&self) -> u8 {
-        match &self.fatal {
-            Some(Fatal::BreakerTripped { .. } | Fatal::BreakerHeld { .. }) => 3,
-            Some(Fatal::Failed(_)) => 1,
-            None if self.drain_timed_out => 4,
-            None => 0,
-        }
-    }
-}
+pub use summary::{Fatal, RunSummary};
 
 /// A captioned batch on its way to the store.
 struct Captioned {
@@ -218,7 +195,7 @@ pub async fn run_with(
     let fatal = tokio::select! {
         _ = shutdown.cancelled() => None,
         f = fatal_rx.recv() => f,
-        r = &mut store_task => Some(Fatal::Failed(format!("the store step ended unexpectedly: {r:?}"))),
+        r = &mut store_task => Some(Fatal::StoreStepEnded(format!("{r:?}"))),
     };
     match &fatal {
         Some(f) => tracing::error!("{f}"),
@@ -250,7 +227,7 @@ pub async fn run_with(
         }
         draining.dead_letters_delivered().await;
     };
-    let drain_timed_out = if matches!(fatal, Some(Fatal::Failed(_))) {
+    let drain_timed_out = if matches!(fatal, Some(Fatal::CaptionerFailed(_) | Fatal::StoreStepEnded(_))) {
         true
     } else {
         tokio::time::timeout(cfg.shutdown.drain_timeout, drain).await.is_err()
@@ -382,7 +359,7 @@ async fn caption_step(
         let result = match result {
             Ok(r) => r,
             Err(e) => {
-                outcomes.fatal(Fatal::Failed(format!("captioner: {e:#}")));
+                outcomes.fatal(Fatal::CaptionerFailed(format!("{e:#}")));
                 return;
             }
         };

@@ -11,7 +11,7 @@ use rdkafka::message::Message;
 use tokio::sync::Semaphore;
 
 use super::budget::{ByteBudget, Reservation};
-use super::outcome::Outcomes;
+use super::outcomes::Outcomes;
 use crate::config::DecodeConfig;
 use crate::error::{RejectKind, Rejection, StepError};
 use crate::event::ImagePairEvent;

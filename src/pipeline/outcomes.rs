@@ -10,43 +10,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use super::Fatal;
 use crate::dlq::breaker::{Breaker, Verdict};
 use crate::dlq::{DeadLetterQueue, Origin};
 use crate::error::Rejection;
 use crate::retry::{Backoff, Retry};
 use crate::source::{Committer, Job};
 use rdkafka::message::Message;
-
-/// Why the pipeline stopped on its own.
-#[derive(Debug, Clone)]
-pub enum Fatal {
-    /// The dead-letter ratio went over `dlq.breaker_max_ratio`.
-    BreakerTripped { ratio: f64, events: usize, last: Rejection },
-    /// The group's breaker was tripped (by this consumer before a restart, or by another replica).
-    BreakerHeld { reason: String, tripped_by: String },
-    /// A step that cannot continue (the captioner thread died).
-    Failed(String),
-}
-
-impl std::fmt::Display for Fatal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Fatal::BreakerTripped { ratio, events, last } => write!(
-                f,
-                "dead-letter breaker tripped: {:.0}% of the last {events} events were rejected (last: {last}); \
-                 consumption stopped so the input is not emptied into the dead-letter topic — fix the cause \
-                 (config, credentials, deploy) and restart; unhandled events will be redelivered",
-                ratio * 100.0
-            ),
-            Fatal::BreakerHeld { reason, tripped_by } => write!(
-                f,
-                "the dead-letter breaker of this consumer group was tripped by {tripped_by} ({reason}); \
-                 consumption stopped — fix the cause, then `blip2idc breaker reset`"
-            ),
-            Fatal::Failed(why) => write!(f, "pipeline failed: {why}"),
-        }
-    }
-}
 
 /// Shared end-of-life accounting for jobs.
 pub struct Outcomes {
