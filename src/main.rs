@@ -287,7 +287,7 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
         blip2idc::admin::spawn(cfg.admin.listen, health.clone(), store.clone(), prometheus, admin_stop.clone()).await?;
     tracing::info!(%addr, "admin endpoints: /healthz /readyz /metrics");
 
-    let factory = blip2idc::caption::blip2::factory(&cfg.model)?;
+    let factory = blip2idc::caption::blip2idc::factory(&cfg.model)?;
     // One pool for the pipeline and the admin server.
     let summary = blip2idc::pipeline::run_with(&cfg, store, factory, health, shutdown).await?;
     admin_stop.cancel();

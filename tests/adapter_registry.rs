@@ -27,7 +27,7 @@ async fn an_unloadable_promoted_adapter_is_marked_and_not_retried() {
     let store = scope.store();
     let adapters = AdapterStore::new(scope.s3().await, &scope.cfg.s3);
     let worker = {
-        let factory = blip2idc::caption::blip2::factory(&scope.cfg.model).unwrap();
+        let factory = blip2idc::caption::blip2idc::factory(&scope.cfg.model).unwrap();
         tokio::task::spawn_blocking(move || CaptionWorker::spawn(factory)).await.unwrap().unwrap()
     };
     let running = worker.model_version();

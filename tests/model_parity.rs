@@ -335,10 +335,10 @@ fn max_new_tokens_beyond_the_positions_is_a_clear_error() {
     let mut cfg = blip2idc::config::Config::load(None).unwrap().model;
     cfg.checkpoint = base.to_string_lossy().into_owned();
     cfg.max_new_tokens = 77;
-    let err = blip2idc::caption::blip2::Blip2Captioner::load(&cfg).err().expect("refused").to_string();
+    let err = blip2idc::caption::blip2idc::Blip2IdcCaptioner::load(&cfg).err().expect("refused").to_string();
     assert!(err.contains("model.max_new_tokens = 77") && err.contains("from 1 to 56"), "{err}");
     cfg.max_new_tokens = 56;
-    assert!(blip2idc::caption::blip2::Blip2Captioner::load(&cfg).is_ok());
+    assert!(blip2idc::caption::blip2idc::Blip2IdcCaptioner::load(&cfg).is_ok());
 
     // The model itself returns an error, never a panic or a raw tensor error.
     let m = Blip2Idc::load(&LoadOptions {

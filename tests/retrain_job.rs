@@ -58,7 +58,7 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
     let cfg = scope.cfg.clone();
     let shutdown = CancellationToken::new();
     let (s, h) = (shutdown.clone(), Arc::new(Health::default()));
-    let factory = blip2idc::caption::blip2::factory(&cfg.model).unwrap();
+    let factory = blip2idc::caption::blip2idc::factory(&cfg.model).unwrap();
     let service = tokio::spawn(async move { blip2idc::pipeline::run(&cfg, factory, h, s).await });
     scope.seed(0..3, 64).await;
     scope.wait_for_captions(3, Duration::from_secs(120)).await;

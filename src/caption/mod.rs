@@ -4,7 +4,7 @@
 //! batches over a channel. Between batches the thread can swap in another model (a newly promoted
 //! adapter) without losing or splitting a batch; every result names the model version that made it.
 
-pub mod blip2;
+pub mod blip2idc;
 pub mod reload;
 
 use std::sync::{Arc, RwLock};
@@ -26,17 +26,18 @@ pub trait Captioner: Send + 'static {
     /// Captions a batch of preprocessed pairs (CHW `f32` each); one caption per input, in order.
     fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>>;
 
+    /// Whether [`Captioner::swap_adapter`] works; models that cannot swap in place are replaced whole
+    /// by [`CaptionWorker::swap`].
+    fn swaps_adapters(&self) -> bool {
+        false
+    }
+
     /// Switches to another adapter of the same base in place (no second model in memory), naming the
-    /// result `version`. Models that cannot do this are replaced whole by [`CaptionWorker::swap`].
+    /// result `version`. Only called when [`Captioner::swaps_adapters`].
     fn swap_adapter(&mut self, _adapter_dir: Option<&std::path::Path>, _version: &str) -> anyhow::Result<()> {
-        Err(SwapUnsupported.into())
+        anyhow::bail!("this captioner cannot swap adapters in place")
     }
 }
-
-/// [`Captioner::swap_adapter`]'s answer from a captioner that can only be replaced whole.
-#[derive(Debug, thiserror::Error)]
-#[error("this captioner cannot swap adapters in place")]
-pub struct SwapUnsupported;
 
 /// Builds a captioner on the worker thread (so a GPU context is created where it is used).
 pub type CaptionerFactory = Box<dyn FnOnce() -> anyhow::Result<Box<dyn Captioner>> + Send>;
@@ -63,6 +64,7 @@ pub struct CaptionWorker {
     tx: std::sync::mpsc::SyncSender<Request>,
     version: Arc<RwLock<String>>,
     processor: ImageProcessorConfig,
+    swaps_adapters: bool,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -76,7 +78,11 @@ impl CaptionWorker {
             .spawn(move || {
                 let mut model = match factory() {
                     Ok(m) => {
-                        let _ = ready_tx.send(Ok((m.model_version().to_owned(), m.processor().clone())));
+                        let _ = ready_tx.send(Ok((
+                            m.model_version().to_owned(),
+                            m.processor().clone(),
+                            m.swaps_adapters(),
+                        )));
                         m
                     }
                     Err(e) => {
@@ -114,11 +120,17 @@ impl CaptionWorker {
                 }
             })
             .context("spawning the captioner thread")?;
-        let (version, processor) = ready_rx
+        let (version, processor, swaps_adapters) = ready_rx
             .recv()
             .context("the captioner thread died while loading the model")?
             .context("loading the model")?;
-        Ok(CaptionWorker { tx, version: Arc::new(RwLock::new(version)), processor, thread: Some(thread) })
+        Ok(CaptionWorker {
+            tx,
+            version: Arc::new(RwLock::new(version)),
+            processor,
+            swaps_adapters,
+            thread: Some(thread),
+        })
     }
 
     /// The version of the model currently loaded.
@@ -129,6 +141,12 @@ impl CaptionWorker {
     /// The preprocessing the loaded model expects (fixed for the worker's life).
     pub fn processor(&self) -> &ImageProcessorConfig {
         &self.processor
+    }
+
+    /// Whether the model swaps adapters in place ([`Captioner::swaps_adapters`]); a whole-model swap
+    /// keeps the kind of model, so this is fixed for the worker's life too.
+    pub fn swaps_adapters(&self) -> bool {
+        self.swaps_adapters
     }
 
     /// Captions one batch on the worker thread.

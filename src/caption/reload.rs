@@ -104,15 +104,14 @@ pub async fn check_once(cfg: &Config, store: &Store, worker: &CaptionWorker) -> 
 
 async fn swap_to(cfg: &Config, worker: &CaptionWorker, version: &str, dir: PathBuf) -> anyhow::Result<String> {
     tracing::info!(from = %worker.model_version(), to = %version, "swapping in the promoted adapter");
-    match worker.swap_adapter(Some(dir.clone()), version.to_owned()).await {
-        Err(e) if e.is::<super::SwapUnsupported>() => {
-            // A model that cannot swap in place is rebuilt whole.
-            tracing::info!("in-place adapter swap unavailable; loading a new model");
-            let mut model = cfg.model.clone();
-            model.adapter = Some(dir.to_string_lossy().into_owned());
-            model.version = Some(version.to_owned());
-            worker.swap(super::blip2::factory(&model)?).await
-        }
-        r => r,
+    if worker.swaps_adapters() {
+        return worker.swap_adapter(Some(dir), version.to_owned()).await;
     }
+    // A model that cannot swap in place is rebuilt whole: the configured BLIP2IDC model with the
+    // promoted adapter merged (the only model `serve` runs).
+    tracing::info!("in-place adapter swap unavailable; loading a new model");
+    let mut model = cfg.model.clone();
+    model.adapter = Some(dir.to_string_lossy().into_owned());
+    model.version = Some(version.to_owned());
+    worker.swap(super::blip2idc::factory(&model)?).await
 }

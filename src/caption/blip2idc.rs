@@ -9,14 +9,14 @@ use crate::model::preprocess::ImageProcessorConfig;
 use crate::model::{Blip2Idc, LoadOptions};
 
 /// A loaded model plus its generation settings and version.
-pub struct Blip2Captioner {
+pub struct Blip2IdcCaptioner {
     model: Blip2Idc,
     version: String,
     max_new_tokens: usize,
 }
 
-impl Blip2Captioner {
-    pub fn load(cfg: &ModelConfig) -> anyhow::Result<Blip2Captioner> {
+impl Blip2IdcCaptioner {
+    pub fn load(cfg: &ModelConfig) -> anyhow::Result<Blip2IdcCaptioner> {
         Self::load_with_adapter(cfg, cfg.adapter.as_deref().map(PathBuf::from), cfg.version.clone())
     }
 
@@ -25,7 +25,7 @@ impl Blip2Captioner {
         cfg: &ModelConfig,
         adapter: Option<PathBuf>,
         version: Option<String>,
-    ) -> anyhow::Result<Blip2Captioner> {
+    ) -> anyhow::Result<Blip2IdcCaptioner> {
         let opts = LoadOptions {
             checkpoint: cfg.checkpoint.clone(),
             adapter,
@@ -39,7 +39,7 @@ impl Blip2Captioner {
             Some(v) => v,
             None => model.default_version()?,
         };
-        Ok(Blip2Captioner { model, version, max_new_tokens: cfg.max_new_tokens })
+        Ok(Blip2IdcCaptioner { model, version, max_new_tokens: cfg.max_new_tokens })
     }
 
     pub fn model(&self) -> &Blip2Idc {
@@ -47,7 +47,7 @@ impl Blip2Captioner {
     }
 }
 
-impl Captioner for Blip2Captioner {
+impl Captioner for Blip2IdcCaptioner {
     fn model_version(&self) -> &str {
         &self.version
     }
@@ -58,6 +58,10 @@ impl Captioner for Blip2Captioner {
 
     fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>> {
         Ok(self.model.caption_pixels(pixel_values, self.max_new_tokens)?.into_iter().map(|g| g.caption).collect())
+    }
+
+    fn swaps_adapters(&self) -> bool {
+        true
     }
 
     fn swap_adapter(&mut self, adapter_dir: Option<&std::path::Path>, version: &str) -> anyhow::Result<()> {
@@ -74,5 +78,5 @@ pub fn factory(cfg: &ModelConfig) -> anyhow::Result<CaptionerFactory> {
     let blas = crate::model::blas::configure(&cfg.blas)?;
     tracing::info!(%blas, "CPU matrix products");
     let cfg = cfg.clone();
-    Ok(Box::new(move || Ok(Box::new(Blip2Captioner::load(&cfg)?) as Box<dyn super::Captioner>)))
+    Ok(Box::new(move || Ok(Box::new(Blip2IdcCaptioner::load(&cfg)?) as Box<dyn super::Captioner>)))
 }
