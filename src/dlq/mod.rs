@@ -16,15 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::KafkaConfig;
 use crate::error::Rejection;
-
-/// Where a rejected event came from.
-#[derive(Clone, Debug)]
-pub struct Origin {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-}
+use crate::source::Origin;
 
 /// Producer for the dead-letter topic.
 pub struct DeadLetterQueue {

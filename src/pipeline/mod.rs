@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rdkafka::message::Message;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -409,9 +408,7 @@ async fn store_step(store: Store, outcomes: Arc<Outcomes>, mut input: mpsc::Rece
             .flat_map(|batch| {
                 batch.items.iter().map(|(p, caption)| CaptionRecord {
                     event: p.event.clone(),
-                    kafka_topic: p.job.message.topic().to_owned(),
-                    kafka_partition: p.job.message.partition(),
-                    kafka_offset: p.job.message.offset(),
+                    origin: p.job.origin(),
                     model_version: batch.model_version.clone(),
                     caption: caption.clone(),
                     inference_seconds: batch.inference_seconds,

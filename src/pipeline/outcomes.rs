@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Fatal;
 use crate::dlq::breaker::{Breaker, Verdict};
-use crate::dlq::{DeadLetterQueue, Origin};
+use crate::dlq::DeadLetterQueue;
 use crate::error::Rejection;
 use crate::retry::{Backoff, Retry};
 use crate::source::{Committer, Job};
@@ -100,17 +100,11 @@ impl Outcomes {
     /// completes the job.
     async fn deliver(&self, job: Job, why: Rejection) {
         let m = &job.message;
-        let origin = Origin {
-            topic: m.topic().to_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: m.timestamp().to_millis(),
-        };
+        let origin = job.origin();
         // Good events go on meanwhile; offsets wait at this one.
-        let about = format!("{}/{}@{}", origin.topic, origin.partition, origin.offset);
         let sent = Retry::new("dead_letter", self.backoff)
             .cancelled_by(&self.hard_stop)
-            .about(&about)
+            .about(&origin)
             .run(|| self.dlq.send(m.payload(), m.key(), &origin, &why), |_| true)
             .await;
         if sent.is_err() {

@@ -52,6 +52,34 @@ pub struct Job {
     pub permit: OwnedSemaphorePermit,
 }
 
+impl Job {
+    /// Where the message came from: kept with its caption, and in its dead letter's headers.
+    pub fn origin(&self) -> Origin {
+        let m = &self.message;
+        Origin {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+}
+
+/// A message's place in Kafka.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}@{}", self.topic, self.partition, self.offset)
+    }
+}
+
 /// Rebalance hooks, statistics and commit logging.
 pub struct SourceContext {
     tracker: Arc<Mutex<OffsetTracker>>,

@@ -31,9 +31,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone, Debug)]
 pub struct CaptionRecord {
     pub event: std::sync::Arc<ImagePairEvent>,
-    pub kafka_topic: String,
-    pub kafka_partition: i32,
-    pub kafka_offset: i64,
+    /// The message the event came in (stored as `kafka_topic`, `kafka_partition`, `kafka_offset`).
+    pub origin: crate::source::Origin,
     pub model_version: String,
     pub caption: String,
     pub inference_seconds: f64,
@@ -108,9 +107,9 @@ impl Store {
         let observed: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.event.observed_at).collect();
         let attrs: Vec<Json<&serde_json::Map<String, serde_json::Value>>> =
             rows.iter().map(|r| Json(&r.event.attributes)).collect();
-        let topics: Vec<&str> = rows.iter().map(|r| r.kafka_topic.as_str()).collect();
-        let partitions: Vec<i32> = rows.iter().map(|r| r.kafka_partition).collect();
-        let offsets: Vec<i64> = rows.iter().map(|r| r.kafka_offset).collect();
+        let topics: Vec<&str> = rows.iter().map(|r| r.origin.topic.as_str()).collect();
+        let partitions: Vec<i32> = rows.iter().map(|r| r.origin.partition).collect();
+        let offsets: Vec<i64> = rows.iter().map(|r| r.origin.offset).collect();
         sqlx::query(
             "INSERT INTO image_pairs (event_id, original_uri, republished_uri, source_url, observed_at,
                                       attributes, kafka_topic, kafka_partition, kafka_offset)
