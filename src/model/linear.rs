@@ -7,23 +7,8 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::lora::LoraBranch;
 use super::ops::{self, Mode};
-
-/// A LoRA branch: `A` [r, in], `B` [out, r], both f32.
-#[derive(Clone, Debug)]
-pub struct LoraBranch {
-    pub a: Tensor,
-    pub b: Tensor,
-    pub scale: f64,
-    pub dropout: f64,
-}
-
-impl LoraBranch {
-    /// `scale · B · A` [out, in] in f32.
-    pub fn delta_weight(&self) -> Result<Tensor> {
-        self.b.matmul(&self.a)? * self.scale
-    }
-}
 
 /// A linear layer of the base model.
 #[derive(Clone, Debug)]

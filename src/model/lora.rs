@@ -14,7 +14,21 @@ use anyhow::{bail, ensure, Context};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::linear::LoraBranch;
+/// A LoRA branch: `A` [r, in], `B` [out, r], both f32.
+#[derive(Clone, Debug)]
+pub struct LoraBranch {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+impl LoraBranch {
+    /// `scale · B · A` [out, in] in f32.
+    pub fn delta_weight(&self) -> candle_core::Result<Tensor> {
+        self.b.matmul(&self.a)? * self.scale
+    }
+}
 
 /// `target_modules`: a list of suffixes, or one regex.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

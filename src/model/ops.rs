@@ -12,7 +12,8 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D
 use super::fused;
 pub use super::fused::Activation;
 use super::layer_norm::LayerNorm;
-use super::linear::{Linear, LoraBranch};
+use super::linear::Linear;
+use super::lora::LoraBranch;
 
 /// Whether `x` can go through the fused CPU kernels.
 fn cpu_f32(x: &Tensor) -> bool {
@@ -245,7 +246,7 @@ pub fn pre_norm_mlp_block(
 ) -> Result<Tensor> {
     if mode.is_train() && cpu_f32(x) && plain(fc1) && plain(fc2) && plain_norm(ln) {
         let dropout = (dropout > 0.0 && mode.flags().base_dropout).then(|| shared_byte_mask(x.elem_count(), dropout));
-        let norm = (ln.weight.contiguous()?, ln.bias.contiguous()?, ln.eps as f32);
+        let norm = fused::LayerNorm { w: ln.weight.contiguous()?, b: ln.bias.contiguous()?, eps: ln.eps as f32 };
         let op = fused::Mlp::new((parts(fc1)?, activation, parts(fc2)?), norm, dropout);
         return x.contiguous()?.apply_op1(op);
     }

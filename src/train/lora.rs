@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
 use crate::model::blip2::Blip2Model;
-use crate::model::linear::LoraBranch;
+use crate::model::lora::LoraBranch;
 use crate::model::lora::{Adapter, AdapterConfig, TargetMatcher};
 
 /// One adapted module's variables.
