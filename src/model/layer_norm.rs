@@ -19,8 +19,13 @@ impl LayerNorm {
         Ok(LayerNorm { name: vb.prefix(), weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
     }
 
+    /// Its parameters as the kernels take them.
+    pub fn params(&self) -> ops::NormParams<'_> {
+        ops::NormParams { weight: &self.weight, bias: &self.bias, eps: self.eps }
+    }
+
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, self.eps, mode)
+        self.params().forward(x, mode)
     }
 
     /// `(name, tensor)` of its parameters.

@@ -39,11 +39,19 @@ impl Linear {
         self.weight.dims()[0]
     }
 
+    /// Its parameters as the kernels take them.
+    pub fn params(&self) -> ops::LinearParams<'_> {
+        ops::LinearParams { weight: &self.weight, bias: self.bias.as_ref(), lora: self.lora.as_ref() }
+    }
+
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        match &self.lora {
-            Some(lora) => ops::lora_linear(x, &self.weight, self.bias.as_ref(), lora, mode),
-            None => ops::linear(x, &self.weight, self.bias.as_ref(), mode),
-        }
+        self.params().forward(x, mode)
+    }
+
+    /// `residual + dropout(self(x))`: an output projection with its residual connection
+    /// ([`ops::residual_linear`]).
+    pub fn residual_forward(&self, x: &Tensor, residual: &Tensor, dropout: f64, mode: Mode) -> Result<Tensor> {
+        ops::residual_linear(x, self.params(), residual, dropout, mode)
     }
 
     /// `(name, tensor)` of its base parameters.

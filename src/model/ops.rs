@@ -5,19 +5,48 @@
 //! candle's fused `softmax_last_dim` and `layer_norm` are built with `apply_op*_no_bwd`: a graph that
 //! goes through them silently gets no gradient. Every model file calls these helpers with the
 //! [`Mode`] it runs in instead of calling candle directly, so a training forward can never pick a
-//! kernel without a backward pass.
+//! kernel without a backward pass. Modules hand their parameters over as views ([`LinearParams`],
+//! [`NormParams`]), so this file depends on no model module.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CustomOp1, CustomOp3, DType, Result, Tensor, D};
 
 use super::fused;
+pub use super::fused::dropout::seed_dropout;
 pub use super::fused::Activation;
-use super::layer_norm::LayerNorm;
-use super::linear::Linear;
 use super::lora::LoraBranch;
 
-/// Whether `x` can go through the fused CPU kernels.
-fn cpu_f32(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+/// Whether all of `ts` can go through the fused CPU kernels (on the CPU, in f32).
+fn cpu_f32<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> bool {
+    ts.into_iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// Whether none of `ts` is trainable.
+fn frozen<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> bool {
+    ts.into_iter().all(|t| !t.track_op())
+}
+
+/// A fused op with its backward in training, without a graph node in inference.
+fn apply1(x: &Tensor, op: impl CustomOp1 + Send + Sync + 'static, mode: Mode) -> Result<Tensor> {
+    if mode.is_train() {
+        x.apply_op1(op)
+    } else {
+        x.apply_op1_no_bwd(&op)
+    }
+}
+
+/// [`apply1`] for three operands.
+fn apply3(
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    op: impl CustomOp3 + Send + Sync + 'static,
+    mode: Mode,
+) -> Result<Tensor> {
+    if mode.is_train() {
+        x.apply_op3(a, b, op)
+    } else {
+        x.apply_op3_no_bwd(a, b, &op)
+    }
 }
 
 /// How a forward pass runs.
@@ -49,70 +78,30 @@ impl Mode {
             Mode::Inference => TrainFlags::default(),
         }
     }
-}
 
-thread_local! {
-    /// Per thread: a training loop seeds and runs its forwards on one thread, and nothing else in
-    /// the process (another loop, a test running beside it) can take draws from its sequence.
-    static DROPOUT_RNG: std::cell::RefCell<Option<rand::rngs::StdRng>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Makes every later dropout mask drawn on this thread reproducible (training is seedable). Without
-/// a seed, masks are drawn from candle's device RNG (tensor masks) or the thread's RNG (byte masks).
-pub fn seed_dropout(seed: u64) {
-    use rand::SeedableRng;
-    DROPOUT_RNG.with_borrow_mut(|rng| *rng = Some(rand::rngs::StdRng::seed_from_u64(seed)));
-}
-
-fn seeded() -> bool {
-    DROPOUT_RNG.with_borrow(Option::is_some)
-}
-
-/// A dropout keep mask of `len` bytes (1 = kept, with probability 1 − p), from the seeded RNG when
-/// there is one.
-fn keep_mask(len: usize, p: f64) -> Vec<u8> {
-    use rand::Rng;
-    let draw = |rng: &mut dyn rand::RngCore| (0..len).map(|_| u8::from(rng.random_bool(1.0 - p))).collect();
-    DROPOUT_RNG.with_borrow_mut(|seeded| match seeded.as_mut() {
-        Some(rng) => draw(rng),
-        None => draw(&mut rand::rng()),
-    })
-}
-
-/// A dropout mask of `shape` (0 or 1/keep), from the seeded RNG when there is one.
-fn dropout_mask(shape: &Shape, p: f64, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
-    let keep = 1.0 - p;
-    if !seeded() {
-        // candle_nn::ops::dropout's mask.
-        let uniform = Tensor::rand(0f32, 1f32, shape, device)?;
-        return (uniform.ge(p)?.to_dtype(dtype)? * (1.0 / keep))?.contiguous();
+    /// The base model's dropout probability `p` when this mode applies it.
+    fn base_p(self, p: f64) -> Option<f64> {
+        (p > 0.0 && self.flags().base_dropout).then_some(p)
     }
-    let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = keep_mask(shape.elem_count(), p).into_iter().map(|k| f32::from(k) * scale).collect();
-    Tensor::from_vec(mask, shape, device)?.to_dtype(dtype)
-}
 
-/// A dropout mask of `len` elements as bytes, for the fused CPU kernels.
-fn byte_mask(len: usize, p: f64) -> fused::DropoutMask {
-    fused::DropoutMask { keep: keep_mask(len, p), scale: (1.0 / (1.0 - p)) as f32 }
-}
-
-fn shared_byte_mask(len: usize, p: f64) -> std::sync::Arc<fused::DropoutMask> {
-    std::sync::Arc::new(byte_mask(len, p))
+    /// LoRA's dropout probability `p` when this mode applies it.
+    fn lora_p(self, p: f64) -> Option<f64> {
+        (p > 0.0 && self.flags().lora_dropout).then_some(p)
+    }
 }
 
 fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
-    if cpu_f32(x) {
-        return x.contiguous()?.apply_op1(fused::Mask { mask: shared_byte_mask(x.elem_count(), p) });
+    if cpu_f32([x]) {
+        return x.contiguous()?.apply_op1(fused::Mask { mask: fused::dropout::shared(x.elem_count(), p) });
     }
-    x * dropout_mask(x.shape(), p, x.dtype(), x.device())?
+    x * fused::dropout::tensor_mask(x.shape(), p, x.dtype(), x.device())?
 }
 
 /// Softmax over the last dimension, computed in f32 for half inputs (as OPT does for f16).
 pub fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
     let dtype = x.dtype();
     let x32 = if dtype == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
-    let y = if mode.is_train() && cpu_f32(&x32) {
+    let y = if mode.is_train() && cpu_f32([&x32]) {
         x32.contiguous()?.apply_op1(fused::Softmax)?
     } else if mode.is_train() {
         candle_nn::ops::softmax(&x32, D::Minus1)?
@@ -126,12 +115,35 @@ pub fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
     }
 }
 
+/// `torch.nn.LayerNorm`'s parameters, as a module hands them to the kernels.
+#[derive(Clone, Copy, Debug)]
+pub struct NormParams<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub eps: f64,
+}
+
+impl NormParams<'_> {
+    /// `torch.nn.LayerNorm` over the last dimension.
+    pub fn forward(self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        layer_norm(x, self.weight, self.bias, self.eps, mode)
+    }
+
+    /// Whether the fused CPU kernels can take it: frozen f32 parameters.
+    fn fusable(self) -> bool {
+        frozen([self.weight, self.bias]) && cpu_f32([self.weight, self.bias])
+    }
+
+    fn fused(self) -> Result<fused::LayerNorm> {
+        Ok(fused::LayerNorm { w: self.weight.contiguous()?, b: self.bias.contiguous()?, eps: self.eps as f32 })
+    }
+}
+
 /// `torch.nn.LayerNorm` over the last dimension.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
-    let frozen = !weight.track_op() && !bias.track_op();
-    if mode.is_train() && frozen && cpu_f32(x) && cpu_f32(weight) && cpu_f32(bias) {
-        let op = fused::LayerNorm { w: weight.contiguous()?, b: bias.contiguous()?, eps: eps as f32 };
-        x.contiguous()?.apply_op1(op)
+    let params = NormParams { weight, bias, eps };
+    if mode.is_train() && cpu_f32([x]) && params.fusable() {
+        x.contiguous()?.apply_op1(params.fused()?)
     } else if mode.is_train() {
         candle_nn::ops::layer_norm_slow(x, weight, bias, eps as f32)
     } else {
@@ -142,7 +154,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, mode: Mo
 
 /// Exact (erf) GELU, HF's `"gelu"`.
 pub fn gelu(x: &Tensor, mode: Mode) -> Result<Tensor> {
-    if mode.is_train() && cpu_f32(x) {
+    if mode.is_train() && cpu_f32([x]) {
         x.contiguous()?.apply_op1(fused::Gelu)
     } else {
         x.gelu_erf()
@@ -151,19 +163,48 @@ pub fn gelu(x: &Tensor, mode: Mode) -> Result<Tensor> {
 
 /// Dropout of the base model (Q-Former and OPT hidden/attention dropouts).
 pub fn base_dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
-    if p > 0.0 && mode.flags().base_dropout {
-        dropout(x, p)
-    } else {
-        Ok(x.clone())
+    match mode.base_p(p) {
+        Some(p) => dropout(x, p),
+        None => Ok(x.clone()),
     }
 }
 
 /// LoRA's dropout on the adapter's input.
 pub fn lora_dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
-    if p > 0.0 && mode.flags().lora_dropout {
-        dropout(x, p)
-    } else {
-        Ok(x.clone())
+    match mode.lora_p(p) {
+        Some(p) => dropout(x, p),
+        None => Ok(x.clone()),
+    }
+}
+
+/// A linear layer's parameters (and its unmerged LoRA branch), as a module hands them to the kernels.
+#[derive(Clone, Copy, Debug)]
+pub struct LinearParams<'a> {
+    pub weight: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub lora: Option<&'a LoraBranch>,
+}
+
+impl<'a> LinearParams<'a> {
+    /// `x @ wᵀ + b [+ LoRA]` ([`linear`] or [`lora_linear`]).
+    pub fn forward(self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match self.lora {
+            Some(lora) => lora_linear(x, self.weight, self.bias, lora, mode),
+            None => linear(x, self.weight, self.bias, mode),
+        }
+    }
+
+    fn tensors(self) -> impl Iterator<Item = &'a Tensor> {
+        std::iter::once(self.weight).chain(self.bias)
+    }
+
+    /// Whether a fused CPU block can take it: a frozen f32 linear without LoRA.
+    fn fusable(self) -> bool {
+        self.lora.is_none() && frozen(self.tensors()) && cpu_f32(self.tensors())
+    }
+
+    fn parts(self) -> Result<fused::FrozenLinear> {
+        Ok((self.weight.contiguous()?, self.bias.map(Tensor::contiguous).transpose()?))
     }
 }
 
@@ -173,13 +214,12 @@ pub fn lora_dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
 /// allocate) the gradient of `w`, and its bias add a gradient of the bias, both frozen: on CPU in f32
 /// the whole layer is [`fused::Linear`] (OpenBLAS when loaded, bias folded into the GEMM, input
 /// gradient only); elsewhere the product is computed outside the graph and re-attached to `x` through
-/// [`GradToInputOnly`]. Trainable weights (full training) take candle's ordinary ops.
+/// [`fused::GradToInputOnly`]. Trainable weights (full training) take candle's ordinary ops.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
-    let trainable = w.track_op() || bias.is_some_and(Tensor::track_op);
-    if !trainable && cpu_f32(x) && cpu_f32(w) && bias.is_none_or(cpu_f32) {
+    let params = std::iter::once(w).chain(bias);
+    if frozen(params.clone()) && cpu_f32(params.chain([x])) {
         let op = fused::Linear { w: w.contiguous()?, b: bias.map(Tensor::contiguous).transpose()? };
-        let x = x.contiguous()?;
-        return if mode.is_train() { x.apply_op1(op) } else { x.apply_op1_no_bwd(&op) };
+        return apply1(&x.contiguous()?, op, mode);
     }
     let y = frozen_matmul(x, w, mode)?;
     match bias {
@@ -195,19 +235,17 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, mode: Mode) -> Resu
 /// dropout mask and the output, where the composition also keeps the masked input, `B`'s output,
 /// its scaled copy and the sum (three activations of the layer's output size, per adapted linear).
 pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: &LoraBranch, mode: Mode) -> Result<Tensor> {
-    let frozen = !w.track_op() && !bias.is_some_and(Tensor::track_op);
-    let dropout = lora.dropout > 0.0 && mode.flags().lora_dropout;
-    if frozen && cpu_f32(x) && cpu_f32(w) && bias.is_none_or(cpu_f32) && cpu_f32(&lora.a) && cpu_f32(&lora.b) {
+    let base = std::iter::once(w).chain(bias);
+    if frozen(base.clone()) && cpu_f32(base.chain([x, &lora.a, &lora.b])) {
         let x = x.contiguous()?;
-        let mask = dropout.then(|| shared_byte_mask(x.elem_count(), lora.dropout));
+        let mask = mode.lora_p(lora.dropout).map(|p| fused::dropout::shared(x.elem_count(), p));
         let op = fused::LoraLinear {
             w: w.contiguous()?,
             b: bias.map(Tensor::contiguous).transpose()?,
             mask,
             scale: lora.scale as f32,
         };
-        let (a, b) = (lora.a.contiguous()?, lora.b.contiguous()?);
-        return if mode.is_train() { x.apply_op3(&a, &b, op) } else { x.apply_op3_no_bwd(&a, &b, &op) };
+        return apply3(&x, &lora.a.contiguous()?, &lora.b.contiguous()?, op, mode);
     }
     let y = linear(x, w, bias, mode)?;
     let h = lora_dropout(x, lora.dropout, mode)?.to_dtype(lora.a.dtype())?;
@@ -216,44 +254,26 @@ pub fn lora_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, lora: &LoraBra
     y + delta
 }
 
-/// Whether `l` can go into a fused CPU kernel: a frozen f32 linear without LoRA.
-fn plain(l: &Linear) -> bool {
-    l.lora.is_none()
-        && !l.weight.track_op()
-        && cpu_f32(&l.weight)
-        && l.bias.as_ref().is_none_or(|b| !b.track_op() && cpu_f32(b))
-}
-
-fn parts(l: &Linear) -> Result<(Tensor, Option<Tensor>)> {
-    Ok((l.weight.contiguous()?, l.bias.as_ref().map(Tensor::contiguous).transpose()?))
-}
-
-/// Whether `ln` can go into a fused CPU kernel: frozen f32 parameters.
-fn plain_norm(ln: &LayerNorm) -> bool {
-    !ln.weight.track_op() && !ln.bias.track_op() && cpu_f32(&ln.weight) && cpu_f32(&ln.bias)
-}
-
 /// `x + dropout(fc2(act(fc1(ln(x)))))`: a pre-LN transformer's feed-forward block with its residual
 /// (the ViT's `layer_norm2` + MLP, OPT's `final_layer_norm` + `fc1`/`fc2` + hidden dropout). In
 /// training on CPU in f32 with frozen parameters it is one [`fused::Mlp`], which keeps
 /// `fc1(ln(x))` only; otherwise the composition.
 pub fn pre_norm_mlp_block(
     x: &Tensor,
-    ln: &LayerNorm,
-    (fc1, activation, fc2): (&Linear, fused::Activation, &Linear),
+    ln: NormParams,
+    (fc1, activation, fc2): (LinearParams, Activation, LinearParams),
     dropout: f64,
     mode: Mode,
 ) -> Result<Tensor> {
-    if mode.is_train() && cpu_f32(x) && plain(fc1) && plain(fc2) && plain_norm(ln) {
-        let dropout = (dropout > 0.0 && mode.flags().base_dropout).then(|| shared_byte_mask(x.elem_count(), dropout));
-        let norm = fused::LayerNorm { w: ln.weight.contiguous()?, b: ln.bias.contiguous()?, eps: ln.eps as f32 };
-        let op = fused::Mlp::new((parts(fc1)?, activation, parts(fc2)?), norm, dropout);
+    if mode.is_train() && cpu_f32([x]) && fc1.fusable() && fc2.fusable() && ln.fusable() {
+        let dropout = mode.base_p(dropout).map(|p| fused::dropout::shared(x.elem_count(), p));
+        let op = fused::Mlp::new((fc1.parts()?, activation, fc2.parts()?), ln.fused()?, dropout);
         return x.contiguous()?.apply_op1(op);
     }
     let h = fc1.forward(&ln.forward(x, mode)?, mode)?;
     let h = match activation {
-        fused::Activation::Gelu => gelu(&h, mode)?,
-        fused::Activation::Relu => h.relu()?,
+        Activation::Gelu => gelu(&h, mode)?,
+        Activation::Relu => h.relu()?,
     };
     x + base_dropout(&fc2.forward(&h, mode)?, dropout, mode)?
 }
@@ -261,11 +281,16 @@ pub fn pre_norm_mlp_block(
 /// `residual + dropout(linear(x))`: an output projection and its residual connection. In training on
 /// CPU in f32 with a frozen linear without LoRA it is one [`fused::ResidualLinear`], which keeps no
 /// activation of its own; otherwise the composition.
-pub fn residual_linear(x: &Tensor, linear: &Linear, residual: &Tensor, dropout: f64, mode: Mode) -> Result<Tensor> {
-    if mode.is_train() && cpu_f32(x) && cpu_f32(residual) && plain(linear) {
-        let dropout =
-            (dropout > 0.0 && mode.flags().base_dropout).then(|| shared_byte_mask(residual.elem_count(), dropout));
-        let (w, b) = parts(linear)?;
+pub fn residual_linear(
+    x: &Tensor,
+    linear: LinearParams,
+    residual: &Tensor,
+    dropout: f64,
+    mode: Mode,
+) -> Result<Tensor> {
+    if mode.is_train() && cpu_f32([x, residual]) && linear.fusable() {
+        let dropout = mode.base_p(dropout).map(|p| fused::dropout::shared(residual.elem_count(), p));
+        let (w, b) = linear.parts()?;
         return x.contiguous()?.apply_op2(&residual.contiguous()?, fused::ResidualLinear { w, b, dropout });
     }
     residual + base_dropout(&linear.forward(x, mode)?, dropout, mode)?
@@ -276,10 +301,9 @@ pub fn residual_linear(x: &Tensor, linear: &Linear, residual: &Tensor, dropout: 
 /// the heads concatenated, [b, t, d]. On CPU in f32 it is one [`fused::QkvAttention`] (q, k, v read
 /// in place, only the probabilities kept for the backward); elsewhere candle's composition.
 pub fn qkv_attention(qkv: &Tensor, heads: usize, scale: f64, mode: Mode) -> Result<Tensor> {
-    if cpu_f32(qkv) {
+    if cpu_f32([qkv]) {
         let op = fused::QkvAttention(fused::AttentionCore::new(heads, scale as f32, false, None));
-        let qkv = qkv.contiguous()?;
-        return if mode.is_train() { qkv.apply_op1(op) } else { qkv.apply_op1_no_bwd(&op) };
+        return apply1(&qkv.contiguous()?, op, mode);
     }
     qkv_attention_composed(qkv, heads, scale, mode)
 }
@@ -301,7 +325,7 @@ pub struct AttentionSpec {
     /// KV-cache path does) or to the scores (the Q-Former, BERT style). It only changes rounding in
     /// half precision; the fused f32 kernel scales the scores.
     pub scale_queries: bool,
-    /// Hides key `j` from query `i` when `j > i + tk − tq` (OPT's mask, also after a KV cache).
+    /// OPT's causal mask ([`fused::visible_keys`]).
     pub causal: bool,
     /// The base model's attention dropout, applied when the mode asks for base dropout.
     pub dropout: f64,
@@ -315,11 +339,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: AttentionSpec, mode: 
     let (b, tq, _) = q.dims3()?;
     let tk = k.dim(1)?;
     let AttentionSpec { heads, scale, causal, dropout, .. } = spec;
-    if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) {
-        let mask = (dropout > 0.0 && mode.flags().base_dropout).then(|| byte_mask(b * heads * tq * tk, dropout));
+    if cpu_f32([q, k, v]) {
+        let mask = mode.base_p(dropout).map(|p| fused::dropout::bytes(b * heads * tq * tk, p));
         let op = fused::Attention(fused::AttentionCore::new(heads, scale as f32, causal, mask));
-        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        return if mode.is_train() { q.apply_op3(&k, &v, op) } else { q.apply_op3_no_bwd(&k, &v, &op) };
+        return apply3(&q.contiguous()?, &k.contiguous()?, &v.contiguous()?, op, mode);
     }
     attention_composed(q, k, v, spec, mode)
 }
@@ -329,8 +352,8 @@ fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, spec: AttentionSpec, m
     let (b, tq, d) = q.dims3()?;
     let tk = k.dim(1)?;
     let AttentionSpec { heads, scale, scale_queries, causal, dropout } = spec;
-    if causal && tk < tq {
-        candle_core::bail!("causal attention needs at least as many keys ({tk}) as queries ({tq})");
+    if causal {
+        fused::check_causal(tq, tk)?;
     }
     let split = |x: &Tensor| -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
@@ -348,11 +371,12 @@ fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, spec: AttentionSpec, m
     probs.matmul(&split(v)?)?.transpose(1, 2)?.reshape((b, tq, d))
 }
 
-/// Additive causal mask [1, 1, t, past + t]: 0 where allowed, -inf above the diagonal.
+/// Additive causal mask [1, 1, t, past + t]: 0 where [`fused::visible_keys`] allows, -inf elsewhere.
 pub fn causal_mask(t: usize, past: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
     let s = past + t;
-    let data: Vec<f32> =
-        (0..t).flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let data: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j >= fused::visible_keys(i, t, s) { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
     Tensor::from_vec(data, (1, 1, t, s), device)?.to_dtype(dtype)
 }
 
@@ -369,53 +393,9 @@ fn frozen_matmul(x: &Tensor, w: &Tensor, mode: Mode) -> Result<Tensor> {
     }
     let y = x.detach().reshape((rows, *inner))?.matmul(&w.t()?)?.reshape(out_dims)?;
     if mode.is_train() && x.track_op() {
-        x.apply_op2(&y, GradToInputOnly { w: w.clone() })
+        x.apply_op2(&y, fused::GradToInputOnly { w: w.clone() })
     } else {
         Ok(y)
-    }
-}
-
-/// Forward: returns its second argument (the precomputed `x @ wᵀ`); backward: `grad @ w` to the
-/// first argument, nothing to the second and nothing to `w`.
-struct GradToInputOnly {
-    w: Tensor,
-}
-
-impl CustomOp2 for GradToInputOnly {
-    fn name(&self) -> &'static str {
-        "grad-to-input-only-linear"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        contiguous_clone(s2, l2)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        contiguous_clone(s2, l2)
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dims = grad.dims().to_vec();
-        let (out, lead) = dims.split_last().expect("rank >= 1");
-        let rows: usize = lead.iter().product();
-        let g = grad.reshape((rows, *out))?.matmul(&self.w.to_dtype(grad.dtype())?)?;
-        let mut in_dims = lead.to_vec();
-        in_dims.push(self.w.dim(1)?);
-        Ok((Some(g.reshape(in_dims)?), None))
-    }
-}
-
-fn contiguous_clone<S: candle_core::backend::BackendStorage>(s: &S, l: &Layout) -> Result<(S, Shape)> {
-    match l.contiguous_offsets() {
-        Some((0, end)) if end == l.shape().elem_count() => Ok((s.try_clone(l)?, l.shape().clone())),
-        _ => candle_core::bail!("grad-to-input-only-linear expects a fresh contiguous product"),
     }
 }
 
@@ -506,31 +486,25 @@ mod tests {
         let dev = Device::Cpu;
         let mode = Mode::Train(TrainFlags { lora_dropout: true, base_dropout: true });
         let diff = |a: &Tensor, b: &Tensor| -> Result<f32> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar() };
-        let linear = |i: usize, o: usize| -> Result<Linear> {
-            Ok(Linear {
-                name: "l".into(),
-                weight: Tensor::randn(0f32, 0.3, (o, i), &dev)?,
-                bias: Some(Tensor::randn(0f32, 0.3, o, &dev)?),
-                lora: None,
-                merged: false,
-            })
+        let linear = |i: usize, o: usize| -> Result<(Tensor, Tensor)> {
+            Ok((Tensor::randn(0f32, 0.3, (o, i), &dev)?, Tensor::randn(0f32, 0.3, o, &dev)?))
         };
-        let (fc1, fc2, proj) = (linear(6, 10)?, linear(10, 6)?, linear(4, 6)?);
-        let ln = LayerNorm {
-            name: "ln".into(),
-            weight: Tensor::randn(1f32, 0.2, 6, &dev)?,
-            bias: Tensor::randn(0f32, 0.2, 6, &dev)?,
-            eps: 1e-5,
-        };
+        let ((w1, b1), (w2, b2), (wp, bp)) = (linear(6, 10)?, linear(10, 6)?, linear(4, 6)?);
+        fn params<'a>(w: &'a Tensor, b: &'a Tensor) -> LinearParams<'a> {
+            LinearParams { weight: w, bias: Some(b), lora: None }
+        }
+        let (fc1, fc2, proj) = (params(&w1, &b1), params(&w2, &b2), params(&wp, &bp));
+        let (lw, lb) = (Tensor::randn(1f32, 0.2, 6, &dev)?, Tensor::randn(0f32, 0.2, 6, &dev)?);
+        let ln = NormParams { weight: &lw, bias: &lb, eps: 1e-5 };
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 6), &dev)?)?;
         let ctx = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 4), &dev)?)?;
         type Path<'a> = &'a dyn Fn() -> Result<Tensor>;
-        let fused_mlp: Path = &|| pre_norm_mlp_block(&x, &ln, (&fc1, Activation::Relu, &fc2), 0.3, mode);
+        let fused_mlp: Path = &|| pre_norm_mlp_block(&x, ln, (fc1, Activation::Relu, fc2), 0.3, mode);
         let composed_mlp: Path = &|| {
             let h = fc2.forward(&fc1.forward(&ln.forward(&x, mode)?, mode)?.relu()?, mode)?;
             x.as_tensor() + base_dropout(&h, 0.3, mode)?
         };
-        let fused_proj: Path = &|| residual_linear(&ctx, &proj, &x, 0.3, mode);
+        let fused_proj: Path = &|| residual_linear(&ctx, proj, &x, 0.3, mode);
         let composed_proj: Path = &|| x.as_tensor() + base_dropout(&proj.forward(&ctx, mode)?, 0.3, mode)?;
         for (name, fused, composed) in
             [("mlp block", fused_mlp, composed_mlp), ("residual linear", fused_proj, composed_proj)]

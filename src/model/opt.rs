@@ -78,9 +78,23 @@ impl Attention {
         x.reshape((b, t, self.heads, d / self.heads))?.transpose(1, 2)?.contiguous()
     }
 
-    /// The heads' concatenated context [B, T, D], before `out_proj` (which [`DecoderLayer`] applies
-    /// with its residual); appends to `cache` when given.
-    pub fn context(
+    /// `residual + dropout(out_proj(attention(x)))` with the layer's hidden dropout; appends to
+    /// `cache` when given.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        causal_mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        hidden_dropout: f64,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let context = self.context(x, causal_mask, cache, mode)?;
+        self.out_proj.residual_forward(&context, residual, hidden_dropout, mode)
+    }
+
+    /// The heads' concatenated context [B, T, D], before `out_proj`.
+    fn context(
         &self,
         x: &Tensor,
         causal_mask: Option<&Tensor>,
@@ -150,10 +164,10 @@ impl DecoderLayer {
         mode: Mode,
     ) -> Result<Tensor> {
         // x + dropout(out_proj(attention(ln(x)))), then h + dropout(fc2(relu(fc1(ln(h))))).
-        let ctx = self.self_attn.context(&self.self_attn_layer_norm.forward(x, mode)?, mask, cache, mode)?;
-        let h = ops::residual_linear(&ctx, &self.self_attn.out_proj, x, self.dropout, mode)?;
-        let mlp = (&self.fc1, ops::Activation::Relu, &self.fc2);
-        ops::pre_norm_mlp_block(&h, &self.final_layer_norm, mlp, self.dropout, mode)
+        let h =
+            self.self_attn.forward(&self.self_attn_layer_norm.forward(x, mode)?, x, mask, cache, self.dropout, mode)?;
+        let mlp = (self.fc1.params(), ops::Activation::Relu, self.fc2.params());
+        ops::pre_norm_mlp_block(&h, self.final_layer_norm.params(), mlp, self.dropout, mode)
     }
 }
 

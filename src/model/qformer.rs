@@ -65,7 +65,7 @@ impl ResidualOutput {
     }
 
     pub fn forward(&self, h: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.layer_norm.forward(&ops::residual_linear(h, &self.dense, residual, self.dropout, mode)?, mode)
+        self.layer_norm.forward(&self.dense.residual_forward(h, residual, self.dropout, mode)?, mode)
     }
 }
 

@@ -96,10 +96,11 @@ impl Attention {
         })
     }
 
-    /// The heads' concatenated context, before `projection` (which [`EncoderLayer`] applies with
-    /// its residual).
-    pub fn context(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        ops::qkv_attention(&self.qkv.forward(x, mode)?, self.heads, self.scale, mode)
+    /// `residual + projection(attention(x))`: the attention with its output projection and the
+    /// layer's residual connection.
+    pub fn forward(&self, x: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
+        let context = ops::qkv_attention(&self.qkv.forward(x, mode)?, self.heads, self.scale, mode)?;
+        self.projection.residual_forward(&context, residual, 0.0, mode)
     }
 }
 
@@ -116,6 +117,13 @@ impl Mlp {
             fc1: Linear::new(vb.pp("fc1"), cfg.hidden_size, cfg.intermediate_size, true)?,
             fc2: Linear::new(vb.pp("fc2"), cfg.intermediate_size, cfg.hidden_size, true)?,
         })
+    }
+
+    /// `h + mlp(ln(h))`: the MLP behind its pre-LN and with the residual connection, as one block
+    /// ([`ops::pre_norm_mlp_block`]).
+    pub fn forward(&self, h: &Tensor, ln: &LayerNorm, mode: Mode) -> Result<Tensor> {
+        let mlp = (self.fc1.params(), ops::Activation::Gelu, self.fc2.params());
+        ops::pre_norm_mlp_block(h, ln.params(), mlp, 0.0, mode)
     }
 }
 
@@ -140,10 +148,8 @@ impl EncoderLayer {
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         // x + projection(attention(layer_norm1(x))), then h + mlp(layer_norm2(h)).
-        let ctx = self.self_attn.context(&self.layer_norm1.forward(x, mode)?, mode)?;
-        let h = ops::residual_linear(&ctx, &self.self_attn.projection, x, 0.0, mode)?;
-        let mlp = (&self.mlp.fc1, ops::Activation::Gelu, &self.mlp.fc2);
-        ops::pre_norm_mlp_block(&h, &self.layer_norm2, mlp, 0.0, mode)
+        let h = self.self_attn.forward(&self.layer_norm1.forward(x, mode)?, x, mode)?;
+        self.mlp.forward(&h, &self.layer_norm2, mode)
     }
 }
 

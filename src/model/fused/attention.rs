@@ -51,11 +51,25 @@ struct Geometry {
     v: Side,
 }
 
+/// The causal rule (OPT's mask, also after a KV cache, where the `tq` queries are the last of `tk`
+/// positions): query `i` sees the keys `j < visible_keys(i, tq, tk)`, i.e. `j ≤ i + tk − tq`.
+pub fn visible_keys(query: usize, tq: usize, tk: usize) -> usize {
+    query + 1 + tk - tq
+}
+
+/// Causal attention needs every query to see at least one key: `tk ≥ tq`.
+pub fn check_causal(tq: usize, tk: usize) -> Result<()> {
+    if tk < tq {
+        bail!("causal attention needs at least as many keys ({tk}) as queries ({tq})");
+    }
+    Ok(())
+}
+
 /// What both ops share: `softmax(scale · q kᵀ [+ causal]) [⊙ dropout] v`.
 pub struct Core {
     heads: usize,
     scale: f32,
-    /// Key `j` is visible to query `i` only when `j ≤ i + tk − tq` (OPT's mask after a cache).
+    /// OPT's causal rule ([`visible_keys`]).
     causal: bool,
     /// Attention dropout's mask of the probabilities [b, heads, tq, tk].
     dropout: Option<DropoutMask>,
@@ -83,7 +97,7 @@ impl Core {
             let (qh, kh, vh) = (g.q.head(q, bi, hi, hd), g.k.head(k, bi, hi, hd), g.v.head(v, bi, hi, hd));
             sgemm_serial((tq, tk, hd), Operand::new(qh, g.q.ld), Operand::t(kh, g.k.ld), 0.0, p, tk);
             for (row, p) in p.chunks_mut(tk).enumerate() {
-                let visible = if self.causal { row + 1 + tk - tq } else { tk };
+                let visible = if self.causal { visible_keys(row, tq, tk) } else { tk };
                 let (p, hidden) = p.split_at_mut(visible);
                 hidden.fill(0.0);
                 let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -108,8 +122,9 @@ impl Core {
         match &self.dropout {
             None => std::borrow::Cow::Borrowed(p),
             Some(m) => {
-                let keep = &m.keep[i * len..(i + 1) * len];
-                p.iter().zip(keep).map(|(&p, &k)| if k != 0 { p * m.scale } else { 0.0 }).collect()
+                let mut dropped = p.to_vec();
+                m.apply_in_place(i * len, &mut dropped);
+                std::borrow::Cow::Owned(dropped)
             }
         }
     }
@@ -136,8 +151,7 @@ impl Core {
             let mut ds = vec![0f32; tq * tk];
             sgemm_serial((tq, tk, hd), Operand::new(gh, width), Operand::t(vh, g.v.ld), 0.0, &mut ds, tk);
             if let Some(m) = &self.dropout {
-                let keep = &m.keep[i * tq * tk..(i + 1) * tq * tk];
-                ds.iter_mut().zip(keep).for_each(|(d, &k)| *d = if k != 0 { *d * m.scale } else { 0.0 });
+                m.apply_in_place(i * tq * tk, &mut ds);
             }
             // dS = scale · P ⊙ (dP − Σ_row dP ⊙ P): the softmax's and the scaling's backward (masked
             // positions have P = 0 and get none).
@@ -230,8 +244,11 @@ pub struct Attention(pub Core);
 impl Attention {
     fn geometry(&self, q: &[usize], k: &[usize], v: &[usize]) -> Result<Geometry> {
         let (&[b, tq, d], &[bk, tk, dk]) = (q, k) else { bail!("attention takes [b, t, d] q, k, v: {q:?} {k:?}") };
-        if (bk, dk) != (b, d) || v != k || tq == 0 || tk == 0 || (self.0.causal && tk < tq) {
+        if (bk, dk) != (b, d) || v != k || tq == 0 || tk == 0 {
             bail!("attention: q {q:?}, k {k:?}, v {v:?} do not fit together");
+        }
+        if self.0.causal {
+            check_causal(tq, tk)?;
         }
         let hd = heads_of(d, self.0.heads)?;
         Ok(Geometry {

@@ -1,7 +1,7 @@
 //! Frozen linears: alone ([`Linear`]), with a LoRA branch ([`LoraLinear`]), with their residual
 //! ([`ResidualLinear`]); their input gradient `grad @ w`.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::*;
@@ -47,7 +47,7 @@ impl CustomOp1 for Linear {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&GradInput { w: self.w.clone() })?))
+        Ok(Some(input_grad(grad, &self.w)?))
     }
 }
 
@@ -134,7 +134,7 @@ impl CustomOp3 for LoraLinear {
         let grad_a = du.t()?.matmul(&h)?; // [r, k]
         let grad_x = if need_dx {
             let through_lora = self.masked(&du.matmul(&a)?.reshape(x.shape())?)?;
-            let through_w = grad.contiguous()?.apply_op1_no_bwd(&GradInput { w: self.w.clone() })?;
+            let through_w = input_grad(grad, &self.w)?;
             Some((through_w + through_lora)?)
         } else {
             None
@@ -143,7 +143,24 @@ impl CustomOp3 for LoraLinear {
     }
 }
 
-/// `grad @ w`: the linear's input gradient.
+/// `grad @ w` [..., in] for `grad` [..., out] and `w` [out, in]: a frozen linear's input gradient, on
+/// any device. On CPU in f32 one GEMM ([`GradInput`], OpenBLAS when loaded); elsewhere candle's
+/// matmul, `w` cast to the gradient's dtype.
+pub fn input_grad(grad: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if cpu_f32(grad) && cpu_f32(w) {
+        return grad.contiguous()?.apply_op1_no_bwd(&GradInput { w: w.contiguous()? });
+    }
+    let dims = grad.dims().to_vec();
+    let (out, lead) = dims.split_last().expect("rank >= 1");
+    let rows: usize = lead.iter().product();
+    let g = grad.reshape((rows, *out))?.matmul(&w.to_dtype(grad.dtype())?)?;
+    let mut in_dims = lead.to_vec();
+    in_dims.push(w.dim(1)?);
+    g.reshape(in_dims)
+}
+
+/// `grad @ w` on CPU in f32.
 struct GradInput {
     w: Tensor,
 }
@@ -206,8 +223,47 @@ impl CustomOp2 for ResidualLinear {
             Some(mask) => grad.apply_op1_no_bwd(&Mask { mask: mask.clone() })?,
             None => grad.clone(),
         };
-        let dx = if x.track_op() { Some(g.apply_op1_no_bwd(&GradInput { w: self.w.clone() })?) } else { None };
+        let dx = if x.track_op() { Some(input_grad(&g, &self.w)?) } else { None };
         Ok((dx, r.track_op().then_some(grad)))
+    }
+}
+
+/// A frozen product computed outside the graph, re-attached to its input: forward returns its
+/// second argument (the precomputed `x @ wᵀ`); backward gives [`input_grad`] to the first argument,
+/// nothing to the second and nothing to `w`. For frozen weights off the fused CPU path.
+pub struct GradToInputOnly {
+    pub w: Tensor,
+}
+
+impl CustomOp2 for GradToInputOnly {
+    fn name(&self) -> &'static str {
+        "grad-to-input-only-linear"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        contiguous_clone(s2, l2)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        contiguous_clone(s2, l2)
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(input_grad(grad, &self.w)?), None))
+    }
+}
+
+fn contiguous_clone<S: candle_core::backend::BackendStorage>(s: &S, l: &Layout) -> Result<(S, Shape)> {
+    match l.contiguous_offsets() {
+        Some((0, end)) if end == l.shape().elem_count() => Ok((s.try_clone(l)?, l.shape().clone())),
+        _ => bail!("grad-to-input-only-linear expects a fresh contiguous product"),
     }
 }
 

@@ -30,9 +30,9 @@ mod linear;
 mod mlp;
 mod norm;
 pub use activation::{Activation, Gelu, Softmax};
-pub use attention::{Attention, Core as AttentionCore, QkvAttention};
+pub use attention::{check_causal, visible_keys, Attention, Core as AttentionCore, QkvAttention};
 pub use dropout::{DropoutMask, Mask};
-pub use linear::{FrozenLinear, Linear, LoraLinear, ResidualLinear};
+pub use linear::{input_grad, FrozenLinear, GradToInputOnly, Linear, LoraLinear, ResidualLinear};
 pub use mlp::Mlp;
 pub use norm::LayerNorm;
 
