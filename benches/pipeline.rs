@@ -17,9 +17,9 @@ use common::num;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blip2idc::admin::Health;
 use blip2idc::caption::{Captioner, CaptionerFactory};
 use blip2idc::config::Config;
+use blip2idc::health::Health;
 use blip2idc::model::preprocess::ImageProcessorConfig;
 use blip2idc_dev as devtools;
 use futures::StreamExt;

@@ -4,7 +4,7 @@
 //! exposition).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,18 +16,8 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::store::Store;
-
-/// Readiness facts the pipeline publishes.
-#[derive(Debug, Default)]
-pub struct Health {
-    pub group_joined: AtomicBool,
-    pub model_loaded: AtomicBool,
-    /// Events wait and none finished for `pipeline.stall_timeout`.
-    pub stalled: AtomicBool,
-    /// The group's dead-letter breaker is tripped: the consumer holds (see `dlq::breaker`).
-    pub breaker_tripped: AtomicBool,
-}
 
 #[derive(Clone)]
 struct AppState {

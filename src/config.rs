@@ -440,7 +440,7 @@ impl Config {
         check(p.decode_concurrency > 0, "pipeline.decode_concurrency must be > 0".into());
         check(!p.stall_timeout.is_zero(), "pipeline.stall_timeout must be > 0".into());
         let largest = self.decode.max_width as u64 * self.decode.max_height as u64;
-        let pair = crate::pipeline::budget::pair_cost(largest, largest);
+        let pair = crate::budget::pair_cost(largest, largest);
         check(
             p.max_in_flight_bytes / 2 >= pair,
             format!(

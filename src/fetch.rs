@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::S3Config;
 use crate::error::{RejectKind, Rejection, StepError};
-use crate::event::S3Uri;
 use crate::retry::{Backoff, GaveUp, Retry};
+use crate::s3uri::S3Uri;
 
 /// S3 client plus the policy around it.
 #[derive(Clone)]
@@ -161,8 +161,8 @@ impl Fetcher {
         original: &S3Uri,
         republished: &S3Uri,
         cancel: &CancellationToken,
-        budget: &crate::pipeline::budget::ByteBudget,
-    ) -> Result<((Bytes, Bytes), crate::pipeline::budget::Reservation), StepError> {
+        budget: &crate::budget::ByteBudget,
+    ) -> Result<((Bytes, Bytes), crate::budget::Reservation), StepError> {
         let mut reservation = tokio::select! {
             r = budget.fetch(2 * self.max_bytes) => r,
             _ = cancel.cancelled() => return Err(StepError::Transient(anyhow::anyhow!("cancelled waiting for memory"))),

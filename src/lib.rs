@@ -37,6 +37,7 @@ pub fn retain_freed_memory() {
 pub mod adapters;
 pub mod admin;
 pub mod batch;
+pub mod budget;
 pub mod caption;
 pub mod config;
 pub mod decode;
@@ -45,6 +46,7 @@ pub mod error;
 pub mod eval;
 pub mod event;
 pub mod fetch;
+pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -277,7 +277,7 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     blip2idc::telemetry::init(cfg.log.format, &cfg.log.filter);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "starting blip2idc serve");
     let prometheus = blip2idc::metrics::install();
-    let health = Arc::new(blip2idc::admin::Health::default());
+    let health = Arc::new(blip2idc::health::Health::default());
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
 

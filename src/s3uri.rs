@@ -55,7 +55,7 @@ fn split<'a>(s: &'a str, what: &'static str) -> Result<(&'a str, Option<&'a str>
 
 impl S3Uri {
     /// Parses `s3://bucket/key`; the key may contain further slashes but must not be empty, and must
-    /// name exactly one object however it is normalised on the way ([`check_key`]).
+    /// name exactly one object however it is normalised on the way (`check_key`).
     pub fn parse(s: &str) -> Result<S3Uri, S3UriError> {
         let bad = |why: &str| S3UriError { input: s.to_owned(), what: "key", why: why.to_owned() };
         let (bucket, key) = split(s, "key")?;
@@ -73,7 +73,7 @@ impl S3Uri {
 
 /// An `s3://bucket/prefix/` location under which objects are named: where an adapter's files live.
 /// The prefix is empty or ends in `/`; it comes from this service's own registry, so it is not held
-/// to [`check_key`] (objects made under it are checked when they are used).
+/// to `check_key` (objects made under it are checked when they are used).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct S3Prefix {
     pub bucket: String,

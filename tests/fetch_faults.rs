@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blip2idc::admin::Health;
+use blip2idc::health::Health;
 use blip2idc::pipeline;
 use blip2idc_dev as devtools;
 use common::{test_captioner, Scope};

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blip2idc::admin::Health;
+use blip2idc::health::Health;
 use blip2idc::pipeline;
 use common::{test_captioner, Scope};
 use tokio_util::sync::CancellationToken;

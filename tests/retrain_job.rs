@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blip2idc::admin::Health;
+use blip2idc::health::Health;
 use blip2idc::train::job;
 use common::Scope;
 use tokio_util::sync::CancellationToken;

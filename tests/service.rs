@@ -6,9 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use blip2idc::admin::Health;
 use blip2idc::caption::CaptionerFactory;
 use blip2idc::config::Config;
+use blip2idc::health::Health;
 use blip2idc::pipeline::{self, Fatal, RunSummary};
 use common::{test_captioner, Scope};
 use tokio_util::sync::CancellationToken;

@@ -2,7 +2,7 @@
 //! binary (quickstart, local S3 server, memory benchmark), the benchmarks and the integration tests
 //! (a dev-dependency of `blip2idc`): topic and bucket creation, synthetic image pairs, publishing
 //! events, reading committed offsets ([this module](self)); hostile images for the decode limits
-//! ([`images`]); the local S3 server ([`s3_server`]); evaluation files ([`eval_files`]); the memory
+//! ([`images`]); the local S3 server ([`mod@s3_server`]); evaluation files ([`eval_files`]); the memory
 //! benchmark ([`bench_memory`]). Nothing in the service path uses this crate.
 
 pub mod bench_memory;

@@ -134,7 +134,7 @@ const BLAS_MIN_ROWS: usize = 16;
 
 /// Row-major `c[m, n] = a[m, k] · op(b) + beta · c`, where `op(b)` is `bᵀ` for `b` [n, k] when
 /// `b_transposed`, else `b` [k, n]; `lda`, `ldb`, `ldc` are the row strides. Runs on the loaded BLAS
-/// for [`BLAS_MIN_ROWS`] rows or more, else on the `gemm` crate with candle's thread count.
+/// for `BLAS_MIN_ROWS` rows or more, else on the `gemm` crate with candle's thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     dims: (usize, usize, usize),

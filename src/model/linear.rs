@@ -24,7 +24,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `weight` [out, in] and, when `bias`, `bias` [out] under `vb`.
+    /// Loads `weight` [out, in] and, when `bias`, `bias` \[out\] under `vb`.
     pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };

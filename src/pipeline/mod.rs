@@ -1,42 +1,49 @@
 //! The pipeline: source → prepare (parse, fetch, decode) → batch → caption → store → commit.
 //!
+//! This file wires the steps and runs the shutdown; each step is a file of its own, read in this
+//! order, with the type an event has between them:
+//!
+//! | step | file | in → out |
+//! |---|---|---|
+//! | consume | [`crate::source`] | Kafka message → [`Job`] (the message, its offset ticket, its permit) |
+//! | prepare | [`prepare`] (→ [`crate::event`], [`crate::fetch`], [`crate::budget`], [`crate::decode`], [`crate::model::preprocess`]) | [`Job`] → [`crate::event::ImagePairEvent`] → [`Prepared`] (pixels) |
+//! | batch + caption | [`caption`] (→ [`crate::batch`], [`crate::caption`]) | [`Prepared`]s → [`caption::Captioned`] |
+//! | store | [`store`] (→ [`crate::store`]) | [`caption::Captioned`] → [`crate::store::CaptionRecord`] rows |
+//! | finish | [`outcomes`] (→ [`crate::dlq`]) | stored or dead-lettered: the job's ticket completes |
+//! | commit | [`crate::source::commit`] | completed tickets → committed offsets |
+//!
 //! Steps are tasks joined by bounded channels; every event in flight holds a permit, so memory is
-//! bounded and a slow step pauses consumption (see [`crate::source`]). Shutdown drains: consumption
-//! stops, in-flight events finish within `shutdown.drain_timeout`, stored offsets are committed, and the
-//! consumer leaves its group within `shutdown.consumer_close_timeout`.
+//! bounded and a slow step pauses consumption (see [`crate::source`]). `supervise.rs` watches progress
+//! and the dead-letter breaker. Shutdown drains: consumption stops, in-flight events finish within
+//! `shutdown.drain_timeout`, stored offsets are committed, and the consumer leaves its group within
+//! `shutdown.consumer_close_timeout`; [`RunSummary`] says how it ended.
 
-pub mod budget;
+pub mod caption;
 pub mod outcomes;
 pub mod prepare;
+pub mod store;
 pub mod summary;
+mod supervise;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Health;
 use crate::caption::{CaptionWorker, CaptionerFactory};
 use crate::config::Config;
 use crate::dlq::breaker::Breaker;
 use crate::dlq::DeadLetterQueue;
 use crate::fetch::Fetcher;
-use crate::retry::{Backoff, Retry};
+use crate::health::Health;
+use crate::retry::Backoff;
 use crate::source::{Job, Source};
-use crate::store::{CaptionRecord, Store};
+use crate::store::Store;
+use caption::Captioned;
 use outcomes::Outcomes;
 use prepare::{Prepare, Prepared};
 pub use summary::{Fatal, RunSummary};
-
-/// A captioned batch on its way to the store.
-struct Captioned {
-    items: Vec<(Prepared, String)>,
-    model_version: String,
-    inference_seconds: f64,
-    batch_size: usize,
-}
 
 /// Runs the service until `shutdown` fires (or a fatal condition), then drains and commits.
 pub async fn run(
@@ -66,7 +73,7 @@ pub async fn run_with(
     tracing::info!(model_version = %worker.model_version(), "captioner ready");
 
     // A breaker tripped before (by this group, here or on another replica) holds consumption.
-    if !hold_while_tripped(cfg, &store, &health, &shutdown).await {
+    if !supervise::hold_while_tripped(cfg, &store, &health, &shutdown).await {
         return Ok(RunSummary { committed: Vec::new(), fatal: None, drain_timed_out: false });
     }
 
@@ -96,7 +103,7 @@ pub async fn run_with(
 
     let p = &cfg.pipeline;
     let permits = Arc::new(Semaphore::new(p.max_in_flight));
-    let budget = Arc::new(budget::ByteBudget::new(p.max_in_flight_bytes));
+    let budget = Arc::new(crate::budget::ByteBudget::new(p.max_in_flight_bytes));
     let fetching = budget.half_bytes() / (2 * cfg.s3.max_object_bytes).max(1);
     if (fetching as usize) < cfg.s3.max_concurrency {
         tracing::info!(
@@ -125,8 +132,8 @@ pub async fn run_with(
         budget: budget.clone(),
         max_event_bytes: cfg.kafka.max_event_bytes,
     });
-    let prepare_task = tokio::spawn(prepare_step(prepare, job_rx, prep_tx, cfg.s3.max_concurrency));
-    let caption_task = tokio::spawn(caption_step(
+    let prepare_task = tokio::spawn(prepare::step(prepare, job_rx, prep_tx, cfg.s3.max_concurrency));
+    let caption_task = tokio::spawn(caption::step(
         worker.clone(),
         outcomes.clone(),
         prep_rx,
@@ -134,60 +141,27 @@ pub async fn run_with(
         p.max_batch_size,
         p.max_batch_wait,
     ));
-    let store_task = tokio::spawn(store_step(store.clone(), outcomes.clone(), cap_rx));
+    let store_task = tokio::spawn(store::step(store.clone(), outcomes.clone(), cap_rx));
     let commit_task = {
         let (committer, every, stop) = (committer.clone(), cfg.kafka.commit_interval, hard_stop.clone());
         tokio::spawn(async move { committer.run(every, stop).await })
     };
-    let gauge_task = {
-        let (permits, stop, total) = (permits.clone(), hard_stop.clone(), p.max_in_flight);
-        let (outcomes, health, stall_timeout) = (outcomes.clone(), health.clone(), p.stall_timeout);
-        let budget = budget.clone();
-        tokio::spawn(async move {
-            loop {
-                let in_flight = total - permits.available_permits();
-                metrics::gauge!(crate::metrics::IN_FLIGHT).set(in_flight as f64);
-                metrics::gauge!(crate::metrics::IN_FLIGHT_BYTES).set(budget.in_use() as f64);
-                // Idle is not stalled: only time with events waiting counts.
-                if in_flight == 0 {
-                    outcomes.progressed();
-                }
-                let waiting = outcomes.since_progress();
-                let stalled = waiting >= stall_timeout;
-                metrics::gauge!(crate::metrics::SECONDS_SINCE_PROGRESS).set(waiting.as_secs_f64());
-                metrics::gauge!(crate::metrics::STALLED).set(if stalled { 1.0 } else { 0.0 });
-                if health.stalled.swap(stalled, std::sync::atomic::Ordering::Relaxed) != stalled {
-                    if stalled {
-                        tracing::warn!(in_flight, ?waiting, "no event finished for pipeline.stall_timeout: unready");
-                    } else {
-                        tracing::info!("events are finishing again: ready");
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-        })
-    };
-
+    let gauge_task = tokio::spawn(supervise::watch_progress(
+        permits.clone(),
+        p.max_in_flight,
+        budget.clone(),
+        outcomes.clone(),
+        health.clone(),
+        p.stall_timeout,
+        hard_stop.clone(),
+    ));
     // Another replica's trip stops this one too.
-    let breaker_watch = {
-        let (store, group, outcomes, stop) =
-            (store.clone(), cfg.kafka.group_id.clone(), outcomes.clone(), hard_stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(BREAKER_POLL) => {}
-                    _ = stop.cancelled() => return,
-                }
-                if let Ok(Some(trip)) = store.trip_of(&group).await {
-                    outcomes.fatal(Fatal::BreakerHeld { reason: trip.reason, tripped_by: trip.tripped_by });
-                    return;
-                }
-            }
-        })
-    };
+    let breaker_watch = tokio::spawn(supervise::watch_breaker(
+        store.clone(),
+        cfg.kafka.group_id.clone(),
+        outcomes.clone(),
+        hard_stop.clone(),
+    ));
 
     // Run until asked to stop or something fatal happens.
     let mut store_task = store_task;
@@ -204,13 +178,7 @@ pub async fn run_with(
     if let Some(Fatal::BreakerTripped { last, ratio, .. }) = &fatal {
         // Recorded so that restarts and the other replicas hold too (see hold_while_tripped).
         health.breaker_tripped.store(true, std::sync::atomic::Ordering::Relaxed);
-        let reason = format!("{:.0}% dead-lettered, last: {last}", ratio * 100.0);
-        let by = crate::store::breaker::this_consumer(&cfg.kafka.client_id);
-        let retry =
-            Retry::new("record_trip", Backoff::new(Duration::from_millis(500), Duration::from_secs(4))).at_most(5);
-        if let Err(e) = retry.run(|| store.record_trip(&cfg.kafka.group_id, &reason, &by), |_| true).await {
-            tracing::error!("could not record the breaker trip: {:#}", e.into_last());
-        }
+        supervise::record_trip(cfg, &store, &format!("{:.0}% dead-lettered, last: {last}", ratio * 100.0)).await;
     }
 
     // Drain: stop consuming; the steps finish what they hold and end as their inputs close.
@@ -254,184 +222,4 @@ pub async fn run_with(
     drop(source);
     committer.close(cfg.shutdown.consumer_close_timeout).await;
     Ok(RunSummary { committed, fatal, drain_timed_out })
-}
-
-/// How often a running consumer looks for a trip recorded by another replica, and a held one for a reset.
-const BREAKER_POLL: Duration = Duration::from_secs(2);
-
-/// Waits while the group's breaker is tripped (recorded in PostgreSQL), unready and consuming nothing,
-/// until `blip2idc breaker reset` removes the record or `dlq.breaker_cooldown` has passed. Returns
-/// false when shutdown was asked meanwhile. While the database cannot answer, it waits too: the
-/// breaker must not be skipped.
-async fn hold_while_tripped(cfg: &Config, store: &Store, health: &Health, shutdown: &CancellationToken) -> bool {
-    use std::sync::atomic::Ordering;
-    let group = &cfg.kafka.group_id;
-    let cooldown = cfg.dlq.breaker_cooldown;
-    let mut announced = false;
-    loop {
-        match store.trip_of(group).await {
-            Ok(None) => {
-                if announced {
-                    tracing::info!(group, "the dead-letter breaker was reset: consuming");
-                }
-                health.breaker_tripped.store(false, Ordering::Relaxed);
-                metrics::gauge!(crate::metrics::BREAKER_TRIPPED).set(0.0);
-                return true;
-            }
-            Ok(Some(trip)) => {
-                let age = (chrono::Utc::now() - trip.tripped_at).to_std().unwrap_or_default();
-                if !cooldown.is_zero() && age >= cooldown {
-                    tracing::warn!(
-                        group,
-                        ?cooldown,
-                        "dlq.breaker_cooldown passed since the trip: resetting the breaker"
-                    );
-                    if let Err(e) = store.reset_trip(group).await {
-                        tracing::warn!("resetting the breaker after its cooldown: {e:#}");
-                    }
-                    continue;
-                }
-                health.breaker_tripped.store(true, Ordering::Relaxed);
-                metrics::gauge!(crate::metrics::BREAKER_TRIPPED).set(1.0);
-                if !announced {
-                    announced = true;
-                    tracing::error!(
-                        group, tripped_at = %trip.tripped_at, tripped_by = %trip.tripped_by,
-                        "the dead-letter breaker of this group is tripped ({}): not consuming; fix the cause, then \
-                         run `blip2idc breaker reset`{}",
-                        trip.reason,
-                        if cooldown.is_zero() { String::new() } else { format!(" (or wait for dlq.breaker_cooldown = {cooldown:?})") }
-                    );
-                }
-            }
-            Err(e) => tracing::warn!("cannot read the breaker state (waiting for the database): {e:#}"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(BREAKER_POLL) => {}
-        }
-    }
-}
-
-async fn prepare_step(
-    prepare: Arc<Prepare>,
-    jobs: mpsc::Receiver<Job>,
-    out: mpsc::Sender<Prepared>,
-    concurrency: usize,
-) {
-    let stream = tokio_stream_from(jobs);
-    let mut prepared = stream
-        .map(|job| {
-            let prepare = prepare.clone();
-            async move { prepare.run(job).await }
-        })
-        .buffer_unordered(concurrency);
-    while let Some(item) = prepared.next().await {
-        if let Some(p) = item {
-            if out.send(p).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-async fn caption_step(
-    worker: Arc<CaptionWorker>,
-    outcomes: Arc<Outcomes>,
-    mut input: mpsc::Receiver<Prepared>,
-    out: mpsc::Sender<Captioned>,
-    max_batch: usize,
-    max_wait: Duration,
-) {
-    while let Some(mut batch) = crate::batch::next_batch(&mut input, max_batch, max_wait).await {
-        let pixels: Vec<Vec<f32>> = batch.iter_mut().map(|p| std::mem::take(&mut p.pixel_values)).collect();
-        let batch_size = batch.len();
-        metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch_size as f64);
-        let result = worker.caption(pixels).await;
-        for p in &mut batch {
-            p.memory = None; // the pixels are consumed
-        }
-        let result = match result {
-            Ok(r) => r,
-            Err(e) => {
-                outcomes.fatal(Fatal::CaptionerFailed(format!("{e:#}")));
-                return;
-            }
-        };
-        metrics::histogram!(crate::metrics::INFERENCE_SECONDS).record(result.inference.as_secs_f64());
-        let mut items = Vec::with_capacity(batch_size);
-        for (prepared, caption) in batch.into_iter().zip(result.captions) {
-            match caption {
-                Ok(c) => items.push((prepared, c)),
-                Err(why) => outcomes.dead_letter(prepared.job, why),
-            }
-        }
-        if items.is_empty() {
-            continue;
-        }
-        let captioned = Captioned {
-            items,
-            model_version: result.model_version,
-            inference_seconds: result.inference.as_secs_f64(),
-            batch_size,
-        };
-        if out.send(captioned).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Most caption rows written in one transaction (group commit).
-const STORE_MAX_ROWS: usize = 1024;
-
-/// Stores captioned batches. Whatever is queued when a transaction starts goes into it (group commit:
-/// one WAL flush for many batches), so the store keeps up with the captioner however short its batches.
-async fn store_step(store: Store, outcomes: Arc<Outcomes>, mut input: mpsc::Receiver<Captioned>) {
-    while let Some(first) = input.recv().await {
-        let mut batches = vec![first];
-        let mut rows = batches[0].items.len();
-        while rows < STORE_MAX_ROWS {
-            match input.try_recv() {
-                Ok(b) => {
-                    rows += b.items.len();
-                    batches.push(b);
-                }
-                Err(_) => break,
-            }
-        }
-        let records: Vec<CaptionRecord> = batches
-            .iter()
-            .flat_map(|batch| {
-                batch.items.iter().map(|(p, caption)| CaptionRecord {
-                    event: p.event.clone(),
-                    origin: p.job.origin(),
-                    model_version: batch.model_version.clone(),
-                    caption: caption.clone(),
-                    inference_seconds: batch.inference_seconds,
-                    end_to_end_seconds: p.job.received_at.elapsed().as_secs_f64(),
-                    batch_size: batch.batch_size as i32,
-                })
-            })
-            .collect();
-        let started = std::time::Instant::now();
-        match store.store_batch_retrying(&records, &outcomes.hard_stop).await {
-            Ok(()) => {
-                metrics::histogram!(crate::metrics::STORE_SECONDS).record(started.elapsed().as_secs_f64());
-                metrics::counter!(crate::metrics::CAPTIONED).increment(records.len() as u64);
-                for batch in batches {
-                    for (p, _) in batch.items {
-                        outcomes.stored(p.job);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(events = records.len(), "batch not stored before the deadline: {e:#}");
-                return;
-            }
-        }
-    }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use super::Fatal;
+use super::summary::Fatal;
 use crate::dlq::breaker::{Breaker, Verdict};
 use crate::dlq::DeadLetterQueue;
 use crate::error::Rejection;

@@ -7,11 +7,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt;
 use rdkafka::message::Message;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 
-use super::budget::{ByteBudget, Reservation};
 use super::outcomes::Outcomes;
+use crate::budget::{ByteBudget, Reservation};
 use crate::config::DecodeConfig;
 use crate::error::{RejectKind, Rejection, StepError};
 use crate::event::ImagePairEvent;
@@ -84,7 +85,7 @@ impl Prepare {
             self.fetcher.fetch_pair_within(&event.original, &event.republished, cancel, &self.budget).await?;
         // The slot first, then the memory: a pair holding memory never waits for a slot.
         let _slot = self.decode_slots.acquire().await.expect("decode semaphore is never closed");
-        let cost = crate::pipeline::budget::decode_cost(&a, &b).unwrap_or(0);
+        let cost = crate::budget::decode_cost(&a, &b).unwrap_or(0);
         if cost > self.budget.half_bytes() {
             return Err(Rejection::new(
                 RejectKind::ImageTooLarge,
@@ -116,4 +117,26 @@ impl Prepare {
         memory.shrink_to((pixels.len() * std::mem::size_of::<f32>()) as u64);
         Ok((event, pixels, memory))
     }
+}
+
+/// The step: runs [`Prepare::run`] on up to `concurrency` jobs at once and passes on the prepared ones.
+pub async fn step(prepare: Arc<Prepare>, jobs: mpsc::Receiver<Job>, out: mpsc::Sender<Prepared>, concurrency: usize) {
+    let stream = tokio_stream_from(jobs);
+    let mut prepared = stream
+        .map(|job| {
+            let prepare = prepare.clone();
+            async move { prepare.run(job).await }
+        })
+        .buffer_unordered(concurrency);
+    while let Some(item) = prepared.next().await {
+        if let Some(p) = item {
+            if out.send(p).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -5,8 +5,8 @@
 //! done watermark of each partition. They are committed
 //! - every `kafka.commit_interval`, asynchronously, re-sending whatever the broker has not acknowledged
 //!   yet (a failed commit is retried; a position counts as committed only once acknowledged, see
-//!   [`acknowledged`], called from the commit callback);
-//! - on partition revoke, synchronously, inside the rebalance callback ([`commit_revoked`]), off the
+//!   `acknowledged`, called from the commit callback);
+//! - on partition revoke, synchronously, inside the rebalance callback (`commit_revoked`), off the
 //!   async worker threads;
 //! - at shutdown, synchronously, within `shutdown.commit_timeout` ([`Committer::commit_final`]), after
 //!   which the consumer leaves its group within `shutdown.consumer_close_timeout` ([`Committer::close`]).

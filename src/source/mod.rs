@@ -34,8 +34,8 @@ use rdkafka::TopicPartitionList;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Health;
 use crate::config::KafkaConfig;
+use crate::health::Health;
 pub use commit::Committer;
 use offsets::{OffsetTracker, Ticket, TopicPartition};
 use stash::Stash;

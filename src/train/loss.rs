@@ -32,7 +32,7 @@ pub fn encode_labels(
         .collect()
 }
 
-/// Mean cross-entropy of the shifted predictions, [scalar] f32.
+/// Mean cross-entropy of the shifted predictions, \[scalar\] f32.
 pub fn caption_loss(
     model: &Blip2Model,
     pixel_values: &Tensor,

@@ -1,5 +1,5 @@
 //! Dropout on every device: masks drawn from one seedable RNG, as bytes for the fused kernels
-//! ([`bytes`], [`shared`], applied by [`Mask`] and inside the other ops) and as a tensor for candle's
+//! ([`fn@bytes`], [`shared`], applied by [`Mask`] and inside the other ops) and as a tensor for candle's
 //! composed ops ([`tensor_mask`]). Seeded, both forms come from the same sequence, so the fused and
 //! the composed path of an op draw the same mask.
 
@@ -64,7 +64,7 @@ pub fn bytes(len: usize, p: f64) -> DropoutMask {
     DropoutMask { keep: keep_mask(len, p), scale: (1.0 / (1.0 - p)) as f32 }
 }
 
-/// [`bytes`], shareable by an op's forward and backward.
+/// [`fn@bytes`], shareable by an op's forward and backward.
 pub fn shared(len: usize, p: f64) -> Arc<DropoutMask> {
     Arc::new(bytes(len, p))
 }

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::*;
 
-/// `x @ wᵀ + b` for a frozen `w` [out, in] (and `b` [out]); `x` [..., in]. Backward: `grad @ w` to
+/// `x @ wᵀ + b` for a frozen `w` [out, in] (and `b` \[out\]); `x` [..., in]. Backward: `grad @ w` to
 /// `x` only.
 pub struct Linear {
     pub w: Tensor,
@@ -144,7 +144,7 @@ impl CustomOp3 for LoraLinear {
 }
 
 /// `grad @ w` [..., in] for `grad` [..., out] and `w` [out, in]: a frozen linear's input gradient, on
-/// any device. On CPU in f32 one GEMM ([`GradInput`], OpenBLAS when loaded); elsewhere candle's
+/// any device. On CPU in f32 one GEMM (`GradInput`, OpenBLAS when loaded); elsewhere candle's
 /// matmul, `w` cast to the gradient's dtype.
 pub fn input_grad(grad: &Tensor, w: &Tensor) -> Result<Tensor> {
     let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;

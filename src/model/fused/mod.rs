@@ -23,12 +23,12 @@ use rayon::prelude::*;
 
 use super::blas;
 
-mod activation;
-mod attention;
+pub mod activation;
+pub mod attention;
 pub mod dropout;
-mod linear;
-mod mlp;
-mod norm;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
 pub use activation::{Activation, Gelu, Softmax};
 pub use attention::{check_causal, visible_keys, Attention, Core as AttentionCore, QkvAttention};
 pub use dropout::{DropoutMask, Mask};

@@ -1,0 +1,69 @@
+//! Steps 2 and 3: batch the prepared pairs and caption each batch on the captioner's thread
+//! ([`crate::caption`]); every caption carries the model version that made it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::outcomes::Outcomes;
+use super::prepare::Prepared;
+use super::summary::Fatal;
+use crate::caption::CaptionWorker;
+
+/// A captioned batch on its way to the store.
+pub struct Captioned {
+    pub items: Vec<(Prepared, String)>,
+    pub model_version: String,
+    pub inference_seconds: f64,
+    pub batch_size: usize,
+}
+
+/// The step: cuts batches ([`crate::batch::next_batch`]), captions each on the captioner thread,
+/// dead-letters the pairs that failed alone and passes the rest on; a captioner that cannot go on
+/// is fatal.
+pub async fn step(
+    worker: Arc<CaptionWorker>,
+    outcomes: Arc<Outcomes>,
+    mut input: mpsc::Receiver<Prepared>,
+    out: mpsc::Sender<Captioned>,
+    max_batch: usize,
+    max_wait: Duration,
+) {
+    while let Some(mut batch) = crate::batch::next_batch(&mut input, max_batch, max_wait).await {
+        let pixels: Vec<Vec<f32>> = batch.iter_mut().map(|p| std::mem::take(&mut p.pixel_values)).collect();
+        let batch_size = batch.len();
+        metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch_size as f64);
+        let result = worker.caption(pixels).await;
+        for p in &mut batch {
+            p.memory = None; // the pixels are consumed
+        }
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                outcomes.fatal(Fatal::CaptionerFailed(format!("{e:#}")));
+                return;
+            }
+        };
+        metrics::histogram!(crate::metrics::INFERENCE_SECONDS).record(result.inference.as_secs_f64());
+        let mut items = Vec::with_capacity(batch_size);
+        for (prepared, caption) in batch.into_iter().zip(result.captions) {
+            match caption {
+                Ok(c) => items.push((prepared, c)),
+                Err(why) => outcomes.dead_letter(prepared.job, why),
+            }
+        }
+        if items.is_empty() {
+            continue;
+        }
+        let captioned = Captioned {
+            items,
+            model_version: result.model_version,
+            inference_seconds: result.inference.as_secs_f64(),
+            batch_size,
+        };
+        if out.send(captioned).await.is_err() {
+            return;
+        }
+    }
+}
