@@ -1,11 +1,13 @@
 //! blip2idc: tells what changed between an original image and a republished copy.
 //!
-//! Data flow of the service (`blip2idc serve`):
-//! [`source`] (Kafka) → [`pipeline::prepare`] ([`event`] parse, [`fetch`] from S3, [`decode`]) →
-//! [`batch`] → [`caption`] (the BLIP2IDC [`model`] on its own thread) → [`store`] (PostgreSQL) →
-//! commit (offsets, [`source::offsets`]); rejected events go to the [`dlq`].
+//! Data flow of the service (`blip2idc serve`, wired in [`pipeline`]):
+//! [`source`] (Kafka) → [`pipeline::prepare`] ([`event`] parse, [`fetch`] from S3 within the
+//! [`budget`], [`decode`], [`model::preprocess`]) → [`pipeline::caption`] ([`batch`], [`caption`]:
+//! the BLIP2IDC [`model`] on its own thread) → [`pipeline::store`] ([`store`], PostgreSQL) →
+//! [`pipeline::outcomes`] (stored or dead-lettered through [`dlq`]) → [`source::commit`].
 //! [`eval`] scores captions as pycocoevalcap does; [`train`] fine-tunes LoRA adapters, which
-//! [`adapters`] keeps in S3 for the job and for the service's hot swap.
+//! [`adapters`] keeps in S3 for the job and for the service's hot swap. ARCHITECTURE.md at the
+//! repository's root maps every file.
 
 /// The allocator every binary of the crate uses (see Cargo.toml).
 pub type GlobalAllocator = mimalloc::MiMalloc;
