@@ -130,6 +130,19 @@ impl Attention {
         let probs = ops::base_dropout(&ops::softmax_last_dim(&scores, mode)?, self.dropout, mode)?;
         probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))
     }
+
+    /// `(name, tensor)` of its parameters, in the order of HF's `named_parameters()`.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        [self.q_proj.named(), self.k_proj.named(), self.v_proj.named(), self.out_proj.named()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Its linear layers, in the same order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        vec![&mut self.q_proj, &mut self.k_proj, &mut self.v_proj, &mut self.out_proj]
+    }
 }
 
 /// `OPTDecoderLayer` (pre-LN).
@@ -168,6 +181,27 @@ impl DecoderLayer {
             self.self_attn.forward(&self.self_attn_layer_norm.forward(x, mode)?, x, mask, cache, self.dropout, mode)?;
         let mlp = (self.fc1.params(), ops::Activation::Relu, self.fc2.params());
         ops::pre_norm_mlp_block(&h, self.final_layer_norm.params(), mlp, self.dropout, mode)
+    }
+
+    /// `(name, tensor)` of its parameters, in the order of HF's `named_parameters()`.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        [
+            self.self_attn.named(),
+            self.self_attn_layer_norm.named(),
+            self.fc1.named(),
+            self.fc2.named(),
+            self.final_layer_norm.named(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Its linear layers, in the same order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = self.self_attn.linears_mut();
+        v.extend([&mut self.fc1, &mut self.fc2]);
+        v
     }
 }
 
@@ -270,14 +304,7 @@ impl OptForCausalLM {
             (format!("{p}.model.decoder.embed_positions.weight"), &mut self.embed_positions),
         ];
         for l in &mut self.layers {
-            v.extend(l.self_attn.q_proj.named());
-            v.extend(l.self_attn.k_proj.named());
-            v.extend(l.self_attn.v_proj.named());
-            v.extend(l.self_attn.out_proj.named());
-            v.extend(l.self_attn_layer_norm.named());
-            v.extend(l.fc1.named());
-            v.extend(l.fc2.named());
-            v.extend(l.final_layer_norm.named());
+            v.extend(l.named());
         }
         for lin in self.project_in.iter_mut().chain(self.project_out.iter_mut()) {
             v.extend(lin.named());
@@ -292,11 +319,7 @@ impl OptForCausalLM {
     }
 
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        let mut v: Vec<&mut Linear> = Vec::new();
-        for l in &mut self.layers {
-            let a = &mut l.self_attn;
-            v.extend([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.out_proj, &mut l.fc1, &mut l.fc2]);
-        }
+        let mut v: Vec<&mut Linear> = self.layers.iter_mut().flat_map(DecoderLayer::linears_mut).collect();
         v.extend(self.project_in.iter_mut());
         v.extend(self.project_out.iter_mut());
         v

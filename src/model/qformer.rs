@@ -45,6 +45,16 @@ impl MultiHeadAttention {
             ops::AttentionSpec { heads: self.heads, scale, scale_queries: false, causal: false, dropout: self.dropout };
         ops::attention(&q, &k, &v, spec, mode)
     }
+
+    /// `(name, tensor)` of its parameters, in the order of HF's `named_parameters()`.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        [self.query.named(), self.key.named(), self.value.named()].into_iter().flatten().collect()
+    }
+
+    /// Its linear layers, in the same order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        vec![&mut self.query, &mut self.key, &mut self.value]
+    }
 }
 
 /// `Blip2QFormerSelfOutput` / `Blip2QFormerOutput`: dense → dropout → LayerNorm(h + residual).
@@ -67,6 +77,16 @@ impl ResidualOutput {
     pub fn forward(&self, h: &Tensor, residual: &Tensor, mode: Mode) -> Result<Tensor> {
         self.layer_norm.forward(&self.dense.residual_forward(h, residual, self.dropout, mode)?, mode)
     }
+
+    /// `(name, tensor)` of its parameters, in the order of HF's `named_parameters()`.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        [self.dense.named(), self.layer_norm.named()].into_iter().flatten().collect()
+    }
+
+    /// Its linear layers, in the same order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        vec![&mut self.dense]
+    }
 }
 
 /// `Blip2QFormerAttention`: attention + residual output.
@@ -87,6 +107,16 @@ impl AttentionBlock {
     pub fn forward(&self, x: &Tensor, kv_source: &Tensor, mode: Mode) -> Result<Tensor> {
         let a = self.attention.forward(x, kv_source, mode)?;
         self.output.forward(&a, x, mode)
+    }
+
+    /// `(name, tensor)` of its parameters, in the order of HF's `named_parameters()`.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        [self.attention.named(), self.output.named()].into_iter().flatten().collect()
+    }
+
+    /// Its linear layers, in the same order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        [self.attention.linears_mut(), self.output.linears_mut()].into_iter().flatten().collect()
     }
 }
 
@@ -127,6 +157,28 @@ impl Layer {
         let inter = ops::gelu(&self.intermediate_query.forward(&h, mode)?, mode)?;
         self.output_query.forward(&inter, &h, mode)
     }
+
+    /// `(name, tensor)` of its parameters, in the order of HF's `named_parameters()`.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        let mut v = self.attention.named();
+        if let Some(c) = self.crossattention.as_mut() {
+            v.extend(c.named());
+        }
+        v.extend(self.intermediate_query.named());
+        v.extend(self.output_query.named());
+        v
+    }
+
+    /// Its linear layers, in the same order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = self.attention.linears_mut();
+        if let Some(c) = self.crossattention.as_mut() {
+            v.extend(c.linears_mut());
+        }
+        v.push(&mut self.intermediate_query);
+        v.extend(self.output_query.linears_mut());
+        v
+    }
 }
 
 /// `Blip2QFormerModel`.
@@ -162,30 +214,12 @@ impl QFormerModel {
     pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
         let mut v = self.layernorm.named();
         for l in &mut self.layers {
-            for block in std::iter::once(&mut l.attention).chain(l.crossattention.as_mut()) {
-                v.extend(block.attention.query.named());
-                v.extend(block.attention.key.named());
-                v.extend(block.attention.value.named());
-                v.extend(block.output.dense.named());
-                v.extend(block.output.layer_norm.named());
-            }
-            v.extend(l.intermediate_query.named());
-            v.extend(l.output_query.dense.named());
-            v.extend(l.output_query.layer_norm.named());
+            v.extend(l.named());
         }
         v
     }
 
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        let mut v = Vec::new();
-        for l in &mut self.layers {
-            let a = &mut l.attention;
-            v.extend([&mut a.attention.query, &mut a.attention.key, &mut a.attention.value, &mut a.output.dense]);
-            if let Some(c) = &mut l.crossattention {
-                v.extend([&mut c.attention.query, &mut c.attention.key, &mut c.attention.value, &mut c.output.dense]);
-            }
-            v.extend([&mut l.intermediate_query, &mut l.output_query.dense]);
-        }
-        v
+        self.layers.iter_mut().flat_map(Layer::linears_mut).collect()
     }
 }

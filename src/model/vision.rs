@@ -102,6 +102,16 @@ impl Attention {
         let context = ops::qkv_attention(&self.qkv.forward(x, mode)?, self.heads, self.scale, mode)?;
         self.projection.residual_forward(&context, residual, 0.0, mode)
     }
+
+    /// `(name, tensor)` of its parameters, in the order of HF's `named_parameters()`.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        [self.qkv.named(), self.projection.named()].into_iter().flatten().collect()
+    }
+
+    /// Its linear layers, in the same order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        vec![&mut self.qkv, &mut self.projection]
+    }
 }
 
 /// `Blip2MLP`.
@@ -124,6 +134,16 @@ impl Mlp {
     pub fn forward(&self, h: &Tensor, ln: &LayerNorm, mode: Mode) -> Result<Tensor> {
         let mlp = (self.fc1.params(), ops::Activation::Gelu, self.fc2.params());
         ops::pre_norm_mlp_block(h, ln.params(), mlp, 0.0, mode)
+    }
+
+    /// `(name, tensor)` of its parameters, in the order of HF's `named_parameters()`.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        [self.fc1.named(), self.fc2.named()].into_iter().flatten().collect()
+    }
+
+    /// Its linear layers, in the same order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        vec![&mut self.fc1, &mut self.fc2]
     }
 }
 
@@ -150,6 +170,19 @@ impl EncoderLayer {
         // x + projection(attention(layer_norm1(x))), then h + mlp(layer_norm2(h)).
         let h = self.self_attn.forward(&self.layer_norm1.forward(x, mode)?, x, mode)?;
         self.mlp.forward(&h, &self.layer_norm2, mode)
+    }
+
+    /// `(name, tensor)` of its parameters, in the order of HF's `named_parameters()`.
+    pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
+        [self.self_attn.named(), self.layer_norm1.named(), self.mlp.named(), self.layer_norm2.named()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Its linear layers, in the same order.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        [self.self_attn.linears_mut(), self.mlp.linears_mut()].into_iter().flatten().collect()
     }
 }
 
@@ -186,21 +219,13 @@ impl VisionModel {
     pub fn named(&mut self) -> Vec<(String, &mut Tensor)> {
         let mut v = self.embeddings.named();
         for l in &mut self.layers {
-            v.extend(l.self_attn.qkv.named());
-            v.extend(l.self_attn.projection.named());
-            v.extend(l.layer_norm1.named());
-            v.extend(l.mlp.fc1.named());
-            v.extend(l.mlp.fc2.named());
-            v.extend(l.layer_norm2.named());
+            v.extend(l.named());
         }
         v.extend(self.post_layernorm.named());
         v
     }
 
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        self.layers
-            .iter_mut()
-            .flat_map(|l| [&mut l.self_attn.qkv, &mut l.self_attn.projection, &mut l.mlp.fc1, &mut l.mlp.fc2])
-            .collect()
+        self.layers.iter_mut().flat_map(EncoderLayer::linears_mut).collect()
     }
 }
