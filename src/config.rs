@@ -27,35 +27,57 @@ pub struct ConfigErrors(pub Vec<String>);
 /// The default configuration, as shipped in `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// The whole configuration: one struct per `[section]` of `config/default.toml`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The input topic, the consumer group and the dead-letter topic.
     pub kafka: KafkaConfig,
+    /// Where the images are read from, and what may be read.
     pub s3: S3Config,
+    /// Limits on the images decoded.
     pub decode: DecodeConfig,
+    /// PostgreSQL: captions, the model registry, training runs, the breaker.
     pub database: DatabaseConfig,
+    /// The captioning model and how it runs.
     pub model: ModelConfig,
+    /// Batching, concurrency and the memory in flight.
     pub pipeline: PipelineConfig,
+    /// The dead-letter topic's producer and its rate breaker.
     pub dlq: DlqConfig,
+    /// The admin port (health probes and metrics).
     pub admin: AdminConfig,
+    /// How a stop drains, commits and leaves the group.
     pub shutdown: ShutdownConfig,
+    /// Logging.
     pub log: LogConfig,
+    /// The periodic LoRA fine-tuning job (`blip2idc retrain`).
     pub retrain: RetrainConfig,
 }
 
+/// `[kafka]`: the consumer and the topics.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
     pub brokers: String,
+    /// The consumer group; replicas of one deployment share it.
     pub group_id: String,
+    /// Where image-pair events arrive.
     pub input_topic: String,
+    /// Where rejected events go, with their reason (must differ from `input_topic`).
     pub dlq_topic: String,
+    /// The client id the brokers see (and `<client_id>-dlq` for the dead-letter producer).
     pub client_id: String,
+    /// The group session timeout: a consumer silent this long is removed from the group.
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// How often the contiguous "done" watermark of each partition is committed.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Where a group without a committed offset starts.
     pub auto_offset_reset: OffsetReset,
+    /// Statistics (partition lag) refresh; `0s` disables.
     #[serde(with = "humantime_serde")]
     pub statistics_interval: Duration,
     /// Larger event payloads are dead-lettered (`event_too_large`) without being parsed.
@@ -113,21 +135,32 @@ pub fn secret_key(key: &str) -> bool {
         .any(|w| k.contains(w))
 }
 
+/// `[s3]`: reading the images.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
+    /// A custom endpoint for S3-compatible servers; unset for AWS.
     pub endpoint: Option<String>,
+    /// The region requests are signed for.
     pub region: String,
+    /// `http://host/bucket/key` addressing (most S3-compatible servers need it).
     pub force_path_style: bool,
+    /// The only buckets an event may make the service read.
     pub allowed_buckets: Vec<String>,
+    /// Larger objects are rejected (`object_too_large`) without being read.
     pub max_object_bytes: u64,
+    /// One request's timeout (a timeout is a transient failure, retried).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Connection timeout.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Pairs fetched at once (each pair is two concurrent GETs).
     pub max_concurrency: usize,
+    /// Backoff for transient failures (5xx, timeouts, throttling, connection errors): the first delay.
     #[serde(with = "humantime_serde")]
     pub retry_initial_backoff: Duration,
+    /// ...and the longest.
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
     /// How long one event's transient failures are retried before it is dead-lettered (`fetch_failed`).
@@ -135,50 +168,74 @@ pub struct S3Config {
     pub retry_timeout: Duration,
 }
 
+/// `[decode]`: decoding limits.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeConfig {
+    /// Wider images are rejected (`image_too_large`) before any pixel is allocated.
     pub max_width: u32,
+    /// Taller images are rejected likewise.
     pub max_height: u32,
+    /// The most a decoder may allocate for one image.
     pub max_alloc_bytes: u64,
 }
 
+/// `[database]`: PostgreSQL.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// `postgres://user:password@host/db`; from `DATABASE_URL` in practice (it carries the password).
     pub url: Secret,
+    /// Pool size.
     pub max_connections: u32,
+    /// How long acquiring a connection may wait.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Backoff of retried database writes: the first delay.
     #[serde(with = "humantime_serde")]
     pub retry_initial_backoff: Duration,
+    /// ...and the longest.
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+    /// Apply migrations when `serve` starts (they are idempotent).
     pub migrate_on_start: bool,
 }
 
+/// `[model]`: the captioning model.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// A `save_pretrained` directory or a hub id such as `Salesforce/blip2-opt-2.7b`.
     pub checkpoint: String,
+    /// A PEFT LoRA adapter directory, merged at load; optional.
     pub adapter: Option<String>,
+    /// Recorded with every caption; derived from the checkpoint and adapter when unset.
     pub version: Option<String>,
+    /// The weights' floating-point type.
     pub dtype: Dtype,
+    /// Where the model runs.
     pub device: DeviceSpec,
+    /// Most tokens generated per caption (the authors' 77; at most what the model's positions allow).
     pub max_new_tokens: usize,
+    /// How often the registry is polled for a newly promoted adapter (LISTEN/NOTIFY too); `0s` disables hot swap.
     #[serde(with = "humantime_serde")]
     pub reload_poll_interval: Duration,
     /// CPU GEMM for f32: `auto`, `off` or a CBLAS library (see `model::blas`).
     pub blas: BlasChoice,
 }
 
+/// `[pipeline]`: batching, concurrency, memory.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
+    /// A batch is captioned when it has this many pairs...
     pub max_batch_size: usize,
+    /// ...or its first pair waited this long.
     #[serde(with = "humantime_serde")]
     pub max_batch_wait: Duration,
+    /// Events between consumption and commit; when reached, partitions pause (backpressure).
     pub max_in_flight: usize,
+    /// Pairs decoded and preprocessed at once (on blocking threads).
     pub decode_concurrency: usize,
     /// Memory the events in flight may hold: fetched objects, decoded pixels, preprocessing buffers.
     pub max_in_flight_bytes: u64,
@@ -187,15 +244,19 @@ pub struct PipelineConfig {
     pub stall_timeout: Duration,
 }
 
+/// `[dlq]`: dead letters and the breaker.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DlqConfig {
     /// Bootstrap servers of the dead-letter topic's cluster, when it is not `kafka.brokers`.
     #[serde(default)]
     pub brokers: Option<String>,
+    /// The breaker looks at the last this many outcomes...
     pub breaker_window: usize,
+    /// ...and trips when more than this share of them were dead-lettered...
     #[serde(deserialize_with = "float")]
     pub breaker_max_ratio: f64,
+    /// ...once at least this many were seen.
     pub breaker_min_events: usize,
     /// A tripped breaker resets itself after this long; "0s": only `blip2idc breaker reset` does.
     #[serde(with = "humantime_serde")]
@@ -203,21 +264,27 @@ pub struct DlqConfig {
     /// Backoff of dead-letter produce retries (the dead-letter cluster unavailable).
     #[serde(with = "humantime_serde")]
     pub retry_initial_backoff: Duration,
+    /// ...and the longest.
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
 }
 
+/// `[admin]`: the admin port.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Address of the admin port (`/healthz`, `/startedz`, `/readyz`, `/metrics`).
     pub listen: SocketAddr,
 }
 
+/// `[shutdown]`: stopping.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
+    /// In-flight events may finish for this long after a stop is asked; then they are left for redelivery (exit code 4).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long leaving the group may take.
     #[serde(with = "humantime_serde")]
     pub consumer_close_timeout: Duration,
     /// How long the final offset commit may wait for the broker.
@@ -225,10 +292,13 @@ pub struct ShutdownConfig {
     pub commit_timeout: Duration,
 }
 
+/// `[log]`: logging.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// `auto` (human-readable on a terminal, JSON lines otherwise), `json` or `pretty`.
     pub format: LogFormat,
+    /// tracing-subscriber `EnvFilter` syntax; `RUST_LOG` overrides it.
     pub filter: String,
 }
 

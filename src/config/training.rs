@@ -34,6 +34,7 @@ pub struct RetrainConfig {
     pub max_category_regression: f64,
     /// Where adapters are uploaded: `s3://<adapter_bucket>/<adapter_prefix><version>/`.
     pub adapter_bucket: String,
+    /// The key prefix of adapters in `adapter_bucket`.
     pub adapter_prefix: String,
     /// Local scratch directory (downloaded and trained adapters).
     #[serde(default = "default_work_dir")]
@@ -42,10 +43,13 @@ pub struct RetrainConfig {
     pub meteor: bool,
     /// LoRA of a fresh adapter (when nothing is promoted yet).
     pub lora_r: usize,
+    /// LoRA's alpha (the update is scaled by alpha / r).
     #[serde(deserialize_with = "super::float")]
     pub lora_alpha: f64,
+    /// LoRA's dropout on the adapter input while training.
     #[serde(deserialize_with = "super::float")]
     pub lora_dropout: f64,
+    /// Hyper-parameters of each run.
     pub train: TrainConfig,
 }
 
@@ -84,22 +88,31 @@ impl RetrainConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Passes over the training pairs (early stopping may end sooner).
     pub epochs: usize,
+    /// Pairs per optimizer step (before accumulation).
     pub batch_size: usize,
+    /// Batches whose gradients are summed before each step.
     pub grad_accum: usize,
+    /// AdamW learning rate (the authors used 4e-5 to 1e-4).
     #[serde(deserialize_with = "super::float")]
     pub lr: f64,
+    /// AdamW weight decay.
     #[serde(deserialize_with = "super::float")]
     pub weight_decay: f64,
     /// Epochs without a better holdout loss before stopping (0 = never stop early).
     pub patience: usize,
+    /// Seeds the LoRA initialisation, the data order and the dropout masks.
     pub seed: u64,
+    /// Label tokens per caption (longer captions are cut).
     pub max_length: usize,
     /// Id that pads the label rows (the BLIP2IDC code pads with eos = 2).
     pub pad_id: u32,
+    /// Whether padding positions count in the loss.
     pub pad_masking: PadMasking,
     /// Apply the LoRA dropout (and the base model's dropouts when `base_dropout`).
     pub dropout: bool,
+    /// Also apply the base model's dropouts (as `model.train()` does).
     pub base_dropout: bool,
     /// Augmentation of training images; none when the table is absent.
     #[serde(default)]
@@ -167,6 +180,7 @@ pub struct AugmentConfig {
     /// Probability of re-encoding each image as JPEG at a quality drawn from `jpeg_quality`.
     #[serde(deserialize_with = "super::float")]
     pub jpeg_probability: f64,
+    /// The JPEG quality range, inclusive.
     pub jpeg_quality: (u8, u8),
 }
 
