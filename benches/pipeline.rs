@@ -34,8 +34,8 @@ impl Captioner for CheapCaptioner {
     fn processor(&self) -> &ImageProcessorConfig {
         &self.0
     }
-    fn caption_batch(&mut self, pv: &[&[f32]]) -> anyhow::Result<Vec<String>> {
-        Ok(pv.iter().map(|p| format!("a change starting with {:.3}", p[0])).collect())
+    fn caption_batch(&mut self, pv: &[&[f32]]) -> anyhow::Result<Vec<blip2idc::caption::Caption>> {
+        Ok(pv.iter().map(|p| format!("a change starting with {:.3}", p[0]).into()).collect())
     }
 }
 

@@ -7,7 +7,8 @@ use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
 
 /// Waits for the next batch. Returns `None` once the channel is closed and empty; a partial batch is
-/// returned as soon as the channel closes, so shutdown never waits out `max_wait`.
+/// returned as soon as the channel closes, so shutdown never waits out `max_wait`. Not
+/// cancellation-safe: dropped while waiting, it loses the items it has taken; await it alone.
 pub async fn next_batch<T>(rx: &mut Receiver<T>, max_size: usize, max_wait: Duration) -> Option<Vec<T>> {
     let first = rx.recv().await?;
     let mut batch = Vec::with_capacity(max_size);

@@ -107,7 +107,7 @@ struct CaptionArgs {
     #[arg(long, default_value = "cpu", value_name = "cpu|cuda|cuda:N")]
     device: blip2idc::config::DeviceSpec,
     /// Keep the adapter as a separate LoRA branch instead of merging it into the weights.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "batch")]
     unmerged: bool,
     /// Print one JSON object {"caption": "...", "token_ids": [...]} (token_ids: the generated tokens
     /// after the bos prompt, up to but excluding the first eos).
@@ -115,14 +115,27 @@ struct CaptionArgs {
     json: bool,
     #[command(flatten)]
     config: ConfigArg,
+    /// Caption every pair of a JSONL file instead (lines {"id", "original", "modified"}, paths or
+    /// s3:// URIs) into --output: one line per pair with the keys of --json plus "id" and
+    /// "model_version", or {"id", "error", "kind"}; failed lines do not stop the run. Run again with
+    /// the same output to resume: captioned ids are skipped, failed ones retried. Exit code 5 when
+    /// some lines failed.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["original", "modified", "json"])]
+    batch: Option<PathBuf>,
+    /// Where --batch writes [default: FILE.captions.jsonl beside the input].
+    #[arg(long, short = 'o', value_name = "OUT.jsonl", requires = "batch")]
+    output: Option<PathBuf>,
+    /// Pairs per captioning batch in --batch mode [default: pipeline.max_batch_size].
+    #[arg(long, value_name = "N", requires = "batch", value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: Option<u32>,
     /// The original image (JPEG, PNG or WebP): a file, or an s3://bucket/key object, read as the
     /// service reads it (s3.* settings of --config and the environment: endpoint, allow-list, size
     /// cap, retries; AWS credentials from the default chain).
-    #[arg(value_name = "ORIGINAL")]
-    original: String,
+    #[arg(value_name = "ORIGINAL", required_unless_present = "batch")]
+    original: Option<String>,
     /// The modified (republished) image: a file or an s3://bucket/key object.
-    #[arg(value_name = "MODIFIED")]
-    modified: String,
+    #[arg(value_name = "MODIFIED", required_unless_present = "batch")]
+    modified: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -220,6 +233,11 @@ async fn retrain(a: RetrainArgs) -> anyhow::Result<ExitCode> {
 
 async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
     use blip2idc::model::loader::{dtype, open_device};
+    if let Some(input) = a.batch.clone() {
+        return caption_file(a, input).await;
+    }
+    let (original_spec, modified_spec) =
+        (a.original.clone().unwrap_or_default(), a.modified.clone().unwrap_or_default());
     blip2idc::telemetry::init(LogFormat::Pretty, "warn");
     let opts = blip2idc::model::LoadOptions {
         checkpoint: a.model.clone(),
@@ -230,13 +248,13 @@ async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
     };
     let cfg = Config::load(a.config.config.as_deref())?;
     blip2idc::model::blas::configure(&cfg.model.blas)?;
-    let s3 = if [&a.original, &a.modified].iter().any(|s| s.starts_with("s3://")) {
+    let s3 = if [&original_spec, &modified_spec].iter().any(|s| s.starts_with("s3://")) {
         Some(blip2idc::fetch::ObjectReader::connect(&cfg.s3).await?)
     } else {
         None
     };
     let (original, modified) =
-        tokio::try_join!(read_image(&a.original, &cfg, s3.as_ref()), read_image(&a.modified, &cfg, s3.as_ref()))?;
+        tokio::try_join!(read_image(&original_spec, &cfg, s3.as_ref()), read_image(&modified_spec, &cfg, s3.as_ref()))?;
     let model = blip2idc::model::Blip2Idc::load(&opts)?;
     if model.files.random_weights && !a.json {
         eprintln!("note: {} has RANDOM weights; this caption means nothing", a.model);
@@ -255,6 +273,62 @@ async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
         println!("{}", g.caption);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `caption --batch`: every pair of `input` through the service's captioner (see
+/// `blip2idc::caption::offline`).
+async fn caption_file(a: CaptionArgs, input: PathBuf) -> anyhow::Result<ExitCode> {
+    use blip2idc::caption::blip2idc::Blip2IdcCaptioner;
+    use blip2idc::model::loader::{check_device, dtype, open_device};
+    blip2idc::telemetry::init(LogFormat::Pretty, "warn");
+    let cfg = Config::load(a.config.config.as_deref())?;
+    anyhow::ensure!(input.is_file(), "--batch {}: no such file", input.display());
+    let output = a.output.clone().unwrap_or_else(|| {
+        let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        input.with_file_name(format!("{stem}.captions.jsonl"))
+    });
+    check_device(a.device)?;
+    let blas = blip2idc::model::blas::configure(&cfg.model.blas)?;
+    tracing::info!(%blas, "CPU matrix products");
+    let opts = blip2idc::model::LoadOptions {
+        checkpoint: a.model.clone(),
+        adapter: a.adapter.clone(),
+        dtype: dtype(a.dtype),
+        device: candle_core::Device::Cpu, // opened on the captioner thread below
+        merge_adapter: true,
+    };
+    let (device, max_new_tokens, name) = (a.device, a.max_new_tokens, a.model.clone());
+    let factory: blip2idc::caption::CaptionerFactory = Box::new(move || {
+        let model =
+            blip2idc::model::Blip2Idc::load(&blip2idc::model::LoadOptions { device: open_device(device)?, ..opts })?;
+        if model.files.random_weights {
+            eprintln!("note: {name} has RANDOM weights; its captions mean nothing");
+        }
+        let max_new = max_new_tokens
+            .unwrap_or_else(|| blip2idc::model::DEFAULT_MAX_NEW_TOKENS.min(model.model.max_new_tokens_limit()));
+        let version = model.default_version()?;
+        Ok(Box::new(Blip2IdcCaptioner::from_model(model, version, max_new)?) as Box<dyn blip2idc::caption::Captioner>)
+    });
+    let worker =
+        Arc::new(tokio::task::spawn_blocking(move || blip2idc::caption::CaptionWorker::spawn(factory)).await??);
+    let run = blip2idc::caption::offline::Options {
+        input,
+        output: output.clone(),
+        batch_size: a.batch_size.map_or(cfg.pipeline.max_batch_size, |n| n as usize),
+        concurrency: cfg.pipeline.decode_concurrency.max(1) * 2,
+        decode: cfg.decode.clone(),
+        s3: cfg.s3.clone(),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let summary = blip2idc::caption::offline::run(&run, worker).await?;
+    eprintln!(
+        "{} captioned, {} failed, {} already in {} (skipped)",
+        summary.captioned,
+        summary.failed,
+        summary.skipped,
+        output.display()
+    );
+    Ok(if summary.failed > 0 { ExitCode::from(5) } else { ExitCode::SUCCESS })
 }
 
 /// An image of `caption`: a local file, or an `s3://` object read as the service reads it.

@@ -444,6 +444,103 @@ async fn caption_cli_reads_s3_objects_like_the_service() {
     }
 }
 
+/// `blip2idc caption --batch`: one output line per input line (captions identical to one-pair runs,
+/// failures reported per line without stopping), and a rerun resumes: captioned ids are skipped, a
+/// line cut short by an interruption and failed ids are done again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caption_batch_file_reports_failures_per_line_and_resumes() {
+    let scope = Scope::new("cli-batch").await;
+    let s3 = scope.s3().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = Vec::new();
+    let mut pairs = Vec::new();
+    for i in 0..5u64 {
+        let (a, b, _) = blip2idc_dev::synthetic_pair(20 + i, 48);
+        let (pa, pb) = (dir.path().join(format!("a{i}.png")), dir.path().join(format!("b{i}.png")));
+        a.save(&pa).unwrap();
+        b.save(&pb).unwrap();
+        let original = if i == 4 {
+            // One pair's original from S3, read as the service reads it.
+            blip2idc_dev::put(&s3, &scope.bucket, "batch/a4.png", std::fs::read(&pa).unwrap()).await.unwrap();
+            format!("s3://{}/batch/a4.png", scope.bucket)
+        } else {
+            pa.display().to_string()
+        };
+        lines.push(serde_json::json!({"id": format!("p{i}"), "original": original, "modified": pb}).to_string());
+        pairs.push((pa, pb));
+    }
+    lines.push("{not json".into());
+    lines.push(serde_json::json!({"id": "no-modified", "original": pairs[0].0}).to_string());
+    lines
+        .push(serde_json::json!({"id": "missing", "original": pairs[0].0, "modified": "/nonexistent.png"}).to_string());
+    lines.push(serde_json::json!({"id": "p1", "original": pairs[1].0, "modified": pairs[1].1}).to_string());
+    let input = dir.path().join("pairs.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let output = dir.path().join("pairs.captions.jsonl");
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/blip2/tiny-a");
+    let allowed = format!("[\"{}\"]", scope.bucket);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blip2idc"))
+            .args(["caption", "--max-new-tokens", "12", "--model", model])
+            .args(args)
+            .env("BLIP2IDC_S3__ALLOWED_BUCKETS", &allowed)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
+    };
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+
+    let (code, text) = run(&["--batch", input.to_str().unwrap(), "--batch-size", "2"]);
+    assert_eq!(code, Some(5), "some lines failed: {text}");
+    assert!(text.contains("5 captioned, 4 failed, 0 already"), "{text}");
+    let rows = read();
+    assert_eq!(rows.len(), 9, "{rows:#?}");
+    let by_id = |id: &str| rows.iter().filter(|r| r["id"] == id).cloned().collect::<Vec<_>>();
+    for (i, (pa, pb)) in pairs.iter().enumerate() {
+        let row = by_id(&format!("p{i}")).into_iter().find(|r| r["caption"].is_string()).expect("captioned");
+        let one = std::process::Command::new(env!("CARGO_BIN_EXE_blip2idc"))
+            .args(["caption", "--json", "--max-new-tokens", "12", "--model", model])
+            .args([pa, pb])
+            .output()
+            .unwrap();
+        let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+        assert_eq!((&row["caption"], &row["token_ids"]), (&one["caption"], &one["token_ids"]), "p{i}: {row}");
+        assert!(row["model_version"].as_str().is_some_and(|v| !v.is_empty()), "{row}");
+    }
+    assert_eq!(by_id("p1").len(), 2, "the duplicate id is reported, not captioned twice");
+    assert!(by_id("p1").iter().any(|r| r["error"] == "duplicate id"), "{rows:#?}");
+    assert!(by_id("missing")[0]["kind"] == "object_missing", "{rows:#?}");
+    assert!(by_id("no-modified")[0]["kind"] == "missing_field", "{rows:#?}");
+    assert!(rows.iter().any(|r| r["id"].is_null() && r["kind"] == "malformed_json" && r["line"] == 6), "{rows:#?}");
+
+    // An interrupted run: two captions written, the third cut short.
+    let captioned: Vec<String> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"caption\""))
+        .map(String::from)
+        .collect();
+    let cut = &captioned[2][..captioned[2].len() / 2];
+    std::fs::write(&output, format!("{}\n{}\n{cut}", captioned[0], captioned[1])).unwrap();
+    let (code, text) = run(&["--batch", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    assert_eq!(code, Some(5), "{text}");
+    assert!(text.contains("3 captioned, 4 failed, 2 already"), "{text}");
+    let rows = read();
+    let ids: Vec<&str> = rows.iter().filter(|r| r["caption"].is_string()).map(|r| r["id"].as_str().unwrap()).collect();
+    let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!((ids.len(), unique.len()), (5, 5), "every pair captioned once: {rows:#?}");
+
+    // Everything captioned, failures fixed: nothing left to do, exit 0.
+    let fixed = dir.path().join("fixed.jsonl");
+    std::fs::write(&fixed, lines[..5].join("\n")).unwrap();
+    let (code, text) = run(&["--batch", fixed.to_str().unwrap(), "-o", output.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("0 captioned, 0 failed, 5 already"), "{text}");
+}
+
 /// Panics on inputs whose original image (top half of the stack) starts with a magenta row.
 struct PanicsOnMagenta(common::TestCaptioner);
 
@@ -454,7 +551,7 @@ impl blip2idc::caption::Captioner for PanicsOnMagenta {
     fn processor(&self) -> &blip2idc::model::preprocess::ImageProcessorConfig {
         self.0.processor()
     }
-    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>> {
+    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<blip2idc::caption::Caption>> {
         let w = self.0.processor.width as usize;
         let plane = w * self.0.processor.height as usize;
         for pv in pixel_values {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{Captioner, CaptionerFactory};
+use super::{Caption, Captioner, CaptionerFactory};
 use crate::config::ModelConfig;
 use crate::model::loader::{check_device, dtype, open_device};
 use crate::model::preprocess::ImageProcessorConfig;
@@ -42,6 +42,12 @@ impl Blip2IdcCaptioner {
         Ok(Blip2IdcCaptioner { model, version, max_new_tokens: cfg.max_new_tokens })
     }
 
+    /// A captioner of an already loaded model (on the thread that will run it).
+    pub fn from_model(model: Blip2Idc, version: String, max_new_tokens: usize) -> anyhow::Result<Blip2IdcCaptioner> {
+        model.check_max_new_tokens(max_new_tokens, "max_new_tokens")?;
+        Ok(Blip2IdcCaptioner { model, version, max_new_tokens })
+    }
+
     pub fn model(&self) -> &Blip2Idc {
         &self.model
     }
@@ -56,8 +62,9 @@ impl Captioner for Blip2IdcCaptioner {
         &self.model.processor
     }
 
-    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>> {
-        Ok(self.model.caption_pixels(pixel_values, self.max_new_tokens)?.into_iter().map(|g| g.caption).collect())
+    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<Caption>> {
+        let generated = self.model.caption_pixels(pixel_values, self.max_new_tokens)?;
+        Ok(generated.into_iter().map(|g| Caption { text: g.caption, token_ids: g.token_ids }).collect())
     }
 
     fn swaps_adapters(&self) -> bool {

@@ -5,6 +5,7 @@
 //! adapter) without losing or splitting a batch; every result names the model version that made it.
 
 pub mod blip2idc;
+pub mod offline;
 pub mod reload;
 
 use std::sync::{Arc, RwLock};
@@ -24,7 +25,7 @@ pub trait Captioner: Send + 'static {
     /// The preprocessing its `pixel_values` must come from.
     fn processor(&self) -> &ImageProcessorConfig;
     /// Captions a batch of preprocessed pairs (CHW `f32` each); one caption per input, in order.
-    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>>;
+    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<Caption>>;
 
     /// Whether [`Captioner::swap_adapter`] works; models that cannot swap in place are replaced whole
     /// by [`CaptionWorker::swap`].
@@ -39,6 +40,21 @@ pub trait Captioner: Send + 'static {
     }
 }
 
+/// One generated caption.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caption {
+    pub text: String,
+    /// The generated token ids after the bos prompt, up to but excluding the first eos (empty for
+    /// captioners that do not generate tokens).
+    pub token_ids: Vec<u32>,
+}
+
+impl From<String> for Caption {
+    fn from(text: String) -> Caption {
+        Caption { text, token_ids: Vec::new() }
+    }
+}
+
 /// Builds a captioner on the worker thread (so a GPU context is created where it is used).
 pub type CaptionerFactory = Box<dyn FnOnce() -> anyhow::Result<Box<dyn Captioner>> + Send>;
 
@@ -49,7 +65,7 @@ pub struct BatchOutput {
     pub model_version: String,
     /// One result per input: a caption, or why this input alone failed (`caption_failed`, or
     /// `internal_error` when captioning it panicked).
-    pub captions: Vec<Result<String, Rejection>>,
+    pub captions: Vec<Result<Caption, Rejection>>,
     pub inference: Duration,
 }
 

@@ -241,6 +241,12 @@ pub fn load_items(predictions: &Path, references: &Path) -> anyhow::Result<Vec<E
     let mut pred_order: Vec<String> = Vec::new();
     for (line, v) in read_jsonl(predictions)? {
         let what = format!("{}:{line}", predictions.display());
+        if let Some(error) = v["error"].as_str() {
+            bail!(
+                "{what}: this pair failed to caption ({error}); fix it and run `blip2idc caption --batch` again \
+                 with the same output, which retries failed lines"
+            );
+        }
         let id = read_id(&v["id"], &what)?;
         let caption =
             v["caption"].as_str().with_context(|| format!("{what}: \"caption\" must be a string"))?.to_string();

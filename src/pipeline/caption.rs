@@ -49,7 +49,7 @@ pub async fn step(
         let mut items = Vec::with_capacity(batch_size);
         for (prepared, caption) in batch.into_iter().zip(result.captions) {
             match caption {
-                Ok(c) => items.push((prepared, c)),
+                Ok(c) => items.push((prepared, c.text)),
                 Err(why) => outcomes.dead_letter(prepared.job, why),
             }
         }

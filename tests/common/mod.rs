@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use blip2idc::caption::{Captioner, CaptionerFactory};
+use blip2idc::caption::{Caption, Captioner, CaptionerFactory};
 use blip2idc::config::Config;
 use blip2idc::model::preprocess::ImageProcessorConfig;
 use blip2idc_dev as devtools;
@@ -296,13 +296,13 @@ impl Captioner for TestCaptioner {
     fn processor(&self) -> &ImageProcessorConfig {
         &self.processor
     }
-    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<String>> {
+    fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<Caption>> {
         std::thread::sleep(self.delay);
         Ok(pixel_values
             .iter()
             .map(|pv| {
                 let h = pv.iter().fold(0u64, |h, v| h.wrapping_mul(31).wrapping_add(v.to_bits() as u64));
-                format!("test caption {h:016x}")
+                Caption::from(format!("test caption {h:016x}"))
             })
             .collect())
     }
