@@ -243,7 +243,7 @@ pub fn tiny_base_config_for(image_size: usize) -> Blip2Config {
                            "intermediate_size": 128, "cross_attention_frequency": 1, "encoder_hidden_size": 64},
         "text_config": {"vocab_size": vocab, "hidden_size": 96, "num_hidden_layers": 2, "ffn_dim": 192,
                         "num_attention_heads": 4, "max_position_embeddings": 64, "word_embed_proj_dim": 96,
-                        "eos_token_id": 4, "bos_token_id": 2, "pad_token_id": 1}
+                        "eos_token_id": 2, "bos_token_id": 2, "pad_token_id": 1}
     }))
     .expect("static config")
 }
