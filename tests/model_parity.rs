@@ -244,6 +244,50 @@ fn greedy_ids_and_captions_match_batched_and_one_by_one() {
     }
 }
 
+/// Continuous batching: pairs admitted while others decode (one or two at a time, at most three
+/// running, so rows of different lengths share the cache) get exactly the one-by-one greedy ids.
+#[test]
+fn continuous_batching_gives_the_one_by_one_ids() {
+    use blip2idc::model::engine::DecodeBatch;
+    for ckpt in CHECKPOINTS {
+        let exp = expected(ckpt);
+        let man = manifest();
+        for (variant, adapter) in [("base", false), ("adapter", true)] {
+            let model = load(ckpt, adapter, true);
+            let reference = man["checkpoints"][ckpt]["greedy"][variant]["one_by_one"].as_array().unwrap();
+            let pvs: Vec<Vec<f32>> = (0..pairs())
+                .map(|i| exp[&format!("pair{i}.pixel_values")].flatten_all().unwrap().to_vec1().unwrap())
+                .collect();
+            let mut batch = DecodeBatch::new(&model.model);
+            let mut done: HashMap<u64, Vec<u32>> = HashMap::new();
+            let (mut next, mut steps, mut joined_mid_run) = (0usize, 0, false);
+            while done.len() < pvs.len() {
+                // Admit one or two pairs whenever there is room, while others are running.
+                let room = 3usize.saturating_sub(batch.len()).min(1 + steps % 2).min(pvs.len() - next);
+                if room > 0 {
+                    joined_mid_run |= !batch.is_empty();
+                    let refs: Vec<&[f32]> = pvs[next..next + room].iter().map(|v| v.as_slice()).collect();
+                    let keys: Vec<u64> = (next..next + room).map(|k| k as u64).collect();
+                    let pv = model.pixel_batch(&refs).unwrap();
+                    for f in batch.admit(&model.model, &pv, &keys, 77, &model.eos_token_ids).unwrap() {
+                        done.insert(f.key, f.token_ids);
+                    }
+                    next += room;
+                }
+                for f in batch.step(&model.model, &model.eos_token_ids).unwrap() {
+                    done.insert(f.key, f.token_ids);
+                }
+                steps += 1;
+                assert!(steps < 10_000, "decoding does not end");
+            }
+            assert!(joined_mid_run, "the schedule admits pairs into a running batch");
+            for (i, r) in reference.iter().enumerate() {
+                assert_eq!(done[&(i as u64)], ids(&r["token_ids"]), "{ckpt} {variant} pair {i}");
+            }
+        }
+    }
+}
+
 #[test]
 fn caption_cli_prints_the_json_contract() {
     let man = manifest();

@@ -9,6 +9,7 @@
 pub mod blas;
 pub mod blip2;
 pub mod config;
+pub mod engine;
 pub mod fused;
 pub mod layer_norm;
 pub mod linear;

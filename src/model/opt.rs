@@ -36,6 +36,46 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Appends `other`'s rows after this cache's, left-padding the shorter side's positions with
+    /// zeros so that both have the longer length (the padding is masked by [`OptForCausalLM::forward_step`]).
+    pub fn append_rows(&mut self, other: KvCache) -> Result<()> {
+        if self.is_empty() {
+            *self = other;
+            return Ok(());
+        }
+        let (t_self, t_other) = (self.len(), other.len());
+        let t = t_self.max(t_other);
+        let pad = |x: &Tensor, have: usize| -> Result<Tensor> {
+            if have == t {
+                return Ok(x.clone());
+            }
+            let (b, h, _, d) = x.dims4()?;
+            Tensor::cat(&[&Tensor::zeros((b, h, t - have, d), x.dtype(), x.device())?, x], 2)
+        };
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            let (Some((k, v)), Some((ok, ov))) = (mine.as_ref(), theirs) else {
+                candle_core::bail!("appending an incomplete cache");
+            };
+            let k = Tensor::cat(&[&pad(k, t_self)?, &pad(&ok, t_other)?], 0)?;
+            let v = Tensor::cat(&[&pad(v, t_self)?, &pad(&ov, t_other)?], 0)?;
+            *mine = Some((k, v));
+        }
+        Ok(())
+    }
+
+    /// Drops the first `n` cached positions of every row (padding no row needs any more).
+    pub fn drop_front(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let t = self.len();
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, n, t - n)?.contiguous()?;
+            *v = v.narrow(2, n, t - n)?.contiguous()?;
+        }
+        Ok(())
+    }
+
     /// Keeps only the batch rows `rows` (finished sequences leave the batch).
     pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
         for (k, v) in self.layers.iter_mut().flatten() {
@@ -281,6 +321,60 @@ impl OptForCausalLM {
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(&x, mask.as_ref(), layer_cache, mode)?;
+        }
+        if let Some(ln) = &self.final_layer_norm {
+            x = ln.forward(&x, mode)?;
+        }
+        if let Some(p) = &self.project_out {
+            x = p.forward(&x, mode)?;
+        }
+        Ok(x)
+    }
+
+    /// One decoding step for rows at different positions (continuous batching): `embeds` [B, 1, D]
+    /// of each row's last token, `positions[r]` its position (the row's real cached positions), and
+    /// `padding[r]` the cached positions of row `r` that are left padding (hidden from its attention).
+    /// Appends to `cache`; returns the hidden states [B, 1, D].
+    pub fn forward_step(
+        &self,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+        positions: &[u32],
+        padding: &[usize],
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        if t != 1 || positions.len() != b || padding.len() != b {
+            candle_core::bail!(
+                "forward_step takes one token for each of {b} rows ({t} tokens, {} positions)",
+                positions.len()
+            );
+        }
+        let mut x = match &self.project_in {
+            Some(p) => p.forward(embeds, mode)?,
+            None => embeds.clone(),
+        };
+        let pos = if positions.iter().all(|&p| p == positions[0]) {
+            // Rows in step (no one joined late): one position for all, as `forward_embeds`.
+            self.embed_positions.narrow(0, positions[0] as usize + POSITION_OFFSET, 1)?
+        } else {
+            let ids: Vec<u32> = positions.iter().map(|&p| p + POSITION_OFFSET as u32).collect();
+            self.embed_positions.index_select(&Tensor::new(ids, x.device())?, 0)?.unsqueeze(1)?
+        };
+        x = x.broadcast_add(&pos.to_dtype(x.dtype())?)?;
+        // The new token sees every cached position of its row but the padding, and itself.
+        let keys = cache.len() + 1;
+        let mask = if padding.iter().all(|&p| p == 0) {
+            None
+        } else {
+            let mask: Vec<f32> = padding
+                .iter()
+                .flat_map(|&pad| (0..keys).map(move |j| if j < pad { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(mask, (b, 1, 1, keys), x.device())?.to_dtype(x.dtype())?)
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, mask.as_ref(), Some(&mut cache.layers[i]), mode)?;
         }
         if let Some(ln) = &self.final_layer_norm {
             x = ln.forward(&x, mode)?;

@@ -1,0 +1,138 @@
+//! Continuous batching against today's fixed batches, same model, same pairs, same maximum batch,
+//! in the same run (the two alternate `--rounds` times; each keeps its fastest round).
+//!
+//! ```text
+//! cargo bench --bench engine -- --model DIR [--adapter DIR] [--pairs N] [--batch B] [--max-new-tokens T] [--rounds R]
+//! ```
+//! All pairs are queued at the start. Fixed batches: chunks of `--batch` pairs through
+//! `generate_greedy`, each pair done when its batch is. Continuous: at most `--batch` rows running;
+//! whenever rows finish, queued pairs are prefilled (together) and join. Prints pairs/s, the latency
+//! of a pair from the start to its caption (p50, p95), and the ratios; checks that both produced the
+//! same ids. Inputs: pairs of the synthetic world the demo model learned (`train::synthetic`; its
+//! captions vary in length with the edit), preprocessed as the service does. Without `--bench` (as `cargo test --benches` runs it) it does
+//! nothing.
+
+#[global_allocator]
+static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
+
+mod common;
+use common::{arg, num};
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use blip2idc::model::engine::DecodeBatch;
+use blip2idc::model::{Blip2Idc, LoadOptions};
+
+/// Pairs/s, each pair's latency, and the ids.
+struct Run {
+    seconds: f64,
+    latencies: Vec<Duration>,
+    ids: HashMap<u64, Vec<u32>>,
+}
+
+fn fixed(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, max_new: usize) -> anyhow::Result<Run> {
+    let t0 = Instant::now();
+    let (mut latencies, mut ids) = (Vec::new(), HashMap::new());
+    for (c, chunk) in pvs.chunks(batch).enumerate() {
+        let refs: Vec<&[f32]> = chunk.iter().map(|v| v.as_slice()).collect();
+        let pv = model.pixel_batch(&refs)?;
+        let out = model.model.generate_greedy(&pv, max_new, &model.eos_token_ids)?;
+        for (i, row) in out.into_iter().enumerate() {
+            latencies.push(t0.elapsed());
+            ids.insert((c * batch + i) as u64, row);
+        }
+    }
+    Ok(Run { seconds: t0.elapsed().as_secs_f64(), latencies, ids })
+}
+
+fn continuous(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, max_new: usize) -> anyhow::Result<Run> {
+    let t0 = Instant::now();
+    let (mut latencies, mut ids) = (Vec::new(), HashMap::new());
+    let mut queue: VecDeque<u64> = (0..pvs.len() as u64).collect();
+    let mut running = DecodeBatch::new(&model.model);
+    while !queue.is_empty() || !running.is_empty() {
+        let room = batch.saturating_sub(running.len()).min(queue.len());
+        if room > 0 {
+            let keys: Vec<u64> = queue.drain(..room).collect();
+            let refs: Vec<&[f32]> = keys.iter().map(|&k| pvs[k as usize].as_slice()).collect();
+            let pv = model.pixel_batch(&refs)?;
+            for f in running.admit(&model.model, &pv, &keys, max_new, &model.eos_token_ids)? {
+                latencies.push(t0.elapsed());
+                ids.insert(f.key, f.token_ids);
+            }
+        }
+        for f in running.step(&model.model, &model.eos_token_ids)? {
+            latencies.push(t0.elapsed());
+            ids.insert(f.key, f.token_ids);
+        }
+    }
+    Ok(Run { seconds: t0.elapsed().as_secs_f64(), latencies, ids })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64()
+}
+
+fn main() -> anyhow::Result<()> {
+    blip2idc::setup_process();
+    if !std::env::args().any(|a| a == "--bench") {
+        return Ok(());
+    }
+    let model_dir = arg("--model").ok_or_else(|| anyhow::anyhow!("--model DIR is required"))?;
+    let (pairs, batch, rounds) = (num("--pairs", 64), num("--batch", 8), num("--rounds", 3));
+    let gemm = common::cpu_gemm()?;
+    let model = Blip2Idc::load(&LoadOptions {
+        checkpoint: model_dir.clone(),
+        adapter: arg("--adapter").map(Into::into),
+        dtype: candle_core::DType::F32,
+        device: candle_core::Device::Cpu,
+        merge_adapter: true,
+    })?;
+    let max_new = num("--max-new-tokens", 77).min(model.model.max_new_tokens_limit());
+    // Pairs of the demo model's synthetic world (its captions end where they should, at lengths
+    // that vary with the edit), rendered and preprocessed as the quickstart's.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(2024);
+    let pvs: Vec<Vec<f32>> = (0..pairs)
+        .map(|_| {
+            let p = blip2idc::train::synthetic::random_pair(&mut rng);
+            let (a, b) = (p.original.render(&mut rng), p.modified.render(&mut rng));
+            model.processor.pixel_values(&blip2idc::model::preprocess::stack_pair(&a, &b))
+        })
+        .collect();
+    eprintln!("{model_dir}: {pairs} pairs, batch {batch}, max {max_new} new tokens, {rounds} rounds; CPU GEMM: {gemm}");
+
+    let (mut best_fixed, mut best_cont): (Option<Run>, Option<Run>) = (None, None);
+    for _ in 0..rounds {
+        let f = fixed(&model, &pvs, batch, max_new)?;
+        if best_fixed.as_ref().is_none_or(|b| f.seconds < b.seconds) {
+            best_fixed = Some(f);
+        }
+        let c = continuous(&model, &pvs, batch, max_new)?;
+        if best_cont.as_ref().is_none_or(|b| c.seconds < b.seconds) {
+            best_cont = Some(c);
+        }
+    }
+    let (f, c) = (best_fixed.expect("a round"), best_cont.expect("a round"));
+    anyhow::ensure!(f.ids == c.ids, "continuous batching produced other ids than fixed batches");
+    let lengths: Vec<usize> = f.ids.values().map(Vec::len).collect();
+    let (min, max) = (lengths.iter().min().unwrap_or(&0), lengths.iter().max().unwrap_or(&0));
+    let mean = lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64;
+    println!("caption lengths: {min}–{max} tokens, mean {mean:.1}; e.g. {:?}", model.decode(&f.ids[&0])?);
+    let mut rows = Vec::new();
+    for (name, run) in [("fixed batches", &f), ("continuous", &c)] {
+        let mut lat = run.latencies.clone();
+        lat.sort();
+        let (p50, p95) = (percentile(&lat, 0.5), percentile(&lat, 0.95));
+        let rate = pairs as f64 / run.seconds;
+        println!("{name:>14}: {rate:8.2} pairs/s   latency p50 {p50:.3} s  p95 {p95:.3} s");
+        rows.push((rate, p50, p95));
+    }
+    println!(
+        "ratio continuous / fixed: {:.2}x pairs/s, p50 latency {:.2}x, p95 latency {:.2}x (ids identical)",
+        rows[1].0 / rows[0].0,
+        rows[1].1 / rows[0].1,
+        rows[1].2 / rows[0].2
+    );
+    Ok(())
+}
