@@ -215,6 +215,9 @@ pub struct ModelConfig {
     pub dtype: Dtype,
     /// Where the model runs.
     pub device: DeviceSpec,
+    /// Rows decoded at once with continuous batching (pairs join as others finish); 0 runs each
+    /// batch of `pipeline.max_batch_size` pairs to completion instead.
+    pub max_running: usize,
     /// Most tokens generated per caption (the authors' 77; at most what the model's positions allow).
     pub max_new_tokens: usize,
     /// How often the registry is polled for a newly promoted adapter (LISTEN/NOTIFY too); `0s` disables hot swap.

@@ -288,6 +288,71 @@ fn continuous_batching_gives_the_one_by_one_ids() {
     }
 }
 
+/// The captioner thread with continuous batching: batches submitted together share the decoder's
+/// rows and each comes back whole, with the one-by-one ids; a swap waits for the rows in flight, so
+/// each batch is labelled with the weights that captioned all of it.
+#[test]
+fn the_captioner_thread_batches_continuously_and_swaps_between_requests() {
+    use blip2idc::caption::blip2idc::Blip2IdcCaptioner;
+    use blip2idc::caption::{CaptionWorker, Captioner};
+    let ckpt = "tiny-a";
+    let exp = expected(ckpt);
+    let man = manifest();
+    let reference = |variant: &str| -> Vec<Vec<u32>> {
+        man["checkpoints"][ckpt]["greedy"][variant]["one_by_one"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| ids(&r["token_ids"]))
+            .collect()
+    };
+    let pvs: Vec<Vec<f32>> =
+        (0..pairs()).map(|i| exp[&format!("pair{i}.pixel_values")].flatten_all().unwrap().to_vec1().unwrap()).collect();
+    let factory: blip2idc::caption::CaptionerFactory = Box::new(|| {
+        let c = Blip2IdcCaptioner::from_model(load(ckpt, true, true), "with-adapter".into(), 77)?
+            .with_continuous_batching(3);
+        Ok(Box::new(c) as Box<dyn Captioner>)
+    });
+    let worker = CaptionWorker::spawn(factory).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // Three requests queued at once: their pairs join as rows finish (at most three running).
+        let halves = [pvs[..2].to_vec(), pvs[2..].to_vec(), pvs[..1].to_vec()];
+        let mut replies = Vec::new();
+        for h in halves.clone() {
+            replies.push(worker.submit(h).await.unwrap());
+        }
+        // A swap to the base weights, queued behind them; then one more request.
+        let swap = worker.swap_adapter(None, "base".into());
+        let (swapped, outputs) = tokio::join!(swap, async {
+            let mut outs = Vec::new();
+            for r in replies {
+                outs.push(r.await.unwrap());
+            }
+            outs
+        });
+        assert_eq!(swapped.unwrap(), "base");
+        let (with_adapter, base) = (reference("adapter"), reference("base"));
+        // Requests started before the swap finish on the adapter; one not started yet runs after
+        // it, on the base: either way a request's captions all come from the version it names.
+        assert_eq!(outputs[0].model_version, "with-adapter");
+        let ranges = [0..2, 2..pvs.len(), 0..1];
+        for (out, range) in outputs.iter().zip(ranges) {
+            let want = match out.model_version.as_str() {
+                "with-adapter" => &with_adapter[range],
+                "base" => &base[range],
+                other => panic!("unexpected version {other}"),
+            };
+            let got: Vec<Vec<u32>> = out.captions.iter().map(|c| c.as_ref().unwrap().token_ids.clone()).collect();
+            assert_eq!(got, want, "{}", out.model_version);
+        }
+        let after = worker.caption(pvs.clone()).await.unwrap();
+        assert_eq!(after.model_version, "base");
+        let got: Vec<Vec<u32>> = after.captions.iter().map(|c| c.as_ref().unwrap().token_ids.clone()).collect();
+        assert_eq!(got, base);
+    });
+}
+
 #[test]
 fn caption_cli_prints_the_json_contract() {
     let man = manifest();

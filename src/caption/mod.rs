@@ -5,6 +5,7 @@
 //! adapter) without losing or splitting a batch; every result names the model version that made it.
 
 pub mod blip2idc;
+mod continuous;
 pub mod offline;
 pub mod reload;
 
@@ -27,6 +28,13 @@ pub trait Captioner: Send + 'static {
     /// Captions a batch of preprocessed pairs (CHW `f32` each); one caption per input, in order.
     fn caption_batch(&mut self, pixel_values: &[&[f32]]) -> anyhow::Result<Vec<Caption>>;
 
+    /// The step decoder when this captioner decodes a token at a time for rows that come and go
+    /// (continuous batching); `None` (the default) captions whole batches with
+    /// [`Captioner::caption_batch`].
+    fn decoder(&mut self) -> Option<&mut dyn StepDecoder> {
+        None
+    }
+
     /// Whether [`Captioner::swap_adapter`] works; models that cannot swap in place are replaced whole
     /// by [`CaptionWorker::swap`].
     fn swaps_adapters(&self) -> bool {
@@ -38,6 +46,19 @@ pub trait Captioner: Send + 'static {
     fn swap_adapter(&mut self, _adapter_dir: Option<&std::path::Path>, _version: &str) -> anyhow::Result<()> {
         anyhow::bail!("this captioner cannot swap adapters in place")
     }
+}
+
+/// Decoding for continuous batching: pairs are admitted into the running rows and leave as they
+/// finish (see `continuous.rs`). Keys are the caller's.
+pub trait StepDecoder {
+    /// The most rows decoded at once.
+    fn capacity(&self) -> usize;
+    /// Prefills `pixel_values` as rows `keys`; returns the pairs that finished at once.
+    fn admit(&mut self, pixel_values: &[&[f32]], keys: &[u64]) -> anyhow::Result<Vec<(u64, Caption)>>;
+    /// One token for every running row; returns the rows that finished.
+    fn step(&mut self) -> anyhow::Result<Vec<(u64, Caption)>>;
+    /// Drops every running row (after a failure).
+    fn clear(&mut self);
 }
 
 /// One generated caption.
@@ -106,32 +127,16 @@ impl CaptionWorker {
                         return;
                     }
                 };
+                if model.decoder().is_some() {
+                    continuous::serve(&mut model, &rx);
+                    return;
+                }
                 while let Ok(req) = rx.recv() {
                     match req {
                         Request::Caption { batch, reply } => {
                             let _ = reply.send(run_batch(model.as_mut(), &batch));
                         }
-                        Request::SwapAdapter { dir, version, reply } => {
-                            let r = contained("swapping the adapter", || model.swap_adapter(dir.as_deref(), &version))
-                                .map(|()| version);
-                            let _ = reply.send(r);
-                        }
-                        Request::Swap { factory, reply } => {
-                            let result = contained("loading the new model", factory).and_then(|new| {
-                                anyhow::ensure!(
-                                    new.processor() == model.processor(),
-                                    "the new model expects different preprocessing ({:?}) than the running one \
-                                     ({:?}); restart the service to switch base models",
-                                    new.processor(),
-                                    model.processor()
-                                );
-                                Ok(new)
-                            });
-                            let _ = reply.send(result.map(|new| {
-                                model = new;
-                                model.model_version().to_owned()
-                            }));
-                        }
+                        swap => handle_swap(&mut model, swap),
                     }
                 }
             })
@@ -167,9 +172,15 @@ impl CaptionWorker {
 
     /// Captions one batch on the worker thread.
     pub async fn caption(&self, batch: Vec<Vec<f32>>) -> anyhow::Result<BatchOutput> {
+        self.submit(batch).await?.await.context("the captioner thread stopped")
+    }
+
+    /// Queues one batch on the worker thread; its result comes on the returned channel. Batches
+    /// submitted before earlier ones finish share the decoder's rows (continuous batching).
+    pub async fn submit(&self, batch: Vec<Vec<f32>>) -> anyhow::Result<oneshot::Receiver<BatchOutput>> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Caption { batch, reply }).await?;
-        rx.await.context("the captioner thread stopped")
+        Ok(rx)
     }
 
     /// Replaces the model between two batches. On error the running model stays.
@@ -206,6 +217,43 @@ impl Drop for CaptionWorker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Runs a swap request on the captioner thread (between batches, or with no row running).
+fn handle_swap(model: &mut Box<dyn Captioner>, req: Request) {
+    match req {
+        Request::Caption { .. } => unreachable!("only swaps are handled here"),
+        Request::SwapAdapter { dir, version, reply } => {
+            let r =
+                contained("swapping the adapter", || model.swap_adapter(dir.as_deref(), &version)).map(|()| version);
+            let _ = reply.send(r);
+        }
+        Request::Swap { factory, reply } => {
+            let result = contained("loading the new model", factory).and_then(|new| {
+                anyhow::ensure!(
+                    new.processor() == model.processor(),
+                    "the new model expects different preprocessing ({:?}) than the running one ({:?}); restart \
+                     the service to switch base models",
+                    new.processor(),
+                    model.processor()
+                );
+                Ok(new)
+            });
+            let _ = reply.send(result.map(|new| {
+                *model = new;
+                model.model_version().to_owned()
+            }));
+        }
+    }
+}
+
+/// Runs `f`; an error or a panic becomes its message.
+fn contained_panic<T>(f: impl FnOnce() -> anyhow::Result<T>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(panic) => Err(format!("panicked: {}", panic_message(&*panic))),
     }
 }
 

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::outcomes::Outcomes;
 use super::prepare::Prepared;
 use super::summary::Fatal;
-use crate::caption::CaptionWorker;
+use crate::caption::{BatchOutput, CaptionWorker};
 
 /// A captioned batch on its way to the store.
 pub struct Captioned {
@@ -19,9 +19,10 @@ pub struct Captioned {
     pub batch_size: usize,
 }
 
-/// The step: cuts batches ([`crate::batch::next_batch`]), captions each on the captioner thread,
-/// dead-letters the pairs that failed alone and passes the rest on; a captioner that cannot go on
-/// is fatal.
+/// The step: cuts batches ([`crate::batch::next_batch`]) and hands up to `in_flight` of them to the
+/// captioner thread at once (so that a continuous-batching decoder always has pairs to admit);
+/// as each batch comes back, in order, dead-letters the pairs that failed alone and passes the rest
+/// on. A captioner that cannot go on is fatal.
 pub async fn step(
     worker: Arc<CaptionWorker>,
     outcomes: Arc<Outcomes>,
@@ -29,20 +30,41 @@ pub async fn step(
     out: mpsc::Sender<Captioned>,
     max_batch: usize,
     max_wait: Duration,
+    in_flight: usize,
 ) {
-    while let Some(mut batch) = crate::batch::next_batch(&mut input, max_batch, max_wait).await {
-        let pixels: Vec<Vec<f32>> = batch.iter_mut().map(|p| std::mem::take(&mut p.pixel_values)).collect();
+    type Submitted = (Vec<Prepared>, oneshot::Receiver<BatchOutput>);
+    let (submitted_tx, mut submitted) = mpsc::channel::<Submitted>(in_flight.max(1));
+    let submitter = {
+        let (worker, outcomes) = (worker.clone(), outcomes.clone());
+        tokio::spawn(async move {
+            while let Some(mut batch) = crate::batch::next_batch(&mut input, max_batch, max_wait).await {
+                let pixels: Vec<Vec<f32>> = batch.iter_mut().map(|p| std::mem::take(&mut p.pixel_values)).collect();
+                metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
+                match worker.submit(pixels).await {
+                    Ok(reply) => {
+                        if submitted_tx.send((batch, reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        outcomes.fatal(Fatal::CaptionerFailed(format!("{e:#}")));
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    while let Some((mut batch, reply)) = submitted.recv().await {
         let batch_size = batch.len();
-        metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch_size as f64);
-        let result = worker.caption(pixels).await;
+        let result = reply.await;
         for p in &mut batch {
             p.memory = None; // the pixels are consumed
         }
         let result = match result {
             Ok(r) => r,
-            Err(e) => {
-                outcomes.fatal(Fatal::CaptionerFailed(format!("{e:#}")));
-                return;
+            Err(_) => {
+                outcomes.fatal(Fatal::CaptionerFailed("the captioner thread stopped".into()));
+                break;
             }
         };
         metrics::histogram!(crate::metrics::INFERENCE_SECONDS).record(result.inference.as_secs_f64());
@@ -63,7 +85,8 @@ pub async fn step(
             batch_size,
         };
         if out.send(captioned).await.is_err() {
-            return;
+            break;
         }
     }
+    submitter.abort();
 }

@@ -133,6 +133,8 @@ pub async fn run_with(
         max_event_bytes: cfg.kafka.max_event_bytes,
     });
     let prepare_task = tokio::spawn(prepare::step(prepare, job_rx, prep_tx, cfg.s3.max_concurrency));
+    // Enough batches with the captioner that a continuous-batching decoder's rows stay full.
+    let in_flight = 1 + cfg.model.max_running.div_ceil(p.max_batch_size).max(1);
     let caption_task = tokio::spawn(caption::step(
         worker.clone(),
         outcomes.clone(),
@@ -140,6 +142,7 @@ pub async fn run_with(
         cap_tx,
         p.max_batch_size,
         p.max_batch_wait,
+        in_flight,
     ));
     let store_task = tokio::spawn(store::step(store.clone(), outcomes.clone(), cap_rx));
     let commit_task = {
