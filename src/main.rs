@@ -297,7 +297,8 @@ async fn caption_file(a: CaptionArgs, input: PathBuf) -> anyhow::Result<ExitCode
         device: candle_core::Device::Cpu, // opened on the captioner thread below
         merge_adapter: true,
     };
-    let (device, max_new_tokens, name) = (a.device, a.max_new_tokens, a.model.clone());
+    let (device, max_new_tokens, name, max_running) =
+        (a.device, a.max_new_tokens, a.model.clone(), cfg.model.max_running);
     let factory: blip2idc::caption::CaptionerFactory = Box::new(move || {
         let model =
             blip2idc::model::Blip2Idc::load(&blip2idc::model::LoadOptions { device: open_device(device)?, ..opts })?;
@@ -307,7 +308,8 @@ async fn caption_file(a: CaptionArgs, input: PathBuf) -> anyhow::Result<ExitCode
         let max_new = max_new_tokens
             .unwrap_or_else(|| blip2idc::model::DEFAULT_MAX_NEW_TOKENS.min(model.model.max_new_tokens_limit()));
         let version = model.default_version()?;
-        Ok(Box::new(Blip2IdcCaptioner::from_model(model, version, max_new)?) as Box<dyn blip2idc::caption::Captioner>)
+        let captioner = Blip2IdcCaptioner::from_model(model, version, max_new)?.with_continuous_batching(max_running);
+        Ok(Box::new(captioner) as Box<dyn blip2idc::caption::Captioner>)
     });
     let worker =
         Arc::new(tokio::task::spawn_blocking(move || blip2idc::caption::CaptionWorker::spawn(factory)).await??);
@@ -316,6 +318,11 @@ async fn caption_file(a: CaptionArgs, input: PathBuf) -> anyhow::Result<ExitCode
         output: output.clone(),
         batch_size: a.batch_size.map_or(cfg.pipeline.max_batch_size, |n| n as usize),
         concurrency: cfg.pipeline.decode_concurrency.max(1) * 2,
+        in_flight: 1 + cfg
+            .model
+            .max_running
+            .div_ceil(a.batch_size.map_or(cfg.pipeline.max_batch_size, |n| n as usize))
+            .max(1),
         decode: cfg.decode.clone(),
         s3: cfg.s3.clone(),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),

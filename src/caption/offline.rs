@@ -51,6 +51,8 @@ pub struct Options {
     pub batch_size: usize,
     /// Pairs read and decoded at once.
     pub concurrency: usize,
+    /// Batches with the captioner at once.
+    pub in_flight: usize,
     pub decode: DecodeConfig,
     pub s3: S3Config,
     /// Show a progress bar (on stderr, when it is a terminal).
@@ -132,6 +134,29 @@ pub async fn run(opts: &Options, worker: Arc<CaptionWorker>) -> anyhow::Result<S
     };
 
     let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    let bar_for_report = bar.clone();
+    let report = |summary: &mut Summary,
+                  write: &mut dyn FnMut(Value) -> anyhow::Result<()>,
+                  ids: Vec<String>,
+                  output: super::BatchOutput|
+     -> anyhow::Result<()> {
+        for (id, caption) in ids.into_iter().zip(output.captions) {
+            match caption {
+                Ok(c) => {
+                    summary.captioned += 1;
+                    write(json!({"id": id, "caption": c.text, "token_ids": c.token_ids,
+                                 "model_version": output.model_version}))?;
+                }
+                Err(why) => {
+                    summary.failed += 1;
+                    write(failure(json!(id), 0, &why))?;
+                }
+            }
+            bar_for_report.inc(1);
+        }
+        Ok(())
+    };
     while let Some(batch) = crate::batch::next_batch(&mut rx, opts.batch_size, Duration::from_millis(20)).await {
         let (mut ids, mut pixels) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
         for (id, loaded) in batch {
@@ -150,21 +175,17 @@ pub async fn run(opts: &Options, worker: Arc<CaptionWorker>) -> anyhow::Result<S
         if pixels.is_empty() {
             continue;
         }
-        let output = worker.caption(pixels).await?;
-        for (id, caption) in ids.into_iter().zip(output.captions) {
-            match caption {
-                Ok(c) => {
-                    summary.captioned += 1;
-                    write(json!({"id": id, "caption": c.text, "token_ids": c.token_ids,
-                                 "model_version": output.model_version}))?;
-                }
-                Err(why) => {
-                    summary.failed += 1;
-                    write(failure(json!(id), 0, &why))?;
-                }
-            }
-            bar.inc(1);
+        // Keep `in_flight` batches with the captioner, so a continuous-batching decoder stays full.
+        pending.push_back((ids, worker.submit(pixels).await?));
+        while pending.len() >= opts.in_flight.max(1) {
+            let (ids, reply) = pending.pop_front().expect("non-empty");
+            let output = reply.await.context("the captioner thread stopped")?;
+            report(&mut summary, &mut write, ids, output)?;
         }
+    }
+    while let Some((ids, reply)) = pending.pop_front() {
+        let output = reply.await.context("the captioner thread stopped")?;
+        report(&mut summary, &mut write, ids, output)?;
     }
     loader.await.context("the loader task failed")?;
     out.sync_all().with_context(|| format!("syncing {}", opts.output.display()))?;
