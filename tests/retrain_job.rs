@@ -48,6 +48,9 @@ async fn labels_in_promoted_adapter_out_and_consumers_switch() {
     c.retrain.train.max_length = 20;
     c.retrain.train.base_dropout = false;
     c.retrain.train.augment = None;
+    // The consumer decodes with continuous batching, so the hot swap below also proves that a swap
+    // waits for the rows in flight.
+    c.model.max_running = 4;
 
     // Labels: synthetic pairs in S3, one human-style caption each.
     let s3 = scope.s3().await;
