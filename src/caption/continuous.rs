@@ -29,8 +29,10 @@ struct Open {
     started: Instant,
 }
 
-/// Runs until the request channel closes.
-pub(super) fn serve(model: &mut Box<dyn Captioner>, rx: &std::sync::mpsc::Receiver<Request>) {
+/// Runs until the request channel closes (returns true), or until a swap installed a captioner
+/// without a step decoder (returns false, every request answered: the caller goes on with fixed
+/// batches).
+pub(super) fn serve(model: &mut Box<dyn Captioner>, rx: &std::sync::mpsc::Receiver<Request>) -> bool {
     let mut open: HashMap<u64, Open> = HashMap::new();
     let mut queue: VecDeque<u64> = VecDeque::new(); // requests with pairs left to admit, in order
     let mut running: Vec<u64> = Vec::new(); // keys of the rows in the decoder
@@ -43,7 +45,7 @@ pub(super) fn serve(model: &mut Box<dyn Captioner>, rx: &std::sync::mpsc::Receiv
         if idle && deferred.is_empty() {
             match rx.recv() {
                 Ok(r) => incoming.push(r),
-                Err(_) => return,
+                Err(_) => return true,
             }
         }
         incoming.extend(rx.try_iter());
@@ -80,6 +82,14 @@ pub(super) fn serve(model: &mut Box<dyn Captioner>, rx: &std::sync::mpsc::Receiv
         if !deferred.is_empty() && running.is_empty() && !started_waiting {
             while let Some(swap) = deferred.pop_front() {
                 super::handle_swap(model, swap);
+            }
+            if model.decoder().is_none() {
+                // The new captioner batches whole requests: the queued ones (none started) run so.
+                for id in queue.drain(..) {
+                    let o = open.remove(&id).expect("queued requests are open");
+                    let _ = o.reply.send(run_batch(model.as_mut(), &o.pixels));
+                }
+                return false;
             }
             continue;
         }
@@ -189,11 +199,20 @@ mod tests {
     struct Fake {
         processor: ImageProcessorConfig,
         running: Vec<(u64, f32, usize)>,
+        /// Whether it decodes step by step; the plain kind batches whole requests.
+        steps: bool,
+        version: &'static str,
+    }
+
+    impl Fake {
+        fn new(steps: bool, version: &'static str) -> Fake {
+            Fake { processor: ImageProcessorConfig::for_image_size(2), running: Vec::new(), steps, version }
+        }
     }
 
     impl Captioner for Fake {
         fn model_version(&self) -> &str {
-            "fake"
+            self.version
         }
         fn processor(&self) -> &ImageProcessorConfig {
             &self.processor
@@ -203,7 +222,11 @@ mod tests {
             Ok(pixel_values.iter().map(|p| Caption::from(format!("pair {}", p[0]))).collect())
         }
         fn decoder(&mut self) -> Option<&mut dyn StepDecoder> {
-            Some(self)
+            if self.steps {
+                Some(self)
+            } else {
+                None
+            }
         }
     }
 
@@ -229,10 +252,7 @@ mod tests {
 
     #[test]
     fn a_failing_step_rejects_only_the_pair_that_fails_alone() {
-        let factory: CaptionerFactory = Box::new(|| {
-            Ok(Box::new(Fake { processor: ImageProcessorConfig::for_image_size(2), running: Vec::new() })
-                as Box<dyn Captioner>)
-        });
+        let factory: CaptionerFactory = Box::new(|| Ok(Box::new(Fake::new(true, "fake")) as Box<dyn Captioner>));
         let worker = CaptionWorker::spawn(factory).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
@@ -250,6 +270,25 @@ mod tests {
             );
             assert_eq!(text(&second), vec![Ok("pair 2".into()), Ok("pair 4".into())]);
             assert_eq!(first.model_version, "fake");
+        });
+    }
+
+    #[test]
+    fn swapping_to_a_captioner_without_steps_goes_on_with_whole_batches() {
+        let factory: CaptionerFactory = Box::new(|| Ok(Box::new(Fake::new(true, "stepping")) as Box<dyn Captioner>));
+        let worker = CaptionWorker::spawn(factory).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let pair = |v: f32| vec![v; 12];
+            let before = worker.submit(vec![pair(1.0), pair(2.0)]).await.unwrap();
+            let plain: CaptionerFactory = Box::new(|| Ok(Box::new(Fake::new(false, "plain")) as Box<dyn Captioner>));
+            assert_eq!(worker.swap(plain).await.unwrap(), "plain");
+            let after = worker.caption(vec![pair(4.0)]).await.unwrap();
+            let before = before.await.unwrap();
+            assert_eq!(before.model_version, "stepping");
+            assert_eq!(before.captions.len(), 2);
+            assert_eq!(after.model_version, "plain");
+            assert_eq!(after.captions[0].as_ref().unwrap().text, "pair 4");
         });
     }
 }

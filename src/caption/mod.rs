@@ -127,8 +127,7 @@ impl CaptionWorker {
                         return;
                     }
                 };
-                if model.decoder().is_some() {
-                    continuous::serve(&mut model, &rx);
+                if model.decoder().is_some() && continuous::serve(&mut model, &rx) {
                     return;
                 }
                 while let Ok(req) = rx.recv() {
