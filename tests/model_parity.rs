@@ -205,6 +205,11 @@ fn swapping_the_adapter_in_place_matches_fresh_loads() {
     }
 }
 
+/// Every fixture pair's pixel values, flattened, in order.
+fn fixture_pixels(exp: &HashMap<String, Tensor>) -> Vec<Vec<f32>> {
+    (0..pairs()).map(|i| exp[&format!("pair{i}.pixel_values")].flatten_all().unwrap().to_vec1().unwrap()).collect()
+}
+
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
@@ -217,9 +222,7 @@ fn greedy_ids_and_captions_match_batched_and_one_by_one() {
         for (variant, adapter) in [("base", false), ("adapter", true)] {
             let model = load(ckpt, adapter, true);
             let reference = man["checkpoints"][ckpt]["greedy"][variant]["one_by_one"].as_array().unwrap();
-            let pvs: Vec<Vec<f32>> = (0..pairs())
-                .map(|i| exp[&format!("pair{i}.pixel_values")].flatten_all().unwrap().to_vec1().unwrap())
-                .collect();
+            let pvs = fixture_pixels(&exp);
             let refs: Vec<&[f32]> = pvs.iter().map(|v| v.as_slice()).collect();
             let batch = model.caption_pixels(&refs, 77).unwrap();
             let mut stopped = 0;
@@ -255,9 +258,7 @@ fn continuous_batching_gives_the_one_by_one_ids() {
         for (variant, adapter) in [("base", false), ("adapter", true)] {
             let model = load(ckpt, adapter, true);
             let reference = man["checkpoints"][ckpt]["greedy"][variant]["one_by_one"].as_array().unwrap();
-            let pvs: Vec<Vec<f32>> = (0..pairs())
-                .map(|i| exp[&format!("pair{i}.pixel_values")].flatten_all().unwrap().to_vec1().unwrap())
-                .collect();
+            let pvs = fixture_pixels(&exp);
             let mut batch = DecodeBatch::new(&model.model);
             let mut done: HashMap<u64, Vec<u32>> = HashMap::new();
             let (mut next, mut steps, mut joined_mid_run) = (0usize, 0, false);
@@ -306,8 +307,7 @@ fn the_captioner_thread_batches_continuously_and_swaps_between_requests() {
             .map(|r| ids(&r["token_ids"]))
             .collect()
     };
-    let pvs: Vec<Vec<f32>> =
-        (0..pairs()).map(|i| exp[&format!("pair{i}.pixel_values")].flatten_all().unwrap().to_vec1().unwrap()).collect();
+    let pvs = fixture_pixels(&exp);
     let factory: blip2idc::caption::CaptionerFactory = Box::new(|| {
         let c = Blip2IdcCaptioner::from_model(load(ckpt, true, true), "with-adapter".into(), 77)?
             .with_continuous_batching(3);
