@@ -6,7 +6,8 @@
 //! ```
 //! All pairs are queued at the start. Fixed batches: chunks of `--batch` pairs through
 //! `generate_greedy`, each pair done when its batch is. Continuous: at most `--batch` rows running;
-//! whenever rows finish, queued pairs are prefilled (together) and join. Prints pairs/s, the latency
+//! once `--min-admit` rows are free (default half, as the service's captioner thread does), queued
+//! pairs are prefilled together and join. Prints pairs/s, the latency
 //! of a pair from the start to its caption (p50, p95), and the ratios; checks that both produced the
 //! same ids. Inputs: pairs of the synthetic world the demo model learned (`train::synthetic`; its
 //! captions vary in length with the edit), preprocessed as the service does. Without `--bench` (as `cargo test --benches` runs it) it does
@@ -53,7 +54,8 @@ fn continuous(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, max_new: usize) 
     let mut running = DecodeBatch::new(&model.model);
     while !queue.is_empty() || !running.is_empty() {
         let room = batch.saturating_sub(running.len()).min(queue.len());
-        if room > 0 {
+        let min_admit = num("--min-admit", (batch / 2).max(1)).min(queue.len()).max(1);
+        if room >= min_admit || (running.is_empty() && room > 0) {
             let keys: Vec<u64> = queue.drain(..room).collect();
             let refs: Vec<&[f32]> = keys.iter().map(|&k| pvs[k as usize].as_slice()).collect();
             let pv = model.pixel_batch(&refs)?;

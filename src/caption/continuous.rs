@@ -94,10 +94,15 @@ pub(super) fn serve(model: &mut Box<dyn Captioner>, rx: &std::sync::mpsc::Receiv
             continue;
         }
 
-        // Admit queued pairs into the free rows (only started requests while a swap waits).
+        // Admit queued pairs into the free rows (only started requests while a swap waits), once
+        // half the rows are free (or nothing runs): fewer, larger prefills and cache copies, which
+        // measured faster on CPU than admitting each pair as soon as a row frees.
         let capacity = model.decoder().map_or(0, |d| d.capacity());
+        let queued: usize = queue.iter().map(|id| open[id].pixels.len() - open[id].admitted).sum();
+        let free = capacity.saturating_sub(running.len());
+        let worth = running.is_empty() || free >= (capacity / 2).max(1).min(queued.max(1));
         let mut admit: Vec<u64> = Vec::new();
-        while running.len() + admit.len() < capacity {
+        while worth && running.len() + admit.len() < capacity {
             let Some(&id) = queue.front() else { break };
             let o = open.get_mut(&id).expect("queued requests are open");
             if !deferred.is_empty() && o.admitted == 0 {
