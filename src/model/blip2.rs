@@ -2,14 +2,14 @@
 //! over the learned query tokens → `language_projection` → the projected queries are concatenated
 //! *before* the prompt's token embeddings and OPT continues from there.
 
-use candle_core::{DType, Device, IndexOp, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::Blip2Config;
 use super::linear::Linear;
 use super::lora::Adapter;
 use super::ops::Mode;
-use super::opt::{KvCache, OptForCausalLM};
+use super::opt::OptForCausalLM;
 use super::qformer::QFormerModel;
 use super::vision::VisionModel;
 
@@ -136,57 +136,5 @@ impl Blip2Model {
     /// fails inside the embedding lookup past it).
     pub fn max_new_tokens_limit(&self) -> usize {
         self.config.text_config.max_position_embeddings.saturating_sub(self.config.num_query_tokens)
-    }
-
-    /// Greedy decoding with a KV cache, batched. Every sequence starts from `[bos]` after the image
-    /// prefix and stops at the first id in `eos` (not included) or after `max_new_tokens`. Finished
-    /// sequences leave the batch, so the others run at the cost of the survivors only.
-    pub fn generate_greedy(&self, pixel_values: &Tensor, max_new_tokens: usize, eos: &[u32]) -> Result<Vec<Vec<u32>>> {
-        let limit = self.max_new_tokens_limit();
-        if max_new_tokens > limit {
-            candle_core::bail!(
-                "max_new_tokens = {max_new_tokens} is more than this model can generate: at most {limit} \
-                 (OPT max_position_embeddings {} - {} query tokens)",
-                self.config.text_config.max_position_embeddings,
-                self.config.num_query_tokens
-            );
-        }
-        let mode = Mode::Inference;
-        let lm = &self.language_model;
-        let b = pixel_values.dim(0)?;
-        let bos = self.config.text_config.bos_token_id;
-        let prefix = self.image_prefix(pixel_values, mode)?;
-        let bos_ids = Tensor::new(vec![bos; b], self.device())?.reshape((b, 1))?;
-        let embeds = Tensor::cat(&[&prefix, &lm.embed(&bos_ids)?.to_dtype(prefix.dtype())?], 1)?;
-        let mut cache = KvCache::new(lm.layers.len());
-        let mut hidden = lm.forward_embeds(&embeds, Some(&mut cache), mode)?;
-        let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
-        let mut alive: Vec<usize> = (0..b).collect();
-        for step in 0..max_new_tokens {
-            let last = hidden.i((.., hidden.dim(1)? - 1, ..))?;
-            let next: Vec<u32> = lm.logits(&last, mode)?.to_dtype(DType::F32)?.argmax(1)?.to_vec1()?;
-            let mut keep_rows = Vec::with_capacity(alive.len());
-            let mut keep_ids = Vec::with_capacity(alive.len());
-            for (row, (&seq, &tok)) in alive.iter().zip(&next).enumerate() {
-                if eos.contains(&tok) {
-                    continue;
-                }
-                out[seq].push(tok);
-                keep_rows.push(row as u32);
-                keep_ids.push(tok);
-            }
-            if keep_rows.is_empty() || step + 1 == max_new_tokens {
-                break;
-            }
-            if keep_rows.len() < alive.len() {
-                let rows = Tensor::new(keep_rows.as_slice(), self.device())?;
-                cache.select_rows(&rows)?;
-                alive = keep_rows.iter().map(|&r| alive[r as usize]).collect();
-            }
-            let n = keep_ids.len();
-            let ids = Tensor::new(keep_ids, self.device())?.reshape((n, 1))?;
-            hidden = lm.forward_embeds(&lm.embed(&ids)?, Some(&mut cache), mode)?;
-        }
-        Ok(out)
     }
 }

@@ -56,15 +56,6 @@ impl DecodeBatch {
         self.rows.is_empty()
     }
 
-    /// Cached positions per row, padding included (the cache holds `len() × cached_positions()`).
-    pub fn cached_positions(&self) -> usize {
-        if self.rows.is_empty() {
-            0
-        } else {
-            self.cache.len()
-        }
-    }
-
     /// Prefills the pairs `pixel_values` [n, 3, S, S] under the caller's `keys` and adds those still
     /// running to the batch; returns those that finished at their first token.
     pub fn admit(
@@ -168,5 +159,27 @@ impl DecodeBatch {
         }
         self.rows = rows;
         Ok(finished)
+    }
+}
+
+impl Blip2Model {
+    /// Greedy decoding with a KV cache, batched. Every sequence starts from `[bos]` after the image
+    /// prefix and stops at the first id in `eos` (not included) or after `max_new_tokens`. Finished
+    /// sequences leave the batch, so the others run at the cost of the survivors only.
+    /// It is the engine with every row admitted at once: the same code path as continuous batching.
+    pub fn generate_greedy(&self, pixel_values: &Tensor, max_new_tokens: usize, eos: &[u32]) -> Result<Vec<Vec<u32>>> {
+        let keys: Vec<u64> = (0..pixel_values.dim(0)? as u64).collect();
+        let mut batch = DecodeBatch::new(self);
+        let mut out = vec![Vec::new(); keys.len()];
+        let mut done = batch.admit(self, pixel_values, &keys, max_new_tokens, eos)?;
+        loop {
+            for f in done {
+                out[f.key as usize] = f.token_ids;
+            }
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            done = batch.step(self, eos)?;
+        }
     }
 }
