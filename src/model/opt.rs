@@ -308,19 +308,32 @@ impl OptForCausalLM {
 
     /// Decoder hidden states (after the final LayerNorm / project_out) for `embeds` [B, T, D] that
     /// follow `cache.len()` cached positions; appends to the cache when given.
-    pub fn forward_embeds(&self, embeds: &Tensor, mut cache: Option<&mut KvCache>, mode: Mode) -> Result<Tensor> {
+    pub fn forward_embeds(&self, embeds: &Tensor, cache: Option<&mut KvCache>, mode: Mode) -> Result<Tensor> {
         let (_, t, _) = embeds.dims3()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
+        let pos = self.embed_positions.narrow(0, past + POSITION_OFFSET, t)?.unsqueeze(0)?;
+        let mask = if t > 1 { Some(ops::causal_mask(t, past, embeds.dtype(), embeds.device())?) } else { None };
+        self.decode(embeds, &pos, mask.as_ref(), cache, mode)
+    }
+
+    /// project_in, + positions, the decoder layers (appending to `cache` when given) under the
+    /// additive `mask`, the final LayerNorm and project_out.
+    fn decode(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let mut x = match &self.project_in {
             Some(p) => p.forward(embeds, mode)?,
             None => embeds.clone(),
         };
-        let pos = self.embed_positions.narrow(0, past + POSITION_OFFSET, t)?;
-        x = x.broadcast_add(&pos.unsqueeze(0)?.to_dtype(x.dtype())?)?;
-        let mask = if t > 1 { Some(ops::causal_mask(t, past, x.dtype(), x.device())?) } else { None };
+        x = x.broadcast_add(&positions.to_dtype(x.dtype())?)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(&x, mask.as_ref(), layer_cache, mode)?;
+            x = layer.forward(&x, mask, layer_cache, mode)?;
         }
         if let Some(ln) = &self.final_layer_norm {
             x = ln.forward(&x, mode)?;
@@ -350,18 +363,13 @@ impl OptForCausalLM {
                 positions.len()
             );
         }
-        let mut x = match &self.project_in {
-            Some(p) => p.forward(embeds, mode)?,
-            None => embeds.clone(),
-        };
         let pos = if positions.iter().all(|&p| p == positions[0]) {
             // Rows in step (no one joined late): one position for all, as `forward_embeds`.
             self.embed_positions.narrow(0, positions[0] as usize + POSITION_OFFSET, 1)?
         } else {
             let ids: Vec<u32> = positions.iter().map(|&p| p + POSITION_OFFSET as u32).collect();
-            self.embed_positions.index_select(&Tensor::new(ids, x.device())?, 0)?.unsqueeze(1)?
+            self.embed_positions.index_select(&Tensor::new(ids, embeds.device())?, 0)?.unsqueeze(1)?
         };
-        x = x.broadcast_add(&pos.to_dtype(x.dtype())?)?;
         // The new token sees every cached position of its row but the padding, and itself.
         let keys = cache.len() + 1;
         let mask = if padding.iter().all(|&p| p == 0) {
@@ -371,18 +379,9 @@ impl OptForCausalLM {
                 .iter()
                 .flat_map(|&pad| (0..keys).map(move |j| if j < pad { f32::NEG_INFINITY } else { 0.0 }))
                 .collect();
-            Some(Tensor::from_vec(mask, (b, 1, 1, keys), x.device())?.to_dtype(x.dtype())?)
+            Some(Tensor::from_vec(mask, (b, 1, 1, keys), embeds.device())?.to_dtype(embeds.dtype())?)
         };
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, mask.as_ref(), Some(&mut cache.layers[i]), mode)?;
-        }
-        if let Some(ln) = &self.final_layer_norm {
-            x = ln.forward(&x, mode)?;
-        }
-        if let Some(p) = &self.project_out {
-            x = p.forward(&x, mode)?;
-        }
-        Ok(x)
+        self.decode(embeds, &pos, mask.as_ref(), Some(cache), mode)
     }
 
     /// `lm_head(hidden)`: logits [.., vocab].
