@@ -81,3 +81,40 @@ fn lora_on_pairs_raises_heldout_cider_over_the_pretrained_base() {
     assert!(report.best_holdout_loss.unwrap() < first, "holdout loss must fall");
     assert!(after > before + 0.5, "CIDEr-D must rise clearly: {before:.3} -> {after:.3}");
 }
+
+/// The demo model (models/synthetic) ends its captions with `</s>` (id 2, the labels' padding) and
+/// names it as eos; under its former eos ("\n", id 4, never generated) every caption ran to the
+/// token limit. Stopping at `</s>` keeps every caption's text and cuts the tokens generated.
+#[test]
+fn the_demo_model_stops_at_the_end_of_its_captions_with_the_same_text() {
+    use rand::SeedableRng;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/synthetic");
+    let model = Blip2Idc::load(&LoadOptions {
+        checkpoint: root.join("base").to_string_lossy().into_owned(),
+        adapter: Some(root.join("adapter")),
+        dtype: DType::F32,
+        device: Device::Cpu,
+        merge_adapter: true,
+    })
+    .unwrap();
+    assert_eq!(model.eos_token_ids, vec![2]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2024);
+    let pvs: Vec<Vec<f32>> = (0..24)
+        .map(|_| {
+            let p = blip2idc::train::synthetic::random_pair(&mut rng);
+            let (a, b) = (p.original.render(&mut rng), p.modified.render(&mut rng));
+            model.processor.pixel_values(&stack_pair(&a, &b))
+        })
+        .collect();
+    let refs: Vec<&[f32]> = pvs.iter().map(|v| v.as_slice()).collect();
+    let pv = model.pixel_batch(&refs).unwrap();
+    let limit = model.model.max_new_tokens_limit();
+    let stopped = model.model.generate_greedy(&pv, limit, &[2]).unwrap();
+    let former = model.model.generate_greedy(&pv, limit, &[4]).unwrap();
+    for (now, before) in stopped.iter().zip(&former) {
+        assert_eq!(before.len(), limit, "under the former eos every caption ran to the limit");
+        assert!(now.len() < limit, "{now:?}");
+        assert_eq!(model.decode(now).unwrap(), model.decode(before).unwrap());
+        assert!(!model.decode(now).unwrap().is_empty());
+    }
+}

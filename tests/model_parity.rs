@@ -210,6 +210,16 @@ fn fixture_pixels(exp: &HashMap<String, Tensor>) -> Vec<Vec<f32>> {
     (0..pairs()).map(|i| exp[&format!("pair{i}.pixel_values")].flatten_all().unwrap().to_vec1().unwrap()).collect()
 }
 
+/// The reference's one-by-one greedy ids of every pair, for `ckpt` with or without its adapter.
+fn reference_ids(man: &Value, ckpt: &str, variant: &str) -> Vec<Vec<u32>> {
+    man["checkpoints"][ckpt]["greedy"][variant]["one_by_one"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| ids(&r["token_ids"]))
+        .collect()
+}
+
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
@@ -257,7 +267,7 @@ fn continuous_batching_gives_the_one_by_one_ids() {
         let man = manifest();
         for (variant, adapter) in [("base", false), ("adapter", true)] {
             let model = load(ckpt, adapter, true);
-            let reference = man["checkpoints"][ckpt]["greedy"][variant]["one_by_one"].as_array().unwrap();
+            let reference = reference_ids(&man, ckpt, variant);
             let pvs = fixture_pixels(&exp);
             let mut batch = DecodeBatch::new(&model.model);
             let mut done: HashMap<u64, Vec<u32>> = HashMap::new();
@@ -282,8 +292,8 @@ fn continuous_batching_gives_the_one_by_one_ids() {
                 assert!(steps < 10_000, "decoding does not end");
             }
             assert!(joined_mid_run, "the schedule admits pairs into a running batch");
-            for (i, r) in reference.iter().enumerate() {
-                assert_eq!(done[&(i as u64)], ids(&r["token_ids"]), "{ckpt} {variant} pair {i}");
+            for (i, want) in reference.iter().enumerate() {
+                assert_eq!(&done[&(i as u64)], want, "{ckpt} {variant} pair {i}");
             }
         }
     }
@@ -299,14 +309,7 @@ fn the_captioner_thread_batches_continuously_and_swaps_between_requests() {
     let ckpt = "tiny-a";
     let exp = expected(ckpt);
     let man = manifest();
-    let reference = |variant: &str| -> Vec<Vec<u32>> {
-        man["checkpoints"][ckpt]["greedy"][variant]["one_by_one"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| ids(&r["token_ids"]))
-            .collect()
-    };
+    let reference = |variant: &str| reference_ids(&man, ckpt, variant);
     let pvs = fixture_pixels(&exp);
     let factory: blip2idc::caption::CaptionerFactory = Box::new(|| {
         let c = Blip2IdcCaptioner::from_model(load(ckpt, true, true), "with-adapter".into(), 77)?
