@@ -344,13 +344,7 @@ async fn read_image(
     cfg: &Config,
     s3: Option<&blip2idc::fetch::ObjectReader>,
 ) -> anyhow::Result<image::DynamicImage> {
-    let bytes = match s3.filter(|_| spec.starts_with("s3://")) {
-        Some(reader) => {
-            let uri = blip2idc::s3uri::S3Uri::parse(spec)?;
-            reader.read(&uri).await?
-        }
-        None => std::fs::read(spec).map_err(|e| anyhow::anyhow!("reading {spec}: {e}"))?.into(),
-    };
+    let bytes = blip2idc::caption::offline::read(spec, s3).await?;
     Ok(blip2idc::decode::decode(&bytes, &cfg.decode, spec)?)
 }
 

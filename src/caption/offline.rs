@@ -274,7 +274,9 @@ async fn load(
     }
 }
 
-async fn read(spec: &str, reader: Option<&ObjectReader>) -> Result<bytes::Bytes, Rejection> {
+/// The bytes of `spec`: an `s3://` object read through `reader` (as the service reads it), else a
+/// local file. Also `blip2idc caption`'s reader for one pair.
+pub async fn read(spec: &str, reader: Option<&ObjectReader>) -> Result<bytes::Bytes, Rejection> {
     match reader.filter(|_| spec.starts_with("s3://")) {
         Some(reader) => {
             let uri = S3Uri::parse(spec)?;
