@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! cargo bench --bench engine -- --model DIR [--adapter DIR] [--pairs N] [--batch B] [--max-new-tokens T] [--rounds R]
+//!     [--lengths MIN-MAX]
 //! ```
+//! `--lengths MIN-MAX` gives each pair its own token limit, drawn uniformly (seeded) from that range: a
+//! spread of caption lengths for checkpoints that never stop on their own (random weights such as
+//! the "mid" config of `benches/make_random_checkpoint.py` emit no eos). Both modes honour the same
+//! limits (`DecodeBatch::admit_each`).
 //! All pairs are queued at the start. Fixed batches: chunks of `--batch` pairs through
 //! `generate_greedy`, each pair done when its batch is. Continuous: at most `--batch` rows running;
 //! once `--min-admit` rows are free (default half, as the service's captioner thread does), queued
@@ -32,22 +37,30 @@ struct Run {
     ids: HashMap<u64, Vec<u32>>,
 }
 
-fn fixed(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, max_new: usize) -> anyhow::Result<Run> {
+/// Fixed batches: each chunk of `batch` pairs decodes until its last row is done (what
+/// `generate_greedy` does), then the next chunk starts.
+fn fixed(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, limits: &[usize]) -> anyhow::Result<Run> {
     let t0 = Instant::now();
     let (mut latencies, mut ids) = (Vec::new(), HashMap::new());
     for (c, chunk) in pvs.chunks(batch).enumerate() {
         let refs: Vec<&[f32]> = chunk.iter().map(|v| v.as_slice()).collect();
+        let keys: Vec<u64> = (c * batch..c * batch + chunk.len()).map(|k| k as u64).collect();
         let pv = model.pixel_batch(&refs)?;
-        let out = model.model.generate_greedy(&pv, max_new, &model.eos_token_ids)?;
-        for (i, row) in out.into_iter().enumerate() {
+        let mut running = DecodeBatch::new(&model.model);
+        let chunk_limits = &limits[c * batch..c * batch + chunk.len()];
+        let mut out = running.admit_each(&model.model, &pv, &keys, chunk_limits, &model.eos_token_ids)?;
+        while !running.is_empty() {
+            out.extend(running.step(&model.model, &model.eos_token_ids)?);
+        }
+        for f in out {
             latencies.push(t0.elapsed());
-            ids.insert((c * batch + i) as u64, row);
+            ids.insert(f.key, f.token_ids);
         }
     }
     Ok(Run { seconds: t0.elapsed().as_secs_f64(), latencies, ids })
 }
 
-fn continuous(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, max_new: usize) -> anyhow::Result<Run> {
+fn continuous(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, limits: &[usize]) -> anyhow::Result<Run> {
     let t0 = Instant::now();
     let (mut latencies, mut ids) = (Vec::new(), HashMap::new());
     let mut queue: VecDeque<u64> = (0..pvs.len() as u64).collect();
@@ -59,7 +72,8 @@ fn continuous(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, max_new: usize) 
             let keys: Vec<u64> = queue.drain(..room).collect();
             let refs: Vec<&[f32]> = keys.iter().map(|&k| pvs[k as usize].as_slice()).collect();
             let pv = model.pixel_batch(&refs)?;
-            for f in running.admit(&model.model, &pv, &keys, max_new, &model.eos_token_ids)? {
+            let key_limits: Vec<usize> = keys.iter().map(|&k| limits[k as usize]).collect();
+            for f in running.admit_each(&model.model, &pv, &keys, &key_limits, &model.eos_token_ids)? {
                 latencies.push(t0.elapsed());
                 ids.insert(f.key, f.token_ids);
             }
@@ -102,15 +116,28 @@ fn main() -> anyhow::Result<()> {
             model.processor.pixel_values(&blip2idc::model::preprocess::stack_pair(&a, &b))
         })
         .collect();
+    let limits: Vec<usize> = match arg("--lengths") {
+        None => vec![max_new; pairs],
+        Some(range) => {
+            let (lo, hi) = range
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
+                .filter(|(a, b)| 1 <= *a && a <= b && *b <= max_new)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--lengths is MIN-MAX with 1 <= MIN <= MAX <= {max_new}, not {range}")
+                })?;
+            (0..pairs).map(|_| rand::Rng::random_range(&mut rng, lo..=hi)).collect()
+        }
+    };
     eprintln!("{model_dir}: {pairs} pairs, batch {batch}, max {max_new} new tokens, {rounds} rounds; CPU GEMM: {gemm}");
 
     let (mut best_fixed, mut best_cont): (Option<Run>, Option<Run>) = (None, None);
     for _ in 0..rounds {
-        let f = fixed(&model, &pvs, batch, max_new)?;
+        let f = fixed(&model, &pvs, batch, &limits)?;
         if best_fixed.as_ref().is_none_or(|b| f.seconds < b.seconds) {
             best_fixed = Some(f);
         }
-        let c = continuous(&model, &pvs, batch, max_new)?;
+        let c = continuous(&model, &pvs, batch, &limits)?;
         if best_cont.as_ref().is_none_or(|b| c.seconds < b.seconds) {
             best_cont = Some(c);
         }

@@ -299,6 +299,39 @@ fn continuous_batching_gives_the_one_by_one_ids() {
     }
 }
 
+/// Per-pair token limits: rows with different limits share one batch and each stops at its own, with
+/// the reference's ids cut there (the engine benchmark's `--lengths` relies on this).
+#[test]
+fn per_pair_token_limits_cut_each_row_at_its_own() {
+    use blip2idc::model::engine::DecodeBatch;
+    let (exp, man) = (expected("tiny-a"), manifest());
+    let model = load("tiny-a", true, true);
+    let reference = reference_ids(&man, "tiny-a", "adapter");
+    let pvs = fixture_pixels(&exp);
+    let refs: Vec<&[f32]> = pvs.iter().map(|v| v.as_slice()).collect();
+    let limits: Vec<usize> = [0, 1, 3, 12, 77].iter().cycle().take(pvs.len()).copied().collect();
+    let keys: Vec<u64> = (0..pvs.len() as u64).collect();
+    let mut batch = DecodeBatch::new(&model.model);
+    let pv = model.pixel_batch(&refs).unwrap();
+    let mut done: HashMap<u64, Vec<u32>> = HashMap::new();
+    for f in batch.admit_each(&model.model, &pv, &keys, &limits, &model.eos_token_ids).unwrap() {
+        done.insert(f.key, f.token_ids);
+    }
+    while !batch.is_empty() {
+        for f in batch.step(&model.model, &model.eos_token_ids).unwrap() {
+            done.insert(f.key, f.token_ids);
+        }
+    }
+    for (i, want) in reference.iter().enumerate() {
+        let cut = &want[..want.len().min(limits[i])];
+        assert_eq!(done[&(i as u64)], cut, "pair {i}, limit {}", limits[i]);
+    }
+    let over = model.model.max_new_tokens_limit() + 1;
+    let err = batch.admit_each(&model.model, &pv, &keys, &vec![over; keys.len()], &model.eos_token_ids).unwrap_err();
+    assert!(err.to_string().contains("more than this model can generate"), "{err}");
+    assert!(batch.admit_each(&model.model, &pv, &keys, &[1], &model.eos_token_ids).is_err(), "one limit per pair");
+}
+
 /// The captioner thread with continuous batching: batches submitted together share the decoder's
 /// rows and each comes back whole, with the one-by-one ids; a swap waits for the rows in flight, so
 /// each batch is labelled with the weights that captioned all of it.

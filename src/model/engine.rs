@@ -66,16 +66,32 @@ impl DecodeBatch {
         max_new_tokens: usize,
         eos: &[u32],
     ) -> Result<Vec<Finished>> {
+        self.admit_each(model, pixel_values, keys, &vec![max_new_tokens; keys.len()], eos)
+    }
+
+    /// [`DecodeBatch::admit`] with a token limit per pair (`max_new_tokens[i]` for `keys[i]`): rows of
+    /// different limits share the batch, each stopping at its own.
+    pub fn admit_each(
+        &mut self,
+        model: &Blip2Model,
+        pixel_values: &Tensor,
+        keys: &[u64],
+        max_new_tokens: &[usize],
+        eos: &[u32],
+    ) -> Result<Vec<Finished>> {
         let limit = model.max_new_tokens_limit();
-        if max_new_tokens > limit {
+        if let Some(&over) = max_new_tokens.iter().find(|&&m| m > limit) {
+            candle_core::bail!("max_new_tokens = {over} is more than this model can generate: at most {limit}");
+        }
+        if pixel_values.dim(0)? != keys.len() || max_new_tokens.len() != keys.len() {
             candle_core::bail!(
-                "max_new_tokens = {max_new_tokens} is more than this model can generate: at most {limit}"
+                "{} keys and {} limits for {} pairs",
+                keys.len(),
+                max_new_tokens.len(),
+                pixel_values.dim(0)?
             );
         }
-        if pixel_values.dim(0)? != keys.len() {
-            candle_core::bail!("{} keys for {} pairs", keys.len(), pixel_values.dim(0)?);
-        }
-        if max_new_tokens == 0 || keys.is_empty() {
+        if max_new_tokens.iter().all(|&m| m == 0) || keys.is_empty() {
             return Ok(keys.iter().map(|&key| Finished { key, token_ids: Vec::new() }).collect());
         }
         let mode = Mode::Inference;
@@ -90,8 +106,8 @@ impl DecodeBatch {
         let next: Vec<u32> = lm.logits(&last, mode)?.to_dtype(DType::F32)?.argmax(1)?.to_vec1()?;
         let filled = cache.len();
         let (mut finished, mut keep, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, (&key, &tok)) in keys.iter().zip(&next).enumerate() {
-            if eos.contains(&tok) {
+        for (i, ((&key, &tok), &max_new_tokens)) in keys.iter().zip(&next).zip(max_new_tokens).enumerate() {
+            if max_new_tokens == 0 || eos.contains(&tok) {
                 finished.push(Finished { key, token_ids: Vec::new() });
             } else if max_new_tokens == 1 {
                 finished.push(Finished { key, token_ids: vec![tok] });
