@@ -6,8 +6,9 @@ The CPU/GPU benchmarks need the full BLIP-2 OPT-2.7b shapes, but this machine ha
 3.87 B parameters are drawn at random, float32 (15.5 GB on disk). Captions from it are meaningless.
 
 usage:
-  .venv-ref/bin/python benches/make_random_checkpoint.py [--preset full|mid] [--out DIR]
-      [--adapter-out DIR] [--seed K] [--max-shard-size 2GB] [--no-check]
+  .venv-ref/bin/python benches/make_random_checkpoint.py [--preset full|mid|tiny] [--out DIR]
+      [--adapter-out DIR] [--seed K] [--max-shard-size 2GB] [--dtype f32|bf16] [--no-check]
+      [--json-out FILE]
   .venv-ref/bin/python benches/make_random_checkpoint.py --check-only [--out DIR] [--adapter-out DIR]
 
   --preset full      (default) every size of blip2-opt-2.7b: 3.87 B parameters, 15.5 GB
@@ -15,6 +16,9 @@ usage:
                      6144 ffn / 16 heads / 4 layers / image 224 / patch 14; Q-Former 768 / 12 heads /
                      4 layers / cross-attention every 2nd layer (layers 0 and 2); OPT 2560 / 10240 ffn /
                      32 heads / 4 layers / vocab 50272; 32 query tokens. 0.59 B parameters, 2.35 GB
+  --preset tiny      the same structure (vocabularies, 224 images, 32 queries, 2 layers per tower) at
+                     width 64: the GPU check's dry run on a CPU (~7 M parameters)
+  --dtype bf16       store bfloat16 (the same draws, rounded): half the disk and load time
   --out DIR          checkpoint (default <repo>/.bench-ckpt/blip2-opt-2.7b-random; mid:
                      .bench-ckpt/blip2-mid-random)
   --adapter-out DIR  PEFT LoRA adapter (default .bench-ckpt/blip2idc-adapter-random; mid:
@@ -64,8 +68,15 @@ DEFAULT_OUT = os.path.join(REPO, ".bench-ckpt", "blip2-opt-2.7b-random")
 DEFAULT_ADAPTER_OUT = os.path.join(REPO, ".bench-ckpt", "blip2idc-adapter-random")
 DEFAULT_OUT_MID = os.path.join(REPO, ".bench-ckpt", "blip2-mid-random")
 DEFAULT_ADAPTER_OUT_MID = os.path.join(REPO, ".bench-ckpt", "blip2idc-adapter-mid-random")
-# Layer counts per preset (vision, Q-Former, OPT); every width is blip2-opt-2.7b's.
-PRESET_LAYERS = {"full": (39, 12, 32), "mid": (4, 4, 4)}
+DEFAULT_OUT_TINY = os.path.join(REPO, ".bench-ckpt", "blip2-tiny-random")
+DEFAULT_ADAPTER_OUT_TINY = os.path.join(REPO, ".bench-ckpt", "blip2idc-adapter-tiny-random")
+# Layer counts per preset (vision, Q-Former, OPT); every width is blip2-opt-2.7b's except in "tiny".
+PRESET_LAYERS = {"full": (39, 12, 32), "mid": (4, 4, 4), "tiny": (2, 2, 2)}
+# "tiny" (the device check's dry run): widths 64, ffn 128, 4 heads; the real vocabularies, image size
+# and query count, so every code path (sharding, the tied lm_head, the image token) is the full one's.
+TINY_WIDTHS = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
+# blip2-opt-2.7b's image token (transformers >= 4.46 configs: image_token_index / image_token_id).
+IMAGE_TOKEN_ID = 50265
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -105,6 +116,8 @@ def blip2_opt_27b_config(preset="full"):
     every width and has 4 vision, 4 Q-Former and 4 OPT layers."""
     from transformers import Blip2Config
 
+    import inspect
+
     n_vision, n_qformer, n_text = PRESET_LAYERS[preset]
     vision = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=n_vision, num_attention_heads=16,
                   image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True,
@@ -117,8 +130,19 @@ def blip2_opt_27b_config(preset="full"):
                 activation_function="relu", do_layer_norm_before=True, enable_bias=True,
                 layer_norm_elementwise_affine=True, bos_token_id=2, eos_token_id=50118, pad_token_id=1,
                 init_std=INIT_STD, tie_word_embeddings=True)
+    if preset == "tiny":
+        vision.update(TINY_WIDTHS)
+        qformer.update(TINY_WIDTHS, encoder_hidden_size=TINY_WIDTHS["hidden_size"])
+        text.update(hidden_size=64, word_embed_proj_dim=64, ffn_dim=128, num_attention_heads=4)
+    extra = {}
+    # Newer transformers place the query outputs on image tokens in input_ids (and later versions need
+    # them); the language model's input is the same as 4.35's [queries, bos] either way.
+    params = inspect.signature(Blip2Config.__init__).parameters
+    for name in ("image_token_index", "image_token_id"):
+        if name in params:
+            extra[name] = IMAGE_TOKEN_ID
     return Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=32,
-                       initializer_range=INIT_STD, initializer_factor=1.0)
+                       initializer_range=INIT_STD, initializer_factor=1.0, **extra)
 
 
 def init_tensor(name, module, shape, gen):
@@ -151,7 +175,7 @@ def build_meta_model(config):
     return model.eval()
 
 
-def plan_shards(state_dict, max_shard_size):
+def plan_shards(state_dict, max_shard_size, bytes_per_value=4):
     """transformers 4.35's own sharding (`shard_checkpoint`) applied to meta tensors.
 
     `shard_checkpoint` puts tensors that share storage in one shard; every meta tensor reports storage
@@ -161,12 +185,49 @@ def plan_shards(state_dict, max_shard_size):
 
     from transformers import modeling_utils
 
-    with mock.patch.object(modeling_utils, "id_tensor_storage", lambda t: id(t)):
-        return modeling_utils.shard_checkpoint(state_dict, max_shard_size=max_shard_size,
-                                               weights_name=modeling_utils.SAFE_WEIGHTS_NAME)
+    if bytes_per_value == 4 and hasattr(modeling_utils, "shard_checkpoint"):
+        with mock.patch.object(modeling_utils, "id_tensor_storage", lambda t: id(t)):
+            return modeling_utils.shard_checkpoint(state_dict, max_shard_size=max_shard_size,
+                                                   weights_name=modeling_utils.SAFE_WEIGHTS_NAME)
+    return plan_shards_like_435(state_dict, max_shard_size, bytes_per_value)
 
 
-def write_checkpoint(model, out, seed, max_shard_size):
+def parse_size(size):
+    """"2GB" -> 2 * 10**9, "2GiB" -> 2 * 2**30 (transformers' convert_file_size_to_int)."""
+    if isinstance(size, int):
+        return size
+    units = {"GIB": 2 ** 30, "MIB": 2 ** 20, "KIB": 2 ** 10, "GB": 10 ** 9, "MB": 10 ** 6, "KB": 10 ** 3}
+    for unit, factor in units.items():
+        if size.upper().endswith(unit):
+            value = int(size[:-len(unit)]) * factor
+            return value // 8 if size.endswith("b") else value  # "Gb": bits
+    return int(size)
+
+
+def plan_shards_like_435(state_dict, max_shard_size, bytes_per_value):
+    """4.35's `shard_checkpoint` (removed from later transformers), for meta tensors: tensors in order,
+    a new shard when the next one would pass the limit; one shard -> model.safetensors, no index."""
+    limit = parse_size(max_shard_size)
+    blocks, size, total = [{}], 0, 0
+    for name, t in state_dict.items():
+        n = t.numel() * bytes_per_value
+        if size + n > limit and blocks[-1]:
+            blocks.append({})
+            size = 0
+        blocks[-1][name] = t
+        size += n
+        total += n
+    if len(blocks) == 1:
+        return {"model.safetensors": blocks[0]}, None
+    shards, weight_map = {}, {}
+    for i, block in enumerate(blocks):
+        file = f"model-{i + 1:05d}-of-{len(blocks):05d}.safetensors"
+        shards[file] = block
+        weight_map.update({k: file for k in block})
+    return shards, {"metadata": {"total_size": total}, "weight_map": weight_map}
+
+
+def write_checkpoint(model, out, seed, max_shard_size, dtype="f32"):
     import torch
     from safetensors.torch import save_file
     from transformers import BlipImageProcessor, Blip2Processor, PreTrainedTokenizerFast
@@ -177,7 +238,7 @@ def write_checkpoint(model, out, seed, max_shard_size):
             os.remove(os.path.join(out, f))
 
     # As save_pretrained: config (dtype, architectures), generation config.
-    model.config.torch_dtype = "float32"
+    model.config.torch_dtype = {"f32": "float32", "bf16": "bfloat16"}[dtype]
     model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
@@ -185,20 +246,21 @@ def write_checkpoint(model, out, seed, max_shard_size):
     state_dict = model.state_dict()
     del state_dict["language_model.lm_head.weight"]  # tied to embed_tokens; save_pretrained drops it
     modules = dict(model.named_modules())
-    shards, index = plan_shards(state_dict, max_shard_size)
+    shards, index = plan_shards(state_dict, max_shard_size, 2 if dtype == "bf16" else 4)
     gen = torch.Generator().manual_seed(seed)
     n_params, t0 = 0, time.perf_counter()
     for i, (shard_file, shard) in enumerate(shards.items()):
         tensors = {}
         for name, meta in shard.items():
             mod_name = name.rsplit(".", 1)[0] if "." in name else ""
-            tensors[name] = init_tensor(name, modules[mod_name], meta.shape, gen)
+            t = init_tensor(name, modules[mod_name], meta.shape, gen)
+            tensors[name] = t.to(torch.bfloat16) if dtype == "bf16" else t
             n_params += meta.numel()
         for name, t in tensors.items():
             if not torch.isfinite(t).all():
                 raise RuntimeError(f"non-finite values in {name}")
         save_file(tensors, os.path.join(out, shard_file), metadata={"format": "pt"})
-        size = sum(t.numel() * 4 for t in tensors.values())
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
         del tensors
         log(f"  [{i + 1}/{len(shards)}] {shard_file}: {len(shard)} tensors, {gib(size)} "
             f"({time.perf_counter() - t0:.0f} s, peak RSS {gib(peak_rss_bytes())})")
@@ -295,13 +357,17 @@ def main():
                    help=f"default {DEFAULT_ADAPTER_OUT} (mid: {DEFAULT_ADAPTER_OUT_MID})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-shard-size", default="2GB")
+    p.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                   help="stored precision (bf16: the same draws rounded, half the disk; the GPU check uses it)")
     p.add_argument("--no-check", action="store_true", help="skip the reload + forward check")
+    p.add_argument("--json-out", help="also write the summary (versions, sizes, times) to this file")
     p.add_argument("--check-only", action="store_true", help="only check an existing checkpoint")
     args = p.parse_args()
     if args.out is None:
-        args.out = DEFAULT_OUT_MID if args.preset == "mid" else DEFAULT_OUT
+        args.out = {"mid": DEFAULT_OUT_MID, "tiny": DEFAULT_OUT_TINY}.get(args.preset, DEFAULT_OUT)
     if args.adapter_out is None:
-        args.adapter_out = DEFAULT_ADAPTER_OUT_MID if args.preset == "mid" else DEFAULT_ADAPTER_OUT
+        args.adapter_out = {"mid": DEFAULT_ADAPTER_OUT_MID, "tiny": DEFAULT_ADAPTER_OUT_TINY}.get(
+            args.preset, DEFAULT_ADAPTER_OUT)
     if os.environ.get("PYTHONHASHSEED") != "0":
         # PEFT stores target_modules as a set: fix the hash seed so adapter_config.json is reproducible.
         os.environ["PYTHONHASHSEED"] = "0"
@@ -325,15 +391,20 @@ def main():
     t_start = time.perf_counter()
     config = blip2_opt_27b_config(args.preset)
     model = build_meta_model(config)
-    need = int(sum(p.numel() for p in model.parameters()) * 4 * 1.05) + 1024 ** 3  # tied lm_head once
+    per_value = 2 if args.dtype == "bf16" else 4
+    need = int(sum(p.numel() for p in model.parameters()) * per_value * 1.05) + 1024 ** 3  # tied lm_head once
     if shutil.disk_usage(probe).free + reused < need:
         raise SystemExit(f"only {gib(shutil.disk_usage(probe).free)} free under {probe}: ~{gib(need)} needed")
     log(f"writing {args.out} (preset {args.preset}, seed {args.seed}, shards of {args.max_shard_size})")
-    n_params, n_shards = write_checkpoint(model, args.out, args.seed, args.max_shard_size)
+    n_params, n_shards = write_checkpoint(model, args.out, args.seed, args.max_shard_size, args.dtype)
     log(f"wrote {n_params:,} parameters in {n_shards} shards")
     n_mod, n_lora = write_adapter(model, args.out, args.adapter_out, args.seed)
     log(f"wrote {args.adapter_out}: {n_mod} LoRA modules, {n_lora:,} parameters")
-    summary = {"preset": args.preset, "out": args.out, "adapter_out": args.adapter_out, "params": n_params,
+    import peft
+    import transformers
+
+    summary = {"preset": args.preset, "dtype": args.dtype, "torch_version": torch.__version__,
+               "transformers_version": transformers.__version__, "peft_version": peft.__version__, "out": args.out, "adapter_out": args.adapter_out, "params": n_params,
                "shards": n_shards, "lora_modules": n_mod, "lora_params": n_lora, "write_s": time.perf_counter() - t_start,
                "write_peak_rss_bytes": peak_rss_bytes()}
     log(f"written in {summary['write_s']:.0f} s, peak RSS {gib(summary['write_peak_rss_bytes'])}")
@@ -355,6 +426,9 @@ def main():
             f"max|delta|={res.get('adapter_max_abs_diff', float('nan')):.3g}; "
             f"peak RSS {gib(res['peak_rss_bytes'])}")
     print(json.dumps(summary, indent=2))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(dict(summary, step="checkpoint"), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,14 @@
 //! ```text
 //! cargo bench --bench model -- --model DIR [--adapter DIR] [--pairs N] [--batch B] [--max-new-tokens 77]
 //!     [--threads T] [--dtype f32|bf16] [--device cpu|cuda] [--python PATH] [--warmup-tokens W]
+//!     [--engine fixed|continuous] [--json-out FILE] [--no-reference]
 //! ```
+//! `--engine fixed` (default): `generate_greedy` on chunks of `--batch` pairs, as transformers'
+//! `generate` is called; `continuous`: at most `--batch` rows decode at once and queued pairs are
+//! prefilled into the batch once half its rows are free (`model::engine`, what `model.max_running`
+//! runs in the service). On `--device cuda` both sides' GPU memory is also sampled from outside with
+//! nvidia-smi (used memory above idle, CUDA context included). `--json-out` writes both sides and the
+//! ratios as one JSON object (what `deploy/cuda/device-check.sh` collects).
 //! Each side runs in its own process, one after the other (two 2.7B models do not fit in memory at
 //! once): ours is this binary re-executed with `--child`; the reference is `benches/model_reference.py`
 //! (needs torch, transformers 4.35, peft 0.6.2: `benches/requirements-reference.txt`; `--python` points
@@ -16,12 +23,13 @@
 static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
 
 mod common;
-use common::{arg, num, peak_rss, run_json};
+use common::{arg, num, peak_rss, run_side};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use blip2idc::model::engine::DecodeBatch;
 use blip2idc::model::loader::{dtype, open_device};
 use blip2idc::model::{Blip2Idc, LoadOptions};
 use serde_json::{json, Value};
@@ -56,22 +64,50 @@ fn child() -> anyhow::Result<()> {
         // Tokens computed: generated ids plus the eos step where a row stopped early.
         Ok(ids.iter().map(|r| if r.len() < n { r.len() + 1 } else { r.len() }).sum())
     };
+    let continuous = arg("--engine").as_deref() == Some("continuous");
     let t = Instant::now();
     generate(&items[..batch.min(pairs)], warmup)?;
     let warmup_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut tokens = 0;
-    for chunk in items.chunks(batch) {
-        tokens += generate(chunk, max_new)?;
+    if continuous {
+        tokens = decode_continuously(&model, &items, batch, max_new)?;
+    } else {
+        for chunk in items.chunks(batch) {
+            tokens += generate(chunk, max_new)?;
+        }
     }
     let generate_s = t.elapsed().as_secs_f64();
     println!(
         "{}",
         json!({"impl": "candle", "pairs": pairs, "batch": batch, "pairs_per_s": pairs as f64 / generate_s,
                "generate_s": generate_s, "tokens": tokens, "load_s": load_s, "warmup_s": warmup_s,
-               "peak_rss_bytes": peak_rss(), "threads": std::env::var("RAYON_NUM_THREADS").ok()})
+               "peak_rss_bytes": peak_rss(), "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+               "engine": if continuous { "continuous" } else { "fixed" }})
     );
     Ok(())
+}
+
+/// Continuous batching over all `items`: at most `max_rows` decode at once; queued pairs are prefilled
+/// together once half the rows are free (or nothing runs). Returns the tokens computed.
+fn decode_continuously(model: &Blip2Idc, items: &[&[f32]], max_rows: usize, max_new: usize) -> anyhow::Result<usize> {
+    let mut queue: std::collections::VecDeque<usize> = (0..items.len()).collect();
+    let mut running = DecodeBatch::new(&model.model);
+    let mut tokens = 0;
+    let count = |done: Vec<blip2idc::model::engine::Finished>| -> usize {
+        done.iter().map(|f| if f.token_ids.len() < max_new { f.token_ids.len() + 1 } else { f.token_ids.len() }).sum()
+    };
+    while !queue.is_empty() || !running.is_empty() {
+        let room = max_rows.saturating_sub(running.len()).min(queue.len());
+        if room > 0 && (room >= (max_rows / 2).max(1).min(queue.len()) || running.is_empty()) {
+            let keys: Vec<u64> = queue.drain(..room).map(|k| k as u64).collect();
+            let chunk: Vec<&[f32]> = keys.iter().map(|&k| items[k as usize]).collect();
+            let pv = model.pixel_batch(&chunk)?;
+            tokens += count(running.admit(&model.model, &pv, &keys, max_new, &model.eos_token_ids)?);
+        }
+        tokens += count(running.step(&model.model, &model.eos_token_ids)?);
+    }
+    Ok(tokens)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -123,30 +159,42 @@ fn main() -> anyhow::Result<()> {
     let adapter: Vec<String> = arg("--adapter").map(|a| vec!["--adapter".into(), a]).unwrap_or_default();
     let gemm = common::cpu_gemm()?;
     eprintln!("candle: {pairs} pairs, batch {batch}, {threads} threads, {dtype} on {device}; CPU GEMM: {gemm}");
-    let ours = run_json(
+    let gpu = common::gpu_index(&device)?;
+    let engine = arg("--engine").unwrap_or_else(|| "fixed".into());
+    anyhow::ensure!(engine == "fixed" || engine == "continuous", "--engine is fixed or continuous, not {engine}");
+    let ours = run_side(
         Command::new(std::env::current_exe()?)
             .arg("--child")
             .args(&common)
             .args(&adapter)
-            .args(["--device", &device, "--warmup-tokens", &warmup.to_string()])
+            .args(["--device", &device, "--warmup-tokens", &warmup.to_string(), "--engine", &engine])
             .env("RAYON_NUM_THREADS", threads.to_string()),
         "our run",
+        gpu.as_deref(),
     )?;
 
-    eprintln!("pytorch: same inputs via {python} benches/model_reference.py");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/model_reference.py");
-    let theirs = run_json(
-        Command::new(&python).arg(script).args(&common).args(&adapter).args([
-            "--threads",
-            &threads.to_string(),
-            "--image-size",
-            &cfg.vision_config.image_size.to_string(),
-            "--warmup-max-new-tokens",
-            &warmup.to_string(),
-            "--json",
-        ]),
-        "the reference run",
-    )?;
+    let script = common::repo_file("benches/model_reference.py");
+    let theirs = if common::no_reference() {
+        eprintln!("pytorch: skipped (--no-reference)");
+        json!({"impl": "pytorch", "skipped": "--no-reference"})
+    } else {
+        eprintln!("pytorch: same inputs via {python} benches/model_reference.py");
+        run_side(
+            Command::new(&python).arg(script).args(&common).args(&adapter).args([
+                "--threads",
+                &threads.to_string(),
+                "--image-size",
+                &cfg.vision_config.image_size.to_string(),
+                "--warmup-max-new-tokens",
+                &warmup.to_string(),
+                "--json",
+                "--device",
+                &device,
+            ]),
+            "the reference run",
+            gpu.as_deref(),
+        )?
+    };
 
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     for (name, v) in [("candle", &ours), ("pytorch", &theirs)] {
@@ -161,5 +209,13 @@ fn main() -> anyhow::Result<()> {
     }
     println!("ratio pairs/s candle / pytorch: {:.2}", f(&ours, "pairs_per_s") / f(&theirs, "pairs_per_s"));
     println!("ratio peak memory candle / pytorch: {:.2}", f(&ours, "peak_rss_bytes") / f(&theirs, "peak_rss_bytes"));
+    if gpu.is_some() {
+        let gib = |v: &Value| f(v, "gpu_peak_bytes") / (1u64 << 30) as f64;
+        println!("GPU memory (device used above idle): candle {:.3} GiB, pytorch {:.3} GiB", gib(&ours), gib(&theirs));
+    }
+    common::json_out(&json!({"step": "caption", "pairs": pairs, "batch": batch, "dtype": dtype, "device": device,
+                             "engine": engine, "ours": ours, "reference": theirs,
+                             "speed_ratio": f(&ours, "pairs_per_s") / f(&theirs, "pairs_per_s"),
+                             "memory_ratio": common::memory_ratio(&ours, &theirs)}))?;
     Ok(())
 }

@@ -9,7 +9,7 @@ transformers 4.35 defaults: no other generation option is passed), under ``torch
 usage:
   python benches/model_reference.py --model DIR [--adapter DIR] --pairs N --batch B
       [--max-new-tokens 77] [--threads T] [--dtype f32] [--image-size S] [--seed K]
-      [--pixels FILE] [--warmup-max-new-tokens W] [--json]
+      [--pixels FILE] [--warmup-max-new-tokens W] [--device cpu|cuda] [--json]
 
   --model DIR        checkpoint directory as `save_pretrained` writes it
   --adapter DIR      PEFT LoRA adapter; loaded with `PeftModel.from_pretrained`, then `merge_and_unload()`
@@ -26,7 +26,13 @@ usage:
   --warmup-max-new-tokens W   max_new_tokens of the untimed warm-up generate on the first batch
                      (default: --max-new-tokens; on the full-size model one warm-up call costs as much as
                      a timed batch, ~3 min on 2 cores; a few tokens warm the same code paths; 0 skips it)
+  --device           cpu (default) or cuda: model and pixels on the GPU, each timed generate ends with
+                     torch.cuda.synchronize(); adds peak_gpu_bytes (torch.cuda.max_memory_allocated)
   --json             print one JSON object on stdout instead of a human-readable summary
+
+Any transformers version: 4.35 (the reference) returns [bos, new tokens] per row; later versions that
+put the queries on image tokens return [image tokens..., bos, new tokens]. New tokens are counted
+after the prompt either way (the language model's input is the same: the queries, then bos).
 
 JSON output (one line on stdout; everything else, warnings included, goes to stderr):
   {"impl": "pytorch", "pairs": N, "batch": B, "pairs_per_s": float, "generate_s": float, "tokens": int,
@@ -79,6 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--pixels", help="raw little-endian float32 file of shape [N, 3, S, S]")
     p.add_argument("--warmup-max-new-tokens", type=int, default=None,
                    help="max_new_tokens of the warm-up generate (default: --max-new-tokens; 0: no warm-up)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     a = p.parse_args(argv)
     if a.pairs < 1 or a.batch < 1 or a.max_new_tokens < 1 or a.threads < 0:
@@ -101,6 +108,13 @@ def make_pixels(args, image_size):
     mean = np.asarray(CLIP_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(CLIP_STD, dtype=np.float32).reshape(1, 3, 1, 1)
     return ((img - mean) / std).astype(np.float32)
+
+
+def prompt_length(rows, bos_id):
+    """Length of the prompt generate echoes: up to and including the first bos of the first row (4.35:
+    [bos]; later versions: [image tokens..., bos]); the prompt is the same for every row."""
+    first = rows[0].tolist()
+    return first.index(bos_id) + 1 if bos_id in first else 1
 
 
 def count_tokens(rows, eos_id, prompt_len=1):
@@ -134,6 +148,11 @@ def run(args):
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     t0 = time.perf_counter()
     model = Blip2ForConditionalGeneration.from_pretrained(args.model, torch_dtype=dtype)
@@ -145,6 +164,9 @@ def run(args):
         peft_version = peft.__version__
         model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
     model.eval()
+    if cuda:
+        model = model.to(device)
+        sync()
     load_s = time.perf_counter() - t0
     rss_after_load = proc_status_kib("VmRSS")
     load_peak = ru_maxrss_bytes()
@@ -152,10 +174,13 @@ def run(args):
     peak_reset = reset_peak_rss()
 
     image_size = args.image_size or model.config.vision_config.image_size
-    pixels = torch.from_numpy(make_pixels(args, image_size)).to(dtype)
+    pixels = torch.from_numpy(make_pixels(args, image_size)).to(device=device, dtype=dtype)
     batches = [pixels[i:i + args.batch] for i in range(0, args.pairs, args.batch)]
     # What 4.35's generate stops on: the language model's generation config, built from text_config.
     eos_id = model.language_model.generation_config.eos_token_id
+    if eos_id is None:
+        eos_id = model.config.text_config.eos_token_id
+    bos_id = model.config.text_config.bos_token_id
     if isinstance(eos_id, list):
         raise SystemExit(f"several eos ids {eos_id}: not supported by the token count")
 
@@ -164,26 +189,31 @@ def run(args):
         t0 = time.perf_counter()
         if warmup_tokens > 0:
             model.generate(pixel_values=batches[0], max_new_tokens=warmup_tokens)
+            sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         warmup_s = time.perf_counter() - t0
 
         generate_s, tokens, steps, stopped = 0.0, 0, 0, 0
         for i, batch in enumerate(batches):
             t0 = time.perf_counter()
             rows = model.generate(pixel_values=batch, max_new_tokens=args.max_new_tokens)
+            sync()
             dt = time.perf_counter() - t0
             generate_s += dt
-            n, s = count_tokens(rows, eos_id)
+            prompt = prompt_length(rows, bos_id)
+            n, s = count_tokens(rows, eos_id, prompt)
             tokens += n
             stopped += s
-            steps += rows.shape[0] * (rows.shape[1] - 1)
-            log(f"batch {i + 1}/{len(batches)}: {rows.shape[0]} rows, {rows.shape[1] - 1} steps, "
+            steps += rows.shape[0] * (rows.shape[1] - prompt)
+            log(f"batch {i + 1}/{len(batches)}: {rows.shape[0]} rows, {rows.shape[1] - prompt} steps, "
                 f"{n} tokens, {dt:.3f} s")
 
     gen_peak = ru_maxrss_bytes() if peak_reset else None
     gen_hwm = proc_status_kib("VmHWM") if peak_reset else None
     peak = max(load_peak, gen_peak or 0)
     hwm = None if load_hwm is None else max(load_hwm, gen_hwm or 0)
-    return {
+    res = {
         "impl": "pytorch",
         "pairs": args.pairs,
         "batch": args.batch,
@@ -208,7 +238,12 @@ def run(args):
         "rss_after_load_bytes": rss_after_load,
         "load_peak_rss_bytes": load_peak,
         "generate_peak_rss_bytes": gen_peak,
+        "device": args.device,
     }
+    if cuda:
+        res["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+        res["gpu_name"] = torch.cuda.get_device_name(device)
+    return res
 
 
 def main():

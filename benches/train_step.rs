@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench train_step -- --model DIR [--batch B] [--steps N] [--threads T] [--python PATH] [--rounds R]
-//!     [--dtype f32|bf16] [--device cpu|cuda]
+//!     [--dtype f32|bf16] [--device cpu|cuda] [--json-out FILE] [--no-reference]
 //! ```
 //! Both sides do what the authors' loop does per batch: `model.train()` (LoRA dropout 0.05, Q-Former
 //! and OPT dropout 0.1), a fresh BLIP2IDC LoRA (r 8, alpha 16, f32 whatever the base's dtype), AdamW
@@ -20,13 +20,11 @@
 static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
 
 mod common;
-use common::{arg, num, peak_rss, run_json};
+use common::{arg, num, peak_rss, run_side};
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use blip2idc::config::DeviceSpec;
 use blip2idc::model::loader::{dtype, open_device};
 use blip2idc::model::lora::AdapterConfig;
 use blip2idc::model::ops::{Mode, TrainFlags};
@@ -96,11 +94,7 @@ fn main() -> anyhow::Result<()> {
     let python = arg("--python").unwrap_or_else(|| "python3".into());
     let (dtype, device) =
         (arg("--dtype").unwrap_or_else(|| "f32".into()), arg("--device").unwrap_or_else(|| "cpu".into()));
-    // The GPU's index for nvidia-smi when on CUDA.
-    let gpu = match device.parse::<DeviceSpec>().map_err(anyhow::Error::msg)? {
-        DeviceSpec::Cpu => None,
-        DeviceSpec::Cuda(n) => Some(n.to_string()),
-    };
+    let gpu = common::gpu_index(&device)?;
     let common = [
         "--model".to_owned(),
         model,
@@ -115,7 +109,7 @@ fn main() -> anyhow::Result<()> {
     ];
     let rounds = num("--rounds", 1).max(1);
     let gemm = common::cpu_gemm()?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/train_reference.py");
+    let script = common::repo_file("benches/train_reference.py");
     let (mut ours, mut theirs): (Option<Value>, Option<Value>) = (None, None);
     // With --rounds N the two sides alternate N times and each keeps its fastest round: on a shared
     // machine whose speed drifts, noise only ever adds time.
@@ -137,11 +131,15 @@ fn main() -> anyhow::Result<()> {
             gpu.as_deref(),
         )?;
         eprintln!("round {round}/{rounds}: pytorch + peft, benches/train_reference.py via {python}");
-        let t = run_side(
-            Command::new(&python).arg(&script).args(&common).args(["--threads", &threads.to_string(), "--json"]),
-            "the reference run",
-            gpu.as_deref(),
-        )?;
+        let t = if common::no_reference() {
+            json!({"impl": "pytorch", "skipped": "--no-reference"})
+        } else {
+            run_side(
+                Command::new(&python).arg(&script).args(&common).args(["--threads", &threads.to_string(), "--json"]),
+                "the reference run",
+                gpu.as_deref(),
+            )?
+        };
         let secs = |v: &Value| v["step_s"].as_f64().unwrap_or(f64::NAN);
         eprintln!("round {round}/{rounds}: candle {:.3} s, pytorch {:.3} s", secs(&o), secs(&t));
         ours = faster(ours, o);
@@ -165,44 +163,9 @@ fn main() -> anyhow::Result<()> {
         println!("GPU memory (device used above idle): candle {:.3} GiB, pytorch {:.3} GiB", gib(&ours), gib(&theirs));
         println!("ratio peak GPU memory candle / pytorch: {:.2}", gib(&ours) / gib(&theirs));
     }
+    common::json_out(&json!({"step": "train_step", "batch": batch, "dtype": dtype, "device": device,
+                             "ours": ours, "reference": theirs,
+                             "time_ratio": f(&ours, "step_s") / f(&theirs, "step_s"),
+                             "memory_ratio": common::memory_ratio(&ours, &theirs)}))?;
     Ok(())
-}
-
-/// Runs one side; on a GPU (`gpu`: its nvidia-smi index) also samples the device's used memory from
-/// outside while it runs, the same way for both sides, and adds the peak above the memory in use
-/// before it started as `gpu_peak_bytes`.
-fn run_side(cmd: &mut Command, what: &str, gpu: Option<&str>) -> anyhow::Result<Value> {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-    let Some(gpu) = gpu else { return run_json(cmd, what) };
-    let idle = gpu_used_bytes(gpu)?;
-    let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(idle)));
-    let sampler = {
-        let (stop, peak, gpu) = (stop.clone(), peak.clone(), gpu.to_owned());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(used) = gpu_used_bytes(&gpu) {
-                    peak.fetch_max(used, Ordering::Relaxed);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        })
-    };
-    let result = run_json(cmd, what);
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().map_err(|_| anyhow::anyhow!("the GPU memory sampler panicked"))?;
-    let mut v = result?;
-    v["gpu_peak_bytes"] = json!(peak.load(Ordering::Relaxed).saturating_sub(idle));
-    Ok(v)
-}
-
-/// The used memory of GPU `index`, from nvidia-smi.
-fn gpu_used_bytes(index: &str) -> anyhow::Result<u64> {
-    let out = Command::new("nvidia-smi")
-        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "--id", index])
-        .output()
-        .map_err(|e| anyhow::anyhow!("nvidia-smi (needed to measure GPU memory): {e}"))?;
-    anyhow::ensure!(out.status.success(), "nvidia-smi failed: {}", String::from_utf8_lossy(&out.stderr));
-    let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
-    Ok(mib << 20)
 }

@@ -7,6 +7,19 @@ pub fn arg(name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
+/// A file of this repository: under `$BLIP2IDC_REPO` when set (a binary carried to another machine,
+/// as `deploy/cuda/device-check.sh` runs them), else under the checkout it was built from.
+pub fn repo_file(relative: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("BLIP2IDC_REPO").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    std::path::Path::new(&root).join(relative)
+}
+
+/// Whether the reference (PyTorch) side is skipped: `--no-reference` (the device check's dry run on a
+/// machine without torch).
+pub fn no_reference() -> bool {
+    std::env::args().any(|a| a == "--no-reference")
+}
+
 /// A numeric flag with a default.
 pub fn num(name: &str, default: usize) -> usize {
     arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -36,4 +49,69 @@ pub fn run_json(cmd: &mut std::process::Command, what: &str) -> anyhow::Result<s
 /// installed); they inherit the variable.
 pub fn cpu_gemm() -> anyhow::Result<String> {
     blip2idc::model::blas::configure(&blip2idc::model::blas::from_env())
+}
+
+/// The GPU's index for nvidia-smi when `device` (as `--device` takes it) is a CUDA device.
+pub fn gpu_index(device: &str) -> anyhow::Result<Option<String>> {
+    use blip2idc::config::DeviceSpec;
+    Ok(match device.parse::<DeviceSpec>().map_err(anyhow::Error::msg)? {
+        DeviceSpec::Cpu => None,
+        DeviceSpec::Cuda(n) => Some(n.to_string()),
+    })
+}
+
+/// Peak memory of `ours` over `theirs`: device memory where both sides measured it, else peak RSS
+/// (NaN without a reference run).
+pub fn memory_ratio(ours: &serde_json::Value, theirs: &serde_json::Value) -> f64 {
+    let key = if ours.get("gpu_peak_bytes").is_some() { "gpu_peak_bytes" } else { "peak_rss_bytes" };
+    ours[key].as_f64().unwrap_or(f64::NAN) / theirs[key].as_f64().unwrap_or(f64::NAN)
+}
+
+/// Writes a benchmark's summary to `--json-out FILE` when given (what `deploy/cuda/device-check.sh`
+/// collects into its table).
+pub fn json_out(summary: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(path) = arg("--json-out") {
+        std::fs::write(&path, serde_json::to_string_pretty(summary)?)
+            .map_err(|e| anyhow::anyhow!("writing {path}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs one side; on a GPU (`gpu`: its nvidia-smi index) also samples the device's used memory from
+/// outside while it runs, the same way for both sides, and adds the peak above the memory in use
+/// before it started as `gpu_peak_bytes`.
+pub fn run_side(cmd: &mut std::process::Command, what: &str, gpu: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let Some(gpu) = gpu else { return run_json(cmd, what) };
+    let idle = gpu_used_bytes(gpu)?;
+    let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(idle)));
+    let sampler = {
+        let (stop, peak, gpu) = (stop.clone(), peak.clone(), gpu.to_owned());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(used) = gpu_used_bytes(&gpu) {
+                    peak.fetch_max(used, Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+    };
+    let result = run_json(cmd, what);
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().map_err(|_| anyhow::anyhow!("the GPU memory sampler panicked"))?;
+    let mut v = result?;
+    v["gpu_peak_bytes"] = serde_json::json!(peak.load(Ordering::Relaxed).saturating_sub(idle));
+    Ok(v)
+}
+
+/// The used memory of GPU `index`, from nvidia-smi.
+pub fn gpu_used_bytes(index: &str) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "--id", index])
+        .output()
+        .map_err(|e| anyhow::anyhow!("nvidia-smi (needed to measure GPU memory): {e}"))?;
+    anyhow::ensure!(out.status.success(), "nvidia-smi failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+    Ok(mib << 20)
 }

@@ -5,6 +5,10 @@
 #   deploy/cuda/build.sh            → $CARGO_TARGET_DIR_CUDA/release/blip2idc (default target/cuda)
 #   deploy/cuda/build.sh train_step → also the CUDA build of that benchmark (any of benches/*.rs),
 #                                     its path printed last: a GPU machine runs it with `--bench ...`
+#   deploy/cuda/build.sh --carry    → blip2idc and the GPU check's benchmarks (device_parity, model,
+#                                     train_step), stripped and packed into .cuda-carry/blip2idc-cuda.tar.xz
+#                                     (checked to fit a 64 MiB transfer with the repository); on the GPU
+#                                     machine `bash deploy/cuda/device-check.sh` unpacks and runs them
 #
 # Environment: CUDA_COMPUTE_CAP (default 90: H100/H200), BLIP2IDC_CUDA_VENV (the toolkit venv, cached),
 # CARGO_TARGET_DIR_CUDA. At run time the machine must provide libcuda.so.1 (the driver) and cuBLAS /
@@ -13,6 +17,12 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
+carry=0
+if [ "${1:-}" = "--carry" ]; then
+  carry=1
+  shift
+  set -- device_parity model train_step "$@"
+fi
 venv="${BLIP2IDC_CUDA_VENV:-$HOME/.cache/blip2idc/cuda-venv}"
 target="${CARGO_TARGET_DIR_CUDA:-$root/target/cuda}"
 log() { printf '[cuda-build] %s\n' "$*" >&2; }
@@ -78,3 +88,19 @@ else
     --model tests/fixtures/blip2/tiny-a --device cuda "${pair[@]}" && log "smoke test captioned on the GPU"
 fi
 for exe in "${benches[@]}"; do log "benchmark: $exe"; done
+if [ "$carry" = 1 ]; then
+  # Stripped (debug info and symbols are most of a Rust binary) and xz-packed with plain names.
+  stage="$target/carry-stage"
+  rm -rf "$stage" && mkdir -p "$stage" .cuda-carry
+  strip -o "$stage/blip2idc" "$target/release/blip2idc"
+  for exe in "${benches[@]}"; do
+    name="$(basename "$exe")"
+    strip -o "$stage/${name%-*}" "$exe"  # model-0123abcd -> model
+  done
+  tar -C "$stage" -cJf .cuda-carry/blip2idc-cuda.tar.xz .
+  packed=$(stat -c %s .cuda-carry/blip2idc-cuda.tar.xz)
+  repo=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- | tail -1 | cut -f1)
+  log "packed $(ls "$stage" | tr '\n' ' ')into .cuda-carry/blip2idc-cuda.tar.xz: $((packed >> 20)) MiB" \
+    "(+ the repository's $((repo >> 20)) MiB)"
+  [ $((packed + repo)) -lt $((64 << 20)) ] || { log "over the 64 MiB a transfer to the GPU machine takes"; exit 1; }
+fi
