@@ -416,7 +416,9 @@ impl Config {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             fig = fig.merge(("database.url", url));
         }
-        fig = fig.merge(Env::prefixed("BLIP2IDC_").split("__"));
+        // BLIP2IDC_CONFIG (the --config file) and BLIP2IDC_OPERATOR (who runs `models promote`) are
+        // command-line settings, not keys of the configuration.
+        fig = fig.merge(Env::prefixed("BLIP2IDC_").ignore(&["CONFIG", "OPERATOR"]).split("__"));
         let cfg: Config = fig.extract().map_err(|e| ConfigErrors(e.into_iter().map(|e| e.to_string()).collect()))?;
         cfg.validate()?;
         Ok(cfg)
@@ -660,6 +662,9 @@ mod tests {
             jail.create_file("c.toml", "[pipeline]\nmax_batch_size = 3\n[kafka]\ngroup_id = \"g\"\n")?;
             jail.set_env("BLIP2IDC_KAFKA__GROUP_ID", "from-env");
             jail.set_env("DATABASE_URL", "postgres://u:hunter2@db/x");
+            // Command-line variables under the same prefix are not configuration keys.
+            jail.set_env("BLIP2IDC_CONFIG", "c.toml");
+            jail.set_env("BLIP2IDC_OPERATOR", "alice");
             let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.pipeline.max_batch_size, 3);
             assert_eq!(c.kafka.group_id, "from-env");

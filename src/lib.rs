@@ -51,6 +51,7 @@ pub mod fetch;
 pub mod health;
 pub mod metrics;
 pub mod model;
+pub mod operator;
 pub mod pipeline;
 pub mod retry;
 pub mod s3uri;

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct ConfigArg {
     /// TOML file overriding the built-in defaults (see config/default.toml for every key).
-    #[arg(long, short = 'c', env = "BLIP2IDC_CONFIG", value_name = "FILE")]
+    #[arg(long, short = 'c', env = "BLIP2IDC_CONFIG", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
 }
 
@@ -50,6 +50,83 @@ enum BreakerAction {
     Reset,
 }
 
+#[derive(clap::Args)]
+struct ModelsArgs {
+    #[command(subcommand)]
+    action: ModelsAction,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Every registered version of model.checkpoint, newest first: holdout scores, which one is
+    /// promoted, how many running consumers have it loaded, load errors; then the last promotions.
+    List {
+        /// Print one JSON object instead.
+        #[arg(long)]
+        json: bool,
+        /// Promotions shown.
+        #[arg(long, default_value_t = 10)]
+        history: i64,
+    },
+    /// Promote VERSION: consumers switch to it within seconds (NOTIFY), without a restart. Recorded
+    /// in the registry with who and why. Promoting a version again clears its load error.
+    Promote {
+        version: String,
+        /// Why (recorded; required).
+        #[arg(long)]
+        reason: String,
+        /// Who [default: $BLIP2IDC_OPERATOR, else $USER@host].
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Promote the version promoted before the current one (twice in a row goes back and forth).
+    Rollback {
+        /// Why (recorded; required).
+        #[arg(long)]
+        reason: String,
+        /// Who [default: $BLIP2IDC_OPERATOR, else $USER@host].
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct DlqArgs {
+    #[command(subcommand)]
+    action: DlqAction,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Re-publish dead letters to the input topic after a fix (payload and key unchanged; storing a
+    /// pair twice is one row, so replaying again is safe). Reads the dead-letter topic up to its end
+    /// at the start; prints what was replayed and skipped, by kind.
+    Replay {
+        /// A kind to replay (repeatable), e.g. object_missing, fetch_failed, caption_failed.
+        #[arg(long = "kind", value_name = "KIND", required_unless_present = "all_kinds")]
+        kinds: Vec<String>,
+        /// Replay every kind (malformed events will be dead-lettered again).
+        #[arg(long, conflicts_with = "kinds")]
+        all_kinds: bool,
+        /// Only dead letters from this time on (RFC 3339, e.g. 2026-12-02T10:00:00Z).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Count what would be replayed; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the streaming service: consume image-pair events from Kafka, fetch the images from S3,
@@ -61,6 +138,10 @@ enum Command {
     /// Show or reset the consumer group's dead-letter breaker. A tripped breaker (recorded in
     /// PostgreSQL) keeps every replica of the group unready and consuming nothing until it is reset.
     Breaker(BreakerArgs),
+    /// The model registry: list versions, promote one, roll back (consumers follow within seconds).
+    Models(ModelsArgs),
+    /// The dead-letter topic: replay dead letters of chosen kinds to the input topic.
+    Dlq(DlqArgs),
     /// Validate the configuration and print it (secrets redacted).
     Config(ConfigArg),
     /// Caption one pair of local image files: what changed from ORIGINAL to MODIFIED.
@@ -189,6 +270,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Models(m) => models(m).await,
+        Command::Dlq(d) => dlq(d).await,
         Command::Caption(a) => caption(a).await,
         Command::Retrain(a) => retrain(a).await,
         Command::Eval(args) => {
@@ -201,6 +284,72 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn models(m: ModelsArgs) -> anyhow::Result<ExitCode> {
+    use blip2idc::operator;
+    let cfg = Config::load(m.config.config.as_deref())?;
+    let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
+    let base = &cfg.model.checkpoint;
+    let out = match m.action {
+        ModelsAction::List { json, history } => {
+            let fresh = operator::fresh_window(cfg.model.reload_poll_interval);
+            if json {
+                operator::list_json(&store, base, fresh, history).await?
+            } else {
+                operator::list_text(&store, base, fresh, history).await?
+            }
+        }
+        ModelsAction::Promote { version, reason, by } => {
+            operator::promote(&store, base, &version, &operator::operator(by.as_deref()), &reason).await?
+        }
+        ModelsAction::Rollback { reason, by } => {
+            operator::rollback(&store, base, &operator::operator(by.as_deref()), &reason).await?
+        }
+    };
+    println!("{}", out.trim_end());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq(d: DlqArgs) -> anyhow::Result<ExitCode> {
+    use blip2idc::dlq::replay::{replay, ReplayOptions};
+    let cfg = Config::load(d.config.config.as_deref())?;
+    let DlqAction::Replay { kinds, all_kinds: _, since, limit, dry_run, json } = d.action;
+    let opts = ReplayOptions { kinds, since, dry_run, limit };
+    blip2idc::dlq::replay::check_kinds(&opts.kinds)?;
+    let bar = indicatif::ProgressBar::new(0).with_style(indicatif::ProgressStyle::with_template(
+        "{msg} {bar:30} {pos}/{len} dead letters read [{elapsed}]",
+    )?);
+    bar.set_message(format!("replaying {} -> {}", cfg.kafka.dlq_topic, cfg.kafka.input_topic));
+    let summary = tokio::task::spawn_blocking({
+        let (kafka, dlq_brokers, bar) = (cfg.kafka.clone(), cfg.dlq.brokers.clone(), bar.clone());
+        move || {
+            replay(&kafka, dlq_brokers.as_deref(), &opts, &|read, total| {
+                bar.set_length(total as u64);
+                bar.set_position(read as u64);
+            })
+        }
+    })
+    .await??;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        let verb = if summary.dry_run { "would replay" } else { "replayed" };
+        println!(
+            "read {} dead letters; {verb} {} to {}",
+            summary.read,
+            summary.total_replayed(),
+            cfg.kafka.input_topic
+        );
+        for (kind, n) in &summary.replayed {
+            println!("  {verb} {n:>7}  {kind}");
+        }
+        for (kind, n) in &summary.skipped {
+            println!("  skipped  {n:>7}  {kind}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn retrain(a: RetrainArgs) -> anyhow::Result<ExitCode> {

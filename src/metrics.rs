@@ -25,6 +25,8 @@ pub const PAUSED: &str = "blip2idc_consumer_paused";
 pub const COMMITS: &str = "blip2idc_offset_commits_total";
 pub const MODEL_SWAPS: &str = "blip2idc_model_swaps_total";
 pub const MODEL_SWAP_FAILURES: &str = "blip2idc_model_swap_failures_total";
+pub const MODEL_LOADED: &str = "blip2idc_model_loaded_info";
+pub const MODEL_STALE: &str = "blip2idc_model_stale";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -81,4 +83,6 @@ fn describe() {
         MODEL_SWAP_FAILURES,
         "Promoted adapters that could not be loaded (marked in model_versions.load_error; the running one stays)."
     );
+    describe_gauge!(MODEL_LOADED, "1 for the model version this consumer captions with (label version).");
+    describe_gauge!(MODEL_STALE, "1 while this consumer runs another version than the registry's promoted one.");
 }

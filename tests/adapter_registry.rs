@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use blip2idc::adapters::AdapterStore;
 use blip2idc::caption::reload::check_once;
 use blip2idc::caption::CaptionWorker;
-use blip2idc::store::ModelVersion;
+use blip2idc::store::{ModelVersion, Promotion, PromotionAction};
+
+const TEST_PROMOTION: Promotion =
+    Promotion { action: PromotionAction::Promote, by: "tests/adapter_registry", reason: "test" };
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/blip2")
@@ -46,7 +49,7 @@ async fn an_unloadable_promoted_adapter_is_marked_and_not_retried() {
         adapter_uri: Some(uri.to_owned()),
     };
     store.register_candidate(&register(&bad, &bad_uri), &serde_json::json!({})).await.unwrap();
-    store.promote(&bad).await.unwrap();
+    store.promote(&bad, &TEST_PROMOTION).await.unwrap();
 
     let err = format!("{:#}", check_once(&scope.cfg, &store, &worker).await.expect_err("must not load"));
     assert!(err.contains("declared shape [1073741824, 48]"), "{err}");
@@ -93,12 +96,12 @@ async fn an_unloadable_promoted_adapter_is_marked_and_not_retried() {
     }
     adapters.upload(&tiny_b, &good_uri).await.unwrap();
     store.register_candidate(&register(&good, &good_uri), &serde_json::json!({})).await.unwrap();
-    store.promote(&good).await.unwrap();
+    store.promote(&good, &TEST_PROMOTION).await.unwrap();
     assert!(check_once(&scope.cfg, &store, &worker).await.unwrap());
     assert_eq!(worker.model_version(), good);
 
     // Promoting the crafted version again clears its mark (an operator fixed it): it is tried again.
-    store.promote(&bad).await.unwrap();
+    store.promote(&bad, &TEST_PROMOTION).await.unwrap();
     let err = format!("{:#}", check_once(&scope.cfg, &store, &worker).await.unwrap_err());
     assert!(err.contains("downloading"), "re-promoted, so retried (and its objects are gone now): {err}");
     assert_eq!(worker.model_version(), good);

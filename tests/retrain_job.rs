@@ -14,20 +14,10 @@ use blip2idc::train::job;
 use common::Scope;
 use tokio_util::sync::CancellationToken;
 
-async fn fresh_database(scope: &mut Scope) {
-    let admin = scope.store();
-    let name = scope.prefix.replace('-', "_");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin.pool()).await.unwrap();
-    let url = scope.cfg.database.url.expose().to_owned();
-    let base = url.rsplit_once('/').unwrap().0;
-    scope.cfg.database.url = blip2idc::config::Secret::new(format!("{base}/{name}"));
-    scope.store().migrate().await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn labels_in_promoted_adapter_out_and_consumers_switch() {
     let mut scope = Scope::new("retrain").await;
-    fresh_database(&mut scope).await;
+    scope.fresh_database().await;
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/synthetic/base");
     let work = tempfile::tempdir().unwrap();
     let c = &mut scope.cfg;

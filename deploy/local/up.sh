@@ -29,10 +29,18 @@ pkg-config --exists libturbojpeg 2>/dev/null || pkgs+=(libturbojpeg0-dev)
 { command -v pg_ctlcluster >/dev/null && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; } || pkgs+=(postgresql)
 command -v pkg-config >/dev/null || pkgs+=(pkg-config)
 python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
+# promtool (Debian's prometheus package), for the alert rules' tests (tests/operations.rs).
+command -v promtool >/dev/null || pkgs+=(prometheus)
 if [ ${#pkgs[@]} -gt 0 ]; then
   log "installing ${pkgs[*]} (apt)"
   sudo_maybe apt-get update -qq
-  sudo_maybe env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  sudo_maybe env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+# The manifests' validators (tests/operations.rs), from PyPI.
+if ! command -v kubernetes-validate >/dev/null || ! command -v yamllint >/dev/null; then
+  log "installing kubernetes-validate and yamllint (pip)"
+  python3 -m pip install -q kubernetes-validate==1.37.0 yamllint==1.38.0 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages kubernetes-validate==1.37.0 yamllint==1.38.0
 fi
 
 # --- Build (in the background while the servers start) ------------------------------------------

@@ -6,6 +6,10 @@
 //! version differs from the one loaded, it downloads the adapter from S3 and swaps it in on the
 //! captioner thread between two batches: no restart, no batch lost or split, and every caption row
 //! names the version that produced it.
+//!
+//! After each check it reports the version it runs to the registry (`consumer_models`, which
+//! `blip2idc models list` counts; removed when it stops) and sets `blip2idc_model_loaded_info{version}`
+//! and `blip2idc_model_stale` (1 while it runs another version than the promoted one).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +38,10 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
         return;
     }
     let mut listener: Option<PromotionListener> = None;
+    // Unique per consumer, also when several run in one process or host.
+    let consumer =
+        format!("{}/{:08x}", crate::store::breaker::this_consumer(&cfg.kafka.client_id), rand::random::<u32>());
+    let mut shown: Option<String> = None;
     loop {
         if listener.is_none() {
             listener = match store.listen_promotions().await {
@@ -49,6 +57,7 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
         if let Err(e) = check_once(&cfg, &store, &worker).await {
             tracing::warn!("checking for a promoted adapter failed: {e:#}");
         }
+        report(&cfg, &store, &worker, &consumer, &mut shown).await;
         let notified = async {
             match listener.as_mut() {
                 Some(l) => l.next().await,
@@ -56,7 +65,12 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
             }
         };
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                if let Err(e) = store.forget_consumer(&consumer).await {
+                    tracing::debug!("removing this consumer's model report: {e:#}");
+                }
+                return;
+            }
             _ = tokio::time::sleep(every) => {}
             n = notified => match n {
                 Ok(version) => tracing::info!(%version, "promotion notified"),
@@ -67,6 +81,38 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
                 }
             },
         }
+    }
+}
+
+/// Reports the version this consumer runs to the registry and sets the model gauges (`shown`: the
+/// version the info gauge shows).
+async fn report(cfg: &Config, store: &Store, worker: &CaptionWorker, consumer: &str, shown: &mut Option<String>) {
+    let loaded = worker.model_version();
+    if shown.as_deref() != Some(loaded.as_str()) {
+        // Registered under its base model (a version first seen in a caption row would be 'unknown').
+        let own = crate::store::ModelVersion {
+            version: loaded.clone(),
+            base_model: cfg.model.checkpoint.clone(),
+            adapter_uri: None,
+        };
+        if let Err(e) = store.register_model_version(&own).await {
+            tracing::debug!("registering the loaded version: {e:#}");
+        }
+        if let Some(old) = shown.take() {
+            metrics::gauge!(crate::metrics::MODEL_LOADED, "version" => old).set(0.0);
+        }
+        metrics::gauge!(crate::metrics::MODEL_LOADED, "version" => loaded.clone()).set(1.0);
+        *shown = Some(loaded.clone());
+    }
+    match store.promoted(&cfg.model.checkpoint).await {
+        Ok(p) => {
+            let stale = p.is_some_and(|p| p.version != loaded);
+            metrics::gauge!(crate::metrics::MODEL_STALE).set(if stale { 1.0 } else { 0.0 });
+        }
+        Err(e) => tracing::debug!("reading the promoted version: {e:#}"),
+    }
+    if let Err(e) = store.report_loaded(consumer, &cfg.model.checkpoint, &loaded).await {
+        tracing::debug!("{e:#}");
     }
 }
 

@@ -7,6 +7,7 @@
 //! letter lets its event count as done.
 
 pub mod breaker;
+pub mod replay;
 
 use std::time::Duration;
 

@@ -213,8 +213,12 @@ pub async fn run_with(
     }
     let _ = commit_task.await;
     gauge_task.abort();
-    if let Some(t) = reload_task {
-        t.abort();
+    if let Some(mut t) = reload_task {
+        // It removes this consumer's report from the registry on its way out; a download in
+        // progress is cut off.
+        if tokio::time::timeout(Duration::from_secs(2), &mut t).await.is_err() {
+            t.abort();
+        }
     }
 
     let committed = committer.commit_final(cfg.shutdown.commit_timeout).await;

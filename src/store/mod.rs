@@ -22,7 +22,9 @@ pub mod breaker;
 pub mod read;
 mod registry;
 pub mod training;
-pub use registry::{ModelVersion, Promoted, PromotionListener, PROMOTION_CHANNEL};
+pub use registry::{
+    ModelVersion, Promoted, Promotion, PromotionAction, PromotionListener, PromotionRow, VersionRow, PROMOTION_CHANNEL,
+};
 
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -180,7 +180,10 @@ async fn run_inner(cfg: &Config, store: &Store, run_id: i64) -> anyhow::Result<R
     // 7. Decide.
     let (promote, decision) = decide(&baseline, &candidate, rc);
     if promote {
-        store.promote(&version).await?;
+        let by = format!("retrain run {run_id}");
+        let how =
+            crate::store::Promotion { action: crate::store::PromotionAction::Promote, by: &by, reason: &decision };
+        store.promote(&version, &how).await?;
         tracing::info!(run_id, %version, "promoted: {decision}");
     } else {
         tracing::info!(run_id, %version, "not promoted: {decision}");

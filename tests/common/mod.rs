@@ -94,6 +94,17 @@ impl Scope {
         OwnS3 { _dir: dir, stop }
     }
 
+    /// Moves this scope to a database of its own, migrated (for tests whose input is a whole table).
+    pub async fn fresh_database(&mut self) {
+        let admin = self.store();
+        let name = self.prefix.replace('-', "_");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin.pool()).await.unwrap();
+        let url = self.cfg.database.url.expose().to_owned();
+        let base = url.rsplit_once('/').unwrap().0;
+        self.cfg.database.url = blip2idc::config::Secret::new(format!("{base}/{name}"));
+        self.store().migrate().await.unwrap();
+    }
+
     pub async fn s3(&self) -> aws_sdk_s3::Client {
         blip2idc::fetch::s3_client(&self.cfg.s3).await
     }
