@@ -30,11 +30,16 @@ use std::time::{Duration, Instant};
 use blip2idc::model::engine::DecodeBatch;
 use blip2idc::model::{Blip2Idc, LoadOptions};
 
-/// Pairs/s, each pair's latency, and the ids.
+/// Pairs/s, each pair's latency, the ids, and the time in prefills (vision + Q-Former + the prompt
+/// and first token: the same work in both modes) and in decoding steps (with the rows they ran).
 struct Run {
     seconds: f64,
     latencies: Vec<Duration>,
     ids: HashMap<u64, Vec<u32>>,
+    prefill_s: f64,
+    decode_s: f64,
+    row_steps: usize,
+    steps: usize,
 }
 
 /// Fixed batches: each chunk of `batch` pairs decodes until its last row is done (what
@@ -42,27 +47,34 @@ struct Run {
 fn fixed(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, limits: &[usize]) -> anyhow::Result<Run> {
     let t0 = Instant::now();
     let (mut latencies, mut ids) = (Vec::new(), HashMap::new());
+    let (mut prefill_s, mut decode_s, mut row_steps, mut steps) = (0.0, 0.0, 0, 0);
     for (c, chunk) in pvs.chunks(batch).enumerate() {
         let refs: Vec<&[f32]> = chunk.iter().map(|v| v.as_slice()).collect();
         let keys: Vec<u64> = (c * batch..c * batch + chunk.len()).map(|k| k as u64).collect();
         let pv = model.pixel_batch(&refs)?;
         let mut running = DecodeBatch::new(&model.model);
         let chunk_limits = &limits[c * batch..c * batch + chunk.len()];
+        let t = Instant::now();
         let mut out = running.admit_each(&model.model, &pv, &keys, chunk_limits, &model.eos_token_ids)?;
+        prefill_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
         while !running.is_empty() {
+            (row_steps, steps) = (row_steps + running.len(), steps + 1);
             out.extend(running.step(&model.model, &model.eos_token_ids)?);
         }
+        decode_s += t.elapsed().as_secs_f64();
         for f in out {
             latencies.push(t0.elapsed());
             ids.insert(f.key, f.token_ids);
         }
     }
-    Ok(Run { seconds: t0.elapsed().as_secs_f64(), latencies, ids })
+    Ok(Run { seconds: t0.elapsed().as_secs_f64(), latencies, ids, prefill_s, decode_s, row_steps, steps })
 }
 
 fn continuous(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, limits: &[usize]) -> anyhow::Result<Run> {
     let t0 = Instant::now();
     let (mut latencies, mut ids) = (Vec::new(), HashMap::new());
+    let (mut prefill_s, mut decode_s, mut row_steps, mut steps) = (0.0, 0.0, 0, 0);
     let mut queue: VecDeque<u64> = (0..pvs.len() as u64).collect();
     let mut running = DecodeBatch::new(&model.model);
     while !queue.is_empty() || !running.is_empty() {
@@ -73,17 +85,27 @@ fn continuous(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, limits: &[usize]
             let refs: Vec<&[f32]> = keys.iter().map(|&k| pvs[k as usize].as_slice()).collect();
             let pv = model.pixel_batch(&refs)?;
             let key_limits: Vec<usize> = keys.iter().map(|&k| limits[k as usize]).collect();
-            for f in running.admit_each(&model.model, &pv, &keys, &key_limits, &model.eos_token_ids)? {
+            let t = Instant::now();
+            let admitted = running.admit_each(&model.model, &pv, &keys, &key_limits, &model.eos_token_ids)?;
+            prefill_s += t.elapsed().as_secs_f64();
+            for f in admitted {
                 latencies.push(t0.elapsed());
                 ids.insert(f.key, f.token_ids);
             }
         }
-        for f in running.step(&model.model, &model.eos_token_ids)? {
+        if running.is_empty() {
+            continue;
+        }
+        (row_steps, steps) = (row_steps + running.len(), steps + 1);
+        let t = Instant::now();
+        let stepped = running.step(&model.model, &model.eos_token_ids)?;
+        decode_s += t.elapsed().as_secs_f64();
+        for f in stepped {
             latencies.push(t0.elapsed());
             ids.insert(f.key, f.token_ids);
         }
     }
-    Ok(Run { seconds: t0.elapsed().as_secs_f64(), latencies, ids })
+    Ok(Run { seconds: t0.elapsed().as_secs_f64(), latencies, ids, prefill_s, decode_s, row_steps, steps })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -154,7 +176,14 @@ fn main() -> anyhow::Result<()> {
         lat.sort();
         let (p50, p95) = (percentile(&lat, 0.5), percentile(&lat, 0.95));
         let rate = pairs as f64 / run.seconds;
-        println!("{name:>14}: {rate:8.2} pairs/s   latency p50 {p50:.3} s  p95 {p95:.3} s");
+        println!(
+            "{name:>14}: {rate:8.2} pairs/s   latency p50 {p50:.3} s  p95 {p95:.3} s   prefill {:.2} s, decode {:.2} s \
+             ({} steps, {:.2} rows per step)",
+            run.prefill_s,
+            run.decode_s,
+            run.steps,
+            run.row_steps as f64 / run.steps.max(1) as f64
+        );
         rows.push((rate, p50, p95));
     }
     println!(
@@ -162,6 +191,16 @@ fn main() -> anyhow::Result<()> {
         rows[1].0 / rows[0].0,
         rows[1].1 / rows[0].1,
         rows[1].2 / rows[0].2
+    );
+    // Prefill is the same work in both modes; continuous batching can only make the decoding steps
+    // fuller. If a step cost the same at any row count, full steps would take this long:
+    let full = f.row_steps as f64 / batch as f64 * (f.decode_s / f.steps.max(1) as f64);
+    println!(
+        "fixed batches: prefill {:.0}% of the time, {:.2} rows per decoding step; upper bound for continuous \
+         batching (every step full, a step's cost independent of its rows): {:.2}x",
+        100.0 * f.prefill_s / f.seconds,
+        f.row_steps as f64 / f.steps.max(1) as f64,
+        f.seconds / (f.seconds - f.decode_s + full)
     );
     Ok(())
 }
