@@ -2,10 +2,16 @@
 //! captioner → PostgreSQL → commit, on the local stack (`deploy/local/up.sh` must be running).
 //!
 //! `cargo bench --bench pipeline [-- --events N --pairs P --size S --batch B]`
+//! `cargo bench --bench pipeline -- --photos 12 [--events N --pairs P]`   (or `--photos 3`)
 //!
 //! Prints pairs/s end to end and, as the reference measured in the same run on the same machine, the
 //! rate at which the same objects can merely be fetched from S3 with the same concurrency (the
 //! pipeline's I/O ceiling), with the ratio between the two and against the 1000 pairs/s goal.
+//! Workloads: synthetic `--size`² JPEG pairs (default 64²), or with `--photos MP` photo-sized pairs made
+//! from real photographs (`blip2idc_dev::photos`: scikit-image's sample photos, fetched once with
+//! pip): a MP-megapixel 4:3 original and a 0.75-scale edited copy, JPEG quality 90 — the shape of a
+//! republished photo. Also prints pairs/s per core, the one-thread decode + preprocess time of a
+//! pair, the mean time per stage, and the process's peak RSS while the pipeline ran.
 //! Without `--bench` (as `cargo test --benches` runs it) it does nothing.
 
 #[global_allocator]
@@ -55,8 +61,12 @@ async fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
         return Ok(());
     }
-    let (events, pairs, size, batch) =
-        (num("--events", 6000), num("--pairs", 200), num("--size", 64), num("--batch", 32));
+    let photo_mp = num("--photos", 0);
+    let (events, pairs, size, batch) = if photo_mp > 0 {
+        (num("--events", 120), num("--pairs", 8), 0, num("--batch", 32))
+    } else {
+        (num("--events", 6000), num("--pairs", 200), num("--size", 64), num("--batch", 32))
+    };
     load_env();
     blip2idc::telemetry::init(blip2idc::config::LogFormat::Pretty, "warn");
     let prom = blip2idc::metrics::install();
@@ -79,14 +89,36 @@ async fn main() -> anyhow::Result<()> {
     let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
     store.migrate().await?;
 
-    eprintln!("setup: {pairs} distinct {size}x{size} JPEG pairs, {events} events");
+    // The workload: JPEG bytes of each distinct pair.
+    let photos = if photo_mp > 0 { devtools::photos::sample_photos(&devtools::photos::cache_dir())? } else { vec![] };
+    let (width, height) = {
+        let w = ((photo_mp as f64 * 1e6 * 4.0 / 3.0).sqrt()).round() as u32;
+        (w, (w as f64 * 0.75).round() as u32)
+    };
+    let workload = if photo_mp > 0 {
+        format!("{width}x{height} + 0.75-scale edited copy, real photos, JPEG q90")
+    } else {
+        format!("{size}x{size} synthetic JPEG")
+    };
+    let make = |i: usize| -> (Vec<u8>, Vec<u8>) {
+        if photo_mp > 0 {
+            let (a, b) = devtools::photos::photo_pair(&photos, i, width, height, 0.75);
+            (devtools::jpeg(&a, 90), devtools::jpeg(&b, 90))
+        } else {
+            let (a, b, _) = devtools::synthetic_pair(i as u64, size as u32);
+            (devtools::jpeg(&a, 85), devtools::jpeg(&b, 85))
+        }
+    };
+    eprintln!("setup: {pairs} distinct pairs ({workload}), {events} events");
     let mut keys = Vec::new();
-    for i in 0..pairs as u64 {
-        let (a, b, _) = devtools::synthetic_pair(i, size as u32);
+    let mut first_pair = None;
+    for i in 0..pairs {
+        let (ja, jb) = make(i);
         let (ka, kb) = (format!("{i}/a.jpg"), format!("{i}/b.jpg"));
-        devtools::put(&s3, &id, &ka, devtools::jpeg(&a, 85)).await?;
-        devtools::put(&s3, &id, &kb, devtools::jpeg(&b, 85)).await?;
+        devtools::put(&s3, &id, &ka, ja.clone()).await?;
+        devtools::put(&s3, &id, &kb, jb.clone()).await?;
         keys.push((ka, kb));
+        first_pair.get_or_insert((ja, jb));
     }
     let producer = devtools::producer(&cfg.kafka.brokers)?;
     let sends = (0..events).map(|i| {
@@ -108,14 +140,15 @@ async fn main() -> anyhow::Result<()> {
 
     // CPU cost of decode + preprocess alone, one thread.
     {
-        let (a, b, _) = devtools::synthetic_pair(0, size as u32);
-        let (ja, jb) = (devtools::jpeg(&a, 85), devtools::jpeg(&b, 85));
+        let (ja, jb) = first_pair.clone().expect("at least one pair");
         let proc = ImageProcessorConfig::for_image_size(224);
+        let reps = if photo_mp > 0 { 5 } else { 500 };
         let t = Instant::now();
-        for _ in 0..500 {
+        for _ in 0..reps {
             std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &proc)?);
         }
-        println!("decode + preprocess: {:.3} ms per pair (one thread)", t.elapsed().as_secs_f64() * 2.0);
+        let per = t.elapsed().as_secs_f64() / reps as f64;
+        println!("decode + preprocess: {:.3} ms per pair (one thread) = {:.1} pairs/s per core", per * 1e3, 1.0 / per);
     }
     // Reference: the same objects, only fetched, with the pipeline's concurrency.
     let fetcher = blip2idc::fetch::Fetcher::new(s3.clone(), &cfg.s3);
@@ -142,6 +175,8 @@ async fn main() -> anyhow::Result<()> {
     let factory: CaptionerFactory =
         Box::new(|| Ok(Box::new(CheapCaptioner(ImageProcessorConfig::for_image_size(224))) as Box<dyn Captioner>));
     let (run_cfg, h, s) = (cfg.clone(), health.clone(), shutdown.clone());
+    // The peak RSS of the pipeline phase alone (the workload's setup is forgotten).
+    let peak_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let task = tokio::spawn(async move { blip2idc::pipeline::run(&run_cfg, factory, h, s).await });
     while !health.group_joined.load(std::sync::atomic::Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -158,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let peak = common::peak_rss();
     shutdown.cancel();
     task.await??;
     let n: i64 = sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM captions WHERE event_id LIKE $1 || '-%'")
@@ -166,7 +202,17 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(n as usize == events, "{n} distinct events stored, expected {events}");
     let rate = events as f64 / elapsed;
-    println!("pipeline: {events} pairs ({size}x{size} JPEG, preprocessed to 224x224, batch {batch}) in {elapsed:.2} s = {rate:.0} pairs/s");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "pipeline: {events} pairs ({workload}, preprocessed to 224x224, batch {batch}) in {elapsed:.2} s = {rate:.1} \
+         pairs/s = {:.2} pairs/s per core ({cores} cores)",
+        rate / cores as f64
+    );
+    println!(
+        "peak RSS while the pipeline ran: {:.2} GiB{}",
+        peak as f64 / (1u64 << 30) as f64,
+        if peak_reset { "" } else { " (whole process: the kernel refused to reset the peak)" }
+    );
     println!(
         "reference (S3 fetch only, same objects, concurrency {}): {fetch_rate:.0} pairs/s",
         cfg.s3.max_concurrency

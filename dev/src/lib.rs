@@ -2,12 +2,13 @@
 //! binary (quickstart, local S3 server, memory benchmark), the benchmarks and the integration tests
 //! (a dev-dependency of `blip2idc`): topic and bucket creation, synthetic image pairs, publishing
 //! events, reading committed offsets ([this module](self)); hostile images for the decode limits
-//! ([`images`]); the local S3 server ([`mod@s3_server`]); evaluation files ([`eval_files`]); the memory
+//! ([`images`]); real photographs and photo-sized pairs ([`photos`]); the local S3 server ([`mod@s3_server`]); evaluation files ([`eval_files`]); the memory
 //! benchmark ([`bench_memory`]). Nothing in the service path uses this crate.
 
 pub mod bench_memory;
 pub mod eval_files;
 pub mod images;
+pub mod photos;
 pub mod s3_server;
 
 pub use eval_files::write_eval_files;
