@@ -149,6 +149,23 @@ async fn main() -> anyhow::Result<()> {
         }
         let per = t.elapsed().as_secs_f64() / reps as f64;
         println!("decode + preprocess: {:.3} ms per pair (one thread) = {:.1} pairs/s per core", per * 1e3, 1.0 / per);
+        // Its parts: JPEG decoding of both images, stacking (the original resized onto the modified
+        // image's size), the squeeze to the model's size with rescale and normalisation.
+        let (mut dec, mut stack, mut squeeze) = (0.0, 0.0, 0.0);
+        for _ in 0..reps {
+            let t = Instant::now();
+            let a = blip2idc::decode::decode(&ja, &cfg.decode, "original")?.to_rgb8();
+            let b = blip2idc::decode::decode(&jb, &cfg.decode, "republished")?.to_rgb8();
+            dec += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let stacked = blip2idc::model::preprocess::stack_pair(&a, &b);
+            stack += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            std::hint::black_box(proc.pixel_values(&stacked));
+            squeeze += t.elapsed().as_secs_f64();
+        }
+        let ms = |x: f64| 1e3 * x / reps as f64;
+        println!("  of which: decode {:.1} ms, stack {:.1} ms, squeeze {:.1} ms", ms(dec), ms(stack), ms(squeeze));
     }
     // Reference: the same objects, only fetched, with the pipeline's concurrency.
     let fetcher = blip2idc::fetch::Fetcher::new(s3.clone(), &cfg.s3);
