@@ -2,7 +2,7 @@
 //! captioner → PostgreSQL → commit, on the local stack (`deploy/local/up.sh` must be running).
 //!
 //! `cargo bench --bench pipeline [-- --events N --pairs P --size S --batch B]`
-//! `cargo bench --bench pipeline -- --photos 12 [--events N --pairs P]`   (or `--photos 3`)
+//! `cargo bench --bench pipeline -- --photos 12 [--events N --pairs P] [--decode-only N]`   (or `--photos 3`)
 //!
 //! Prints pairs/s end to end and, as the reference measured in the same run on the same machine, the
 //! rate at which the same objects can merely be fetched from S3 with the same concurrency (the
@@ -168,6 +168,17 @@ async fn main() -> anyhow::Result<()> {
         }
         let ms = |x: f64| 1e3 * x / reps as f64;
         println!("  of which: decode {:.1} ms, stack {:.1} ms, squeeze {:.1} ms", ms(dec), ms(stack), ms(squeeze));
+        // `--decode-only N`: N more rounds of decode + preprocess alone, then stop (for a profiler:
+        // `perf record -- <bench executable> --bench --photos 12 --decode-only 50`).
+        let profile_reps = num("--decode-only", 0);
+        if profile_reps > 0 {
+            let t = Instant::now();
+            for _ in 0..profile_reps {
+                std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &proc)?);
+            }
+            println!("--decode-only: {:.1} ms per pair", 1e3 * t.elapsed().as_secs_f64() / profile_reps as f64);
+            return Ok(());
+        }
     }
     // Reference: the same objects, only fetched, with the pipeline's concurrency.
     let fetcher = blip2idc::fetch::Fetcher::new(s3.clone(), &cfg.s3);
