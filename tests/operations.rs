@@ -22,11 +22,29 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs a tool the local stack installs; a missing tool fails with how to get it.
+/// Runs a tool the local stack installs (`python3 -m MODULE` for the pip ones: their scripts may have
+/// no pyenv shim); a missing tool fails with how to get it.
 fn tool(name: &str, args: &[&str]) -> Output {
-    Command::new(name).args(args).current_dir(repo()).output().unwrap_or_else(|e| {
+    let module = match name {
+        "kubernetes-validate" => Some("kubernetes_validate"),
+        "yamllint" => Some("yamllint"),
+        _ => None,
+    };
+    let mut cmd = match module {
+        Some(m) => {
+            let mut c = Command::new("python3");
+            c.args(["-m", m]);
+            c
+        }
+        None => Command::new(name),
+    };
+    let out = cmd.args(args).current_dir(repo()).output().unwrap_or_else(|e| {
         panic!("{name} is needed ({e}): `bash deploy/local/up.sh` installs it (promtool: apt prometheus; others: pip)")
-    })
+    });
+    if module.is_some() && String::from_utf8_lossy(&out.stderr).contains("No module named") {
+        panic!("{name} is needed: `bash deploy/local/up.sh` installs it with pip");
+    }
+    out
 }
 
 fn text(o: &Output) -> String {

@@ -37,7 +37,8 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   sudo_maybe env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
 # The manifests' validators (tests/operations.rs), from PyPI.
-if ! command -v kubernetes-validate >/dev/null || ! command -v yamllint >/dev/null; then
+# (Run as `python3 -m ...`: a pip-installed script may have no pyenv shim until `pyenv rehash`.)
+if ! python3 -c 'import kubernetes_validate, yamllint' 2>/dev/null; then
   log "installing kubernetes-validate and yamllint (pip)"
   python3 -m pip install -q kubernetes-validate==1.37.0 yamllint==1.38.0 2>/dev/null \
     || python3 -m pip install -q --break-system-packages kubernetes-validate==1.37.0 yamllint==1.38.0
