@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::CaptionWorker;
 use crate::adapters::AdapterStore;
 use crate::config::Config;
-use crate::store::{PromotionListener, Store};
+use crate::store::{Promoted, PromotionListener, Store};
 
 /// Downloads the adapter of promoted `version` from `uri` into the scratch directory.
 async fn download(cfg: &Config, version: &str, uri: &str) -> anyhow::Result<PathBuf> {
@@ -54,10 +54,16 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
         }
         // Checked after LISTEN is up, so a promotion between this check and the wait is not missed
         // (when the start-up check already switched, this is one query).
-        if let Err(e) = check_once(&cfg, &store, &worker).await {
-            tracing::warn!("checking for a promoted adapter failed: {e:#}");
+        match store.promoted(&cfg.model.checkpoint).await {
+            Ok(promoted) => {
+                let version = promoted.as_ref().map(|p| p.version.clone());
+                if let Err(e) = follow(&cfg, &store, &worker, promoted).await {
+                    tracing::warn!("switching to the promoted adapter failed: {e:#}");
+                }
+                report(&cfg, &store, &worker, &consumer, &mut shown, version.as_deref()).await;
+            }
+            Err(e) => tracing::warn!("checking for a promoted adapter failed: {e:#}"),
         }
-        report(&cfg, &store, &worker, &consumer, &mut shown).await;
         let notified = async {
             match listener.as_mut() {
                 Some(l) => l.next().await,
@@ -85,8 +91,15 @@ pub async fn watch(cfg: Config, store: Store, worker: Arc<CaptionWorker>, stop: 
 }
 
 /// Reports the version this consumer runs to the registry and sets the model gauges (`shown`: the
-/// version the info gauge shows).
-async fn report(cfg: &Config, store: &Store, worker: &CaptionWorker, consumer: &str, shown: &mut Option<String>) {
+/// version the info gauge shows; `promoted`: the registry's promoted version, just read).
+async fn report(
+    cfg: &Config,
+    store: &Store,
+    worker: &CaptionWorker,
+    consumer: &str,
+    shown: &mut Option<String>,
+    promoted: Option<&str>,
+) {
     let loaded = worker.model_version();
     if shown.as_deref() != Some(loaded.as_str()) {
         // Registered under its base model (a version first seen in a caption row would be 'unknown').
@@ -104,13 +117,8 @@ async fn report(cfg: &Config, store: &Store, worker: &CaptionWorker, consumer: &
         metrics::gauge!(crate::metrics::MODEL_LOADED, "version" => loaded.clone()).set(1.0);
         *shown = Some(loaded.clone());
     }
-    match store.promoted(&cfg.model.checkpoint).await {
-        Ok(p) => {
-            let stale = p.is_some_and(|p| p.version != loaded);
-            metrics::gauge!(crate::metrics::MODEL_STALE).set(if stale { 1.0 } else { 0.0 });
-        }
-        Err(e) => tracing::debug!("reading the promoted version: {e:#}"),
-    }
+    let stale = promoted.is_some_and(|p| p != loaded);
+    metrics::gauge!(crate::metrics::MODEL_STALE).set(if stale { 1.0 } else { 0.0 });
     if let Err(e) = store.report_loaded(consumer, &cfg.model.checkpoint, &loaded).await {
         tracing::debug!("{e:#}");
     }
@@ -120,7 +128,17 @@ async fn report(cfg: &Config, store: &Store, worker: &CaptionWorker, consumer: &
 /// load is marked in `model_versions` (`load_error`) and skipped from then on, until it is promoted
 /// again; the running adapter stays (a failed swap changes no weight).
 pub async fn check_once(cfg: &Config, store: &Store, worker: &CaptionWorker) -> anyhow::Result<bool> {
-    let Some(p) = store.promoted(&cfg.model.checkpoint).await? else { return Ok(false) };
+    follow(cfg, store, worker, store.promoted(&cfg.model.checkpoint).await?).await
+}
+
+/// [`check_once`] with the promoted version already read (`None`: none is promoted).
+async fn follow(
+    cfg: &Config,
+    store: &Store,
+    worker: &CaptionWorker,
+    promoted: Option<Promoted>,
+) -> anyhow::Result<bool> {
+    let Some(p) = promoted else { return Ok(false) };
     let Some(uri) = p.adapter_uri else { return Ok(false) };
     if p.version == worker.model_version() {
         return Ok(false);
