@@ -19,6 +19,20 @@ use crate::config::KafkaConfig;
 use crate::error::Rejection;
 use crate::source::Origin;
 
+/// A client of `brokers` named `<kafka.client_id>-<role>` with `settings`, then `kafka.properties`
+/// (which may override any of them).
+pub(crate) fn client_config(cfg: &KafkaConfig, brokers: &str, role: &str, settings: &[(&str, &str)]) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", brokers).set("client.id", format!("{}-{role}", cfg.client_id));
+    for (k, v) in settings {
+        cc.set(*k, *v);
+    }
+    for (k, v) in &cfg.properties {
+        cc.set(k, v);
+    }
+    cc
+}
+
 /// Producer for the dead-letter topic.
 pub struct DeadLetterQueue {
     producer: FutureProducer,
@@ -28,16 +42,9 @@ pub struct DeadLetterQueue {
 impl DeadLetterQueue {
     /// A producer for `cfg.dlq_topic` on `brokers` (the dead-letter cluster), else `cfg.brokers`.
     pub fn new(cfg: &KafkaConfig, brokers: Option<&str>) -> anyhow::Result<Self> {
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", brokers.unwrap_or(&cfg.brokers))
-            .set("client.id", format!("{}-dlq", cfg.client_id))
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000")
-            .set("linger.ms", "5");
-        for (k, v) in &cfg.properties {
-            cc.set(k, v);
-        }
-        Ok(DeadLetterQueue { producer: cc.create()?, topic: cfg.dlq_topic.clone() })
+        let settings = [("acks", "all"), ("message.timeout.ms", "30000"), ("linger.ms", "5")];
+        let producer = client_config(cfg, brokers.unwrap_or(&cfg.brokers), "dlq", &settings).create()?;
+        Ok(DeadLetterQueue { producer, topic: cfg.dlq_topic.clone() })
     }
 
     pub fn topic(&self) -> &str {

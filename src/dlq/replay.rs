@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -81,16 +80,11 @@ pub fn replay(
 ) -> anyhow::Result<ReplaySummary> {
     check_kinds(&opts.kinds)?;
     let timeout = Duration::from_secs(10);
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", dlq_brokers.unwrap_or(&cfg.brokers))
-        .set("group.id", format!("{}-dlq-replay", cfg.group_id))
-        .set("client.id", format!("{}-dlq-replay", cfg.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    for (k, v) in &cfg.properties {
-        cc.set(k, v);
-    }
-    let reader: BaseConsumer = cc.create()?;
+    let group = format!("{}-dlq-replay", cfg.group_id);
+    let settings =
+        [("group.id", group.as_str()), ("enable.auto.commit", "false"), ("enable.auto.offset.store", "false")];
+    let reader: BaseConsumer =
+        super::client_config(cfg, dlq_brokers.unwrap_or(&cfg.brokers), "dlq-replay", &settings).create()?;
     let meta = reader
         .fetch_metadata(Some(&cfg.dlq_topic), timeout)
         .map_err(|e| anyhow::anyhow!("reading the metadata of {}: {e}", cfg.dlq_topic))?;
@@ -118,16 +112,11 @@ pub fn replay(
     let producer: Option<ThreadedProducer<Deliveries>> = if opts.dry_run {
         None
     } else {
-        let mut pc = ClientConfig::new();
-        pc.set("bootstrap.servers", &cfg.brokers)
-            .set("client.id", format!("{}-dlq-replay", cfg.client_id))
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000");
-        for (k, v) in &cfg.properties {
-            pc.set(k, v);
-        }
-        Some(pc.create_with_context(Deliveries::default())?)
+        let settings = [("acks", "all"), ("enable.idempotence", "true"), ("message.timeout.ms", "30000")];
+        Some(
+            super::client_config(cfg, &cfg.brokers, "dlq-replay", &settings)
+                .create_with_context(Deliveries::default())?,
+        )
     };
     // A partition is read once its end as of the start is reached and then nothing more arrives
     // for a second (some brokers report the end late), or once a dead letter newer than the start
