@@ -255,13 +255,22 @@ mod tests {
         }
     }
 
+    /// A caption worker on a stepping fake labelled `version`, and a runtime to talk to it.
+    fn stepping_worker(version: &'static str) -> (CaptionWorker, tokio::runtime::Runtime) {
+        let factory: CaptionerFactory = Box::new(move || Ok(Box::new(Fake::new(true, version)) as Box<dyn Captioner>));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        (CaptionWorker::spawn(factory).unwrap(), rt)
+    }
+
+    /// A pair of the fake's inputs whose caption is "pair {v}".
+    fn pair(v: f32) -> Vec<f32> {
+        vec![v; 12]
+    }
+
     #[test]
     fn a_failing_step_rejects_only_the_pair_that_fails_alone() {
-        let factory: CaptionerFactory = Box::new(|| Ok(Box::new(Fake::new(true, "fake")) as Box<dyn Captioner>));
-        let worker = CaptionWorker::spawn(factory).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (worker, rt) = stepping_worker("fake");
         rt.block_on(async {
-            let pair = |v: f32| vec![v; 12];
             let first = worker.submit(vec![pair(1.0), pair(POISON), pair(5.0)]).await.unwrap();
             let second = worker.submit(vec![pair(2.0), pair(4.0)]).await.unwrap();
             let (first, second) = (first.await.unwrap(), second.await.unwrap());
@@ -280,11 +289,8 @@ mod tests {
 
     #[test]
     fn swapping_to_a_captioner_without_steps_goes_on_with_whole_batches() {
-        let factory: CaptionerFactory = Box::new(|| Ok(Box::new(Fake::new(true, "stepping")) as Box<dyn Captioner>));
-        let worker = CaptionWorker::spawn(factory).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (worker, rt) = stepping_worker("stepping");
         rt.block_on(async {
-            let pair = |v: f32| vec![v; 12];
             let before = worker.submit(vec![pair(1.0), pair(2.0)]).await.unwrap();
             let plain: CaptionerFactory = Box::new(|| Ok(Box::new(Fake::new(false, "plain")) as Box<dyn Captioner>));
             assert_eq!(worker.swap(plain).await.unwrap(), "plain");
