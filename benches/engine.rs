@@ -24,7 +24,7 @@ static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
 mod common;
 use common::{arg, num};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use blip2idc::model::engine::DecodeBatch;
@@ -74,37 +74,13 @@ fn fixed(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, limits: &[usize]) -> 
 fn continuous(model: &Blip2Idc, pvs: &[Vec<f32>], batch: usize, limits: &[usize]) -> anyhow::Result<Run> {
     let t0 = Instant::now();
     let (mut latencies, mut ids) = (Vec::new(), HashMap::new());
-    let (mut prefill_s, mut decode_s, mut row_steps, mut steps) = (0.0, 0.0, 0, 0);
-    let mut queue: VecDeque<u64> = (0..pvs.len() as u64).collect();
-    let mut running = DecodeBatch::new(&model.model);
-    while !queue.is_empty() || !running.is_empty() {
-        let room = batch.saturating_sub(running.len()).min(queue.len());
-        let min_admit = num("--min-admit", (batch / 2).max(1)).min(queue.len()).max(1);
-        if room >= min_admit || (running.is_empty() && room > 0) {
-            let keys: Vec<u64> = queue.drain(..room).collect();
-            let refs: Vec<&[f32]> = keys.iter().map(|&k| pvs[k as usize].as_slice()).collect();
-            let pv = model.pixel_batch(&refs)?;
-            let key_limits: Vec<usize> = keys.iter().map(|&k| limits[k as usize]).collect();
-            let t = Instant::now();
-            let admitted = running.admit_each(&model.model, &pv, &keys, &key_limits, &model.eos_token_ids)?;
-            prefill_s += t.elapsed().as_secs_f64();
-            for f in admitted {
-                latencies.push(t0.elapsed());
-                ids.insert(f.key, f.token_ids);
-            }
-        }
-        if running.is_empty() {
-            continue;
-        }
-        (row_steps, steps) = (row_steps + running.len(), steps + 1);
-        let t = Instant::now();
-        let stepped = running.step(&model.model, &model.eos_token_ids)?;
-        decode_s += t.elapsed().as_secs_f64();
-        for f in stepped {
-            latencies.push(t0.elapsed());
-            ids.insert(f.key, f.token_ids);
-        }
-    }
+    let items: Vec<&[f32]> = pvs.iter().map(|v| v.as_slice()).collect();
+    let min_admit = num("--min-admit", (batch / 2).max(1));
+    let s = common::decode_continuously(model, &items, limits, batch, min_admit, &mut |f| {
+        latencies.push(t0.elapsed());
+        ids.insert(f.key, f.token_ids);
+    })?;
+    let (prefill_s, decode_s, row_steps, steps) = (s.prefill_s, s.decode_s, s.row_steps, s.steps);
     Ok(Run { seconds: t0.elapsed().as_secs_f64(), latencies, ids, prefill_s, decode_s, row_steps, steps })
 }
 

@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use blip2idc::model::engine::DecodeBatch;
 use blip2idc::model::loader::{dtype, open_device};
 use blip2idc::model::{Blip2Idc, LoadOptions};
 use serde_json::{json, Value};
@@ -71,7 +70,12 @@ fn child() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut tokens = 0;
     if continuous {
-        tokens = decode_continuously(&model, &items, batch, max_new)?;
+        // Tokens computed, as `generate` counts them: the ids plus the eos step of a row that stopped.
+        let mut count = |f: blip2idc::model::engine::Finished| {
+            tokens += if f.token_ids.len() < max_new { f.token_ids.len() + 1 } else { f.token_ids.len() };
+        };
+        let limits = vec![max_new; items.len()];
+        common::decode_continuously(&model, &items, &limits, batch, (batch / 2).max(1), &mut count)?;
     } else {
         for chunk in items.chunks(batch) {
             tokens += generate(chunk, max_new)?;
@@ -86,28 +90,6 @@ fn child() -> anyhow::Result<()> {
                "engine": if continuous { "continuous" } else { "fixed" }})
     );
     Ok(())
-}
-
-/// Continuous batching over all `items`: at most `max_rows` decode at once; queued pairs are prefilled
-/// together once half the rows are free (or nothing runs). Returns the tokens computed.
-fn decode_continuously(model: &Blip2Idc, items: &[&[f32]], max_rows: usize, max_new: usize) -> anyhow::Result<usize> {
-    let mut queue: std::collections::VecDeque<usize> = (0..items.len()).collect();
-    let mut running = DecodeBatch::new(&model.model);
-    let mut tokens = 0;
-    let count = |done: Vec<blip2idc::model::engine::Finished>| -> usize {
-        done.iter().map(|f| if f.token_ids.len() < max_new { f.token_ids.len() + 1 } else { f.token_ids.len() }).sum()
-    };
-    while !queue.is_empty() || !running.is_empty() {
-        let room = max_rows.saturating_sub(running.len()).min(queue.len());
-        if room > 0 && (room >= (max_rows / 2).max(1).min(queue.len()) || running.is_empty()) {
-            let keys: Vec<u64> = queue.drain(..room).map(|k| k as u64).collect();
-            let chunk: Vec<&[f32]> = keys.iter().map(|&k| items[k as usize]).collect();
-            let pv = model.pixel_batch(&chunk)?;
-            tokens += count(running.admit(&model.model, &pv, &keys, max_new, &model.eos_token_ids)?);
-        }
-        tokens += count(running.step(&model.model, &model.eos_token_ids)?);
-    }
-    Ok(tokens)
 }
 
 fn main() -> anyhow::Result<()> {

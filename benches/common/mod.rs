@@ -115,3 +115,54 @@ pub fn gpu_used_bytes(index: &str) -> anyhow::Result<u64> {
     let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
     Ok(mib << 20)
 }
+
+/// Time and work of one continuous-batching run ([`decode_continuously`]).
+#[derive(Default)]
+pub struct Schedule {
+    /// Seconds in admissions (vision + Q-Former + prompt + first token).
+    pub prefill_s: f64,
+    /// Seconds in decoding steps.
+    pub decode_s: f64,
+    /// Decoding steps, and rows summed over them.
+    pub steps: usize,
+    pub row_steps: usize,
+}
+
+/// Continuous batching over `items` in order (`limits[i]`: pair i's token limit): at most `max_rows`
+/// decode at once; queued pairs are prefilled together once `min_admit` rows are free (or nothing
+/// runs), as the service's captioner thread does. `done` gets each finished pair as it finishes.
+pub fn decode_continuously(
+    model: &blip2idc::model::Blip2Idc,
+    items: &[&[f32]],
+    limits: &[usize],
+    max_rows: usize,
+    min_admit: usize,
+    done: &mut dyn FnMut(blip2idc::model::engine::Finished),
+) -> anyhow::Result<Schedule> {
+    use std::time::Instant;
+    let mut queue: std::collections::VecDeque<u64> = (0..items.len() as u64).collect();
+    let mut running = blip2idc::model::engine::DecodeBatch::new(&model.model);
+    let mut s = Schedule::default();
+    while !queue.is_empty() || !running.is_empty() {
+        let room = max_rows.saturating_sub(running.len()).min(queue.len());
+        if room > 0 && (room >= min_admit.min(queue.len()).max(1) || running.is_empty()) {
+            let keys: Vec<u64> = queue.drain(..room).collect();
+            let chunk: Vec<&[f32]> = keys.iter().map(|&k| items[k as usize]).collect();
+            let key_limits: Vec<usize> = keys.iter().map(|&k| limits[k as usize]).collect();
+            let pv = model.pixel_batch(&chunk)?;
+            let t = Instant::now();
+            let finished = running.admit_each(&model.model, &pv, &keys, &key_limits, &model.eos_token_ids)?;
+            s.prefill_s += t.elapsed().as_secs_f64();
+            finished.into_iter().for_each(&mut *done);
+        }
+        if running.is_empty() {
+            continue;
+        }
+        (s.row_steps, s.steps) = (s.row_steps + running.len(), s.steps + 1);
+        let t = Instant::now();
+        let finished = running.step(&model.model, &model.eos_token_ids)?;
+        s.decode_s += t.elapsed().as_secs_f64();
+        finished.into_iter().for_each(&mut *done);
+    }
+    Ok(s)
+}
