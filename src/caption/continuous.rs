@@ -196,6 +196,8 @@ mod tests {
     use super::super::{CaptionWorker, CaptionerFactory, StepDecoder};
     use super::*;
     use crate::model::preprocess::ImageProcessorConfig;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     /// Pixel value that makes the fake model panic, in a batch and in a decoding step alike.
     const POISON: f32 = 13.0;
@@ -207,11 +209,14 @@ mod tests {
         /// Whether it decodes step by step; the plain kind batches whole requests.
         steps: bool,
         version: &'static str,
+        /// Pairs admitted so far (lets a test wait until a request has started).
+        admitted: Arc<AtomicUsize>,
     }
 
     impl Fake {
         fn new(steps: bool, version: &'static str) -> Fake {
-            Fake { processor: ImageProcessorConfig::for_image_size(2), running: Vec::new(), steps, version }
+            let admitted = Arc::new(AtomicUsize::new(0));
+            Fake { processor: ImageProcessorConfig::for_image_size(2), running: Vec::new(), steps, version, admitted }
         }
     }
 
@@ -240,6 +245,7 @@ mod tests {
             2
         }
         fn admit(&mut self, pixel_values: &[&[f32]], keys: &[u64]) -> anyhow::Result<Vec<(u64, Caption)>> {
+            self.admitted.fetch_add(keys.len(), Ordering::SeqCst);
             self.running.extend(keys.iter().zip(pixel_values).map(|(&k, p)| (k, p[0], p[0] as usize % 3)));
             Ok(Vec::new())
         }
@@ -255,11 +261,14 @@ mod tests {
         }
     }
 
-    /// A caption worker on a stepping fake labelled `version`, and a runtime to talk to it.
-    fn stepping_worker(version: &'static str) -> (CaptionWorker, tokio::runtime::Runtime) {
-        let factory: CaptionerFactory = Box::new(move || Ok(Box::new(Fake::new(true, version)) as Box<dyn Captioner>));
+    /// A caption worker on a stepping fake labelled `version`, a runtime to talk to it, and the
+    /// fake's count of admitted pairs.
+    fn stepping_worker(version: &'static str) -> (CaptionWorker, tokio::runtime::Runtime, Arc<AtomicUsize>) {
+        let fake = Fake::new(true, version);
+        let admitted = fake.admitted.clone();
+        let factory: CaptionerFactory = Box::new(move || Ok(Box::new(fake) as Box<dyn Captioner>));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        (CaptionWorker::spawn(factory).unwrap(), rt)
+        (CaptionWorker::spawn(factory).unwrap(), rt, admitted)
     }
 
     /// A pair of the fake's inputs whose caption is "pair {v}".
@@ -269,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_failing_step_rejects_only_the_pair_that_fails_alone() {
-        let (worker, rt) = stepping_worker("fake");
+        let (worker, rt, _) = stepping_worker("fake");
         rt.block_on(async {
             let first = worker.submit(vec![pair(1.0), pair(POISON), pair(5.0)]).await.unwrap();
             let second = worker.submit(vec![pair(2.0), pair(4.0)]).await.unwrap();
@@ -289,9 +298,14 @@ mod tests {
 
     #[test]
     fn swapping_to_a_captioner_without_steps_goes_on_with_whole_batches() {
-        let (worker, rt) = stepping_worker("stepping");
+        let (worker, rt, admitted) = stepping_worker("stepping");
         rt.block_on(async {
             let before = worker.submit(vec![pair(1.0), pair(2.0)]).await.unwrap();
+            // Swap once `before` has started (a request not started when a swap arrives runs on the
+            // new captioner, by design): it must then finish on the stepping one.
+            while admitted.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
             let plain: CaptionerFactory = Box::new(|| Ok(Box::new(Fake::new(false, "plain")) as Box<dyn Captioner>));
             assert_eq!(worker.swap(plain).await.unwrap(), "plain");
             let after = worker.caption(vec![pair(4.0)]).await.unwrap();
