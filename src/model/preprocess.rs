@@ -5,13 +5,18 @@
 //! the stack to the vision tower's `image_size` square (bicubic), rescales by 1/255 and normalizes
 //! with the CLIP mean/std.
 //!
-//! Resizing re-implements Pillow's `ImagingResample` (separable, antialiased bicubic with a = -0.5,
-//! coefficients quantised to 22-bit fixed point, horizontal pass then vertical pass through a `u8`
-//! intermediate), so our 8-bit result equals PIL's exactly, not approximately.
+//! Resizing is Pillow's `ImagingResample` re-implemented bit for bit (separable, antialiased bicubic
+//! with a = -0.5, coefficients quantised to 22-bit fixed point, horizontal pass then vertical pass
+//! through a `u8` intermediate) by the `blip2idc-resample` crate (`resample/`): SIMD kernels, and the
+//! pair's stack-and-squeeze streamed without building the stack ([`pair_rgb`]). Our 8-bit result
+//! equals PIL's exactly, not approximately.
 
 use std::path::Path;
 
+use blip2idc_resample::{Rgb, StackSqueeze};
 use image::{DynamicImage, RgbImage};
+
+pub use blip2idc_resample::PassOrder;
 use serde::Deserialize;
 
 /// The subset of `preprocessor_config.json` (BlipImageProcessor) that matters.
@@ -88,10 +93,23 @@ impl ImageProcessorConfig {
         Ok(c)
     }
 
-    /// Stacks a pair and turns it into `pixel_values` (CHW, f32, `3 × height × width`).
+    /// Stacks a pair and turns it into `pixel_values` (CHW, f32, `3 × height × width`). RGB images are
+    /// read in place; others are converted as PIL's `convert("RGB")` does.
     pub fn preprocess_pair(&self, original: &DynamicImage, modified: &DynamicImage) -> Vec<f32> {
-        let stacked = stack_pair(&to_rgb(original), &to_rgb(modified));
-        self.pixel_values(&stacked)
+        let convert = |img: &DynamicImage| img.as_rgb8().is_none().then(|| img.to_rgb8());
+        let (ca, cb) = (convert(original), convert(modified));
+        let a = original.as_rgb8().or(ca.as_ref()).expect("converted to RGB above");
+        let b = modified.as_rgb8().or(cb.as_ref()).expect("converted to RGB above");
+        self.pair_values(a, b)
+    }
+
+    /// `pixel_values` of an RGB pair: stacked, squeezed, normalised.
+    pub fn pair_values(&self, original: &RgbImage, modified: &RgbImage) -> Vec<f32> {
+        if !self.do_resize {
+            return self.pixel_values(&stack_pair(original, modified));
+        }
+        let rgb = pair_rgb(view(original), view(modified), (self.width as usize, self.height as usize));
+        self.normalize(&rgb)
     }
 
     /// The processor's resize step alone (PIL bicubic to `width × height`).
@@ -105,9 +123,12 @@ impl ImageProcessorConfig {
 
     /// Resize, rescale and normalise one RGB image into CHW `f32`.
     pub fn pixel_values(&self, img: &RgbImage) -> Vec<f32> {
-        let resized = self.resize(img);
-        let (w, h) = resized.dimensions();
-        let plane = (w * h) as usize;
+        self.normalize(self.resize(img).as_raw())
+    }
+
+    /// Rescale and normalise RGB bytes (already at the model's size) into CHW `f32`.
+    pub fn normalize(&self, rgb: &[u8]) -> Vec<f32> {
+        let plane = rgb.len() / 3;
         // Inputs are 8-bit: one lookup table per channel does rescale + normalise.
         let scale = if self.do_rescale { self.rescale_factor } else { 1.0 };
         let lut: Vec<[f32; 256]> = (0..3)
@@ -120,7 +141,7 @@ impl ImageProcessorConfig {
             .collect();
         let mut out = Vec::with_capacity(3 * plane);
         for (c, table) in lut.iter().enumerate() {
-            out.extend(resized.as_raw().chunks_exact(3).map(|px| table[px[c] as usize]));
+            out.extend(rgb.chunks_exact(3).map(|px| table[px[c] as usize]));
         }
         out
     }
@@ -141,84 +162,27 @@ pub fn to_rgb(img: &DynamicImage) -> RgbImage {
     }
 }
 
+fn view(img: &RgbImage) -> Rgb<'_> {
+    Rgb::new(img.as_raw(), img.width() as usize, img.height() as usize)
+}
+
 /// BLIP2IDC's pair input: `original` resized (bicubic) to `modified`'s size on top, `modified` below.
 pub fn stack_pair(original: &RgbImage, modified: &RgbImage) -> RgbImage {
     let (w, h) = modified.dimensions();
-    let top = if original.dimensions() == (w, h) { original.clone() } else { resize_bicubic(original, w, h) };
-    let mut out = RgbImage::new(w, 2 * h);
-    let row = 3 * w as usize;
-    let n = row * h as usize;
-    out.as_mut()[..n].copy_from_slice(top.as_raw());
-    out.as_mut()[n..].copy_from_slice(modified.as_raw());
-    out
-}
-
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-fn bicubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    let mut out = if original.dimensions() == (w, h) {
+        original.as_raw().clone()
     } else {
-        0.0
-    }
+        blip2idc_resample::resize(view(original), w as usize, h as usize, PassOrder::Legacy)
+    };
+    out.extend_from_slice(modified.as_raw());
+    RgbImage::from_raw(w, 2 * h, out).expect("buffer size matches")
 }
 
-/// Per output index: first input index, and the fixed-point weights (Pillow's `precompute_coeffs` +
-/// `normalize_coeffs_8bpc`).
-struct Coeffs {
-    bounds: Vec<(usize, usize)>,
-    ksize: usize,
-    weights: Vec<i32>,
-}
-
-fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
-    const SUPPORT: f64 = 2.0;
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = SUPPORT * filterscale;
-    let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
-    let mut k = vec![0f64; ksize];
-    for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        let ss = 1.0 / filterscale;
-        // C's (int) cast truncates toward zero; negatives are clamped to 0 right after.
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = (((center + support + 0.5) as i64).min(in_size as i64) as usize).saturating_sub(xmin);
-        let mut ww = 0.0;
-        for (x, kx) in k.iter_mut().enumerate().take(xmax) {
-            let w = bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
-            *kx = w;
-            ww += w;
-        }
-        for x in 0..xmax {
-            let w = if ww != 0.0 { k[x] / ww } else { k[x] };
-            let f = w * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if w < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
-        }
-        bounds.push((xmin, xmax));
-    }
-    Coeffs { bounds, ksize, weights }
-}
-
-#[inline]
-fn clip8(v: i32) -> u8 {
-    (v >> PRECISION_BITS).clamp(0, 255) as u8
-}
-
-/// Which separable pass Pillow runs first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PassOrder {
-    /// Pillow ≤ 12 (the authors' and transformers 4.35's): always horizontal, then vertical.
-    Legacy,
-    /// Pillow ≥ 13 (python-pillow/Pillow#9549): vertical first when the height shrinks by more
-    /// than twice as many pixels as the width.
-    Pillow13,
+/// The stacked pair squeezed to `out` (width, height): the same bytes as resizing [`stack_pair`]'s
+/// result, without building it.
+pub fn pair_rgb(original: Rgb<'_>, modified: Rgb<'_>, out: (usize, usize)) -> Vec<u8> {
+    let squeeze = StackSqueeze::new((modified.width, modified.height), out);
+    squeeze.finish(&squeeze.top(original), &squeeze.bottom(modified))
 }
 
 /// Pillow's `Image.resize((w, h), Image.BICUBIC)` on an RGB image, bit-exact with Pillow ≤ 12.
@@ -228,100 +192,8 @@ pub fn resize_bicubic(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
 
 /// [`resize_bicubic`] with an explicit pass order.
 pub fn resize_bicubic_with(img: &RgbImage, out_w: u32, out_h: u32, order: PassOrder) -> RgbImage {
-    let (in_w, in_h) = (img.width() as usize, img.height() as usize);
-    let (ow, oh) = (out_w as usize, out_h as usize);
-    let need_h = in_w != ow;
-    let need_v = in_h != oh;
-    let src = img.as_raw();
-    let out = match (need_h, need_v) {
-        (false, false) => return img.clone(),
-        (true, false) => horizontal_pass(src, in_w, 0..in_h, &precompute_coeffs(in_w, ow)),
-        (false, true) => vertical_pass(src, in_w, 0, &precompute_coeffs(in_h, oh)),
-        (true, true) => {
-            let horiz = precompute_coeffs(in_w, ow);
-            let vert = precompute_coeffs(in_h, oh);
-            let vertical_first =
-                order == PassOrder::Pillow13 && in_h > oh && (in_h - oh) as i64 > 2 * (in_w as i64 - ow as i64);
-            if vertical_first {
-                let tmp = vertical_pass(src, in_w, 0, &vert);
-                horizontal_pass(&tmp, in_w, 0..oh, &horiz)
-            } else {
-                // Only the rows the vertical pass reads are resampled horizontally.
-                let first = vert.bounds[0].0;
-                let last = vert.bounds[oh - 1].0 + vert.bounds[oh - 1].1;
-                let tmp = horizontal_pass(src, in_w, first..last, &horiz);
-                vertical_pass(&tmp, ow, first, &vert)
-            }
-        }
-    };
+    let out = blip2idc_resample::resize(view(img), out_w as usize, out_h as usize, order);
     RgbImage::from_raw(out_w, out_h, out).expect("buffer size matches")
-}
-
-/// Resamples `rows` of an RGB buffer of width `w` horizontally (Pillow's `ImagingResampleHorizontal_8bpc`).
-/// Done as a vertical pass over the transposed rows, whose whole-row accumulation vectorises; integer
-/// sums make the result identical.
-fn horizontal_pass(src: &[u8], w: usize, rows: std::ops::Range<usize>, c: &Coeffs) -> Vec<u8> {
-    let h = rows.len();
-    let mut t = vec![0u8; w * h * 3];
-    for (r, y) in rows.enumerate() {
-        let row = &src[y * w * 3..(y + 1) * w * 3];
-        for (x, px) in row.chunks_exact(3).enumerate() {
-            t[(x * h + r) * 3..(x * h + r) * 3 + 3].copy_from_slice(px);
-        }
-    }
-    let v = vertical_pass(&t, h, 0, c); // [ow][h * 3]
-    let ow = c.bounds.len();
-    let mut out = vec![0u8; h * ow * 3];
-    for (x, col) in v.chunks_exact(h * 3).enumerate() {
-        for (r, px) in col.chunks_exact(3).enumerate() {
-            out[(r * ow + x) * 3..(r * ow + x) * 3 + 3].copy_from_slice(px);
-        }
-    }
-    out
-}
-
-/// Resamples an RGB buffer of width `w` vertically; `row_offset` is the source row of `src`'s first
-/// row (Pillow's `ImagingResampleVertical_8bpc` with shifted bounds).
-fn vertical_pass(src: &[u8], w: usize, row_offset: usize, c: &Coeffs) -> Vec<u8> {
-    let half = 1i32 << (PRECISION_BITS - 1);
-    let stride = w * 3;
-    let mut out = Vec::with_capacity(c.bounds.len() * stride);
-    // Whole rows are accumulated tap by tap (vectorises); integer sums make the order irrelevant.
-    let mut acc = vec![0i32; stride];
-    for (yy, &(ymin, ymax)) in c.bounds.iter().enumerate() {
-        let k = &c.weights[yy * c.ksize..yy * c.ksize + ymax];
-        let base = ymin - row_offset;
-        acc.fill(half);
-        for (y, &wt) in k.iter().enumerate() {
-            accumulate_row(&mut acc, &src[(base + y) * stride..(base + y + 1) * stride], wt);
-        }
-        out.extend(acc.iter().map(|&a| clip8(a)));
-    }
-    out
-}
-
-/// `acc[i] += row[i] · w`, the resize's inner loop, with AVX2 when the CPU has it (the baseline
-/// x86-64 target has no 32-bit vector multiply).
-fn accumulate_row(acc: &mut [i32], row: &[u8], w: i32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { accumulate_row_avx2(acc, row, w) };
-    }
-    accumulate_row_generic(acc, row, w)
-}
-
-#[inline(always)]
-fn accumulate_row_generic(acc: &mut [i32], row: &[u8], w: i32) {
-    for (a, &p) in acc.iter_mut().zip(row) {
-        *a += p as i32 * w;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn accumulate_row_avx2(acc: &mut [i32], row: &[u8], w: i32) {
-    accumulate_row_generic(acc, row, w)
 }
 
 #[cfg(test)]
@@ -351,6 +223,17 @@ mod tests {
         assert_eq!(s.dimensions(), (6, 8));
         assert_eq!(s.get_pixel(2, 1).0, [255, 0, 0]);
         assert_eq!(s.get_pixel(2, 6).0, [0, 0, 255]);
+    }
+
+    #[test]
+    fn pair_values_equal_stacking_then_resizing() {
+        let orig = RgbImage::from_fn(90, 70, |x, y| image::Rgb([(x * 3) as u8, (y * 7) as u8, (x ^ y) as u8]));
+        let modi = RgbImage::from_fn(60, 40, |x, y| image::Rgb([(y * 5) as u8, (x * x) as u8, 200]));
+        let p = ImageProcessorConfig::for_image_size(32);
+        assert_eq!(p.pair_values(&orig, &modi), p.pixel_values(&stack_pair(&orig, &modi)));
+        let grey = DynamicImage::ImageLuma8(image::GrayImage::from_fn(20, 30, |x, _| image::Luma([x as u8 * 9])));
+        let rgb = DynamicImage::ImageRgb8(modi.clone());
+        assert_eq!(p.preprocess_pair(&grey, &rgb), p.pixel_values(&stack_pair(&to_rgb(&grey), &modi)));
     }
 
     #[test]

@@ -33,10 +33,7 @@ pub fn evaluate(
 ) -> anyhow::Result<EvalSummary> {
     let mut items = Vec::new();
     for (i, chunk) in holdout.chunks(8).enumerate() {
-        let pvs: Vec<Vec<f32>> = chunk
-            .iter()
-            .map(|p| model.processor.pixel_values(&crate::model::preprocess::stack_pair(&p.original, &p.modified)))
-            .collect();
+        let pvs: Vec<Vec<f32>> = chunk.iter().map(|p| model.processor.pair_values(&p.original, &p.modified)).collect();
         let refs: Vec<&[f32]> = pvs.iter().map(|v| v.as_slice()).collect();
         for (j, (g, p)) in model.caption_pixels(&refs, max_new_tokens)?.into_iter().zip(chunk).enumerate() {
             items.push(EvalItem {

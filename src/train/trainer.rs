@@ -18,7 +18,7 @@ use super::loss::caption_loss;
 use super::optim::{AdamW, AdamWConfig};
 use crate::model::blip2::Blip2Model;
 use crate::model::ops::{Mode, TrainFlags};
-use crate::model::preprocess::{stack_pair, ImageProcessorConfig};
+use crate::model::preprocess::ImageProcessorConfig;
 
 pub use crate::config::TrainConfig;
 
@@ -207,9 +207,7 @@ pub fn pixel_batch(
             None => img.clone(),
         };
         let pixels = match &e.input {
-            Input::Pair { original, modified } => {
-                processor.pixel_values(&stack_pair(&aug(original, rng), &aug(modified, rng)))
-            }
+            Input::Pair { original, modified } => processor.pair_values(&aug(original, rng), &aug(modified, rng)),
             Input::Single(img) => processor.pixel_values(&aug(img, rng)),
         };
         flat.extend(pixels);
