@@ -6,7 +6,7 @@
 //!   so half-fetched pairs never block each other), then shrinks it to the bytes actually received;
 //!   the rest is held until the pair is decoded;
 //! - **decode**: a pair that has a decode slot reserves what decoding and preprocessing will allocate,
-//!   estimated from the image headers before any pixel exists, then shrinks it to its `pixel_values`,
+//!   estimated from the image headers before any pixel exists ([`crate::decode::PairPlan::bytes`]), then shrinks it to its `pixel_values`,
 //!   which it holds until captioned.
 //!
 //! A request larger than its half is clamped to the half (that event then runs alone); the pipeline
@@ -77,22 +77,13 @@ impl ByteBudget {
     }
 }
 
-/// What decoding and preprocessing a pair allocates at most, from the images' dimensions: both decoded
-/// images and their RGB copies, the original resized to the modified image's size, and the stacked
-/// image (the 224² model input is small beside them). `None` when a header cannot be read (decoding
-/// will reject the image before allocating anything).
-pub fn decode_cost(original: &[u8], modified: &[u8]) -> Option<u64> {
-    let dims = |bytes: &[u8]| {
-        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok()?.into_dimensions().ok()
-    };
-    let (wa, ha) = dims(original)?;
-    let (wb, hb) = dims(modified)?;
-    Some(pair_cost(wa as u64 * ha as u64, wb as u64 * hb as u64))
-}
-
-/// [`decode_cost`] for images of `pa` and `pb` pixels.
-pub fn pair_cost(pa: u64, pb: u64) -> u64 {
-    3 * (2 * pa + 5 * pb)
+/// What decoding and preprocessing a pair allocates at most, for decoded sizes `a` and `b` and a model
+/// input of `out`: both decoded images (alive at once when the pair is split across threads), the
+/// streaming resampler's buffers, the model input ([`crate::decode::PairPlan::bytes`]).
+pub fn pair_bytes(a: (usize, usize), b: (usize, usize), out: (usize, usize)) -> u64 {
+    let images = 3 * (a.0 * a.1 + b.0 * b.1);
+    let streaming = blip2idc_resample::StackSqueeze::estimate_bytes(a, b, out);
+    (images + streaming + out.0 * out.1 * (3 + 3 * 4)) as u64
 }
 
 #[cfg(test)]
@@ -120,13 +111,5 @@ mod tests {
         // Larger than a half: clamped, so it runs alone instead of never.
         let huge = budget.decode(1 << 40).await;
         assert_eq!(huge.bytes(), 4 << 20);
-    }
-
-    #[test]
-    fn decode_cost_reads_only_headers() {
-        let bomb = blip2idc_dev::png_bomb(60_000, 60_000);
-        let small = blip2idc_dev::png_bomb(10, 10);
-        assert_eq!(decode_cost(&small, &bomb), Some(3 * (2 * 100 + 5 * 3_600_000_000)));
-        assert_eq!(decode_cost(b"not an image", &small), None);
     }
 }

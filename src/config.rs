@@ -5,7 +5,7 @@
 
 pub mod choices;
 pub mod training;
-pub use choices::{BlasChoice, DeviceSpec, Dtype, LogFormat, OffsetReset};
+pub use choices::{BlasChoice, DeviceSpec, Dtype, LogFormat, OffsetReset, PreprocessMode};
 pub use training::{AugmentConfig, PadMasking, RetrainConfig, TrainConfig};
 
 use std::collections::BTreeMap;
@@ -37,6 +37,8 @@ pub struct Config {
     pub s3: S3Config,
     /// Limits on the images decoded.
     pub decode: DecodeConfig,
+    /// How a decoded pair becomes the model's input.
+    pub preprocess: PreprocessConfig,
     /// PostgreSQL: captions, the model registry, training runs, the breaker.
     pub database: DatabaseConfig,
     /// The captioning model and how it runs.
@@ -178,6 +180,17 @@ pub struct DecodeConfig {
     pub max_height: u32,
     /// The most a decoder may allocate for one image.
     pub max_alloc_bytes: u64,
+}
+
+/// `[preprocess]`: how an image pair becomes the model's input.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessConfig {
+    /// `exact` (Pillow's pixels, the default) or `fast` (JPEGs decoded at a reduced DCT scale).
+    pub mode: PreprocessMode,
+    /// Decode and resample a pair's two images on two threads when fewer pairs than cores are being
+    /// decoded (pairs of at least a megapixel): lower latency at light load, no change under load.
+    pub split_large_pairs: bool,
 }
 
 /// `[database]`: PostgreSQL.
@@ -514,8 +527,9 @@ impl Config {
         );
         check(p.decode_concurrency > 0, "pipeline.decode_concurrency must be > 0".into());
         check(!p.stall_timeout.is_zero(), "pipeline.stall_timeout must be > 0".into());
-        let largest = self.decode.max_width as u64 * self.decode.max_height as u64;
-        let pair = crate::budget::pair_cost(largest, largest);
+        let largest = (self.decode.max_width as usize, self.decode.max_height as usize);
+        // At BLIP-2's 224² input (the model's own size changes the streaming buffers by kilobytes).
+        let pair = crate::budget::pair_bytes(largest, largest, (224, 224));
         check(
             p.max_in_flight_bytes / 2 >= pair,
             format!(
@@ -730,6 +744,20 @@ mod tests {
             jail.set_env("BLIP2IDC_RETRAIN__TRAIN__LR", "fast");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("\"fast\" is not a number"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn preprocess_mode_is_exact_unless_chosen() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!((c.preprocess.mode, c.preprocess.split_large_pairs), (PreprocessMode::Exact, true));
+            jail.set_env("BLIP2IDC_PREPROCESS__MODE", "fast");
+            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.preprocess.mode, PreprocessMode::Fast);
+            jail.set_env("BLIP2IDC_PREPROCESS__MODE", "quick");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("preprocess.mode") && err.contains("quick"), "{err}");
             Ok(())
         });
     }

@@ -7,12 +7,21 @@
 //! JPEGs are decoded by libjpeg-turbo (accurate integer IDCT, fancy upsampling), as PIL does, so the
 //! pixels match PIL's exactly; pure-Rust decoders differ by up to 3 levels. JPEGs libjpeg-turbo cannot
 //! turn into RGB (CMYK) fall back to the `image` crate.
+//!
+//! A pair is planned from its headers first ([`PairPlan`]: the sizes it is decoded at, the memory it
+//! needs), then each image is decoded and immediately reduced to its half of the model input
+//! ([`blip2idc_resample::StackSqueeze`]), so a full-resolution image lives only while its own resize
+//! reads it. With `preprocess.mode = "fast"` JPEGs are decoded at libjpeg-turbo's smallest DCT scale
+//! that keeps twice the model's resolution. A large pair's two images are decoded on two threads
+//! when cores are idle (`preprocess.split_large_pairs`).
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use image::{DynamicImage, ImageError, ImageFormat, ImageReader};
+use blip2idc_resample::{Rgb, StackSqueeze};
+use image::{DynamicImage, ImageError, ImageFormat, ImageReader, RgbImage};
 
-use crate::config::DecodeConfig;
+use crate::config::{DecodeConfig, PreprocessConfig, PreprocessMode};
 use crate::error::{RejectKind, Rejection};
 use crate::model::preprocess::ImageProcessorConfig;
 
@@ -21,27 +30,10 @@ pub const ACCEPTED: [ImageFormat; 3] = [ImageFormat::Jpeg, ImageFormat::Png, Ima
 
 /// Decodes one image under `limits`. `what` names the image in error messages.
 pub fn decode(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<DynamicImage, Rejection> {
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Rejection::new(RejectKind::NotAnImage, format!("{what}: {e}")))?;
-    let format = match reader.format() {
-        Some(f) if ACCEPTED.contains(&f) => f,
-        Some(f) => {
-            return Err(Rejection::new(
-                RejectKind::NotAnImage,
-                format!("{what}: {f:?} images are not accepted (JPEG, PNG, WebP are)"),
-            ))
-        }
-        None => {
-            return Err(Rejection::new(
-                RejectKind::NotAnImage,
-                format!("{what}: {} bytes in no recognised image format", bytes.len()),
-            ))
-        }
-    };
+    let (format, reader) = sniff(bytes, what)?;
     if format == ImageFormat::Jpeg {
-        if let Some(img) = decode_jpeg_turbo(bytes, limits, what)? {
-            return Ok(img);
+        if let Some(img) = decode_jpeg_turbo(bytes, limits, what, None)? {
+            return Ok(DynamicImage::ImageRgb8(img));
         }
     }
     let mut lim = image::Limits::default();
@@ -65,8 +57,35 @@ pub fn decode(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<Dynamic
     })
 }
 
-/// libjpeg-turbo decoding to RGB; `Ok(None)` when it cannot produce RGB (the caller falls back).
-fn decode_jpeg_turbo(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<Option<DynamicImage>, Rejection> {
+/// The image format, from the bytes; anything but [`ACCEPTED`] is rejected.
+/// A reader over image bytes held in memory.
+type BytesReader<'a> = ImageReader<Cursor<&'a [u8]>>;
+
+fn sniff<'a>(bytes: &'a [u8], what: &str) -> Result<(ImageFormat, BytesReader<'a>), Rejection> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Rejection::new(RejectKind::NotAnImage, format!("{what}: {e}")))?;
+    match reader.format() {
+        Some(f) if ACCEPTED.contains(&f) => Ok((f, reader)),
+        Some(f) => Err(Rejection::new(
+            RejectKind::NotAnImage,
+            format!("{what}: {f:?} images are not accepted (JPEG, PNG, WebP are)"),
+        )),
+        None => Err(Rejection::new(
+            RejectKind::NotAnImage,
+            format!("{what}: {} bytes in no recognised image format", bytes.len()),
+        )),
+    }
+}
+
+/// libjpeg-turbo decoding to RGB, at `scaled` (from [`jpeg_scale`]) or in full; `Ok(None)` when it
+/// cannot produce RGB (the caller falls back).
+fn decode_jpeg_turbo(
+    bytes: &[u8],
+    limits: &DecodeConfig,
+    what: &str,
+    scaled: Option<JpegScale>,
+) -> Result<Option<RgbImage>, Rejection> {
     let header = turbojpeg::read_header(bytes)
         .map_err(|e| Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt JPEG header: {e}")))?;
     let (w, h) = (header.width as u64, header.height as u64);
@@ -82,16 +101,68 @@ fn decode_jpeg_turbo(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<
     if header.colorspace == turbojpeg::Colorspace::CMYK || header.colorspace == turbojpeg::Colorspace::YCCK {
         return Ok(None);
     }
-    let rgb = turbo_rgb(bytes, header.width, header.height).map_err(|e| {
+    let full = (header.width, header.height);
+    let JpegScale { decoded: (width, height), kept } = scaled.unwrap_or(JpegScale { decoded: full, kept: full });
+    let rgb = turbo_rgb(bytes, width, height).map_err(|e| {
         if e.contains("scans") {
             Rejection::new(RejectKind::ImageTooLarge, format!("{what}: progressive JPEG refused: {e}"))
         } else {
             Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt JPEG: {e}"))
         }
     })?;
-    let buf = image::RgbImage::from_raw(header.width as u32, header.height as u32, rgb)
-        .expect("libjpeg-turbo filled a full RGB buffer");
-    Ok(Some(DynamicImage::ImageRgb8(buf)))
+    let rgb = crop_rgb(rgb, (width, height), kept);
+    Ok(Some(RgbImage::from_raw(kept.0 as u32, kept.1 as u32, rgb).expect("libjpeg-turbo filled a full RGB buffer")))
+}
+
+/// A JPEG decode at one of libjpeg-turbo's DCT scaling factors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JpegScale {
+    /// What libjpeg-turbo produces (it rounds the scaled size up).
+    pub decoded: (usize, usize),
+    /// What is kept: the whole scaled pixels. A last column or row that the rounding added stands
+    /// for less than a pixel of the image plus the encoder's block padding (edge copies, or anything:
+    /// a full decode crops it), and is dropped.
+    pub kept: (usize, usize),
+}
+
+/// The smallest of libjpeg-turbo's DCT scaling factors (n/8, at most 1) that keeps at least `min`
+/// whole pixels each way of a `width × height` JPEG (the full size when none does).
+pub fn jpeg_scale((width, height): (usize, usize), min: (usize, usize)) -> JpegScale {
+    let mut n = 0;
+    // SAFETY: returns a static table of `n` factors (or null).
+    let table = unsafe { turbojpeg::raw::tjGetScalingFactors(&mut n) };
+    let factors: Vec<(usize, usize)> = if table.is_null() || n <= 0 {
+        Vec::new()
+    } else {
+        // SAFETY: `table` points at `n` initialised factors, valid for the process's life.
+        unsafe { std::slice::from_raw_parts(table, n as usize) }
+            .iter()
+            .map(|f| (f.num as usize, f.denom as usize))
+            .filter(|&(num, denom)| num > 0 && denom > 0 && num < denom)
+            .collect()
+    };
+    let full = JpegScale { decoded: (width, height), kept: (width, height) };
+    factors
+        .into_iter()
+        .map(|(num, denom)| JpegScale {
+            // TJSCALED rounds up; the whole pixels round down.
+            decoded: ((width * num).div_ceil(denom), (height * num).div_ceil(denom)),
+            kept: ((width * num / denom).max(1), (height * num / denom).max(1)),
+        })
+        .filter(|s| s.kept.0 >= min.0.min(width) && s.kept.1 >= min.1.min(height))
+        .min_by_key(|s| s.kept.0 * s.kept.1)
+        .unwrap_or(full)
+}
+
+/// Crops a tight RGB buffer of `from` pixels to its top-left `to` pixels, in place.
+fn crop_rgb(mut rgb: Vec<u8>, from: (usize, usize), to: (usize, usize)) -> Vec<u8> {
+    if from != to {
+        for y in 1..to.1 {
+            rgb.copy_within(3 * y * from.0..3 * (y * from.0 + to.0), 3 * y * to.0);
+        }
+        rgb.truncate(3 * to.0 * to.1);
+    }
+    rgb
 }
 
 /// libjpeg-turbo's `tjDecompress2` straight into a tight RGB buffer (no second copy), with
@@ -118,8 +189,12 @@ fn turbo_rgb(bytes: &[u8], width: usize, height: usize) -> Result<Vec<u8>, Strin
     if handle.0.is_null() {
         return Err("libjpeg-turbo could not create a decompressor".into());
     }
-    let mut out = vec![0u8; width * height * 3];
-    // SAFETY: `out` holds exactly pitch × height bytes; the JPEG buffer is read-only and sized.
+    // Not zeroed first (a 12 MP photo is 36 MB to clear): libjpeg-turbo writes every byte of the
+    // pitch × height buffer, and the length is only set once it has succeeded.
+    let mut out: Vec<u8> = Vec::with_capacity(width * height * 3);
+    // SAFETY: `out` has room for exactly pitch × height bytes; the JPEG buffer is read-only and sized.
+    // The width and height asked for are the image's or a size of its DCT scaling factors, which
+    // libjpeg-turbo produces exactly.
     let res = unsafe {
         raw::tjDecompress2(
             handle.0,
@@ -138,19 +213,164 @@ fn turbo_rgb(bytes: &[u8], width: usize, height: usize) -> Result<Vec<u8>, Strin
         let msg = unsafe { std::ffi::CStr::from_ptr(raw::tjGetErrorStr2(handle.0)) };
         return Err(msg.to_string_lossy().into_owned());
     }
+    // SAFETY: tjDecompress2 succeeded, so all pitch × height bytes are written.
+    unsafe { out.set_len(width * height * 3) };
     Ok(out)
 }
 
-/// Decodes both images of a pair and produces the model's `pixel_values`.
+/// One image of a pair: its format, its size, and the size it is decoded at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImagePlan {
+    pub format: ImageFormat,
+    pub size: (usize, usize),
+    /// The pixels preprocessing gets: `size`, or a JPEG's DCT-scaled size in fast mode.
+    pub decoded: (usize, usize),
+    /// The DCT scaling, when there is one.
+    pub scale: Option<JpegScale>,
+}
+
+/// How a pair will be decoded and preprocessed, from its headers alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairPlan {
+    pub original: ImagePlan,
+    pub modified: ImagePlan,
+    /// The model input's (width, height).
+    pub out: (usize, usize),
+}
+
+impl PairPlan {
+    /// Reads both headers. `fast` mode plans DCT-scaled JPEG decodes: the modified image at the
+    /// smallest scale keeping twice its share of the model input (`2·W × H` of a `W × H` input, whose
+    /// top half is the original and bottom half the modified image) in every colour component, the
+    /// original at the smallest keeping that and the modified image's decoded size, so that its resize
+    /// still only shrinks.
+    pub fn new(original: &[u8], modified: &[u8], mode: PreprocessMode, out: (usize, usize)) -> Result<Self, Rejection> {
+        let (fa, sa) = header(original, "original")?;
+        let (fb, sb) = header(modified, "republished")?;
+        // Twice the share in every component: subsampled chroma (4:2:0 is half the luma's size each
+        // way) needs a scale that many times larger, or colour edges blur (up to 40/255 off).
+        let share = (2 * out.0, out.1);
+        let scaled = |bytes: &[u8], format, size: (usize, usize), at_least: (usize, usize)| match (mode, format) {
+            (PreprocessMode::Fast, ImageFormat::Jpeg) => {
+                let (cx, cy) = turbojpeg::read_header(bytes)
+                    .map_or((1, 1), |h| ((h.subsamp.mcu_width() / 8).max(1), (h.subsamp.mcu_height() / 8).max(1)));
+                let s = jpeg_scale(size, ((share.0 * cx).max(at_least.0), (share.1 * cy).max(at_least.1)));
+                ImagePlan { format, size, decoded: s.kept, scale: (s.kept != size).then_some(s) }
+            }
+            _ => ImagePlan { format, size, decoded: size, scale: None },
+        };
+        let modified = scaled(modified, fb, sb, (0, 0));
+        let original = scaled(original, fa, sa, modified.decoded);
+        Ok(PairPlan { original, modified, out })
+    }
+
+    /// The bytes decoding and preprocessing allocate at most: both decoded images (they can be alive
+    /// at once when the pair is split across threads), the streaming buffers, the model input.
+    pub fn bytes(&self) -> u64 {
+        let dct = |p: &ImagePlan| p.scale.map_or(p.decoded, |s| s.decoded);
+        crate::budget::pair_bytes(dct(&self.original), dct(&self.modified), self.out)
+    }
+}
+
+/// The format (sniffed from the bytes) and the size in a header; the same rejections as [`decode`].
+fn header(bytes: &[u8], what: &str) -> Result<(ImageFormat, (usize, usize)), Rejection> {
+    let (format, reader) = sniff(bytes, what)?;
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt {format:?} header: {e}")))?;
+    Ok((format, (w as usize, h as usize)))
+}
+
+/// Decodes one planned image to RGB at its planned size (JPEGs through libjpeg-turbo, DCT-scaled
+/// when planned so; other formats in full, converted as PIL's `convert("RGB")`).
+pub fn decode_planned(
+    bytes: &[u8],
+    plan: &ImagePlan,
+    limits: &DecodeConfig,
+    what: &str,
+) -> Result<RgbImage, Rejection> {
+    let img = match plan.format {
+        ImageFormat::Jpeg => match decode_jpeg_turbo(bytes, limits, what, plan.scale)? {
+            Some(rgb) => rgb,
+            None => decode(bytes, limits, what)?.into_rgb8(),
+        },
+        _ => decode(bytes, limits, what)?.into_rgb8(),
+    };
+    let got = (img.width() as usize, img.height() as usize);
+    if got != plan.decoded {
+        return Err(Rejection::new(
+            RejectKind::CorruptImage,
+            format!("{what}: decoded {}x{}, but its header says {}x{}", got.0, got.1, plan.decoded.0, plan.decoded.1),
+        ));
+    }
+    Ok(img)
+}
+
+/// Pairs being decoded now, for [`decode_pair`]'s decision to split one across threads.
+static DECODING: AtomicUsize = AtomicUsize::new(0);
+
+struct Decoding;
+
+impl Decoding {
+    fn enter() -> (Self, usize) {
+        (Decoding, DECODING.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+impl Drop for Decoding {
+    fn drop(&mut self) {
+        DECODING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Decodes both images of a pair and produces the model's `pixel_values`: each image decoded, reduced
+/// to its half of the model input and dropped (on two threads for a large pair when cores are idle).
 pub fn decode_pair(
     original: &[u8],
     republished: &[u8],
     limits: &DecodeConfig,
+    preprocess: &PreprocessConfig,
     processor: &ImageProcessorConfig,
 ) -> Result<Vec<f32>, Rejection> {
-    let a = decode(original, limits, "original")?;
-    let b = decode(republished, limits, "republished")?;
-    Ok(processor.preprocess_pair(&a, &b))
+    if !processor.do_resize {
+        let a = decode(original, limits, "original")?;
+        let b = decode(republished, limits, "republished")?;
+        return Ok(processor.preprocess_pair(&a, &b));
+    }
+    let out = (processor.width as usize, processor.height as usize);
+    let plan = PairPlan::new(original, republished, preprocess.mode, out)?;
+    let squeeze = StackSqueeze::new(plan.modified.decoded, out);
+    let top = || -> Result<_, Rejection> {
+        let img = decode_planned(original, &plan.original, limits, "original")?;
+        Ok(squeeze.top(view(&img)))
+    };
+    let bottom = || -> Result<_, Rejection> {
+        let img = decode_planned(republished, &plan.modified, limits, "republished")?;
+        Ok(squeeze.bottom(view(&img)))
+    };
+    let (_decoding, now) = Decoding::enter();
+    let pixels = |p: &ImagePlan| p.decoded.0 * p.decoded.1;
+    let large = pixels(&plan.original) + pixels(&plan.modified) >= 1 << 20;
+    let (top, bottom) = if preprocess.split_large_pairs && large && now < cores() {
+        std::thread::scope(|s| {
+            let t = s.spawn(top);
+            let b = bottom();
+            (t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), b)
+        })
+    } else {
+        (top(), bottom())
+    };
+    let rgb = squeeze.finish(&top?, &bottom?);
+    Ok(processor.normalize(&rgb))
+}
+
+fn view(img: &RgbImage) -> Rgb<'_> {
+    Rgb::new(img.as_raw(), img.width() as usize, img.height() as usize)
 }
 
 #[cfg(test)]
@@ -210,5 +430,94 @@ mod tests {
         // Within the dimension limits but over the allocation cap.
         let tight = DecodeConfig { max_width: 100_000, max_height: 100_000, max_alloc_bytes: 1 << 20 };
         assert_eq!(decode(&bomb, &tight, "bomb").unwrap_err().kind, RejectKind::ImageTooLarge);
+    }
+
+    fn jpeg(w: u32, h: u32, seed: u32) -> Vec<u8> {
+        // Smooth shapes and a sharp-edged block: photo-like content that JPEG keeps.
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            let edge = (fx > 0.3 && fx < 0.45 && fy > 0.5 && fy < 0.8) as u8 * 120;
+            let r = (128.0 + 100.0 * (fx * 7.0 + seed as f32).sin()) as u8;
+            let g = (128.0 + 90.0 * (fy * 5.0 + fx * 3.0).cos()) as u8;
+            image::Rgb([r.saturating_add(edge), g, ((fx + fy) * 120.0) as u8])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    fn preprocess(mode: PreprocessMode, split: bool) -> PreprocessConfig {
+        PreprocessConfig { mode, split_large_pairs: split }
+    }
+
+    #[test]
+    fn pair_plans_read_only_headers() {
+        let bomb = blip2idc_dev::png_bomb(60_000, 60_000);
+        let small = blip2idc_dev::png_bomb(10, 10);
+        let plan = PairPlan::new(&small, &bomb, PreprocessMode::Fast, (224, 224)).unwrap();
+        assert_eq!(plan.original.decoded, (10, 10));
+        assert_eq!(plan.modified.decoded, (60_000, 60_000), "PNGs are never scaled");
+        assert!(plan.bytes() >= 3 * (100 + 3_600_000_000), "both images counted: {}", plan.bytes());
+        // The streaming buffers (here mostly the 120 000 squeezed rows) are small beside the images.
+        assert!(plan.bytes() < 3 * (100 + 3_600_000_000) / 100 * 102, "{}", plan.bytes());
+        let err = PairPlan::new(b"not an image", &small, PreprocessMode::Exact, (224, 224)).unwrap_err();
+        assert_eq!(err.kind, RejectKind::NotAnImage);
+        assert!(err.message.starts_with("original:"), "{err}");
+    }
+
+    #[test]
+    fn fast_mode_decodes_jpegs_at_the_smallest_scale_keeping_twice_the_model_share() {
+        let kept = |size, min| jpeg_scale(size, min).kept;
+        assert_eq!(kept((4000, 3000), (448, 224)), (500, 375));
+        assert_eq!(jpeg_scale((3000, 2250), (448, 224)), JpegScale { decoded: (750, 563), kept: (750, 562) });
+        assert_eq!(kept((300, 200), (448, 224)), (300, 200), "never enlarged");
+        let (a, b) = (jpeg(1600, 1200, 1), jpeg(1200, 900, 2));
+        let plan = PairPlan::new(&a, &b, PreprocessMode::Fast, (224, 224)).unwrap();
+        assert_eq!(plan.modified.decoded, (450, 337), "3/8 keeps 448 × 224 (and a partial last row is dropped)");
+        // The original keeps at least the modified image's decoded size: its resize only shrinks.
+        assert_eq!(plan.original.decoded, (600, 450));
+        let exact = PairPlan::new(&a, &b, PreprocessMode::Exact, (224, 224)).unwrap();
+        assert_eq!((exact.original.decoded, exact.modified.decoded), ((1600, 1200), (1200, 900)));
+        assert!(plan.bytes() * 4 < exact.bytes());
+    }
+
+    #[test]
+    fn pairs_decode_to_the_stacked_images_bytes_on_one_or_two_threads() {
+        let (a, b) = (jpeg(1300, 900, 3), jpeg(900, 700, 4));
+        let proc = ImageProcessorConfig::for_image_size(224);
+        let rgb = |bytes: &[u8]| decode(bytes, &limits(), "x").unwrap().into_rgb8();
+        let want = proc.pixel_values(&crate::model::preprocess::stack_pair(&rgb(&a), &rgb(&b)));
+        for split in [false, true] {
+            let got = decode_pair(&a, &b, &limits(), &preprocess(PreprocessMode::Exact, split), &proc).unwrap();
+            assert!(got == want, "split {split}: differs from stacking then resizing");
+        }
+        // A corrupt republished image is reported as such, split or not.
+        for split in [false, true] {
+            let mut bad = b.clone();
+            bad.truncate(bad.len() / 3);
+            bad.extend_from_slice(&[0xff, 0xd9]);
+            let err = decode_pair(&a, &bad, &limits(), &preprocess(PreprocessMode::Exact, split), &proc);
+            assert!(err.is_err() || split, "a truncated JPEG must not pass silently");
+        }
+    }
+
+    #[test]
+    fn fast_mode_stays_close_to_exact() {
+        let (a, b) = (jpeg(2400, 1800, 5), jpeg(1800, 1350, 6));
+        let proc = ImageProcessorConfig { do_normalize: false, ..ImageProcessorConfig::for_image_size(224) };
+        let run = |mode| decode_pair(&a, &b, &limits(), &preprocess(mode, false), &proc).unwrap();
+        let (exact, fast) = (run(PreprocessMode::Exact), run(PreprocessMode::Fast));
+        let mut diffs: Vec<f32> = exact.iter().zip(&fast).map(|(x, y)| (x - y).abs() * 255.0).collect();
+        diffs.sort_by(f32::total_cmp);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        let (p99, max) = (diffs[diffs.len() * 99 / 100], diffs[diffs.len() - 1]);
+        assert!(mean > 0.0, "fast mode decoded in full?");
+        // The scaled IDCT rings on hard edges (this image has one): rare large differences.
+        assert!(
+            mean <= 0.5 && p99 <= 6.0 && max <= 64.0,
+            "fast vs exact: mean {mean:.3}, p99 {p99}, max {max} (of 255)"
+        );
     }
 }

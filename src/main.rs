@@ -402,8 +402,8 @@ async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let (original, modified) =
-        tokio::try_join!(read_image(&original_spec, &cfg, s3.as_ref()), read_image(&modified_spec, &cfg, s3.as_ref()))?;
+    let read = |spec| blip2idc::caption::offline::read(spec, s3.as_ref());
+    let (original, modified) = tokio::try_join!(read(&original_spec), read(&modified_spec))?;
     let model = blip2idc::model::Blip2Idc::load(&opts)?;
     if model.files.random_weights && !a.json {
         eprintln!("note: {} has RANDOM weights; this caption means nothing", a.model);
@@ -415,7 +415,10 @@ async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
         }
         None => blip2idc::model::DEFAULT_MAX_NEW_TOKENS.min(model.model.max_new_tokens_limit()),
     };
-    let g = model.caption_images(&original, &modified, max_new_tokens)?;
+    // Decoded and preprocessed as the service does (`preprocess.mode` included).
+    let pixels = blip2idc::decode::decode_pair(&original, &modified, &cfg.decode, &cfg.preprocess, &model.processor)
+        .map_err(|r| anyhow::anyhow!("{original_spec} / {modified_spec}: {r}"))?;
+    let g = model.caption_pixels(&[&pixels], max_new_tokens)?.remove(0);
     if a.json {
         println!("{}", serde_json::json!({"caption": g.caption, "token_ids": g.token_ids}));
     } else {
@@ -473,6 +476,7 @@ async fn caption_file(a: CaptionArgs, input: PathBuf) -> anyhow::Result<ExitCode
             .div_ceil(a.batch_size.map_or(cfg.pipeline.max_batch_size, |n| n as usize))
             .max(1),
         decode: cfg.decode.clone(),
+        preprocess: cfg.preprocess.clone(),
         s3: cfg.s3.clone(),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
@@ -485,16 +489,6 @@ async fn caption_file(a: CaptionArgs, input: PathBuf) -> anyhow::Result<ExitCode
         output.display()
     );
     Ok(if summary.failed > 0 { ExitCode::from(5) } else { ExitCode::SUCCESS })
-}
-
-/// An image of `caption`: a local file, or an `s3://` object read as the service reads it.
-async fn read_image(
-    spec: &str,
-    cfg: &Config,
-    s3: Option<&blip2idc::fetch::ObjectReader>,
-) -> anyhow::Result<image::DynamicImage> {
-    let bytes = blip2idc::caption::offline::read(spec, s3).await?;
-    Ok(blip2idc::decode::decode(&bytes, &cfg.decode, spec)?)
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::CaptionWorker;
-use crate::config::{DecodeConfig, S3Config};
+use crate::config::{DecodeConfig, PreprocessConfig, S3Config};
 use crate::error::{RejectKind, Rejection};
 use crate::fetch::ObjectReader;
 use crate::model::preprocess::ImageProcessorConfig;
@@ -54,6 +54,7 @@ pub struct Options {
     /// Batches with the captioner at once.
     pub in_flight: usize,
     pub decode: DecodeConfig,
+    pub preprocess: PreprocessConfig,
     pub s3: S3Config,
     /// Show a progress bar (on stderr, when it is a terminal).
     pub progress: bool,
@@ -114,7 +115,8 @@ pub async fn run(opts: &Options, worker: Arc<CaptionWorker>) -> anyhow::Result<S
     // is not cancellation-safe, so nothing else is awaited beside it).
     let (tx, mut rx) = mpsc::channel::<(String, Result<Vec<f32>, Rejection>)>(opts.batch_size * 2);
     let loader = {
-        let (decode, processor, concurrency) = (opts.decode.clone(), worker.processor().clone(), opts.concurrency);
+        let (decode, processor, concurrency) =
+            ((opts.decode.clone(), opts.preprocess.clone()), worker.processor().clone(), opts.concurrency);
         tokio::spawn(async move {
             let mut loaded = futures::stream::iter(todo)
                 .map(|pair| {
@@ -264,11 +266,12 @@ fn parse_line(line: &str) -> Result<Pair, (Value, Rejection)> {
 async fn load(
     pair: &Pair,
     reader: Option<&ObjectReader>,
-    limits: DecodeConfig,
+    (limits, preprocess): (DecodeConfig, PreprocessConfig),
     processor: ImageProcessorConfig,
 ) -> Result<Vec<f32>, Rejection> {
     let (a, b) = tokio::try_join!(read(&pair.original, reader), read(&pair.modified, reader))?;
-    match tokio::task::spawn_blocking(move || crate::decode::decode_pair(&a, &b, &limits, &processor)).await {
+    let decode = move || crate::decode::decode_pair(&a, &b, &limits, &preprocess, &processor);
+    match tokio::task::spawn_blocking(decode).await {
         Ok(r) => r,
         Err(e) => Err(Rejection::new(RejectKind::InternalError, format!("decoding failed: {e}"))),
     }

@@ -126,6 +126,7 @@ pub async fn run_with(
     let prepare = Arc::new(Prepare {
         fetcher: Fetcher::new(s3, &cfg.s3),
         limits: cfg.decode.clone(),
+        preprocess: cfg.preprocess.clone(),
         processor: worker.processor().clone(),
         decode_slots: Arc::new(Semaphore::new(p.decode_concurrency)),
         outcomes: outcomes.clone(),

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::outcomes::Outcomes;
 use crate::budget::{ByteBudget, Reservation};
-use crate::config::DecodeConfig;
+use crate::config::{DecodeConfig, PreprocessConfig};
 use crate::error::{RejectKind, Rejection, StepError};
 use crate::event::ImagePairEvent;
 use crate::fetch::Fetcher;
@@ -33,6 +33,7 @@ pub struct Prepared {
 pub struct Prepare {
     pub fetcher: Fetcher,
     pub limits: DecodeConfig,
+    pub preprocess: PreprocessConfig,
     pub processor: ImageProcessorConfig,
     pub decode_slots: Arc<Semaphore>,
     pub outcomes: Arc<Outcomes>,
@@ -85,7 +86,9 @@ impl Prepare {
             self.fetcher.fetch_pair_within(&event.original, &event.republished, cancel, &self.budget).await?;
         // The slot first, then the memory: a pair holding memory never waits for a slot.
         let _slot = self.decode_slots.acquire().await.expect("decode semaphore is never closed");
-        let cost = crate::budget::decode_cost(&a, &b).unwrap_or(0);
+        // From the headers; a header that cannot be read costs nothing (decoding rejects the pair).
+        let out = (self.processor.width as usize, self.processor.height as usize);
+        let cost = crate::decode::PairPlan::new(&a, &b, self.preprocess.mode, out).map_or(0, |p| p.bytes());
         if cost > self.budget.half_bytes() {
             return Err(Rejection::new(
                 RejectKind::ImageTooLarge,
@@ -100,18 +103,17 @@ impl Prepare {
             r = self.budget.decode(cost) => r,
             _ = cancel.cancelled() => return Err(StepError::Transient(anyhow::anyhow!("cancelled waiting for memory"))),
         };
-        let limits = self.limits.clone();
-        let processor = self.processor.clone();
+        let (limits, preprocess, processor) = (self.limits.clone(), self.preprocess.clone(), self.processor.clone());
         let started = Instant::now();
-        let pixels =
-            match tokio::task::spawn_blocking(move || crate::decode::decode_pair(&a, &b, &limits, &processor)).await {
-                Ok(r) => r?,
-                Err(e) if e.is_panic() => {
-                    let why = crate::error::panic_message(&*e.into_panic());
-                    return Err(Rejection::new(RejectKind::InternalError, format!("decoding panicked: {why}")).into());
-                }
-                Err(e) => return Err(StepError::Transient(anyhow::anyhow!("decode task failed: {e}"))),
-            };
+        let decode = move || crate::decode::decode_pair(&a, &b, &limits, &preprocess, &processor);
+        let pixels = match tokio::task::spawn_blocking(decode).await {
+            Ok(r) => r?,
+            Err(e) if e.is_panic() => {
+                let why = crate::error::panic_message(&*e.into_panic());
+                return Err(Rejection::new(RejectKind::InternalError, format!("decoding panicked: {why}")).into());
+            }
+            Err(e) => return Err(StepError::Transient(anyhow::anyhow!("decode task failed: {e}"))),
+        };
         metrics::histogram!(crate::metrics::DECODE_SECONDS).record(started.elapsed().as_secs_f64());
         drop(fetched);
         memory.shrink_to((pixels.len() * std::mem::size_of::<f32>()) as u64);
