@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench pipeline [-- --events N --pairs P --size S --batch B]`
 //! `cargo bench --bench pipeline -- --photos 12 [--events N --pairs P] [--decode-only N]`   (or `--photos 3`)
+//! `cargo bench --bench pipeline -- --square 8000 [--events 48]`   (the 8000² flood: peak RSS vs the budget)
+//! Any workload: `--mode fast` for `preprocess.mode = "fast"` (default exact).
 //!
 //! Prints pairs/s end to end and, as the reference measured in the same run on the same machine, the
 //! rate at which the same objects can merely be fetched from S3 with the same concurrency (the
@@ -63,8 +65,11 @@ async fn main() -> anyhow::Result<()> {
     }
     // As `blip2idc serve` runs: freed memory kept for reuse (fresh pages cost a fault and a clear each).
     blip2idc::setup_process();
+    let square = num("--square", 0);
     let photo_mp = num("--photos", 0);
-    let (events, pairs, size, batch) = if photo_mp > 0 {
+    let (events, pairs, size, batch) = if square > 0 {
+        (num("--events", 48), num("--pairs", 4), 0, num("--batch", 32))
+    } else if photo_mp > 0 {
         (num("--events", 120), num("--pairs", 8), 0, num("--batch", 32))
     } else {
         (num("--events", 6000), num("--pairs", 200), num("--size", 64), num("--batch", 32))
@@ -84,6 +89,9 @@ async fn main() -> anyhow::Result<()> {
     cfg.s3.max_concurrency = num("--fetch-concurrency", cfg.s3.max_concurrency);
     cfg.admin.listen = "127.0.0.1:0".parse()?;
     cfg.model.reload_poll_interval = Duration::ZERO; // no promotion checks during the measurement
+    if let Some(mode) = common::arg("--mode") {
+        cfg.preprocess.mode = mode.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    }
     devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.input_topic, 3).await?;
     devtools::create_topic(&cfg.kafka.brokers, &cfg.kafka.dlq_topic, 1).await?;
     let s3 = blip2idc::fetch::s3_client(&cfg.s3).await;
@@ -92,19 +100,22 @@ async fn main() -> anyhow::Result<()> {
     store.migrate().await?;
 
     // The workload: JPEG bytes of each distinct pair.
-    let photos = if photo_mp > 0 { devtools::photos::sample_photos(&devtools::photos::cache_dir())? } else { vec![] };
-    let (width, height) = {
+    let real = photo_mp > 0 || square > 0;
+    let photos = if real { devtools::photos::sample_photos(&devtools::photos::cache_dir())? } else { vec![] };
+    let (width, height, scale) = if square > 0 {
+        (square as u32, square as u32, 1.0)
+    } else {
         let w = ((photo_mp as f64 * 1e6 * 4.0 / 3.0).sqrt()).round() as u32;
-        (w, (w as f64 * 0.75).round() as u32)
+        (w, (w as f64 * 0.75).round() as u32, 0.75)
     };
-    let workload = if photo_mp > 0 {
-        format!("{width}x{height} + 0.75-scale edited copy, real photos, JPEG q90")
+    let workload = if real {
+        format!("{width}x{height} + {scale}-scale edited copy, real photos, JPEG q90, {} mode", cfg.preprocess.mode)
     } else {
         format!("{size}x{size} synthetic JPEG")
     };
     let make = |i: usize| -> (Vec<u8>, Vec<u8>) {
-        if photo_mp > 0 {
-            let (a, b) = devtools::photos::photo_pair(&photos, i, width, height, 0.75);
+        if real {
+            let (a, b) = devtools::photos::photo_pair(&photos, i, width, height, scale);
             (devtools::jpeg(&a, 90), devtools::jpeg(&b, 90))
         } else {
             let (a, b, _) = devtools::synthetic_pair(i as u64, size as u32);
@@ -144,37 +155,50 @@ async fn main() -> anyhow::Result<()> {
     {
         let (ja, jb) = first_pair.clone().expect("at least one pair");
         let proc = ImageProcessorConfig::for_image_size(224);
-        let reps = if photo_mp > 0 { 5 } else { 500 };
+        let reps = if real { 5 } else { 500 };
         let t = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &proc)?);
+            std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &cfg.preprocess, &proc)?);
         }
         let per = t.elapsed().as_secs_f64() / reps as f64;
         println!("decode + preprocess: {:.3} ms per pair (one thread) = {:.1} pairs/s per core", per * 1e3, 1.0 / per);
-        // Its parts: JPEG decoding of both images, stacking (the original resized onto the modified
-        // image's size), the squeeze to the model's size with rescale and normalisation.
-        let (mut dec, mut stack, mut squeeze) = (0.0, 0.0, 0.0);
+        // Its parts: JPEG decoding of both images (at the planned scale), each half of the model input
+        // (the original resized onto the modified image's size, then squeezed horizontally; the
+        // modified image squeezed horizontally), the final vertical pass with rescale and normalisation.
+        let (mut dec, mut top, mut bottom, mut finish) = (0.0, 0.0, 0.0, 0.0);
         for _ in 0..reps {
             let t = Instant::now();
-            let a = blip2idc::decode::decode(&ja, &cfg.decode, "original")?.to_rgb8();
-            let b = blip2idc::decode::decode(&jb, &cfg.decode, "republished")?.to_rgb8();
+            let plan = blip2idc::decode::PairPlan::new(&ja, &jb, cfg.preprocess.mode, (224, 224))?;
+            let a = blip2idc::decode::decode_planned(&ja, &plan.original, &cfg.decode, "original")?;
+            let b = blip2idc::decode::decode_planned(&jb, &plan.modified, &cfg.decode, "republished")?;
             dec += t.elapsed().as_secs_f64();
+            let view = |i: &image::RgbImage| blip2idc_resample::Rgb::new(i.as_raw(), i.width() as usize, i.height() as usize);
             let t = Instant::now();
-            let stacked = blip2idc::model::preprocess::stack_pair(&a, &b);
-            stack += t.elapsed().as_secs_f64();
+            let squeeze = blip2idc_resample::StackSqueeze::new(plan.modified.decoded, (224, 224));
+            let ht = squeeze.top(view(&a));
+            top += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            std::hint::black_box(proc.pixel_values(&stacked));
-            squeeze += t.elapsed().as_secs_f64();
+            let hb = squeeze.bottom(view(&b));
+            bottom += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            std::hint::black_box(proc.normalize(&squeeze.finish(&ht, &hb)));
+            finish += t.elapsed().as_secs_f64();
         }
         let ms = |x: f64| 1e3 * x / reps as f64;
-        println!("  of which: decode {:.1} ms, stack {:.1} ms, squeeze {:.1} ms", ms(dec), ms(stack), ms(squeeze));
+        println!(
+            "  of which: decode {:.1} ms, top half {:.1} ms, bottom half {:.1} ms, final pass + normalise {:.1} ms",
+            ms(dec),
+            ms(top),
+            ms(bottom),
+            ms(finish)
+        );
         // `--decode-only N`: N more rounds of decode + preprocess alone, then stop (for a profiler:
         // `perf record -- <bench executable> --bench --photos 12 --decode-only 50`).
         let profile_reps = num("--decode-only", 0);
         if profile_reps > 0 {
             let t = Instant::now();
             for _ in 0..profile_reps {
-                std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &proc)?);
+                std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &cfg.preprocess, &proc)?);
             }
             println!("--decode-only: {:.1} ms per pair", 1e3 * t.elapsed().as_secs_f64() / profile_reps as f64);
             return Ok(());
@@ -238,10 +262,12 @@ async fn main() -> anyhow::Result<()> {
          pairs/s = {:.2} pairs/s per core ({cores} cores)",
         rate / cores as f64
     );
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     println!(
-        "peak RSS while the pipeline ran: {:.2} GiB{}",
-        peak as f64 / (1u64 << 30) as f64,
-        if peak_reset { "" } else { " (whole process: the kernel refused to reset the peak)" }
+        "peak RSS while the pipeline ran: {:.2} GiB{}; byte budget (pipeline.max_in_flight_bytes) {:.2} GiB",
+        gib(peak),
+        if peak_reset { "" } else { " (whole process: the kernel refused to reset the peak)" },
+        gib(cfg.pipeline.max_in_flight_bytes)
     );
     println!(
         "reference (S3 fetch only, same objects, concurrency {}): {fetch_rate:.0} pairs/s",
