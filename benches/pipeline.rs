@@ -172,7 +172,9 @@ async fn main() -> anyhow::Result<()> {
             let a = blip2idc::decode::decode_planned(&ja, &plan.original, &cfg.decode, "original")?;
             let b = blip2idc::decode::decode_planned(&jb, &plan.modified, &cfg.decode, "republished")?;
             dec += t.elapsed().as_secs_f64();
-            let view = |i: &image::RgbImage| blip2idc_resample::Rgb::new(i.as_raw(), i.width() as usize, i.height() as usize);
+            fn view(i: &image::RgbImage) -> blip2idc_resample::Rgb<'_> {
+                blip2idc_resample::Rgb::new(i.as_raw(), i.width() as usize, i.height() as usize)
+            }
             let t = Instant::now();
             let squeeze = blip2idc_resample::StackSqueeze::new(plan.modified.decoded, (224, 224));
             let ht = squeeze.top(view(&a));
