@@ -156,9 +156,10 @@ async fn main() -> anyhow::Result<()> {
         let (ja, jb) = first_pair.clone().expect("at least one pair");
         let proc = ImageProcessorConfig::for_image_size(224);
         let reps = if real { 5 } else { 500 };
+        let one_thread = blip2idc::config::PreprocessConfig { split_large_pairs: false, ..cfg.preprocess.clone() };
         let t = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &cfg.preprocess, &proc)?);
+            std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &one_thread, &proc)?);
         }
         let per = t.elapsed().as_secs_f64() / reps as f64;
         println!("decode + preprocess: {:.3} ms per pair (one thread) = {:.1} pairs/s per core", per * 1e3, 1.0 / per);
@@ -200,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
         if profile_reps > 0 {
             let t = Instant::now();
             for _ in 0..profile_reps {
-                std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &cfg.preprocess, &proc)?);
+                std::hint::black_box(blip2idc::decode::decode_pair(&ja, &jb, &cfg.decode, &one_thread, &proc)?);
             }
             println!("--decode-only: {:.1} ms per pair", 1e3 * t.elapsed().as_secs_f64() / profile_reps as f64);
             return Ok(());

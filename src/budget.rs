@@ -112,4 +112,17 @@ mod tests {
         let huge = budget.decode(1 << 40).await;
         assert_eq!(huge.bytes(), 4 << 20);
     }
+
+    #[test]
+    fn a_pair_costs_its_two_images_and_a_little_more() {
+        // Two 8192² images: 403 MB of pixels; the streaming buffers (the squeezed rows, the plans)
+        // add about 3 %, not the five full-size copies stacking used to make.
+        let images = 3 * 2 * 8192 * 8192;
+        let cost = pair_bytes((8192, 8192), (8192, 8192), (224, 224));
+        assert!(cost > images && cost < images / 100 * 105, "{cost}");
+        // A 12 MP original over a 0.75-scale copy: the original's resize adds a ring of rows.
+        let (a, b) = ((4000, 3000), (3000, 2250));
+        let cost = pair_bytes(a, b, (224, 224));
+        assert!(cost < 3 * (12_000_000 + 6_750_000) + (16 << 20), "{cost}");
+    }
 }
