@@ -73,43 +73,43 @@ impl HorizontalPlan {
         assert_eq!(src.len(), dst.len(), "one output row per input row");
         assert!(src.iter().all(|r| r.len() >= 3 * self.in_width), "input row too short");
         assert!(dst.iter().all(|r| r.len() == 3 * self.out_width()), "output row of the wrong length");
+        // SAFETY (both kernels): a plan exists only when the CPU has its features, and the rows were
+        // checked above to hold the widths the plan was made for.
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = &self.vbmi {
-            let mut i = 0;
-            while i + 4 <= src.len() {
-                if let [a, b, c, d] = &mut dst[i..i + 4] {
-                    let s = [src[i], src[i + 1], src[i + 2], src[i + 3]];
-                    // SAFETY: the plan exists only when the CPU has AVX-512 F/BW/VL/VBMI; rows were
-                    // checked to hold the widths the plan was made for.
-                    unsafe { rows_vbmi(p, s, [&mut **a, &mut **b, &mut **c, &mut **d]) };
-                }
-                i += 4;
-            }
-            for (s, d) in src[i..].iter().zip(&mut dst[i..]) {
-                // SAFETY: as above.
-                unsafe { rows_vbmi(p, [*s], [&mut **d]) };
-            }
-            return;
+            return by_fours(src, dst, |s, d| unsafe { rows_vbmi(p, s, d) }, |s, d| unsafe { rows_vbmi(p, s, d) });
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = &self.avx2 {
-            let mut i = 0;
-            while i + 4 <= src.len() {
-                if let [a, b, c, d] = &mut dst[i..i + 4] {
-                    let s = [src[i], src[i + 1], src[i + 2], src[i + 3]];
-                    // SAFETY: the plan exists only when the CPU has AVX2; rows were checked above.
-                    unsafe { rows_avx2(p, s, [&mut **a, &mut **b, &mut **c, &mut **d]) };
-                }
-                i += 4;
-            }
-            for (s, d) in src[i..].iter().zip(&mut dst[i..]) {
-                // SAFETY: as above.
-                unsafe { rows_avx2(p, [*s], [&mut **d]) };
-            }
-            return;
+            return by_fours(src, dst, |s, d| unsafe { rows_avx2(p, s, d) }, |s, d| unsafe { rows_avx2(p, s, d) });
         }
         for (s, d) in src.iter().zip(dst.iter_mut()) {
             crate::reference::horizontal_row(s, &self.coeffs, d);
+        }
+    }
+}
+
+/// Calls `four` on the rows four at a time (a plan's step is loaded once for four rows), then `one` on
+/// each row left.
+#[cfg(target_arch = "x86_64")]
+fn by_fours(
+    src: &[&[u8]],
+    dst: &mut [&mut [u8]],
+    mut four: impl FnMut([&[u8]; 4], [&mut [u8]; 4]),
+    mut one: impl FnMut([&[u8]; 1], [&mut [u8]; 1]),
+) {
+    let mut dst = dst.iter_mut();
+    for s in src.chunks(4) {
+        match s {
+            [a, b, c, d] => {
+                let mut next = || &mut **dst.next().expect("as many output rows as input rows");
+                four([a, b, c, d], [next(), next(), next(), next()]);
+            }
+            rest => {
+                for r in rest {
+                    one([r], [&mut **dst.next().expect("as many output rows as input rows")]);
+                }
+            }
         }
     }
 }
