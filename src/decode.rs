@@ -251,12 +251,15 @@ impl PairPlan {
         // way) needs a scale that many times larger, or colour edges blur (up to 40/255 off).
         let share = (2 * out.0, out.1);
         let scaled = |bytes: &[u8], format, size: (usize, usize), at_least: (usize, usize)| match (mode, format) {
-            (PreprocessMode::Fast, ImageFormat::Jpeg) => {
-                let (cx, cy) = turbojpeg::read_header(bytes)
-                    .map_or((1, 1), |h| ((h.subsamp.mcu_width() / 8).max(1), (h.subsamp.mcu_height() / 8).max(1)));
-                let s = jpeg_scale(size, ((share.0 * cx).max(at_least.0), (share.1 * cy).max(at_least.1)));
-                ImagePlan { format, size, decoded: s.kept, scale: (s.kept != size).then_some(s) }
-            }
+            (PreprocessMode::Fast, ImageFormat::Jpeg) => match turbojpeg::read_header(bytes) {
+                // CMYK and YCCK go to the fallback decoder, which has no DCT scaling.
+                Ok(h) if !matches!(h.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK) => {
+                    let (cx, cy) = ((h.subsamp.mcu_width() / 8).max(1), (h.subsamp.mcu_height() / 8).max(1));
+                    let s = jpeg_scale(size, ((share.0 * cx).max(at_least.0), (share.1 * cy).max(at_least.1)));
+                    ImagePlan { format, size, decoded: s.kept, scale: (s.kept != size).then_some(s) }
+                }
+                _ => ImagePlan { format, size, decoded: size, scale: None },
+            },
             _ => ImagePlan { format, size, decoded: size, scale: None },
         };
         let modified = scaled(modified, fb, sb, (0, 0));
@@ -501,6 +504,28 @@ mod tests {
             let err = decode_pair(&a, &bad, &limits(), &preprocess(PreprocessMode::Exact, split), &proc);
             assert!(err.is_err() || split, "a truncated JPEG must not pass silently");
         }
+    }
+
+    #[test]
+    fn cmyk_jpegs_decode_in_full_in_both_modes() {
+        let (w, h) = (1200usize, 900usize);
+        let cmyk: Vec<u8> = (0..w * h).flat_map(|i| [(i % 251) as u8, (i / w % 241) as u8, 40, 10]).collect();
+        let img = turbojpeg::Image {
+            pixels: cmyk.as_slice(),
+            width: w,
+            pitch: 4 * w,
+            height: h,
+            format: turbojpeg::PixelFormat::CMYK,
+        };
+        let bytes = turbojpeg::compress(img, 90, turbojpeg::Subsamp::None).unwrap().to_vec();
+        let header = turbojpeg::read_header(&bytes).unwrap();
+        assert!(matches!(header.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK));
+        let plan = PairPlan::new(&bytes, &bytes, PreprocessMode::Fast, (224, 224)).unwrap();
+        assert_eq!((plan.original.scale, plan.modified.decoded), (None, (w, h)), "no DCT scaling for CMYK");
+        let proc = ImageProcessorConfig::for_image_size(224);
+        let run = |mode| decode_pair(&bytes, &bytes, &limits(), &preprocess(mode, false), &proc);
+        let (exact, fast) = (run(PreprocessMode::Exact).unwrap(), run(PreprocessMode::Fast).unwrap());
+        assert_eq!(exact, fast);
     }
 
     #[test]
