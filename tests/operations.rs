@@ -2,8 +2,10 @@
 //! the alert rules load and pass their unit tests (`promtool`) and use only exported metrics, and the
 //! registry and dead-letter commands work end to end on the local stack: `blip2idc models
 //! list|promote|rollback` against a running consumer that follows them, `blip2idc dlq replay` after a
-//! fix. The tools come from `deploy/local/up.sh` (Debian's prometheus for promtool; pip's
-//! kubernetes-validate and yamllint).
+//! fix. The Grafana dashboards (`deploy/grafana/`): every PromQL query parses (`promtool`) and uses
+//! exported metrics and labels, every SQL query runs on the migrated schema and returns rows, every
+//! data source a panel names is provisioned. The tools come from `deploy/local/up.sh` (Debian's
+//! prometheus for promtool; pip's kubernetes-validate and yamllint).
 
 mod common;
 
@@ -77,7 +79,8 @@ fn the_manifests_validate() {
     for kind in ["Deployment", "CronJob", "PodDisruptionBudget", "NetworkPolicy", "HorizontalPodAutoscaler"] {
         assert!(out.contains(&format!("passed for resource {}/", kind.to_lowercase())), "no {kind} validated:\n{out}");
     }
-    let o = tool("yamllint", &["--strict", "-c", "deploy/.yamllint", "deploy/k8s", "deploy/prometheus"]);
+    let o =
+        tool("yamllint", &["--strict", "-c", "deploy/.yamllint", "deploy/k8s", "deploy/prometheus", "deploy/grafana"]);
     assert!(o.status.success(), "yamllint:\n{}", text(&o));
 }
 
@@ -89,32 +92,167 @@ fn the_alert_rules_load_and_pass_their_tests() {
     assert!(o.status.success() && text(&o).contains("SUCCESS"), "{}", text(&o));
 }
 
-/// Every `blip2idc_*` metric an alert or the scaler uses is one the service exports.
-#[test]
-fn alerts_and_scalers_use_exported_metrics() {
+/// The metric names the service exports (the constants of `src/metrics.rs`).
+fn exported_metrics() -> Vec<String> {
     let exported: Vec<String> = std::fs::read_to_string(repo().join("src/metrics.rs"))
         .unwrap()
         .lines()
         .filter_map(|l| l.trim().strip_prefix("pub const ")?.split('"').nth(1).map(str::to_owned))
         .collect();
     assert!(exported.len() > 20, "{exported:?}");
+    exported
+}
+
+/// Fails unless every `blip2idc_*` name in `text` (from `what`) is exported; histograms are exported
+/// as `_bucket`/`_sum`/`_count` of the described name.
+fn assert_exported(text: &str, what: &str, exported: &[String]) {
+    let mut used: Vec<&str> = text
+        .match_indices("blip2idc_")
+        .map(|(i, _)| {
+            let rest = &text[i..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        })
+        .collect();
+    used.sort();
+    used.dedup();
+    for m in &used {
+        let base = m.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+        assert!(exported.iter().any(|e| e == m || e == base), "{what} uses {m}, which /metrics does not export");
+    }
+}
+
+/// Every `blip2idc_*` metric an alert or the scaler uses is one the service exports.
+#[test]
+fn alerts_and_scalers_use_exported_metrics() {
+    let exported = exported_metrics();
     for file in ["deploy/prometheus/alerts.yaml", "deploy/k8s/autoscaling-hpa.yaml"] {
-        let body = std::fs::read_to_string(repo().join(file)).unwrap();
-        let mut used: Vec<&str> = body
-            .match_indices("blip2idc_")
-            .map(|(i, _)| {
-                let rest = &body[i..];
-                &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
-            })
-            .collect();
-        used.sort();
-        used.dedup();
-        for m in &used {
-            // Histograms are exported as _bucket/_sum/_count of the described name.
-            let base = m.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
-            assert!(exported.iter().any(|e| e == m || e == base), "{file} uses {m}, which /metrics does not export");
+        assert_exported(&std::fs::read_to_string(repo().join(file)).unwrap(), file, &exported);
+    }
+}
+
+/// The dashboards' panels: (file, panel title, data source uid, query) for every target.
+fn dashboard_queries() -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(repo().join("deploy/grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let uid = t["datasource"]["uid"].as_str().or(p["datasource"]["uid"].as_str()).unwrap().to_owned();
+                let q = t["expr"].as_str().or(t["rawSql"].as_str()).expect("a query").to_owned();
+                out.push((file.clone(), p["title"].as_str().unwrap().to_owned(), uid, q));
+            }
         }
     }
+    assert!(out.len() > 25, "{} queries", out.len());
+    out
+}
+
+/// The operators' dashboard: every PromQL query parses (as a recording rule, `promtool check rules`),
+/// names only exported metrics, and groups only by labels the service sets; every panel's data source
+/// is provisioned.
+#[test]
+fn dashboards_query_exported_metrics_with_valid_promql() {
+    let exported = exported_metrics();
+    let provisioned =
+        std::fs::read_to_string(repo().join("deploy/grafana/provisioning/datasources/blip2idc.yaml")).unwrap();
+    // The labels the service puts on its metrics (`"name" => value` in metrics! calls), and `le`.
+    let mut labels = vec!["le".to_owned()];
+    for file in walk(&repo().join("src")) {
+        let code = std::fs::read_to_string(&file).unwrap();
+        for (i, _) in code.match_indices("\" =>") {
+            let start = code[..i].rfind('"').unwrap() + 1;
+            labels.push(code[start..i].to_owned());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
+    let mut promql = 0;
+    for (i, (file, title, uid, q)) in dashboard_queries().into_iter().enumerate() {
+        assert!(provisioned.contains(&format!("uid: {uid}")), "{file} / {title}: data source {uid} is not provisioned");
+        if uid != "blip2idc-prometheus" {
+            continue;
+        }
+        promql += 1;
+        assert_exported(&q, &format!("{file} / {title}"), &exported);
+        for (j, _) in q.match_indices("by (") {
+            let list = &q[j + 4..j + 4 + q[j + 4..].find(')').unwrap()];
+            for label in list.split(',').map(str::trim) {
+                assert!(labels.iter().any(|l| l == label), "{file} / {title}: no metric has the label {label}");
+            }
+        }
+        let expr = q.replace("$__rate_interval", "5m");
+        rules.push_str(&format!("      - record: dashboard:query_{i}\n        expr: '{}'\n", expr.replace('\'', "''")));
+    }
+    assert!(promql >= 20, "{promql} PromQL queries");
+    let path = dir.path().join("dashboards.rules.yaml");
+    std::fs::write(&path, &rules).unwrap();
+    let o = tool("promtool", &["check", "rules", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}\n{rules}", text(&o));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The analysts' dashboard: every SQL query (Grafana's time macros replaced by a 30-day range) runs
+/// on a freshly migrated database holding a few rows of every table it reads, and returns rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_sql_runs_on_the_migrated_schema() {
+    let mut scope = Scope::new("dashboards").await;
+    scope.fresh_database().await;
+    let store = scope.store();
+    store.migrate().await.unwrap();
+    let pool = store.pool();
+    let seed = "
+        INSERT INTO model_versions (version, base_model, promoted_at) VALUES ('v1', 'b', now() - interval '2 days'), ('v2', 'b', now());
+        INSERT INTO model_promotions (version, base_model, action, previous_version, promoted_by, reason)
+            VALUES ('v2', 'b', 'promote', 'v1', 'ops', 'better CIDEr-D');
+        INSERT INTO image_pairs (event_id, original_uri, republished_uri, source_url, observed_at, kafka_topic, kafka_partition, kafka_offset)
+            VALUES ('e1', 's3://b/a', 's3://b/b', 'https://news.example/x', now() - interval '1 day', 't', 0, 1),
+                   ('e2', 's3://b/c', 's3://b/d', NULL, NULL, 't', 0, 2);
+        INSERT INTO captions (event_id, model_version, caption, inference_seconds, end_to_end_seconds, batch_size)
+            VALUES ('e1', 'v1', 'a logo was removed', 0.1, 0.5, 4), ('e1', 'v2', 'the logo was removed', 0.1, 0.4, 4),
+                   ('e2', 'v2', 'text was added', 0.1, 0.4, 4);
+        INSERT INTO labels (original_uri, modified_uri, caption, category, split, labeled_by, event_id)
+            VALUES ('s3://b/a', 's3://b/b', 'the logo was removed', 'remove', 'train', 'ana', 'e1'),
+                   ('s3://b/c', 's3://b/d', 'a caption was added', NULL, NULL, 'bo', 'e2');
+        INSERT INTO training_runs (status, seed, base_model, candidate_version, promoted, n_new_labels, n_train, n_holdout, decision)
+            VALUES ('succeeded', 1, 'b', 'v2', true, 2, 1, 1, 'promoted: holdout CIDEr-D rose');
+    ";
+    sqlx::raw_sql(seed).execute(pool).await.unwrap();
+    let mut sql = 0;
+    for (file, title, uid, q) in dashboard_queries() {
+        if uid != "blip2idc-postgres" {
+            continue;
+        }
+        sql += 1;
+        let range = "now() - interval '30 days' AND now()";
+        let mut q = q.replace("$__timeFrom()", "(now() - interval '30 days')").replace("$__timeTo()", "now()");
+        while let Some(i) = q.find("$__timeFilter(") {
+            let end = i + q[i..].find(')').unwrap();
+            let column = q[i + "$__timeFilter(".len()..end].to_owned();
+            q.replace_range(i..=end, &format!("{column} BETWEEN {range}"));
+        }
+        assert!(!q.contains("$__"), "{file} / {title}: a Grafana macro the test does not know: {q}");
+        // The dashboard's own queries, from the repository (Grafana runs them as they are).
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q.clone()))
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{file} / {title}: {e}\n{q}"));
+        assert!(!rows.is_empty(), "{file} / {title}: no rows from the seeded database\n{q}");
+    }
+    assert!(sql >= 9, "{sql} SQL queries");
 }
 
 /// The binary with a config file for this scope (database: `DATABASE_URL` of the scope).
