@@ -6,6 +6,7 @@
 //! benchmark ([`bench_memory`]). Nothing in the service path uses this crate.
 
 pub mod bench_memory;
+pub mod edits;
 pub mod eval_files;
 pub mod images;
 pub mod photos;

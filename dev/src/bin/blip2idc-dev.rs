@@ -120,6 +120,16 @@ enum Command {
         #[arg(long)]
         budget: Option<u64>,
     },
+    /// Write the change-analysis evaluation set (issue 14) into OUT: republished copies of
+    /// scikit-image's sample photographs (fetched once with pip) and of the synthetic world, unedited
+    /// and edited, with each edit's box, kinds and C2PA actions in OUT/manifest.json.
+    EditSet {
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Pairs of the synthetic world (half unedited, half edited).
+        #[arg(long, default_value_t = 100)]
+        synthetic: usize,
+    },
     /// Wait until COUNT captions with the prefix are stored (or TIMEOUT passes).
     Wait {
         #[arg(long)]
@@ -251,6 +261,13 @@ async fn main() -> anyhow::Result<()> {
         Command::BenchMemory { size, pairs, budget } => {
             let budget = budget.unwrap_or(cfg.pipeline.max_in_flight_bytes);
             blip2idc_dev::bench_memory::bench_memory(&cfg, size, pairs, budget).await?;
+        }
+        Command::EditSet { out, synthetic } => {
+            let photos = devtools::photos::sample_photos(&devtools::photos::cache_dir())?;
+            let cases = devtools::edits::evaluation_set(&photos, synthetic);
+            devtools::edits::write_set(&cases, &out)?;
+            let edited = cases.iter().filter(|c| c.edited).count();
+            println!("{} cases ({} unedited, {edited} edited) in {}", cases.len(), cases.len() - edited, out.display());
         }
         Command::Wait { count, prefix, timeout } => {
             let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
