@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use blip2idc::caption::{Captioner, CaptionerFactory};
 use blip2idc::config::Config;
 use blip2idc::health::Health;
-use blip2idc::model::preprocess::ImageProcessorConfig;
+use blip2idc::model::preprocess::{rgb_view, ImageProcessorConfig};
 use blip2idc_dev as devtools;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -169,19 +169,16 @@ async fn main() -> anyhow::Result<()> {
         let (mut dec, mut top, mut bottom, mut finish) = (0.0, 0.0, 0.0, 0.0);
         for _ in 0..reps {
             let t = Instant::now();
-            let plan = blip2idc::decode::PairPlan::new(&ja, &jb, cfg.preprocess.mode, (224, 224))?;
+            let plan = blip2idc::decode::PairPlan::new(&ja, &jb, &cfg.decode, cfg.preprocess.mode, (224, 224))?;
             let a = blip2idc::decode::decode_planned(&ja, &plan.original, &cfg.decode, "original")?;
             let b = blip2idc::decode::decode_planned(&jb, &plan.modified, &cfg.decode, "republished")?;
             dec += t.elapsed().as_secs_f64();
-            fn view(i: &image::RgbImage) -> blip2idc_resample::Rgb<'_> {
-                blip2idc_resample::Rgb::new(i.as_raw(), i.width() as usize, i.height() as usize)
-            }
             let t = Instant::now();
             let squeeze = blip2idc_resample::StackSqueeze::new(plan.modified.decoded, (224, 224));
-            let ht = squeeze.top(view(&a));
+            let ht = squeeze.top(rgb_view(&a));
             top += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let hb = squeeze.bottom(view(&b));
+            let hb = squeeze.bottom(rgb_view(&b));
             bottom += t.elapsed().as_secs_f64();
             let t = Instant::now();
             std::hint::black_box(proc.normalize(&squeeze.finish(&ht, &hb)));

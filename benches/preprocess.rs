@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         })?;
         let fast_floor = time(&pairs, reps, |a, b| {
-            let plan = blip2idc::decode::PairPlan::new(a, b, PreprocessMode::Fast, (224, 224))?;
+            let plan = blip2idc::decode::PairPlan::new(a, b, &lim, PreprocessMode::Fast, (224, 224))?;
             let da = blip2idc::decode::decode_planned(a, &plan.original, &lim, "a")?;
             let db = blip2idc::decode::decode_planned(b, &plan.modified, &lim, "b")?;
             std::hint::black_box((da, db));

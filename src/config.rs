@@ -528,8 +528,12 @@ impl Config {
         check(p.decode_concurrency > 0, "pipeline.decode_concurrency must be > 0".into());
         check(!p.stall_timeout.is_zero(), "pipeline.stall_timeout must be > 0".into());
         let largest = (self.decode.max_width as usize, self.decode.max_height as usize);
+        let px = largest.0 as u64 * largest.1 as u64;
+        // The decoders' own memory at worst: a progressive JPEG's coefficients (2 bytes for each of
+        // 3 full-size components), or a PNG/WebP decoder's buffer (capped at decode.max_alloc_bytes).
+        let decoder = (6 * px).max(self.decode.max_alloc_bytes.min(8 * px));
         // At BLIP-2's 224² input (the model's own size changes the streaming buffers by kilobytes).
-        let pair = crate::budget::pair_bytes(largest, largest, (224, 224));
+        let pair = crate::budget::pair_bytes(largest, largest, (224, 224)) + 2 * decoder;
         check(
             p.max_in_flight_bytes / 2 >= pair,
             format!(

@@ -18,12 +18,12 @@
 use std::io::Cursor;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use blip2idc_resample::{Rgb, StackSqueeze};
+use blip2idc_resample::StackSqueeze;
 use image::{DynamicImage, ImageError, ImageFormat, ImageReader, RgbImage};
 
 use crate::config::{DecodeConfig, PreprocessConfig, PreprocessMode};
 use crate::error::{RejectKind, Rejection};
-use crate::model::preprocess::ImageProcessorConfig;
+use crate::model::preprocess::{rgb_view, ImageProcessorConfig};
 
 /// Formats the service accepts.
 pub const ACCEPTED: [ImageFormat; 3] = [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP];
@@ -102,7 +102,17 @@ fn decode_jpeg_turbo(
         return Ok(None);
     }
     let full = (header.width, header.height);
-    let JpegScale { decoded: (width, height), kept } = scaled.unwrap_or(JpegScale { decoded: full, kept: full });
+    let JpegScale { factor: (num, denom), decoded: (width, height), kept } =
+        scaled.unwrap_or(JpegScale { factor: (1, 1), decoded: full, kept: full });
+    // The buffer below is filled by libjpeg-turbo without being cleared first, so the size asked for
+    // must be exactly what it produces: its own header's size at this factor (TJSCALED). A plan made
+    // from another reading of the header must not leave bytes unwritten.
+    if (width, height) != ((full.0 * num).div_ceil(denom), (full.1 * num).div_ceil(denom)) {
+        return Err(Rejection::new(
+            RejectKind::CorruptImage,
+            format!("{what}: JPEG headers disagree ({}x{} planned from {}x{})", width, height, full.0, full.1),
+        ));
+    }
     let rgb = turbo_rgb(bytes, width, height).map_err(|e| {
         if e.contains("scans") {
             Rejection::new(RejectKind::ImageTooLarge, format!("{what}: progressive JPEG refused: {e}"))
@@ -117,6 +127,8 @@ fn decode_jpeg_turbo(
 /// A JPEG decode at one of libjpeg-turbo's DCT scaling factors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JpegScale {
+    /// The DCT scaling factor (numerator, denominator).
+    pub factor: (usize, usize),
     /// What libjpeg-turbo produces (it rounds the scaled size up).
     pub decoded: (usize, usize),
     /// What is kept: the whole scaled pixels. A last column or row that the rounding added stands
@@ -141,10 +153,11 @@ pub fn jpeg_scale((width, height): (usize, usize), min: (usize, usize)) -> JpegS
             .filter(|&(num, denom)| num > 0 && denom > 0 && num < denom)
             .collect()
     };
-    let full = JpegScale { decoded: (width, height), kept: (width, height) };
+    let full = JpegScale { factor: (1, 1), decoded: (width, height), kept: (width, height) };
     factors
         .into_iter()
         .map(|(num, denom)| JpegScale {
+            factor: (num, denom),
             // TJSCALED rounds up; the whole pixels round down.
             decoded: ((width * num).div_ceil(denom), (height * num).div_ceil(denom)),
             kept: ((width * num / denom).max(1), (height * num / denom).max(1)),
@@ -227,6 +240,10 @@ pub struct ImagePlan {
     pub decoded: (usize, usize),
     /// The DCT scaling, when there is one.
     pub scale: Option<JpegScale>,
+    /// What the decoder holds besides the RGB result: a progressive JPEG's coefficients (2 bytes per
+    /// sample of every component at full size, whatever the scale), or a PNG/WebP decoder's own
+    /// buffer before the conversion to RGB.
+    pub decoder_bytes: u64,
 }
 
 /// How a pair will be decoded and preprocessed, from its headers alone.
@@ -244,26 +261,40 @@ impl PairPlan {
     /// top half is the original and bottom half the modified image) in every colour component, the
     /// original at the smallest keeping that and the modified image's decoded size, so that its resize
     /// still only shrinks.
-    pub fn new(original: &[u8], modified: &[u8], mode: PreprocessMode, out: (usize, usize)) -> Result<Self, Rejection> {
-        let (fa, sa) = header(original, "original")?;
-        let (fb, sb) = header(modified, "republished")?;
+    pub fn new(
+        original: &[u8],
+        modified: &[u8],
+        limits: &DecodeConfig,
+        mode: PreprocessMode,
+        out: (usize, usize),
+    ) -> Result<Self, Rejection> {
+        let ha = header(original, limits, "original")?;
+        let hb = header(modified, limits, "republished")?;
         // Twice the share in every component: subsampled chroma (4:2:0 is half the luma's size each
-        // way) needs a scale that many times larger, or colour edges blur (up to 40/255 off).
+        // way) needs a scale that many times larger, or colour edges blur.
         let share = (2 * out.0, out.1);
-        let scaled = |bytes: &[u8], format, size: (usize, usize), at_least: (usize, usize)| match (mode, format) {
-            (PreprocessMode::Fast, ImageFormat::Jpeg) => match turbojpeg::read_header(bytes) {
+        let plan = |h: &Header, at_least: (usize, usize)| {
+            let full = ImagePlan {
+                format: h.format,
+                size: h.size,
+                decoded: h.size,
+                scale: None,
+                decoder_bytes: h.decoder_bytes,
+            };
+            match (mode, &h.jpeg) {
                 // CMYK and YCCK go to the fallback decoder, which has no DCT scaling.
-                Ok(h) if !matches!(h.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK) => {
-                    let (cx, cy) = ((h.subsamp.mcu_width() / 8).max(1), (h.subsamp.mcu_height() / 8).max(1));
-                    let s = jpeg_scale(size, ((share.0 * cx).max(at_least.0), (share.1 * cy).max(at_least.1)));
-                    ImagePlan { format, size, decoded: s.kept, scale: (s.kept != size).then_some(s) }
+                (PreprocessMode::Fast, Some(j))
+                    if !matches!(j.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK) =>
+                {
+                    let (cx, cy) = ((j.subsamp.mcu_width() / 8).max(1), (j.subsamp.mcu_height() / 8).max(1));
+                    let s = jpeg_scale(h.size, ((share.0 * cx).max(at_least.0), (share.1 * cy).max(at_least.1)));
+                    ImagePlan { decoded: s.kept, scale: (s.kept != h.size).then_some(s), ..full }
                 }
-                _ => ImagePlan { format, size, decoded: size, scale: None },
-            },
-            _ => ImagePlan { format, size, decoded: size, scale: None },
+                _ => full,
+            }
         };
-        let modified = scaled(modified, fb, sb, (0, 0));
-        let original = scaled(original, fa, sa, modified.decoded);
+        let modified = plan(&hb, (0, 0));
+        let original = plan(&ha, modified.decoded);
         Ok(PairPlan { original, modified, out })
     }
 
@@ -272,16 +303,82 @@ impl PairPlan {
     pub fn bytes(&self) -> u64 {
         let dct = |p: &ImagePlan| p.scale.map_or(p.decoded, |s| s.decoded);
         crate::budget::pair_bytes(dct(&self.original), dct(&self.modified), self.out)
+            + self.original.decoder_bytes
+            + self.modified.decoder_bytes
     }
 }
 
-/// The format (sniffed from the bytes) and the size in a header; the same rejections as [`decode`].
-fn header(bytes: &[u8], what: &str) -> Result<(ImageFormat, (usize, usize)), Rejection> {
+/// What a header says: the format (sniffed from the bytes), the size (libjpeg-turbo's reading for
+/// JPEGs: the decoder that will run), and the decoder's working memory ([`ImagePlan::decoder_bytes`]);
+/// the same rejections as [`decode`], limits included, before anything is allocated.
+struct Header {
+    format: ImageFormat,
+    size: (usize, usize),
+    jpeg: Option<turbojpeg::DecompressHeader>,
+    decoder_bytes: u64,
+}
+
+fn header(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<Header, Rejection> {
     let (format, reader) = sniff(bytes, what)?;
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt {format:?} header: {e}")))?;
-    Ok((format, (w as usize, h as usize)))
+    let corrupt = |e: &dyn std::fmt::Display| {
+        Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt {format:?} header: {e}"))
+    };
+    let (size, jpeg, decoder_bytes) = if format == ImageFormat::Jpeg {
+        let h = turbojpeg::read_header(bytes).map_err(|e| corrupt(&e))?;
+        let (w, hh) = (h.width as u64, h.height as u64);
+        let samples = match h.colorspace {
+            turbojpeg::Colorspace::Gray => w * hh,
+            turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK => 4 * w * hh,
+            _ => {
+                let sub = ((h.subsamp.mcu_width() / 8).max(1) * (h.subsamp.mcu_height() / 8).max(1)) as u64;
+                w * hh + 2 * (w * hh).div_ceil(sub)
+            }
+        };
+        let cmyk = matches!(h.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK);
+        // Progressive: 2 bytes per coefficient kept for the whole image; CMYK: the fallback
+        // decoder's 4-channel buffer before the conversion.
+        let extra = if jpeg_is_progressive(bytes) { 2 * samples } else { 0 } + if cmyk { 4 * w * hh } else { 0 };
+        ((h.width, h.height), Some(h), extra)
+    } else {
+        let decoder = reader.into_decoder().map_err(|e| corrupt(&e))?;
+        let (w, h) = image::ImageDecoder::dimensions(&decoder);
+        let native = image::ImageDecoder::color_type(&decoder);
+        let px = w as u64 * h as u64;
+        // An RGB8 result is the decoder's own buffer, moved; anything else is converted into a new one.
+        let extra = if native == image::ColorType::Rgb8 { 0 } else { px * native.bytes_per_pixel() as u64 };
+        ((w as usize, h as usize), None, extra)
+    };
+    let (w, h) = (size.0 as u64, size.1 as u64);
+    if w > limits.max_width as u64 || h > limits.max_height as u64 || w * h * 3 > limits.max_alloc_bytes {
+        return Err(Rejection::new(
+            RejectKind::ImageTooLarge,
+            format!(
+                "{what}: {format:?} of {w}x{h} exceeds the decode limits ({}x{} px, {} bytes)",
+                limits.max_width, limits.max_height, limits.max_alloc_bytes
+            ),
+        ));
+    }
+    Ok(Header { format, size, jpeg, decoder_bytes })
+}
+
+/// Whether a JPEG's first frame header is progressive (SOF2, SOF6, SOF10, SOF14); `true` when the
+/// markers cannot be walked (the memory estimate then assumes the worst).
+fn jpeg_is_progressive(bytes: &[u8]) -> bool {
+    let mut i = 2;
+    while i + 4 <= bytes.len() {
+        if bytes[i] != 0xff {
+            return true;
+        }
+        let marker = bytes[i + 1];
+        match marker {
+            0xff => i += 1,
+            0xd0..=0xd7 | 0x01 => i += 2,
+            0xc2 | 0xc6 | 0xca | 0xce => return true,
+            0xc0 | 0xc1 | 0xc3 | 0xc5 | 0xc7 | 0xc9 | 0xcb | 0xcd | 0xcf => return false,
+            _ => i += 2 + u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize,
+        }
+    }
+    true
 }
 
 /// Decodes one planned image to RGB at its planned size (JPEGs through libjpeg-turbo, DCT-scaled
@@ -346,15 +443,15 @@ pub fn decode_pair(
         return Ok(processor.preprocess_pair(&a, &b));
     }
     let out = (processor.width as usize, processor.height as usize);
-    let plan = PairPlan::new(original, republished, preprocess.mode, out)?;
+    let plan = PairPlan::new(original, republished, limits, preprocess.mode, out)?;
     let squeeze = StackSqueeze::new(plan.modified.decoded, out);
     let top = || -> Result<_, Rejection> {
         let img = decode_planned(original, &plan.original, limits, "original")?;
-        Ok(squeeze.top(view(&img)))
+        Ok(squeeze.top(rgb_view(&img)))
     };
     let bottom = || -> Result<_, Rejection> {
         let img = decode_planned(republished, &plan.modified, limits, "republished")?;
-        Ok(squeeze.bottom(view(&img)))
+        Ok(squeeze.bottom(rgb_view(&img)))
     };
     let (_decoding, now) = Decoding::enter();
     let pixels = |p: &ImagePlan| p.decoded.0 * p.decoded.1;
@@ -372,10 +469,6 @@ pub fn decode_pair(
     Ok(processor.normalize(&rgb))
 }
 
-fn view(img: &RgbImage) -> Rgb<'_> {
-    Rgb::new(img.as_raw(), img.width() as usize, img.height() as usize)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +476,10 @@ mod tests {
 
     fn limits() -> DecodeConfig {
         DecodeConfig { max_width: 4096, max_height: 4096, max_alloc_bytes: 64 << 20 }
+    }
+
+    fn unlimited() -> DecodeConfig {
+        DecodeConfig { max_width: u32::MAX, max_height: u32::MAX, max_alloc_bytes: u64::MAX }
     }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
@@ -459,13 +556,13 @@ mod tests {
     fn pair_plans_read_only_headers() {
         let bomb = blip2idc_dev::png_bomb(60_000, 60_000);
         let small = blip2idc_dev::png_bomb(10, 10);
-        let plan = PairPlan::new(&small, &bomb, PreprocessMode::Fast, (224, 224)).unwrap();
+        let plan = PairPlan::new(&small, &bomb, &unlimited(), PreprocessMode::Fast, (224, 224)).unwrap();
         assert_eq!(plan.original.decoded, (10, 10));
         assert_eq!(plan.modified.decoded, (60_000, 60_000), "PNGs are never scaled");
         assert!(plan.bytes() >= 3 * (100 + 3_600_000_000), "both images counted: {}", plan.bytes());
         // The streaming buffers (here mostly the 120 000 squeezed rows) are small beside the images.
         assert!(plan.bytes() < 3 * (100 + 3_600_000_000) / 100 * 102, "{}", plan.bytes());
-        let err = PairPlan::new(b"not an image", &small, PreprocessMode::Exact, (224, 224)).unwrap_err();
+        let err = PairPlan::new(b"not an image", &small, &limits(), PreprocessMode::Exact, (224, 224)).unwrap_err();
         assert_eq!(err.kind, RejectKind::NotAnImage);
         assert!(err.message.starts_with("original:"), "{err}");
     }
@@ -474,14 +571,14 @@ mod tests {
     fn fast_mode_decodes_jpegs_at_the_smallest_scale_keeping_twice_the_model_share() {
         let kept = |size, min| jpeg_scale(size, min).kept;
         assert_eq!(kept((4000, 3000), (448, 224)), (500, 375));
-        assert_eq!(jpeg_scale((3000, 2250), (448, 224)), JpegScale { decoded: (750, 563), kept: (750, 562) });
+        assert_eq!(jpeg_scale((3000, 2250), (448, 224)), JpegScale { factor: (1, 4), decoded: (750, 563), kept: (750, 562) });
         assert_eq!(kept((300, 200), (448, 224)), (300, 200), "never enlarged");
         let (a, b) = (jpeg(1600, 1200, 1), jpeg(1200, 900, 2));
-        let plan = PairPlan::new(&a, &b, PreprocessMode::Fast, (224, 224)).unwrap();
+        let plan = PairPlan::new(&a, &b, &limits(), PreprocessMode::Fast, (224, 224)).unwrap();
         assert_eq!(plan.modified.decoded, (450, 337), "3/8 keeps 448 × 224 (and a partial last row is dropped)");
         // The original keeps at least the modified image's decoded size: its resize only shrinks.
         assert_eq!(plan.original.decoded, (600, 450));
-        let exact = PairPlan::new(&a, &b, PreprocessMode::Exact, (224, 224)).unwrap();
+        let exact = PairPlan::new(&a, &b, &limits(), PreprocessMode::Exact, (224, 224)).unwrap();
         assert_eq!((exact.original.decoded, exact.modified.decoded), ((1600, 1200), (1200, 900)));
         assert!(plan.bytes() * 4 < exact.bytes());
     }
@@ -496,14 +593,60 @@ mod tests {
             let got = decode_pair(&a, &b, &limits(), &preprocess(PreprocessMode::Exact, split), &proc).unwrap();
             assert!(got == want, "split {split}: differs from stacking then resizing");
         }
-        // A corrupt republished image is reported as such, split or not.
+        // A corrupt image is reported as such, split or not, whichever half it is in.
+        let mut bad = b.clone();
+        bad.truncate(bad.len() / 3);
+        bad.extend_from_slice(&[0xff, 0xd9]);
         for split in [false, true] {
-            let mut bad = b.clone();
-            bad.truncate(bad.len() / 3);
-            bad.extend_from_slice(&[0xff, 0xd9]);
-            let err = decode_pair(&a, &bad, &limits(), &preprocess(PreprocessMode::Exact, split), &proc);
-            assert!(err.is_err() || split, "a truncated JPEG must not pass silently");
+            let cfg = preprocess(PreprocessMode::Exact, split);
+            let err = decode_pair(&a, &bad, &limits(), &cfg, &proc).unwrap_err();
+            assert!(err.message.starts_with("republished:"), "split {split}: {err}");
+            let err = decode_pair(&bad, &a, &limits(), &cfg, &proc).unwrap_err();
+            assert!(err.message.starts_with("original:"), "split {split}: {err}");
         }
+    }
+
+    #[test]
+    fn headers_over_the_limits_are_rejected_before_any_estimate() {
+        // A few hundred bytes claiming 1 × 4 000 000 000 pixels: planning must not size anything by it.
+        let tall = blip2idc_dev::png_bomb(1, 4_000_000_000);
+        let small = jpeg(64, 48, 1);
+        for (a, b, who) in [(&tall, &small, "original"), (&small, &tall, "republished")] {
+            let err = PairPlan::new(a, b, &limits(), PreprocessMode::Exact, (224, 224)).unwrap_err();
+            assert_eq!(err.kind, RejectKind::ImageTooLarge, "{err}");
+            assert!(err.message.starts_with(who), "{err}");
+        }
+    }
+
+    #[test]
+    fn decoder_memory_is_counted() {
+        // A baseline JPEG decodes straight into the RGB buffer.
+        let baseline = jpeg(640, 480, 2);
+        assert!(!jpeg_is_progressive(&baseline));
+        let plan = PairPlan::new(&baseline, &baseline, &limits(), PreprocessMode::Exact, (224, 224)).unwrap();
+        assert_eq!(plan.original.decoder_bytes, 0);
+        // A grey PNG is converted to RGB: its own buffer counts.
+        let grey = {
+            let g = image::GrayImage::from_pixel(100, 50, image::Luma([9]));
+            let mut out = Vec::new();
+            image::codecs::png::PngEncoder::new(&mut out)
+                .write_image(g.as_raw(), 100, 50, image::ExtendedColorType::L8)
+                .unwrap();
+            out
+        };
+        let plan = PairPlan::new(&grey, &baseline, &limits(), PreprocessMode::Exact, (224, 224)).unwrap();
+        assert_eq!(plan.original.decoder_bytes, 100 * 50);
+    }
+
+    #[test]
+    fn progressive_jpegs_are_recognised() {
+        let p = blip2idc_dev::progressive_scan_bomb(1);
+        assert!(jpeg_is_progressive(&p));
+        let plan = PairPlan::new(&p, &p, &limits(), PreprocessMode::Exact, (224, 224)).unwrap();
+        // 16 × 16, whatever its sampling: at least the luma's coefficients, 2 bytes each.
+        assert!(plan.original.decoder_bytes >= 2 * 16 * 16, "{}", plan.original.decoder_bytes);
+        assert!(!jpeg_is_progressive(&jpeg(32, 32, 3)));
+        assert!(jpeg_is_progressive(b"\xff\xd8garbage"), "unparseable: assume the worst");
     }
 
     #[test]
@@ -520,7 +663,7 @@ mod tests {
         let bytes = turbojpeg::compress(img, 90, turbojpeg::Subsamp::None).unwrap().to_vec();
         let header = turbojpeg::read_header(&bytes).unwrap();
         assert!(matches!(header.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK));
-        let plan = PairPlan::new(&bytes, &bytes, PreprocessMode::Fast, (224, 224)).unwrap();
+        let plan = PairPlan::new(&bytes, &bytes, &limits(), PreprocessMode::Fast, (224, 224)).unwrap();
         assert_eq!((plan.original.scale, plan.modified.decoded), (None, (w, h)), "no DCT scaling for CMYK");
         let proc = ImageProcessorConfig::for_image_size(224);
         let run = |mode| decode_pair(&bytes, &bytes, &limits(), &preprocess(mode, false), &proc);

@@ -30,6 +30,11 @@ pub struct HorizontalPlan {
 impl HorizontalPlan {
     /// The plan for `coeffs` (from `in_width` pixels), for the kernels [`active`] now allows.
     pub fn new(coeffs: Coeffs, in_width: usize) -> Self {
+        // The kernels read each output's taps from rows of `in_width` pixels: every tap must be one.
+        assert!(
+            coeffs.bounds.iter().all(|&(min, n)| min + n <= in_width && n <= coeffs.ksize),
+            "coefficients read beyond {in_width} input pixels"
+        );
         #[cfg(target_arch = "x86_64")]
         let (vbmi, avx2) = match active() {
             Simd::Avx512Vbmi => (Some(VbmiPlan::new(&coeffs, in_width)), None),

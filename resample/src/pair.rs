@@ -53,12 +53,13 @@ impl StackSqueeze {
     /// image squeezed to `out`: the original's resize (ring, block, plans), the squeezed rows of
     /// both halves, the squeeze's plans. Computed without making the plans.
     pub fn estimate_bytes(original: (usize, usize), modified: (usize, usize), out: (usize, usize)) -> usize {
+        // Closed form (a header claiming any size costs nothing to estimate); the vertical pass reads
+        // every row of the stack.
         let (sw, sh) = (modified.0, 2 * modified.1);
-        let rows = if sh != out.1 { Coeffs::bicubic(sh, out.1).input_range().len() } else { sh };
+        let ksize = |i: usize, o: usize| (2.0 * (i as f64 / o.max(1) as f64).max(1.0)).ceil() as usize * 2 + 1;
         let row_bytes = 3 * if sw != out.0 { out.0 } else { sw };
-        let plan =
-            if sw != out.0 { out.0 * (2.0 * (sw as f64 / out.0 as f64).max(1.0)).ceil() as usize * 2 * 64 } else { 0 };
-        Resizer::estimate_bytes(original, modified) + (rows + BLOCK) * row_bytes + plan
+        let plans = if sw != out.0 { out.0 * ksize(sw, out.0) * 64 } else { 0 } + out.1 * (ksize(sh, out.1) * 4 + 16);
+        Resizer::estimate_bytes(original, modified) + (sh + 2 * BLOCK) * row_bytes + plans + 16 * sh
     }
 
     /// The top half: `original` (any size) resized to the modified image's size, squeezed horizontally.

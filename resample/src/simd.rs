@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub enum Simd {
     /// Plain Rust (the compiler's own vectorisation for the target).
     Portable,
-    /// AVX2: the vertical pass 8 lanes wide; the horizontal pass stays portable.
+    /// AVX2: the vertical pass 8 lanes wide, the horizontal pass one pixel per 128-bit lane.
     Avx2,
     /// AVX-512 F/BW/VL + VBMI (Intel Ice Lake and later, AMD Zen 4 and later): both passes 16 lanes
     /// wide, the horizontal one as byte permutations feeding 16-bit multiply-adds.

@@ -48,20 +48,20 @@ impl Resizer {
         Resizer { w, h, ow, oh, horizontal, vertical, ring }
     }
 
-    /// What [`Resizer::working_bytes`] will be, without making the plans (an upper bound for the plans).
+    /// An upper bound of [`Resizer::working_bytes`], in closed form: no coefficient is computed, so a
+    /// header claiming any size costs nothing to estimate.
     pub fn estimate_bytes((w, h): (usize, usize), (ow, oh): (usize, usize)) -> usize {
         if (w, h) == (ow, oh) {
             return 0;
         }
-        let v = (h != oh).then(|| Coeffs::bicubic(h, oh));
-        let ring = match &v {
-            Some(v) if w != ow => ring_rows(v),
-            _ => 0,
-        };
-        let ksize = |i: usize, o: usize| (2.0 * (i as f64 / o as f64).max(1.0)).ceil() as usize * 2 + 1;
+        let scale = |i: usize, o: usize| (i as f64 / o.max(1) as f64).max(1.0);
+        let ksize = |i: usize, o: usize| (2.0 * scale(i, o)).ceil() as usize * 2 + 1;
+        // A block of output rows reads at most (BLOCK - 1) · scale + ksize input rows.
+        let ring =
+            if w != ow && h != oh { ((BLOCK - 1) as f64 * scale(h, oh)).ceil() as usize + ksize(h, oh) + 1 } else { 0 };
         let plans =
             if w != ow { ow * ksize(w, ow) * 64 } else { 0 } + if h != oh { oh * (ksize(h, oh) * 4 + 16) } else { 0 };
-        (ring + BLOCK) * 3 * ow + plans
+        (ring.max(BLOCK) + BLOCK) * 3 * ow + plans
     }
 
     /// The output size.

@@ -108,7 +108,7 @@ impl ImageProcessorConfig {
         if !self.do_resize {
             return self.pixel_values(&stack_pair(original, modified));
         }
-        let rgb = pair_rgb(view(original), view(modified), (self.width as usize, self.height as usize));
+        let rgb = pair_rgb(rgb_view(original), rgb_view(modified), (self.width as usize, self.height as usize));
         self.normalize(&rgb)
     }
 
@@ -162,7 +162,8 @@ pub fn to_rgb(img: &DynamicImage) -> RgbImage {
     }
 }
 
-fn view(img: &RgbImage) -> Rgb<'_> {
+/// An `RgbImage` as the resampler's borrowed view.
+pub fn rgb_view(img: &RgbImage) -> Rgb<'_> {
     Rgb::new(img.as_raw(), img.width() as usize, img.height() as usize)
 }
 
@@ -172,7 +173,7 @@ pub fn stack_pair(original: &RgbImage, modified: &RgbImage) -> RgbImage {
     let mut out = if original.dimensions() == (w, h) {
         original.as_raw().clone()
     } else {
-        blip2idc_resample::resize(view(original), w as usize, h as usize, PassOrder::Legacy)
+        blip2idc_resample::resize(rgb_view(original), w as usize, h as usize, PassOrder::Legacy)
     };
     out.extend_from_slice(modified.as_raw());
     RgbImage::from_raw(w, 2 * h, out).expect("buffer size matches")
@@ -192,7 +193,7 @@ pub fn resize_bicubic(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
 
 /// [`resize_bicubic`] with an explicit pass order.
 pub fn resize_bicubic_with(img: &RgbImage, out_w: u32, out_h: u32, order: PassOrder) -> RgbImage {
-    let out = blip2idc_resample::resize(view(img), out_w as usize, out_h as usize, order);
+    let out = blip2idc_resample::resize(rgb_view(img), out_w as usize, out_h as usize, order);
     RgbImage::from_raw(out_w, out_h, out).expect("buffer size matches")
 }
 

@@ -86,9 +86,14 @@ impl Prepare {
             self.fetcher.fetch_pair_within(&event.original, &event.republished, cancel, &self.budget).await?;
         // The slot first, then the memory: a pair holding memory never waits for a slot.
         let _slot = self.decode_slots.acquire().await.expect("decode semaphore is never closed");
-        // From the headers; a header that cannot be read costs nothing (decoding rejects the pair).
+        // From the headers alone: an unreadable header, or an image over the decode limits, is
+        // rejected here, before anything is allocated for it.
         let out = (self.processor.width as usize, self.processor.height as usize);
-        let cost = crate::decode::PairPlan::new(&a, &b, self.preprocess.mode, out).map_or(0, |p| p.bytes());
+        let plan = crate::decode::PairPlan::new(&a, &b, &self.limits, self.preprocess.mode, out)?;
+        let (mw, mh) = plan.modified.decoded;
+        // Without the processor's resize, the whole stack and its f32 values exist too.
+        let unresized = if self.processor.do_resize { 0 } else { 2 * (mw * mh) as u64 * (3 + 3 * 4) };
+        let cost = plan.bytes() + unresized;
         if cost > self.budget.half_bytes() {
             return Err(Rejection::new(
                 RejectKind::ImageTooLarge,
