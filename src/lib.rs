@@ -38,6 +38,7 @@ pub fn retain_freed_memory() {
 
 pub mod adapters;
 pub mod admin;
+pub mod analysis;
 pub mod batch;
 pub mod budget;
 pub mod caption;

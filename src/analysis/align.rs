@@ -1,0 +1,165 @@
+//! Where the republished image sits in the original: its orientation (one of the eight 90° rotations
+//! and flips) and the original's region it shows (a crop, at any scale). Found by normalised
+//! cross-correlation of luminance thumbnails — exhaustively over orientations, region widths and
+//! offsets at a coarse size (the untouched orientation without a crop is tried first and accepted
+//! when it already correlates well), then refined around the best at a finer size.
+
+use super::plane::Plane;
+
+/// Thumbnail sizes (longer side) of the coarse search and of the refinement.
+pub const COARSE: usize = 48;
+pub const FINE: usize = 128;
+
+/// A crop keeps at least this share of each side of the original (a 30 % crop of the area keeps
+/// 70 % of one side, or 84 % of both).
+const MIN_SIDE: f32 = 0.62;
+
+/// How the republished image maps onto the original.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Alignment {
+    /// Applied to the republished image, brings it to the original's orientation ([`Plane::orient`]).
+    pub orientation: u8,
+    /// The original's region the republished image shows, as fractions of the original's width and
+    /// height: (x0, y0, w, h).
+    pub region: (f32, f32, f32, f32),
+    /// Normalised cross-correlation of the luminance at the refined alignment (1: identical up to
+    /// brightness and contrast).
+    pub score: f32,
+}
+
+/// Integral images of a one-channel plane and of its square.
+struct Integral {
+    w: usize,
+    sum: Vec<f64>,
+    sq: Vec<f64>,
+}
+
+impl Integral {
+    fn new(p: &Plane) -> Self {
+        let (w, h) = (p.w + 1, p.h + 1);
+        let (mut sum, mut sq) = (vec![0.0; w * h], vec![0.0; w * h]);
+        for y in 0..p.h {
+            let (mut rs, mut rq) = (0.0, 0.0);
+            for x in 0..p.w {
+                let v = p.data[y * p.w + x] as f64;
+                rs += v;
+                rq += v * v;
+                sum[(y + 1) * w + x + 1] = sum[y * w + x + 1] + rs;
+                sq[(y + 1) * w + x + 1] = sq[y * w + x + 1] + rq;
+            }
+        }
+        Integral { w, sum, sq }
+    }
+
+    /// (Σv, Σv²) over `[x, x + bw) × [y, y + bh)`.
+    fn box_sums(&self, x: usize, y: usize, bw: usize, bh: usize) -> (f64, f64) {
+        let at = |t: &Vec<f64>, x: usize, y: usize| t[y * self.w + x];
+        let f = |t: &Vec<f64>| at(t, x + bw, y + bh) - at(t, x, y + bh) - at(t, x + bw, y) + at(t, x, y);
+        (f(&self.sum), f(&self.sq))
+    }
+}
+
+/// Zero mean, unit norm (a flat patch stays zero).
+fn normalised(p: &Plane) -> Vec<f32> {
+    let n = p.data.len() as f64;
+    let mean = p.data.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let norm = p.data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>().sqrt();
+    p.data.iter().map(|&v| if norm > 1e-6 { ((v as f64 - mean) / norm) as f32 } else { 0.0 }).collect()
+}
+
+/// The best offset of the normalised patch `t` (`bw × bh`) in `o`, within `xs × ys`: (ncc, x, y).
+fn best_offset(
+    o: &Plane,
+    integral: &Integral,
+    t: &[f32],
+    (bw, bh): (usize, usize),
+    xs: std::ops::RangeInclusive<usize>,
+    ys: std::ops::RangeInclusive<usize>,
+) -> (f32, usize, usize) {
+    let n = (bw * bh) as f64;
+    let mut best = (f32::MIN, 0, 0);
+    for y in ys {
+        for x in xs.clone() {
+            let mut dot = 0f32;
+            for r in 0..bh {
+                let row = &o.data[(y + r) * o.w + x..(y + r) * o.w + x + bw];
+                dot += row.iter().zip(&t[r * bw..(r + 1) * bw]).map(|(a, b)| a * b).sum::<f32>();
+            }
+            let (s, q) = integral.box_sums(x, y, bw, bh);
+            let var = (q - s * s / n).max(0.0);
+            let ncc = if var > 1e-6 { (dot as f64 / var.sqrt()) as f32 } else { 0.0 };
+            if ncc > best.0 {
+                best = (ncc, x, y);
+            }
+        }
+    }
+    best
+}
+
+/// Alignments of `rep` to `orig` (luminance thumbnails: `coarse` pairs at [`COARSE`], `fine` at
+/// [`FINE`]), best first: the best region for each orientation tried, the first three refined. Only
+/// the untouched orientation is tried when it already correlates well.
+pub fn align(orig_coarse: &Plane, rep_coarse: &Plane, orig_fine: &Plane, rep_fine: &Plane) -> Vec<Alignment> {
+    let oi = Integral::new(orig_coarse);
+    let (ow, oh) = (orig_coarse.w, orig_coarse.h);
+    // Per orientation: (score, orientation, x, y, bw).
+    let mut found: Vec<(f32, u8, usize, usize, usize)> = Vec::new();
+    for d in 0..8u8 {
+        let r = rep_coarse.orient(d);
+        let aspect = r.w as f32 / r.h as f32;
+        let mut best = (f32::MIN, d, 0, 0, ow);
+        for bw in (((ow as f32 * MIN_SIDE).floor() as usize).max(1)..=ow).rev() {
+            let bh = ((bw as f32 / aspect).round() as usize).clamp(1, oh);
+            if (bh as f32) < oh as f32 * MIN_SIDE {
+                continue;
+            }
+            let t = normalised(&r.resized(bw, bh));
+            let (score, x, y) = best_offset(orig_coarse, &oi, &t, (bw, bh), 0..=ow - bw, 0..=oh - bh);
+            if score > best.0 {
+                best = (score, d, x, y, bw);
+            }
+        }
+        found.push(best);
+        // Most copies keep their orientation: stop when it already fits well.
+        if d == 0 && best.0 > 0.97 {
+            break;
+        }
+    }
+    found.sort_by(|a, b| b.0.total_cmp(&a.0));
+    found.into_iter().take(3).map(|(_, d, x, y, bw)| refine(orig_fine, rep_fine, d, (x, y, bw), ow)).collect()
+}
+
+/// Refines a coarse alignment at the fine size: offsets ± 3 px, widths ± 2 %.
+fn refine(
+    orig_fine: &Plane,
+    rep_fine: &Plane,
+    d: u8,
+    (cx, cy, cbw): (usize, usize, usize),
+    coarse_w: usize,
+) -> Alignment {
+    let r = rep_fine.orient(d);
+    let aspect = r.w as f32 / r.h as f32;
+    let (fw, fh) = (orig_fine.w, orig_fine.h);
+    let k = fw as f32 / coarse_w as f32;
+    let fi = Integral::new(orig_fine);
+    let mut refined = (f32::MIN, 0usize, 0usize, 1usize, 1usize);
+    let centre = cbw as f32 * k;
+    for step in -4i32..=4 {
+        let bw = ((centre * (1.0 + 0.005 * step as f32)).round() as usize).clamp(1, fw);
+        let bh = ((bw as f32 / aspect).round() as usize).clamp(1, fh);
+        let t = normalised(&r.resized(bw, bh));
+        let (x, y) = ((cx as f32 * k).round() as usize, (cy as f32 * k).round() as usize);
+        let xs = x.saturating_sub(3).min(fw - bw)..=(x + 3).min(fw - bw);
+        let ys = y.saturating_sub(3).min(fh - bh)..=(y + 3).min(fh - bh);
+        let found = best_offset(orig_fine, &fi, &t, (bw, bh), xs, ys);
+        if found.0 > refined.0 {
+            refined = (found.0, found.1, found.2, bw, bh);
+        }
+    }
+    let (score, x, y, bw, bh) = refined;
+    Alignment {
+        orientation: d,
+        region: (x as f32 / fw as f32, y as f32 / fh as f32, bw as f32 / fw as f32, bh as f32 / fh as f32),
+        score,
+    }
+}

@@ -1,0 +1,147 @@
+//! Small float images for the analysis: thumbnails (Pillow-exact bicubic down to a working size, then
+//! floats), the eight orientations of the dihedral group, bilinear resampling, crops.
+
+use blip2idc_resample::{PassOrder, Rgb};
+
+/// A `w × h` image of `c` interleaved float channels.
+#[derive(Clone, Debug)]
+pub struct Plane {
+    pub w: usize,
+    pub h: usize,
+    pub c: usize,
+    pub data: Vec<f32>,
+}
+
+impl Plane {
+    pub fn new(w: usize, h: usize, c: usize) -> Self {
+        Plane { w, h, c, data: vec![0.0; w * h * c] }
+    }
+
+    /// `img` reduced so that its longer side is at most `side` (never enlarged), as floats 0..255.
+    pub fn thumbnail(img: Rgb<'_>, side: usize) -> Self {
+        let scale = (side as f64 / img.width.max(img.height) as f64).min(1.0);
+        let (w, h) = (
+            ((img.width as f64 * scale).round() as usize).max(1),
+            ((img.height as f64 * scale).round() as usize).max(1),
+        );
+        let bytes = blip2idc_resample::resize(img, w, h, PassOrder::Legacy);
+        Plane { w, h, c: 3, data: bytes.iter().map(|&b| b as f32).collect() }
+    }
+
+    /// Bilinearly resized so that the longer side is `side` (never enlarged).
+    pub fn resized_to_side(&self, side: usize) -> Plane {
+        let scale = (side as f32 / self.w.max(self.h) as f32).min(1.0);
+        self.resized(
+            ((self.w as f32 * scale).round() as usize).max(1),
+            ((self.h as f32 * scale).round() as usize).max(1),
+        )
+    }
+
+    #[inline]
+    pub fn at(&self, x: usize, y: usize, ch: usize) -> f32 {
+        self.data[(y * self.w + x) * self.c + ch]
+    }
+
+    /// Luminance (Rec. 601 weights), one channel.
+    pub fn luma(&self) -> Plane {
+        assert_eq!(self.c, 3);
+        let data = self.data.chunks_exact(3).map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).collect();
+        Plane { w: self.w, h: self.h, c: 1, data }
+    }
+
+    /// Orientation `d` of the dihedral group: bit 0 transposes, bit 1 flips left-right, bit 2 flips
+    /// top-bottom (applied in that order). `orient(orient(p, d), inverse(d)) == p`.
+    pub fn orient(&self, d: u8) -> Plane {
+        let (w, h) = if d & 1 == 1 { (self.h, self.w) } else { (self.w, self.h) };
+        let mut out = Plane::new(w, h, self.c);
+        for y in 0..h {
+            for x in 0..w {
+                let (mut sx, mut sy) = (x, y);
+                if d & 2 == 2 {
+                    sx = w - 1 - sx;
+                }
+                if d & 4 == 4 {
+                    sy = h - 1 - sy;
+                }
+                if d & 1 == 1 {
+                    (sx, sy) = (sy, sx);
+                }
+                let (src, dst) = ((sy * self.w + sx) * self.c, (y * w + x) * self.c);
+                out.data[dst..dst + self.c].copy_from_slice(&self.data[src..src + self.c]);
+            }
+        }
+        out
+    }
+
+    /// Bilinear resampling to `w × h` (pixel centres aligned), for the small planes of the search.
+    pub fn resized(&self, w: usize, h: usize) -> Plane {
+        let mut out = Plane::new(w, h, self.c);
+        let (sx, sy) = (self.w as f32 / w as f32, self.h as f32 / h as f32);
+        for y in 0..h {
+            let fy = ((y as f32 + 0.5) * sy - 0.5).clamp(0.0, (self.h - 1) as f32);
+            let (y0, ty) = (fy.floor() as usize, fy.fract());
+            let y1 = (y0 + 1).min(self.h - 1);
+            for x in 0..w {
+                let fx = ((x as f32 + 0.5) * sx - 0.5).clamp(0.0, (self.w - 1) as f32);
+                let (x0, tx) = (fx.floor() as usize, fx.fract());
+                let x1 = (x0 + 1).min(self.w - 1);
+                for ch in 0..self.c {
+                    let top = self.at(x0, y0, ch) * (1.0 - tx) + self.at(x1, y0, ch) * tx;
+                    let bottom = self.at(x0, y1, ch) * (1.0 - tx) + self.at(x1, y1, ch) * tx;
+                    out.data[(y * w + x) * self.c + ch] = top * (1.0 - ty) + bottom * ty;
+                }
+            }
+        }
+        out
+    }
+
+    /// The part `[x0, x0 + w) × [y0, y0 + h)`, sampled bilinearly at fractional positions (`x0`, `y0`,
+    /// `w`, `h` in this plane's pixels) onto `ow × oh` pixels.
+    pub fn crop_resized(&self, (x0, y0, w, h): (f32, f32, f32, f32), ow: usize, oh: usize) -> Plane {
+        let mut out = Plane::new(ow, oh, self.c);
+        let (sx, sy) = (w / ow as f32, h / oh as f32);
+        for y in 0..oh {
+            let fy = (y0 + (y as f32 + 0.5) * sy - 0.5).clamp(0.0, (self.h - 1) as f32);
+            let (ya, ty) = (fy.floor() as usize, fy.fract());
+            let yb = (ya + 1).min(self.h - 1);
+            for x in 0..ow {
+                let fx = (x0 + (x as f32 + 0.5) * sx - 0.5).clamp(0.0, (self.w - 1) as f32);
+                let (xa, tx) = (fx.floor() as usize, fx.fract());
+                let xb = (xa + 1).min(self.w - 1);
+                for ch in 0..self.c {
+                    let top = self.at(xa, ya, ch) * (1.0 - tx) + self.at(xb, ya, ch) * tx;
+                    let bottom = self.at(xa, yb, ch) * (1.0 - tx) + self.at(xb, yb, ch) * tx;
+                    out.data[(y * ow + x) * self.c + ch] = top * (1.0 - ty) + bottom * ty;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The orientation that undoes `d`.
+pub fn inverse(d: u8) -> u8 {
+    // Transposition then flips: undoing it flips first, then transposes, which for a transposing
+    // `d` swaps the two flip bits.
+    if d & 1 == 1 {
+        1 | ((d & 2) << 1) | ((d & 4) >> 1)
+    } else {
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orientations_invert() {
+        let p = Plane { w: 3, h: 2, c: 1, data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] };
+        for d in 0..8 {
+            let back = p.orient(d).orient(inverse(d));
+            assert_eq!((back.w, back.h, &back.data), (3, 2, &p.data), "orientation {d}");
+        }
+        // Bit 0 alone is the transpose.
+        assert_eq!(p.orient(1).data, vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+    }
+}
