@@ -571,7 +571,10 @@ mod tests {
     fn fast_mode_decodes_jpegs_at_the_smallest_scale_keeping_twice_the_model_share() {
         let kept = |size, min| jpeg_scale(size, min).kept;
         assert_eq!(kept((4000, 3000), (448, 224)), (500, 375));
-        assert_eq!(jpeg_scale((3000, 2250), (448, 224)), JpegScale { factor: (1, 4), decoded: (750, 563), kept: (750, 562) });
+        assert_eq!(
+            jpeg_scale((3000, 2250), (448, 224)),
+            JpegScale { factor: (1, 4), decoded: (750, 563), kept: (750, 562) }
+        );
         assert_eq!(kept((300, 200), (448, 224)), (300, 200), "never enlarged");
         let (a, b) = (jpeg(1600, 1200, 1), jpeg(1200, 900, 2));
         let plan = PairPlan::new(&a, &b, &limits(), PreprocessMode::Fast, (224, 224)).unwrap();
