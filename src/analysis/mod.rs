@@ -6,7 +6,7 @@
 //! (596 cases, 2026-12-02): 99.1 % of the unedited copies skipped (goal ≥ 99 %), but 9.2 % of the
 //! edits of ≥ 0.5 % area wrongly skipped (goal ≤ 0.5 %: mostly blurs and inpainting-like removals of
 //! smooth areas), mean IoU 0.40–0.52 by edit size (goal ≥ 0.7), 33–36 ms
-//! per pair: the next steps are a texture-loss term, tighter regions, speed, then the pipeline.
+//! per pair: the next steps are a colour term for recolours, tighter regions, speed, then the pipeline.
 
 pub mod align;
 pub mod diff;
