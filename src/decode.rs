@@ -78,6 +78,20 @@ fn sniff<'a>(bytes: &'a [u8], what: &str) -> Result<(ImageFormat, BytesReader<'a
     }
 }
 
+/// Rejects an image of `w × h` over the decode limits (`image_too_large`), before anything is allocated.
+fn check_limits(kind: &str, (w, h): (u64, u64), limits: &DecodeConfig, what: &str) -> Result<(), Rejection> {
+    if w > limits.max_width as u64 || h > limits.max_height as u64 || w * h * 3 > limits.max_alloc_bytes {
+        return Err(Rejection::new(
+            RejectKind::ImageTooLarge,
+            format!(
+                "{what}: {kind} of {w}x{h} exceeds the decode limits ({}x{} px, {} bytes)",
+                limits.max_width, limits.max_height, limits.max_alloc_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// libjpeg-turbo decoding to RGB, at `scaled` (from [`jpeg_scale`]) or in full; `Ok(None)` when it
 /// cannot produce RGB (the caller falls back).
 fn decode_jpeg_turbo(
@@ -88,16 +102,7 @@ fn decode_jpeg_turbo(
 ) -> Result<Option<RgbImage>, Rejection> {
     let header = turbojpeg::read_header(bytes)
         .map_err(|e| Rejection::new(RejectKind::CorruptImage, format!("{what}: corrupt JPEG header: {e}")))?;
-    let (w, h) = (header.width as u64, header.height as u64);
-    if w > limits.max_width as u64 || h > limits.max_height as u64 || w * h * 3 > limits.max_alloc_bytes {
-        return Err(Rejection::new(
-            RejectKind::ImageTooLarge,
-            format!(
-                "{what}: JPEG of {w}x{h} exceeds the decode limits ({}x{} px, {} bytes)",
-                limits.max_width, limits.max_height, limits.max_alloc_bytes
-            ),
-        ));
-    }
+    check_limits("JPEG", (header.width as u64, header.height as u64), limits, what)?;
     if header.colorspace == turbojpeg::Colorspace::CMYK || header.colorspace == turbojpeg::Colorspace::YCCK {
         return Ok(None);
     }
@@ -348,16 +353,7 @@ fn header(bytes: &[u8], limits: &DecodeConfig, what: &str) -> Result<Header, Rej
         let extra = if native == image::ColorType::Rgb8 { 0 } else { px * native.bytes_per_pixel() as u64 };
         ((w as usize, h as usize), None, extra)
     };
-    let (w, h) = (size.0 as u64, size.1 as u64);
-    if w > limits.max_width as u64 || h > limits.max_height as u64 || w * h * 3 > limits.max_alloc_bytes {
-        return Err(Rejection::new(
-            RejectKind::ImageTooLarge,
-            format!(
-                "{what}: {format:?} of {w}x{h} exceeds the decode limits ({}x{} px, {} bytes)",
-                limits.max_width, limits.max_height, limits.max_alloc_bytes
-            ),
-        ));
-    }
+    check_limits(&format!("{format:?}"), (size.0 as u64, size.1 as u64), limits, what)?;
     Ok(Header { format, size, jpeg, decoder_bytes })
 }
 
@@ -428,11 +424,27 @@ fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Decodes both images of a pair and produces the model's `pixel_values`: each image decoded, reduced
-/// to its half of the model input and dropped (on two threads for a large pair when cores are idle).
+/// Decodes both images of a pair and produces the model's `pixel_values` ([`PairPlan::new`], then
+/// [`decode_planned_pair`]).
 pub fn decode_pair(
     original: &[u8],
     republished: &[u8],
+    limits: &DecodeConfig,
+    preprocess: &PreprocessConfig,
+    processor: &ImageProcessorConfig,
+) -> Result<Vec<f32>, Rejection> {
+    let out = (processor.width as usize, processor.height as usize);
+    let plan = PairPlan::new(original, republished, limits, preprocess.mode, out)?;
+    decode_planned_pair(original, republished, &plan, limits, preprocess, processor)
+}
+
+/// [`decode_pair`] with the pair's plan already made (the pipeline makes it first, for the budget):
+/// each image decoded, reduced to its half of the model input and dropped (on two threads for a large
+/// pair when cores are idle).
+pub fn decode_planned_pair(
+    original: &[u8],
+    republished: &[u8],
+    plan: &PairPlan,
     limits: &DecodeConfig,
     preprocess: &PreprocessConfig,
     processor: &ImageProcessorConfig,
@@ -442,8 +454,7 @@ pub fn decode_pair(
         let b = decode(republished, limits, "republished")?;
         return Ok(processor.preprocess_pair(&a, &b));
     }
-    let out = (processor.width as usize, processor.height as usize);
-    let plan = PairPlan::new(original, republished, limits, preprocess.mode, out)?;
+    let out = plan.out;
     let squeeze = StackSqueeze::new(plan.modified.decoded, out);
     let top = || -> Result<_, Rejection> {
         let img = decode_planned(original, &plan.original, limits, "original")?;

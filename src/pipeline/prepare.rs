@@ -110,7 +110,7 @@ impl Prepare {
         };
         let (limits, preprocess, processor) = (self.limits.clone(), self.preprocess.clone(), self.processor.clone());
         let started = Instant::now();
-        let decode = move || crate::decode::decode_pair(&a, &b, &limits, &preprocess, &processor);
+        let decode = move || crate::decode::decode_planned_pair(&a, &b, &plan, &limits, &preprocess, &processor);
         let pixels = match tokio::task::spawn_blocking(decode).await {
             Ok(r) => r?,
             Err(e) if e.is_panic() => {
