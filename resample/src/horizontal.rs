@@ -94,6 +94,13 @@ impl HorizontalPlan {
     }
 }
 
+/// A 22-bit Pillow weight as `hi · 2¹¹ + lo`, both halves within 16 bits (`lo` in 0..2048), so the
+/// 16-bit multiply-adds stay exact; the kernels recombine the two sums before the shift.
+#[cfg(target_arch = "x86_64")]
+fn split_weight(w: i32) -> (i16, i16) {
+    ((w >> 11) as i16, (w & 0x7ff) as i16)
+}
+
 /// Calls `four` on the rows four at a time (a plan's step is loaded once for four rows), then `one` on
 /// each row left.
 #[cfg(target_arch = "x86_64")]
@@ -196,8 +203,7 @@ impl VbmiPlan {
                             }
                             let lane = 8 * slot + 2 * ch + e;
                             step.index[2 * lane] = byte as u8;
-                            step.hi[lane] = (w >> 11) as i16;
-                            step.lo[lane] = (w & 0x7ff) as i16;
+                            (step.hi[lane], step.lo[lane]) = split_weight(w);
                         }
                     }
                 }
@@ -284,7 +290,6 @@ impl Avx2Plan {
     fn new(c: &Coeffs) -> Self {
         let out_width = c.len();
         let pairs = c.bounds.iter().map(|&(_, n)| n.div_ceil(2)).max().unwrap_or(0).max(1);
-        let split = |w: i32| ((w >> 11) as i16, (w & 0x7ff) as i16);
         let word = |a: i16, b: i16| (a as u16 as u32 | (b as u16 as u32) << 16) as i32;
         let mut steps = Vec::with_capacity(out_width.div_ceil(2) * pairs);
         for g in 0..out_width.div_ceil(2) {
@@ -297,8 +302,8 @@ impl Avx2Plan {
                     let tap = if 2 * p < k.len() { 2 * p } else { 0 };
                     step.base[j] = (3 * (xmin + tap)) as u32;
                     if 2 * p < k.len() && 2 * g + j < out_width {
-                        let (h0, l0) = split(k[2 * p]);
-                        let (h1, l1) = k.get(2 * p + 1).map_or((0, 0), |&w| split(w));
+                        let (h0, l0) = split_weight(k[2 * p]);
+                        let (h1, l1) = k.get(2 * p + 1).map_or((0, 0), |&w| split_weight(w));
                         step.hi[4 * j..4 * j + 4].fill(word(h0, h1));
                         step.lo[4 * j..4 * j + 4].fill(word(l0, l1));
                     }
