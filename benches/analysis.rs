@@ -103,9 +103,6 @@ fn main() -> anyhow::Result<()> {
     for (kind, (n, skipped)) in &by_kind {
         println!("| {kind} | {n} | {:.1} % |", 100.0 * *skipped as f64 / *n as f64);
     }
-    let (un_n, un_skip): (usize, usize) =
-        cases.iter().filter(|c| !c.edited).map(|c| (1, by_kind[&c.kind].1)).fold((0, 0), |a, b| (a.0 + b.0, a.1));
-    let _ = (un_n, un_skip);
     let unedited_skipped = unedited_res.iter().filter(|r| r.0 <= CHANGED_THRESHOLD).count();
     println!(
         "unedited skipped: {unedited_skipped}/{} = {:.1} % (goal ≥ 99 %); edited of ≥ 0.5 % area wrongly skipped: {false_skips}/{big_edits} = {:.2} % (goal ≤ 0.5 %)",

@@ -37,12 +37,26 @@ pub struct Analysis {
 }
 
 /// The republished thumbnail in the original's orientation, and its residual against the original's
-/// region at its size.
-fn compare(original: Rgb<'_>, rep_thumb: &Plane, alignment: &align::Alignment) -> (Plane, diff::Residual) {
+/// region at its size. The original's thumbnails (one per size a region needs) are kept in
+/// `thumbnails` for the next candidate.
+fn compare(
+    original: Rgb<'_>,
+    thumbnails: &mut Vec<Plane>,
+    rep_thumb: &Plane,
+    alignment: &align::Alignment,
+) -> (Plane, diff::Residual) {
     let (fx, fy, fw, fh) = alignment.region;
     let rep = rep_thumb.orient(alignment.orientation);
     let side = ((DIFF_SIDE as f32 / fw.min(fh).max(0.1)).ceil() as usize).clamp(DIFF_SIDE, 2 * DIFF_SIDE);
-    let orig = Plane::thumbnail(original, side);
+    let longer = |p: &Plane| p.w.max(p.h);
+    let fits = |p: &Plane| longer(p) == side.min(original.width.max(original.height));
+    let orig = match thumbnails.iter().position(fits) {
+        Some(i) => &thumbnails[i],
+        None => {
+            thumbnails.push(Plane::thumbnail(original, side));
+            thumbnails.last().expect("just pushed")
+        }
+    };
     let region = (fx * orig.w as f32, fy * orig.h as f32, fw * orig.w as f32, fh * orig.h as f32);
     let orig_region = orig.crop_resized(region, rep.w, rep.h);
     let residual = diff::residual(&orig_region, &rep);
@@ -59,8 +73,9 @@ pub fn analyze(original: Rgb<'_>, republished: Rgb<'_>) -> Analysis {
     // The best alignment first; the others (another orientation: symmetric pictures fool the
     // correlation) only while the residual says the pair differs.
     let mut best: Option<(align::Alignment, Plane, diff::Residual)> = None;
+    let mut thumbnails: Vec<Plane> = Vec::new();
     for alignment in align::align(&orig_coarse, &rep_coarse, &orig_fine, &rep_fine) {
-        let (rep, residual) = compare(original, &rep_thumb, &alignment);
+        let (rep, residual) = compare(original, &mut thumbnails, &rep_thumb, &alignment);
         let better = best.as_ref().is_none_or(|b| residual.max() < b.2.max());
         if better {
             best = Some((alignment, rep, residual));

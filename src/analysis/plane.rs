@@ -75,24 +75,7 @@ impl Plane {
 
     /// Bilinear resampling to `w × h` (pixel centres aligned), for the small planes of the search.
     pub fn resized(&self, w: usize, h: usize) -> Plane {
-        let mut out = Plane::new(w, h, self.c);
-        let (sx, sy) = (self.w as f32 / w as f32, self.h as f32 / h as f32);
-        for y in 0..h {
-            let fy = ((y as f32 + 0.5) * sy - 0.5).clamp(0.0, (self.h - 1) as f32);
-            let (y0, ty) = (fy.floor() as usize, fy.fract());
-            let y1 = (y0 + 1).min(self.h - 1);
-            for x in 0..w {
-                let fx = ((x as f32 + 0.5) * sx - 0.5).clamp(0.0, (self.w - 1) as f32);
-                let (x0, tx) = (fx.floor() as usize, fx.fract());
-                let x1 = (x0 + 1).min(self.w - 1);
-                for ch in 0..self.c {
-                    let top = self.at(x0, y0, ch) * (1.0 - tx) + self.at(x1, y0, ch) * tx;
-                    let bottom = self.at(x0, y1, ch) * (1.0 - tx) + self.at(x1, y1, ch) * tx;
-                    out.data[(y * w + x) * self.c + ch] = top * (1.0 - ty) + bottom * ty;
-                }
-            }
-        }
-        out
+        self.crop_resized((0.0, 0.0, self.w as f32, self.h as f32), w, h)
     }
 
     /// The part `[x0, x0 + w) × [y0, y0 + h)`, sampled bilinearly at fractional positions (`x0`, `y0`,
