@@ -56,7 +56,10 @@ fn main() -> anyhow::Result<()> {
         let orig = &c.original;
         t_decode += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let a = analyze(rgb_view(orig), rgb_view(&rep));
+        let a = analyze(rgb_view(orig), rgb_view(&rep))
+            .expect("the evaluation set's images are large enough")
+            // Every copy of the set is re-encoded (the original's file is not kept).
+            .with_files(&[], &c.republished_file);
         t_analysis += t.elapsed().as_secs_f64();
         let e = by_kind.entry(c.kind.clone()).or_default();
         e.0 += 1;
@@ -90,7 +93,7 @@ fn main() -> anyhow::Result<()> {
                     .push(format!("{} unedited, residual {:.2}, score {:.3}", c.id, a.max_residual, a.alignment.score));
             }
         }
-        for act in ["c2pa.orientation", "c2pa.cropped", "c2pa.resized"] {
+        for act in blip2idc::analysis::actions::ORDER {
             let e = actions.entry(act).or_default();
             let (pred, truth) = (a.actions.contains(&act), c.actions.contains(&act));
             e.0 += (pred && truth) as usize;

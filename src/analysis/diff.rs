@@ -19,7 +19,16 @@ pub const BLOCK: usize = 8;
 pub struct Residual {
     pub bw: usize,
     pub bh: usize,
+    /// Each block's score: its pixel residual plus its texture-loss term.
     pub blocks: Vec<f32>,
+    /// Each block's pixel residual alone (outside the tolerated range, normalised by texture).
+    pub pixel: Vec<f32>,
+    /// Each block's relative texture change, copy against original (−1: flattened; > 0: texture
+    /// added).
+    pub texture: Vec<f32>,
+    /// The global tone map's mean distance from the identity, in levels (the largest of the three
+    /// channels): a brightness, contrast, gamma or colour-balance change when large.
+    pub tone_shift: f32,
 }
 
 fn box3(p: &Plane) -> Plane {
@@ -97,11 +106,14 @@ pub fn residual(orig: &Plane, rep: &Plane) -> Residual {
     let (w, h) = (o.w, o.h);
     let n = w * h;
     let mut err = vec![0f32; n];
+    let mut tone_shift = 0f32;
     for ch in 0..3 {
         let xs: Vec<f32> = (0..n).map(|i| o.data[i * 3 + ch].clamp(0.0, 255.0)).collect();
         let ys: Vec<f32> = (0..n).map(|i| r.data[i * 3 + ch]).collect();
         let lut = tone_map(&xs, &ys);
         let mapped: Vec<f32> = xs.iter().map(|&x| lut[(x.round() as usize).min(255)]).collect();
+        let shift = xs.iter().zip(&mapped).map(|(x, m)| (x - m).abs()).sum::<f32>() / n.max(1) as f32;
+        tone_shift = tone_shift.max(shift);
         for y in 0..h {
             for x in 0..w {
                 // Distance from the copy's value to the mapped original's 3 × 3 range.
@@ -142,20 +154,44 @@ pub fn residual(orig: &Plane, rep: &Plane) -> Residual {
             tex_r[b] += gr(x, y);
         }
     }
+    let mut pixel = Vec::with_capacity(blocks.len());
+    let mut texture = Vec::with_capacity(blocks.len());
     for (i, b) in blocks.iter_mut().enumerate() {
         let n = counts[i].max(1.0);
         *b /= n;
+        pixel.push(*b);
         // Texture lost (a blur, an inpainted fill) where the original had some: re-encoding and
         // resizing to the same thumbnail keep most of it.
-        let loss = (tex_o[i] - tex_r[i]) / n / (tex_o[i] / n + TEXTURE_FLOOR);
-        *b += TEXTURE_WEIGHT * (loss - TEXTURE_SLACK).max(0.0);
+        let change = (tex_r[i] - tex_o[i]) / n / (tex_o[i] / n + TEXTURE_FLOOR);
+        texture.push(change);
+        *b += TEXTURE_WEIGHT * (-change - TEXTURE_SLACK).max(0.0);
     }
-    Residual { bw, bh, blocks }
+    Residual { bw, bh, blocks, pixel, texture, tone_shift }
 }
 
 impl Residual {
     pub fn max(&self) -> f32 {
         self.blocks.iter().cloned().fold(0.0, f32::max)
+    }
+
+    /// The pixel residual and texture change averaged over the blocks above `t` inside `regions`
+    /// (boxes in blocks).
+    pub fn local_evidence(&self, regions: &[[usize; 4]], t: f32) -> super::actions::Local {
+        let (mut pixel, mut texture, mut n) = (0.0, 0.0, 0.0);
+        for r in regions {
+            for y in r[1]..r[3] {
+                for x in r[0]..r[2] {
+                    let i = y * self.bw + x;
+                    if self.blocks[i] > t {
+                        pixel += self.pixel[i];
+                        texture += self.texture[i];
+                        n += 1.0;
+                    }
+                }
+            }
+        }
+        let n = f32::max(n, 1.0);
+        super::actions::Local { pixel: pixel / n, texture: texture / n }
     }
 
     /// Bounding boxes (in blocks, `[x0, y0, x1, y1)`) of the 8-connected groups of blocks above `t`.

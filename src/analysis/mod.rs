@@ -8,19 +8,31 @@
 //! smooth areas), mean IoU 0.40–0.52 by edit size (goal ≥ 0.7), 33–36 ms
 //! per pair: the next steps are a colour term for recolours, tighter regions, speed, then the pipeline.
 
+pub mod actions;
 pub mod align;
 pub mod diff;
 pub mod plane;
 
 use blip2idc_resample::Rgb;
-use plane::Plane;
+use plane::{Plane, Thumbnail};
 
 /// The comparison's resolution (longer side of the republished image's thumbnail).
 pub const DIFF_SIDE: usize = 256;
 
+/// The original's thumbnail is kept at twice that: a crop of the original is compared at the
+/// copy's resolution.
+pub const ORIGINAL_SIDE: usize = 2 * DIFF_SIDE;
+
+/// Images with a shorter side below this are not analysed (too few pixels to tell a re-encode from an
+/// edit): they are captioned.
+pub const MIN_SIDE: usize = 64;
+
 /// A pair is changed when a block's normalised residual exceeds this (on the evaluation set the
 /// unedited copies' p99 is 0.84; `benches/analysis.rs`).
 pub const CHANGED_THRESHOLD: f32 = 1.0;
+
+/// The global tone map's mean shift (levels) above which a copy counts as colour-adjusted.
+const TONE_SHIFT: f32 = 3.0;
 
 /// What the analysis found.
 #[derive(Clone, Debug)]
@@ -29,31 +41,61 @@ pub struct Analysis {
     pub alignment: align::Alignment,
     /// The largest block residual (compare with [`CHANGED_THRESHOLD`]).
     pub max_residual: f32,
-    /// Changed regions in the original's pixels, `[x0, y0, x1, y1)`.
+    /// Changed regions in the original's pixels, `[x0, y0, x1, y1)`, largest first.
     pub regions: Vec<[u32; 4]>,
-    /// The geometric C2PA actions the alignment supports (`c2pa.orientation`, `c2pa.cropped`,
-    /// `c2pa.resized`).
+    /// The C2PA actions the evidence supports ([`actions`]), in [`actions::ORDER`].
     pub actions: Vec<&'static str>,
+}
+
+/// Both images' thumbnails, made where the pair is decoded ([`Thumbnail::new`] with
+/// [`ORIGINAL_SIDE`] and [`DIFF_SIDE`]); `None` when either is under [`MIN_SIDE`].
+pub fn thumbnails(original: Rgb<'_>, republished: Rgb<'_>) -> Option<(Thumbnail, Thumbnail)> {
+    let small = |i: &Rgb<'_>| i.width.min(i.height) < MIN_SIDE;
+    if small(&original) || small(&republished) {
+        return None;
+    }
+    Some((
+        Thumbnail::new(original, (original.width, original.height), ORIGINAL_SIDE),
+        Thumbnail::new(republished, (republished.width, republished.height), DIFF_SIDE),
+    ))
+}
+
+/// The most the analysis holds for a pair decoded at these sizes: the box-reduced copies its
+/// thumbnails are made from (at most `(2·side)²`-ish each, far less than the decoded images) and the
+/// float planes of the comparison.
+pub fn working_bytes(original: (usize, usize), republished: (usize, usize)) -> u64 {
+    let reduced = |(w, h): (usize, usize), side: usize| {
+        let k = (w.max(h) / (2 * side)).max(1);
+        ((w / k) * (h / k) * 3) as u64
+    };
+    let planes = (ORIGINAL_SIDE * ORIGINAL_SIDE * 3 * 4 * 2 + DIFF_SIDE * DIFF_SIDE * 3 * 4 * 12) as u64;
+    reduced(original, ORIGINAL_SIDE).max(reduced(republished, DIFF_SIDE)) * 2 + planes
+}
+
+/// Compares a republished copy with its original (both decoded RGB, any sizes); `None` when either
+/// is under [`MIN_SIDE`].
+pub fn analyze(original: Rgb<'_>, republished: Rgb<'_>) -> Option<Analysis> {
+    thumbnails(original, republished).map(|(o, r)| analyze_thumbnails(&o, &r))
 }
 
 /// The republished thumbnail in the original's orientation, and its residual against the original's
 /// region at its size. The original's thumbnails (one per size a region needs) are kept in
 /// `thumbnails` for the next candidate.
 fn compare(
-    original: Rgb<'_>,
+    original: &Thumbnail,
     thumbnails: &mut Vec<Plane>,
     rep_thumb: &Plane,
     alignment: &align::Alignment,
 ) -> (Plane, diff::Residual) {
     let (fx, fy, fw, fh) = alignment.region;
     let rep = rep_thumb.orient(alignment.orientation);
-    let side = ((DIFF_SIDE as f32 / fw.min(fh).max(0.1)).ceil() as usize).clamp(DIFF_SIDE, 2 * DIFF_SIDE);
+    let side = ((DIFF_SIDE as f32 / fw.min(fh).max(0.1)).ceil() as usize).clamp(DIFF_SIDE, ORIGINAL_SIDE);
     let longer = |p: &Plane| p.w.max(p.h);
     let fits = |p: &Plane| longer(p) == side.min(original.width.max(original.height));
     let orig = match thumbnails.iter().position(fits) {
         Some(i) => &thumbnails[i],
         None => {
-            thumbnails.push(Plane::thumbnail(original, side));
+            thumbnails.push(Plane::thumbnail(original.view(), side));
             thumbnails.last().expect("just pushed")
         }
     };
@@ -63,11 +105,11 @@ fn compare(
     (rep, residual)
 }
 
-/// Compares a republished copy with its original (both decoded RGB, any sizes).
-pub fn analyze(original: Rgb<'_>, republished: Rgb<'_>) -> Analysis {
-    let rep_thumb = Plane::thumbnail(republished, DIFF_SIDE);
-    let orig_coarse = Plane::thumbnail(original, align::COARSE).luma();
-    let orig_fine = Plane::thumbnail(original, align::FINE).luma();
+/// [`analyze`] on the thumbnails.
+pub fn analyze_thumbnails(original: &Thumbnail, republished: &Thumbnail) -> Analysis {
+    let rep_thumb = Plane::thumbnail(republished.view(), DIFF_SIDE);
+    let orig_coarse = Plane::thumbnail(original.view(), align::COARSE).luma();
+    let orig_fine = Plane::thumbnail(original.view(), align::FINE).luma();
     let rep_coarse = rep_thumb.resized_to_side(align::COARSE).luma();
     let rep_fine = rep_thumb.resized_to_side(align::FINE).luma();
     // The best alignment first; the others (another orientation: symmetric pictures fool the
@@ -88,43 +130,70 @@ pub fn analyze(original: Rgb<'_>, republished: Rgb<'_>) -> Analysis {
     let (fx, fy, fw, fh) = alignment.region;
     let max_residual = residual.max();
     let changed = max_residual > CHANGED_THRESHOLD;
-    let (ow, oh) = (original.width as f32, original.height as f32);
-    let regions = if changed {
-        residual
-            .regions(CHANGED_THRESHOLD * 0.6)
-            .into_iter()
-            .map(|b| {
-                let to = |v: usize, n: usize, f0: f32, f: f32, full: f32| {
-                    (((f0 + f * (v * diff::BLOCK).min(n) as f32 / n as f32) * full).round() as u32).min(full as u32)
-                };
-                [
-                    to(b[0], rep.w, fx, fw, ow),
-                    to(b[1], rep.h, fy, fh, oh),
-                    to(b[2], rep.w, fx, fw, ow),
-                    to(b[3], rep.h, fy, fh, oh),
-                ]
-            })
-            .collect()
-    } else {
-        Vec::new()
+    let (ow, oh) = (original.full.0 as f32, original.full.1 as f32);
+    let mut found = if changed { residual.regions(CHANGED_THRESHOLD * 0.6) } else { Vec::new() };
+    found.sort_by_key(|b| std::cmp::Reverse((b[2] - b[0]) * (b[3] - b[1])));
+    let to = |v: usize, n: usize, f0: f32, f: f32, full: f32| {
+        (((f0 + f * (v * diff::BLOCK).min(n) as f32 / n as f32) * full).round() as u32).min(full as u32)
     };
-    let mut actions = Vec::new();
-    if alignment.orientation != 0 {
-        actions.push("c2pa.orientation");
-    }
-    if fw < 0.985 || fh < 0.985 {
-        actions.push("c2pa.cropped");
-    }
+    let regions = found
+        .iter()
+        .map(|b| {
+            [
+                to(b[0], rep.w, fx, fw, ow),
+                to(b[1], rep.h, fy, fh, oh),
+                to(b[2], rep.w, fx, fw, ow),
+                to(b[3], rep.h, fy, fh, oh),
+            ]
+        })
+        .collect();
+    let mut evidence = actions::Evidence {
+        orientation: alignment.orientation != 0,
+        cropped: fw < 0.985 || fh < 0.985,
+        resized: false,
+        tone_shift: residual.tone_shift,
+        local: if changed { Some(residual.local_evidence(&found, CHANGED_THRESHOLD * 0.6)) } else { None },
+    };
     let shown = (fw * ow, fh * oh);
     let (rw, rh) = if alignment.orientation & 1 == 1 {
-        (republished.height as f32, republished.width as f32)
+        (republished.full.1 as f32, republished.full.0 as f32)
     } else {
-        (republished.width as f32, republished.height as f32)
+        (republished.full.0 as f32, republished.full.1 as f32)
     };
-    if (rw / shown.0 - 1.0).abs() > 0.02 || (rh / shown.1 - 1.0).abs() > 0.02 {
-        actions.push("c2pa.resized");
-    }
+    evidence.resized = (rw / shown.0 - 1.0).abs() > 0.02 || (rh / shown.1 - 1.0).abs() > 0.02;
+    let actions = evidence.actions();
     Analysis { changed, alignment, max_residual, regions, actions }
+}
+
+/// The actions stored with a caption: the analysis' (when the pair was analysed) and, for a caption
+/// the model made (`model_caption`) of a pair not found unchanged, those its words name.
+pub fn stored_actions(analysis: Option<&Analysis>, model_caption: Option<&str>) -> Vec<&'static str> {
+    let mut out = analysis.map(|a| a.actions.clone()).unwrap_or_default();
+    if let Some(caption) = model_caption.filter(|_| analysis.is_none_or(|a| a.changed)) {
+        actions::merge(&mut out, &actions::from_caption(caption));
+    }
+    out
+}
+
+/// The keys `caption --json` and `caption --batch` report beside the caption: `changed`, `regions`
+/// (null when not analysed), `actions` ([`stored_actions`]) and `model_skipped`.
+pub fn report(analysis: Option<&Analysis>, model_caption: Option<&str>) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("changed".into(), analysis.map(|a| a.changed).into());
+    m.insert("regions".into(), serde_json::json!(analysis.map(|a| &a.regions)));
+    m.insert("actions".into(), serde_json::json!(stored_actions(analysis, model_caption)));
+    m.insert("model_skipped".into(), model_caption.is_none().into());
+    m
+}
+
+impl Analysis {
+    /// Adds `c2pa.transcoded` when the republished file is not the original's bytes.
+    pub fn with_files(mut self, original: &[u8], republished: &[u8]) -> Self {
+        if original != republished {
+            actions::merge(&mut self.actions, &["c2pa.transcoded"]);
+        }
+        self
+    }
 }
 
 #[cfg(test)]
@@ -156,7 +225,7 @@ mod tests {
             135,
             image::imageops::FilterType::CatmullRom,
         ));
-        let a = analyze(view(&original), view(&copy));
+        let a = analyze(view(&original), view(&copy)).expect("analysed");
         assert!(!a.changed, "residual {}", a.max_residual);
         assert!(a.actions.contains(&"c2pa.orientation") && a.actions.contains(&"c2pa.resized"), "{:?}", a.actions);
         let mut edited = original.clone();
@@ -165,7 +234,7 @@ mod tests {
                 edited.put_pixel(x, y, image::Rgb([250, 250, 20]));
             }
         }
-        let a = analyze(view(&original), view(&edited));
+        let a = analyze(view(&original), view(&edited)).expect("analysed");
         assert!(a.changed, "residual {}", a.max_residual);
         let hit = a.regions.iter().any(|r| r[0] < 200 && r[2] > 150 && r[1] < 100 && r[3] > 60);
         assert!(hit, "no region over the pasted block: {:?}", a.regions);

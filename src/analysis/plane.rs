@@ -3,6 +3,71 @@
 
 use blip2idc_resample::{PassOrder, Rgb};
 
+/// What the analysis keeps of one decoded image: a thumbnail (RGB bytes) and the image's full size
+/// (its header's, which a DCT-scaled decode does not have).
+#[derive(Clone, Debug)]
+pub struct Thumbnail {
+    pub rgb: Vec<u8>,
+    pub width: usize,
+    pub height: usize,
+    pub full: (usize, usize),
+}
+
+impl Thumbnail {
+    /// `img` (decoded at any scale of an image of `full` pixels) reduced so that its longer side is
+    /// at most `side`: first by an integer box average while that keeps at least twice `side` (cheap:
+    /// one pass over the pixels, as Pillow's `thumbnail` does with `reduce`), then Pillow-exact
+    /// bicubic.
+    pub fn new(img: Rgb<'_>, full: (usize, usize), side: usize) -> Self {
+        let k = (img.width.max(img.height) / (2 * side)).max(1);
+        let reduced;
+        let src = if k > 1 {
+            reduced = box_reduce(img, k);
+            Rgb::new(&reduced, img.width / k, img.height / k)
+        } else {
+            img
+        };
+        let scale = (side as f64 / src.width.max(src.height) as f64).min(1.0);
+        let (w, h) = (
+            ((src.width as f64 * scale).round() as usize).max(1),
+            ((src.height as f64 * scale).round() as usize).max(1),
+        );
+        let rgb = if (w, h) == (src.width, src.height) {
+            (0..h).flat_map(|y| src.row(y).iter().copied()).collect()
+        } else {
+            blip2idc_resample::resize(src, w, h, PassOrder::Legacy)
+        };
+        Thumbnail { rgb, width: w, height: h, full }
+    }
+
+    pub fn view(&self) -> Rgb<'_> {
+        Rgb::new(&self.rgb, self.width, self.height)
+    }
+}
+
+/// The mean of each `k × k` block of `img` (the last partial row and column of blocks dropped).
+fn box_reduce(img: Rgb<'_>, k: usize) -> Vec<u8> {
+    let (w, h) = (img.width / k, img.height / k);
+    let mut out = Vec::with_capacity(w * h * 3);
+    let mut acc = vec![0u32; img.width * 3];
+    let area = (k * k) as u32;
+    for by in 0..h {
+        acc.fill(0);
+        for y in by * k..(by + 1) * k {
+            for (a, &v) in acc.iter_mut().zip(img.row(y)) {
+                *a += v as u32;
+            }
+        }
+        for bx in 0..w {
+            for ch in 0..3 {
+                let s: u32 = (0..k).map(|i| acc[(bx * k + i) * 3 + ch]).sum();
+                out.push(((s + area / 2) / area) as u8);
+            }
+        }
+    }
+    out
+}
+
 /// A `w × h` image of `c` interleaved float channels.
 #[derive(Clone, Debug)]
 pub struct Plane {
