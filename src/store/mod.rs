@@ -40,6 +40,14 @@ pub struct CaptionRecord {
     pub inference_seconds: f64,
     pub end_to_end_seconds: f64,
     pub batch_size: i32,
+    /// Whether the change analysis found a local change (`None`: not analysed).
+    pub changed: Option<bool>,
+    /// The changed regions, `[x0, y0, x1, y1)` in the original's pixels (`None`: not analysed).
+    pub regions: Option<Vec<[u32; 4]>>,
+    /// C2PA action names.
+    pub actions: Vec<String>,
+    /// Stored without running the model (found unchanged).
+    pub model_skipped: bool,
 }
 
 /// Connection pool plus retry policy.
@@ -137,10 +145,17 @@ impl Store {
         let inference: Vec<f64> = rows.iter().map(|r| r.inference_seconds).collect();
         let e2e: Vec<f64> = rows.iter().map(|r| r.end_to_end_seconds).collect();
         let sizes: Vec<i32> = rows.iter().map(|r| r.batch_size).collect();
+        let changed: Vec<Option<bool>> = rows.iter().map(|r| r.changed).collect();
+        let regions: Vec<Option<Json<&Vec<[u32; 4]>>>> = rows.iter().map(|r| r.regions.as_ref().map(Json)).collect();
+        // Ragged arrays cannot be UNNESTed: each row's actions travel as a JSON array.
+        let actions: Vec<Json<&Vec<String>>> = rows.iter().map(|r| Json(&r.actions)).collect();
+        let skipped: Vec<bool> = rows.iter().map(|r| r.model_skipped).collect();
         sqlx::query(
             "INSERT INTO captions (event_id, model_version, caption, inference_seconds, end_to_end_seconds,
-                                   batch_size)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::int4[])
+                                   batch_size, changed, regions, actions, model_skipped)
+             SELECT e, m, c, i, t, b, ch, r, ARRAY(SELECT jsonb_array_elements_text(a)), s
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::int4[],
+                         $7::bool[], $8::jsonb[], $9::jsonb[], $10::bool[]) AS u(e, m, c, i, t, b, ch, r, a, s)
              ON CONFLICT (event_id, model_version) DO NOTHING",
         )
         .bind(&ids)
@@ -149,6 +164,10 @@ impl Store {
         .bind(&inference)
         .bind(&e2e)
         .bind(&sizes)
+        .bind(&changed)
+        .bind(&regions)
+        .bind(&actions)
+        .bind(&skipped)
         .execute(&mut *tx)
         .await
         .context("inserting captions")?;
