@@ -39,6 +39,8 @@ pub struct Config {
     pub decode: DecodeConfig,
     /// How a decoded pair becomes the model's input.
     pub preprocess: PreprocessConfig,
+    /// The change analysis beside the caption, and skipping the model for unchanged copies.
+    pub analysis: AnalysisConfig,
     /// PostgreSQL: captions, the model registry, training runs, the breaker.
     pub database: DatabaseConfig,
     /// The captioning model and how it runs.
@@ -191,6 +193,18 @@ pub struct PreprocessConfig {
     /// Decode and resample a pair's two images on two threads when fewer pairs than cores are being
     /// decoded (pairs of at least a megapixel): lower latency at light load, no change under load.
     pub split_large_pairs: bool,
+}
+
+/// `[analysis]`: the change analysis ([`crate::analysis`]).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisConfig {
+    /// Analyse every pair (stored as `changed`, `regions`, `actions`).
+    pub enabled: bool,
+    /// Store pairs found unchanged with `unchanged_caption`, without running the model.
+    pub skip_unchanged: bool,
+    /// The caption stored for a skipped pair (in the captions' style).
+    pub unchanged_caption: String,
 }
 
 /// `[database]`: PostgreSQL.
@@ -445,6 +459,17 @@ impl Config {
                 errs.push(msg)
             }
         };
+        let a = &self.analysis;
+        check(
+            a.enabled || !a.skip_unchanged,
+            "analysis.skip_unchanged needs analysis.enabled = true (set skip_unchanged = false to turn the analysis off)"
+                .into(),
+        );
+        let caption = a.unchanged_caption.trim();
+        check(
+            !caption.is_empty() && caption.len() <= 200 && !caption.contains('\0'),
+            format!("analysis.unchanged_caption must be 1-200 characters of text, got {:?}", a.unchanged_caption),
+        );
         let k = &self.kafka;
         check(!k.brokers.trim().is_empty(), "kafka.brokers is empty; expected host:port[,host:port]".into());
         for b in k.brokers.split(',') {
@@ -762,6 +787,23 @@ mod tests {
             jail.set_env("BLIP2IDC_PREPROCESS__MODE", "quick");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.to_lowercase().contains("preprocess.mode") && err.contains("quick"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn analysis_settings_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.analysis.enabled && c.analysis.skip_unchanged);
+            assert_eq!(c.analysis.unchanged_caption, "no visible change");
+            jail.set_env("BLIP2IDC_ANALYSIS__ENABLED", "false");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("analysis.skip_unchanged needs analysis.enabled"), "{err}");
+            jail.set_env("BLIP2IDC_ANALYSIS__SKIP_UNCHANGED", "false");
+            jail.set_env("BLIP2IDC_ANALYSIS__UNCHANGED_CAPTION", " ");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("analysis.unchanged_caption must be 1-200 characters"), "{err}");
             Ok(())
         });
     }

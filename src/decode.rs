@@ -13,7 +13,8 @@
 //! ([`blip2idc_resample::StackSqueeze`]), so a full-resolution image lives only while its own resize
 //! reads it. With `preprocess.mode = "fast"` JPEGs are decoded at libjpeg-turbo's smallest DCT scale
 //! that keeps twice the model's resolution. A large pair's two images are decoded on two threads
-//! when cores are idle (`preprocess.split_large_pairs`).
+//! when cores are idle (`preprocess.split_large_pairs`). While an image is decoded, the change
+//! analysis' thumbnail is made from it too ([`crate::analysis`]), so the analysis never decodes again.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use blip2idc_resample::StackSqueeze;
 use image::{DynamicImage, ImageError, ImageFormat, ImageReader, RgbImage};
 
+use crate::analysis::{self, plane::Thumbnail, Analysis};
 use crate::config::{DecodeConfig, PreprocessConfig, PreprocessMode};
 use crate::error::{RejectKind, Rejection};
 use crate::model::preprocess::{rgb_view, ImageProcessorConfig};
@@ -303,6 +305,21 @@ impl PairPlan {
         Ok(PairPlan { original, modified, out })
     }
 
+    /// Whether both images are large enough for the change analysis ([`analysis::MIN_SIDE`]).
+    pub fn analysable(&self) -> bool {
+        let big = |p: &ImagePlan| p.size.0.min(p.size.1) >= analysis::MIN_SIDE;
+        big(&self.original) && big(&self.modified)
+    }
+
+    /// The bytes the change analysis adds ([`analysis::working_bytes`]).
+    pub fn analysis_bytes(&self) -> u64 {
+        if self.analysable() {
+            analysis::working_bytes(self.original.decoded, self.modified.decoded)
+        } else {
+            0
+        }
+    }
+
     /// The bytes decoding and preprocessing allocate at most: both decoded images (they can be alive
     /// at once when the pair is split across threads), the streaming buffers, the model input.
     pub fn bytes(&self) -> u64 {
@@ -433,14 +450,34 @@ pub fn decode_pair(
     preprocess: &PreprocessConfig,
     processor: &ImageProcessorConfig,
 ) -> Result<Vec<f32>, Rejection> {
-    let out = (processor.width as usize, processor.height as usize);
-    let plan = PairPlan::new(original, republished, limits, preprocess.mode, out)?;
-    decode_planned_pair(original, republished, &plan, limits, preprocess, processor)
+    Ok(decode_pair_analysed(original, republished, limits, preprocess, processor, false)?.pixel_values)
 }
 
-/// [`decode_pair`] with the pair's plan already made (the pipeline makes it first, for the budget):
-/// each image decoded, reduced to its half of the model input and dropped (on two threads for a large
-/// pair when cores are idle).
+/// [`decode_pair`], with the change analysis ([`crate::analysis`]) when `analyse` is set.
+pub fn decode_pair_analysed(
+    original: &[u8],
+    republished: &[u8],
+    limits: &DecodeConfig,
+    preprocess: &PreprocessConfig,
+    processor: &ImageProcessorConfig,
+    analyse: bool,
+) -> Result<DecodedPair, Rejection> {
+    let out = (processor.width as usize, processor.height as usize);
+    let plan = PairPlan::new(original, republished, limits, preprocess.mode, out)?;
+    decode_planned_pair(original, republished, &plan, limits, preprocess, processor, analyse)
+}
+
+/// A decoded pair: the model's input and, when asked for and both images are large enough, the
+/// change analysis.
+pub struct DecodedPair {
+    pub pixel_values: Vec<f32>,
+    pub analysis: Option<Analysis>,
+}
+
+/// [`decode_pair_analysed`] with the pair's plan already made (the pipeline makes it first, for the
+/// budget): each image decoded, reduced to its half of the model input and to the analysis'
+/// thumbnail, and dropped (on two threads for a large pair when cores are idle); then the thumbnails
+/// compared.
 pub fn decode_planned_pair(
     original: &[u8],
     republished: &[u8],
@@ -448,21 +485,32 @@ pub fn decode_planned_pair(
     limits: &DecodeConfig,
     preprocess: &PreprocessConfig,
     processor: &ImageProcessorConfig,
-) -> Result<Vec<f32>, Rejection> {
+    analyse: bool,
+) -> Result<DecodedPair, Rejection> {
+    let with_files = |a: Analysis| a.with_files(original, republished);
     if !processor.do_resize {
         let a = decode(original, limits, "original")?;
         let b = decode(republished, limits, "republished")?;
-        return Ok(processor.preprocess_pair(&a, &b));
+        let analysis = if analyse {
+            let (a, b) = (a.to_rgb8(), b.to_rgb8());
+            crate::analysis::analyze(rgb_view(&a), rgb_view(&b)).map(with_files)
+        } else {
+            None
+        };
+        return Ok(DecodedPair { pixel_values: processor.preprocess_pair(&a, &b), analysis });
     }
+    let analyse = analyse && plan.analysable();
     let out = plan.out;
     let squeeze = StackSqueeze::new(plan.modified.decoded, out);
     let top = || -> Result<_, Rejection> {
         let img = decode_planned(original, &plan.original, limits, "original")?;
-        Ok(squeeze.top(rgb_view(&img)))
+        let thumb = analyse.then(|| Thumbnail::new(rgb_view(&img), plan.original.size, analysis::ORIGINAL_SIDE));
+        Ok((squeeze.top(rgb_view(&img)), thumb))
     };
     let bottom = || -> Result<_, Rejection> {
         let img = decode_planned(republished, &plan.modified, limits, "republished")?;
-        Ok(squeeze.bottom(rgb_view(&img)))
+        let thumb = analyse.then(|| Thumbnail::new(rgb_view(&img), plan.modified.size, analysis::DIFF_SIDE));
+        Ok((squeeze.bottom(rgb_view(&img)), thumb))
     };
     let (_decoding, now) = Decoding::enter();
     let pixels = |p: &ImagePlan| p.decoded.0 * p.decoded.1;
@@ -476,8 +524,20 @@ pub fn decode_planned_pair(
     } else {
         (top(), bottom())
     };
-    let rgb = squeeze.finish(&top?, &bottom?);
-    Ok(processor.normalize(&rgb))
+    let ((top, orig_thumb), (bottom, rep_thumb)) = (top?, bottom?);
+    let rgb = squeeze.finish(&top, &bottom);
+    let analysis = match (orig_thumb, rep_thumb) {
+        (Some(o), Some(r)) => {
+            let started = std::time::Instant::now();
+            let a = with_files(analysis::analyze_thumbnails(&o, &r));
+            metrics::histogram!(crate::metrics::ANALYSIS_SECONDS).record(started.elapsed().as_secs_f64());
+            let changed = if a.changed { "true" } else { "false" };
+            metrics::counter!(crate::metrics::PAIRS_ANALYSED, "changed" => changed).increment(1);
+            Some(a)
+        }
+        _ => None,
+    };
+    Ok(DecodedPair { pixel_values: processor.normalize(&rgb), analysis })
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ pub const MODEL_SWAPS: &str = "blip2idc_model_swaps_total";
 pub const MODEL_SWAP_FAILURES: &str = "blip2idc_model_swap_failures_total";
 pub const MODEL_LOADED: &str = "blip2idc_model_loaded_info";
 pub const MODEL_STALE: &str = "blip2idc_model_stale";
+pub const PAIRS_ANALYSED: &str = "blip2idc_pairs_analysed_total";
+pub const MODEL_SKIPPED: &str = "blip2idc_model_skipped_total";
+pub const EDIT_ACTIONS: &str = "blip2idc_edit_actions_total";
+pub const ANALYSIS_SECONDS: &str = "blip2idc_analysis_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -85,4 +89,12 @@ fn describe() {
     );
     describe_gauge!(MODEL_LOADED, "1 for the model version this consumer captions with (label version).");
     describe_gauge!(MODEL_STALE, "1 while this consumer runs another version than the registry's promoted one.");
+    describe_counter!(PAIRS_ANALYSED, "Pairs compared by the change analysis, by outcome (changed = true/false).");
+    describe_counter!(MODEL_SKIPPED, "Pairs found unchanged and stored without running the model.");
+    describe_counter!(EDIT_ACTIONS, "Stored pairs per C2PA edit action named (label action).");
+    describe_histogram!(
+        ANALYSIS_SECONDS,
+        Unit::Seconds,
+        "Time to compare a pair's thumbnails (alignment and difference; the thumbnails are made while decoding)."
+    );
 }

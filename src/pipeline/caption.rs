@@ -17,6 +17,22 @@ pub struct Captioned {
     pub model_version: String,
     pub inference_seconds: f64,
     pub batch_size: usize,
+    /// The change analysis found the pairs unchanged and the model did not run.
+    pub model_skipped: bool,
+}
+
+impl Captioned {
+    /// A pair stored without the model: `caption` is the fixed unchanged caption, `model_version`
+    /// the captioner's at the time.
+    pub fn skipped(pair: Prepared, caption: String, model_version: String) -> Self {
+        Captioned {
+            items: vec![(pair, caption)],
+            model_version,
+            inference_seconds: 0.0,
+            batch_size: 0,
+            model_skipped: true,
+        }
+    }
 }
 
 /// The step: cuts batches ([`crate::batch::next_batch`]) and hands up to `in_flight` of them to the
@@ -83,6 +99,7 @@ pub async fn step(
             model_version: result.model_version,
             inference_seconds: result.inference.as_secs_f64(),
             batch_size,
+            model_skipped: false,
         };
         if out.send(captioned).await.is_err() {
             break;

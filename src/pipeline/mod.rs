@@ -6,7 +6,7 @@
 //! | step | file | in → out |
 //! |---|---|---|
 //! | consume | [`crate::source`] | Kafka message → [`Job`] (the message, its offset ticket, its permit) |
-//! | prepare | [`prepare`] (→ [`crate::event`], [`crate::fetch`], [`crate::budget`], [`crate::decode`], [`crate::model::preprocess`]) | [`Job`] → [`crate::event::ImagePairEvent`] → [`Prepared`] (pixels) |
+//! | prepare | [`prepare`] (→ [`crate::event`], [`crate::fetch`], [`crate::budget`], [`crate::decode`], [`crate::model::preprocess`], [`crate::analysis`]) | [`Job`] → [`crate::event::ImagePairEvent`] → [`Prepared`] (pixels, change analysis); an unchanged pair → [`caption::Captioned`] straight to the store |
 //! | batch + caption | [`caption`] (→ [`crate::batch`], [`crate::caption`]) | [`Prepared`]s → [`caption::Captioned`] |
 //! | store | [`store`] (→ [`crate::store`]) | [`caption::Captioned`] → [`crate::store::CaptionRecord`] rows |
 //! | finish | [`outcomes`] (→ [`crate::dlq`]) | stored or dead-lettered: the job's ticket completes |
@@ -127,13 +127,15 @@ pub async fn run_with(
         fetcher: Fetcher::new(s3, &cfg.s3),
         limits: cfg.decode.clone(),
         preprocess: cfg.preprocess.clone(),
+        analysis: cfg.analysis.clone(),
         processor: worker.processor().clone(),
+        worker: worker.clone(),
         decode_slots: Arc::new(Semaphore::new(p.decode_concurrency)),
         outcomes: outcomes.clone(),
         budget: budget.clone(),
         max_event_bytes: cfg.kafka.max_event_bytes,
     });
-    let prepare_task = tokio::spawn(prepare::step(prepare, job_rx, prep_tx, cfg.s3.max_concurrency));
+    let prepare_task = tokio::spawn(prepare::step(prepare, job_rx, prep_tx, cap_tx.clone(), cfg.s3.max_concurrency));
     // Enough batches with the captioner that a continuous-batching decoder's rows stay full.
     let in_flight = 1 + cfg.model.max_running.div_ceil(p.max_batch_size).max(1);
     let caption_task = tokio::spawn(caption::step(

@@ -1,4 +1,6 @@
-//! Step 1: parse the event, fetch both images, decode and preprocess them.
+//! Step 1: parse the event, fetch both images, decode and preprocess them, and analyse the change
+//! ([`crate::analysis`]). A pair found unchanged (with `analysis.skip_unchanged`) goes straight to the
+//! store step with the fixed caption; the others go on to the captioner.
 //!
 //! Runs up to `s3.max_concurrency` jobs at once; decoding (CPU-bound) runs on blocking threads, at most
 //! `pipeline.decode_concurrency` at a time. Rejections are dead-lettered here; a transient failure that
@@ -11,9 +13,12 @@ use futures::StreamExt;
 use rdkafka::message::Message;
 use tokio::sync::{mpsc, Semaphore};
 
+use super::caption::Captioned;
 use super::outcomes::Outcomes;
+use crate::analysis::Analysis;
 use crate::budget::{ByteBudget, Reservation};
-use crate::config::{DecodeConfig, PreprocessConfig};
+use crate::caption::CaptionWorker;
+use crate::config::{AnalysisConfig, DecodeConfig, PreprocessConfig};
 use crate::error::{RejectKind, Rejection, StepError};
 use crate::event::ImagePairEvent;
 use crate::fetch::Fetcher;
@@ -27,6 +32,8 @@ pub struct Prepared {
     pub pixel_values: Vec<f32>,
     /// The budget its `pixel_values` hold until captioned.
     pub memory: Option<Reservation>,
+    /// What the change analysis found (`None`: not analysed).
+    pub analysis: Option<Analysis>,
 }
 
 /// Everything the step needs, shared by its concurrent jobs.
@@ -34,7 +41,10 @@ pub struct Prepare {
     pub fetcher: Fetcher,
     pub limits: DecodeConfig,
     pub preprocess: PreprocessConfig,
+    pub analysis: AnalysisConfig,
     pub processor: ImageProcessorConfig,
+    /// The captioner: skipped pairs are stored under its current model version.
+    pub worker: Arc<CaptionWorker>,
     pub decode_slots: Arc<Semaphore>,
     pub outcomes: Arc<Outcomes>,
     pub budget: Arc<ByteBudget>,
@@ -54,9 +64,13 @@ impl Prepare {
             ))),
         };
         match outcome {
-            Ok((event, pixel_values, memory)) => {
-                Some(Prepared { job, event: Arc::new(event), pixel_values, memory: Some(memory) })
-            }
+            Ok((event, pair, memory)) => Some(Prepared {
+                job,
+                event: Arc::new(event),
+                pixel_values: pair.pixel_values,
+                memory: Some(memory),
+                analysis: pair.analysis,
+            }),
             Err(StepError::Reject(why)) => {
                 self.outcomes.dead_letter(job, why);
                 None
@@ -68,7 +82,7 @@ impl Prepare {
         }
     }
 
-    async fn try_run(&self, job: &Job) -> Result<(ImagePairEvent, Vec<f32>, Reservation), StepError> {
+    async fn try_run(&self, job: &Job) -> Result<(ImagePairEvent, crate::decode::DecodedPair, Reservation), StepError> {
         let payload = job
             .message
             .payload()
@@ -93,7 +107,8 @@ impl Prepare {
         let (mw, mh) = plan.modified.decoded;
         // Without the processor's resize, the whole stack and its f32 values exist too.
         let unresized = if self.processor.do_resize { 0 } else { 2 * (mw * mh) as u64 * (3 + 3 * 4) };
-        let cost = plan.bytes() + unresized;
+        let analyse = self.analysis.enabled;
+        let cost = plan.bytes() + unresized + if analyse { plan.analysis_bytes() } else { 0 };
         if cost > self.budget.half_bytes() {
             return Err(Rejection::new(
                 RejectKind::ImageTooLarge,
@@ -110,8 +125,9 @@ impl Prepare {
         };
         let (limits, preprocess, processor) = (self.limits.clone(), self.preprocess.clone(), self.processor.clone());
         let started = Instant::now();
-        let decode = move || crate::decode::decode_planned_pair(&a, &b, &plan, &limits, &preprocess, &processor);
-        let pixels = match tokio::task::spawn_blocking(decode).await {
+        let decode =
+            move || crate::decode::decode_planned_pair(&a, &b, &plan, &limits, &preprocess, &processor, analyse);
+        let pair = match tokio::task::spawn_blocking(decode).await {
             Ok(r) => r?,
             Err(e) if e.is_panic() => {
                 let why = crate::error::panic_message(&*e.into_panic());
@@ -121,13 +137,20 @@ impl Prepare {
         };
         metrics::histogram!(crate::metrics::DECODE_SECONDS).record(started.elapsed().as_secs_f64());
         drop(fetched);
-        memory.shrink_to((pixels.len() * std::mem::size_of::<f32>()) as u64);
-        Ok((event, pixels, memory))
+        memory.shrink_to((pair.pixel_values.len() * std::mem::size_of::<f32>()) as u64);
+        Ok((event, pair, memory))
     }
 }
 
-/// The step: runs [`Prepare::run`] on up to `concurrency` jobs at once and passes on the prepared ones.
-pub async fn step(prepare: Arc<Prepare>, jobs: mpsc::Receiver<Job>, out: mpsc::Sender<Prepared>, concurrency: usize) {
+/// The step: runs [`Prepare::run`] on up to `concurrency` jobs at once and passes on the prepared ones:
+/// to the captioner (`out`), or, found unchanged, to the store (`skipped`).
+pub async fn step(
+    prepare: Arc<Prepare>,
+    jobs: mpsc::Receiver<Job>,
+    out: mpsc::Sender<Prepared>,
+    skipped: mpsc::Sender<Captioned>,
+    concurrency: usize,
+) {
     let stream = tokio_stream_from(jobs);
     let mut prepared = stream
         .map(|job| {
@@ -136,10 +159,19 @@ pub async fn step(prepare: Arc<Prepare>, jobs: mpsc::Receiver<Job>, out: mpsc::S
         })
         .buffer_unordered(concurrency);
     while let Some(item) = prepared.next().await {
-        if let Some(p) = item {
-            if out.send(p).await.is_err() {
-                return;
-            }
+        let Some(mut p) = item else { continue };
+        let unchanged = p.analysis.as_ref().is_some_and(|a| !a.changed);
+        let sent = if unchanged && prepare.analysis.skip_unchanged {
+            metrics::counter!(crate::metrics::MODEL_SKIPPED).increment(1);
+            p.pixel_values = Vec::new();
+            p.memory = None;
+            let caption = prepare.analysis.unchanged_caption.clone();
+            skipped.send(Captioned::skipped(p, caption, prepare.worker.model_version())).await.is_ok()
+        } else {
+            out.send(p).await.is_ok()
+        };
+        if !sent {
+            return;
         }
     }
 }

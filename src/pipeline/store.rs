@@ -30,14 +30,22 @@ pub async fn step(store: Store, outcomes: Arc<Outcomes>, mut input: mpsc::Receiv
         let records: Vec<CaptionRecord> = batches
             .iter()
             .flat_map(|batch| {
-                batch.items.iter().map(|(p, caption)| CaptionRecord {
-                    event: p.event.clone(),
-                    origin: p.job.origin(),
-                    model_version: batch.model_version.clone(),
-                    caption: caption.clone(),
-                    inference_seconds: batch.inference_seconds,
-                    end_to_end_seconds: p.job.received_at.elapsed().as_secs_f64(),
-                    batch_size: batch.batch_size as i32,
+                batch.items.iter().map(|(p, caption)| {
+                    let model_caption = (!batch.model_skipped).then_some(caption.as_str());
+                    let actions = crate::analysis::stored_actions(p.analysis.as_ref(), model_caption);
+                    CaptionRecord {
+                        event: p.event.clone(),
+                        origin: p.job.origin(),
+                        model_version: batch.model_version.clone(),
+                        caption: caption.clone(),
+                        inference_seconds: batch.inference_seconds,
+                        end_to_end_seconds: p.job.received_at.elapsed().as_secs_f64(),
+                        batch_size: batch.batch_size as i32,
+                        changed: p.analysis.as_ref().map(|a| a.changed),
+                        regions: p.analysis.as_ref().map(|a| a.regions.clone()),
+                        actions: actions.into_iter().map(String::from).collect(),
+                        model_skipped: batch.model_skipped,
+                    }
                 })
             })
             .collect();
@@ -46,6 +54,9 @@ pub async fn step(store: Store, outcomes: Arc<Outcomes>, mut input: mpsc::Receiv
             Ok(()) => {
                 metrics::histogram!(crate::metrics::STORE_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::counter!(crate::metrics::CAPTIONED).increment(records.len() as u64);
+                for action in records.iter().flat_map(|r| &r.actions) {
+                    metrics::counter!(crate::metrics::EDIT_ACTIONS, "action" => action.clone()).increment(1);
+                }
                 for batch in batches {
                     for (p, _) in batch.items {
                         outcomes.stored(p.job);
