@@ -190,8 +190,12 @@ struct CaptionArgs {
     /// Keep the adapter as a separate LoRA branch instead of merging it into the weights.
     #[arg(long, conflicts_with = "batch")]
     unmerged: bool,
-    /// Print one JSON object {"caption": "...", "token_ids": [...]} (token_ids: the generated tokens
-    /// after the bos prompt, up to but excluding the first eos).
+    /// Print one JSON object {"caption", "token_ids", "changed", "regions", "actions",
+    /// "model_skipped"}: token_ids are the generated tokens after the bos prompt, up to but excluding
+    /// the first eos; the rest is the change analysis (regions as [x0, y0, x1, y1] boxes in the
+    /// original's pixels, actions as C2PA action names). A pair found unchanged gets
+    /// analysis.unchanged_caption without the model (model_skipped: true; token_ids empty) unless
+    /// BLIP2IDC_ANALYSIS__SKIP_UNCHANGED=false.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -416,13 +420,31 @@ async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
         None => blip2idc::model::DEFAULT_MAX_NEW_TOKENS.min(model.model.max_new_tokens_limit()),
     };
     // Decoded and preprocessed as the service does (`preprocess.mode` included).
-    let pixels = blip2idc::decode::decode_pair(&original, &modified, &cfg.decode, &cfg.preprocess, &model.processor)
-        .map_err(|r| anyhow::anyhow!("{original_spec} / {modified_spec}: {r}"))?;
-    let g = model.caption_pixels(&[&pixels], max_new_tokens)?.remove(0);
-    if a.json {
-        println!("{}", serde_json::json!({"caption": g.caption, "token_ids": g.token_ids}));
+    let (analyse, skip) = (cfg.analysis.enabled, cfg.analysis.skip_unchanged);
+    let pair = blip2idc::decode::decode_pair_analysed(
+        &original,
+        &modified,
+        &cfg.decode,
+        &cfg.preprocess,
+        &model.processor,
+        analyse,
+    )
+    .map_err(|r| anyhow::anyhow!("{original_spec} / {modified_spec}: {r}"))?;
+    let analysis = pair.analysis.as_ref();
+    // A pair found unchanged gets the fixed caption without the model, as in the service.
+    let (caption, token_ids) = if skip && analysis.is_some_and(|a| !a.changed) {
+        (None, Vec::new())
     } else {
-        println!("{}", g.caption);
+        let g = model.caption_pixels(&[&pair.pixel_values], max_new_tokens)?.remove(0);
+        (Some(g.caption), g.token_ids)
+    };
+    let text = caption.clone().unwrap_or_else(|| cfg.analysis.unchanged_caption.clone());
+    if a.json {
+        let mut line = serde_json::json!({"caption": text, "token_ids": token_ids});
+        line.as_object_mut().expect("an object").extend(blip2idc::analysis::report(analysis, caption.as_deref()));
+        println!("{line}");
+    } else {
+        println!("{text}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -477,13 +499,15 @@ async fn caption_file(a: CaptionArgs, input: PathBuf) -> anyhow::Result<ExitCode
             .max(1),
         decode: cfg.decode.clone(),
         preprocess: cfg.preprocess.clone(),
+        analysis: cfg.analysis.clone(),
         s3: cfg.s3.clone(),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let summary = blip2idc::caption::offline::run(&run, worker).await?;
     eprintln!(
-        "{} captioned, {} failed, {} already in {} (skipped)",
+        "{} captioned ({} found unchanged, without the model), {} failed, {} already in {} (skipped)",
         summary.captioned,
+        summary.unchanged,
         summary.failed,
         summary.skipped,
         output.display()

@@ -5,7 +5,9 @@
 //! pair is decoded and preprocessed as the service does, captioned by the service's captioner thread
 //! ([`super::CaptionWorker`], batches of `--batch-size`), and written as one output line with the keys
 //! of `caption --json` plus the id and the model version:
-//! `{"id", "caption", "token_ids", "model_version"}`. A line that cannot be captioned (bad JSON, a
+//! `{"id", "caption", "token_ids", "model_version", "changed", "regions", "actions", "model_skipped"}`
+//! (the change analysis, [`crate::analysis`]; with `analysis.skip_unchanged` a pair found unchanged
+//! gets `analysis.unchanged_caption` without the model, and empty `token_ids`). A line that cannot be captioned (bad JSON, a
 //! missing field or file, an image that does not decode) gets `{"id", "error", "kind"}` and the
 //! rest goes on.
 //!
@@ -26,7 +28,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::CaptionWorker;
-use crate::config::{DecodeConfig, PreprocessConfig, S3Config};
+use crate::analysis::Analysis;
+use crate::config::{AnalysisConfig, DecodeConfig, PreprocessConfig, S3Config};
+use crate::decode::DecodedPair;
 use crate::error::{RejectKind, Rejection};
 use crate::fetch::ObjectReader;
 use crate::model::preprocess::ImageProcessorConfig;
@@ -35,8 +39,10 @@ use crate::s3uri::S3Uri;
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Pairs captioned by this run.
+    /// Pairs captioned by this run (those found unchanged included).
     pub captioned: usize,
+    /// Of those, pairs found unchanged and given the fixed caption without the model.
+    pub unchanged: usize,
     /// Lines that failed (each has an error line in the output).
     pub failed: usize,
     /// Ids skipped because the output already had their caption.
@@ -55,6 +61,7 @@ pub struct Options {
     pub in_flight: usize,
     pub decode: DecodeConfig,
     pub preprocess: PreprocessConfig,
+    pub analysis: AnalysisConfig,
     pub s3: S3Config,
     /// Show a progress bar (on stderr, when it is a terminal).
     pub progress: bool,
@@ -113,10 +120,13 @@ pub async fn run(opts: &Options, worker: Arc<CaptionWorker>) -> anyhow::Result<S
     // Read and decode concurrently; caption in batches as pairs become ready.
     // One channel for loaded pairs and loading failures alike: batches are cut from it (next_batch
     // is not cancellation-safe, so nothing else is awaited beside it).
-    let (tx, mut rx) = mpsc::channel::<(String, Result<Vec<f32>, Rejection>)>(opts.batch_size * 2);
+    let (tx, mut rx) = mpsc::channel::<(String, Result<DecodedPair, Rejection>)>(opts.batch_size * 2);
     let loader = {
-        let (decode, processor, concurrency) =
-            ((opts.decode.clone(), opts.preprocess.clone()), worker.processor().clone(), opts.concurrency);
+        let (decode, processor, concurrency) = (
+            (opts.decode.clone(), opts.preprocess.clone(), opts.analysis.enabled),
+            worker.processor().clone(),
+            opts.concurrency,
+        );
         tokio::spawn(async move {
             let mut loaded = futures::stream::iter(todo)
                 .map(|pair| {
@@ -140,15 +150,19 @@ pub async fn run(opts: &Options, worker: Arc<CaptionWorker>) -> anyhow::Result<S
     let bar_for_report = bar.clone();
     let report = |summary: &mut Summary,
                   write: &mut dyn FnMut(Value) -> anyhow::Result<()>,
-                  ids: Vec<String>,
+                  ids: Vec<(String, Option<Analysis>)>,
                   output: super::BatchOutput|
      -> anyhow::Result<()> {
-        for (id, caption) in ids.into_iter().zip(output.captions) {
+        for ((id, analysis), caption) in ids.into_iter().zip(output.captions) {
             match caption {
                 Ok(c) => {
                     summary.captioned += 1;
-                    write(json!({"id": id, "caption": c.text, "token_ids": c.token_ids,
-                                 "model_version": output.model_version}))?;
+                    let mut line = json!({"id": id, "caption": c.text, "token_ids": c.token_ids,
+                                          "model_version": output.model_version});
+                    line.as_object_mut()
+                        .expect("an object")
+                        .extend(crate::analysis::report(analysis.as_ref(), Some(&c.text)));
+                    write(line)?;
                 }
                 Err(why) => {
                     summary.failed += 1;
@@ -163,9 +177,18 @@ pub async fn run(opts: &Options, worker: Arc<CaptionWorker>) -> anyhow::Result<S
         let (mut ids, mut pixels) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
         for (id, loaded) in batch {
             match loaded {
+                Ok(p) if opts.analysis.skip_unchanged && p.analysis.as_ref().is_some_and(|a| !a.changed) => {
+                    summary.captioned += 1;
+                    summary.unchanged += 1;
+                    let mut line = json!({"id": id, "caption": opts.analysis.unchanged_caption, "token_ids": [],
+                                          "model_version": worker.model_version()});
+                    line.as_object_mut().expect("an object").extend(crate::analysis::report(p.analysis.as_ref(), None));
+                    write(line)?;
+                    bar.inc(1);
+                }
                 Ok(p) => {
-                    ids.push(id);
-                    pixels.push(p);
+                    ids.push((id, p.analysis));
+                    pixels.push(p.pixel_values);
                 }
                 Err(why) => {
                     summary.failed += 1;
@@ -195,6 +218,7 @@ pub async fn run(opts: &Options, worker: Arc<CaptionWorker>) -> anyhow::Result<S
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         captioned = summary.captioned,
+        unchanged = summary.unchanged,
         failed = summary.failed,
         skipped = summary.skipped,
         pairs_per_s = summary.captioned as f64 / seconds.max(1e-9),
@@ -266,11 +290,11 @@ fn parse_line(line: &str) -> Result<Pair, (Value, Rejection)> {
 async fn load(
     pair: &Pair,
     reader: Option<&ObjectReader>,
-    (limits, preprocess): (DecodeConfig, PreprocessConfig),
+    (limits, preprocess, analyse): (DecodeConfig, PreprocessConfig, bool),
     processor: ImageProcessorConfig,
-) -> Result<Vec<f32>, Rejection> {
+) -> Result<DecodedPair, Rejection> {
     let (a, b) = tokio::try_join!(read(&pair.original, reader), read(&pair.modified, reader))?;
-    let decode = move || crate::decode::decode_pair(&a, &b, &limits, &preprocess, &processor);
+    let decode = move || crate::decode::decode_pair_analysed(&a, &b, &limits, &preprocess, &processor, analyse);
     match tokio::task::spawn_blocking(decode).await {
         Ok(r) => r,
         Err(e) => Err(Rejection::new(RejectKind::InternalError, format!("decoding failed: {e}"))),
