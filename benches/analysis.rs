@@ -2,13 +2,14 @@
 //! (scikit-image's sample photos, fetched once with pip, and the synthetic world), each pair decoded as
 //! the service decodes it and analysed.
 //!
-//! `cargo bench --bench analysis -- --bench [--synthetic N]`
+//! `cargo bench --bench analysis -- --bench [--synthetic N] [--verbose]`
 //!
 //! Prints, per variant kind, the share of pairs found unchanged (skipped); the edited pairs of at
 //! least 0.5 % area wrongly skipped; the mean IoU between the union of the predicted regions and the
 //! true edit box, by edit size; precision and recall of the geometric C2PA actions; the residual
 //! distributions the threshold is chosen from; the analysis time per pair against the decoding time
-//! of the same pairs (the reference measured in the same run).
+//! of the same pairs (the reference measured in the same run). `--verbose` prints every detected edit's
+//! IoU, true box and predicted regions.
 //! Without `--bench` (as `cargo test --benches` runs it) it does nothing.
 
 #[global_allocator]
@@ -40,15 +41,20 @@ fn main() -> anyhow::Result<()> {
     blip2idc::setup_process();
     let photos = devtools::photos::sample_photos(&devtools::photos::cache_dir())?;
     let cases = devtools::edits::evaluation_set(&photos, num("--synthetic", 100));
+    let verbose = std::env::args().any(|a| a == "--verbose");
     let limits = DecodeConfig { max_width: 16384, max_height: 16384, max_alloc_bytes: 1 << 30 };
-    // kind -> (pairs, skipped)
-    let mut by_kind: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    // kind -> (pairs, skipped, IoUs of the detected edits)
+    let mut by_kind: BTreeMap<String, (usize, usize, Vec<f64>)> = BTreeMap::new();
     let (mut false_skips, mut big_edits) = (0usize, 0usize);
+    // The same over the edits that visibly changed ≥ 0.5 % of the image (`Case::visible_area`).
+    let (mut visible_skips, mut visible_edits) = (0usize, 0usize);
     let mut ious: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     // action -> (true positives, predicted, actual)
     let mut actions: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
     let (mut unedited_res, mut edited_res) = (Vec::new(), Vec::new());
     let (mut t_decode, mut t_analysis) = (0.0, 0.0);
+    // Analysis time and pairs, unedited [0] and edited [1].
+    let (mut t_by_truth, mut n_by_truth) = ([0.0f64; 2], [0usize; 2]);
     let mut worst = Vec::new();
     for c in &cases {
         let t = Instant::now();
@@ -60,7 +66,10 @@ fn main() -> anyhow::Result<()> {
             .expect("the evaluation set's images are large enough")
             // Every copy of the set is re-encoded (the original's file is not kept).
             .with_files(&[], &c.republished_file);
-        t_analysis += t.elapsed().as_secs_f64();
+        let spent = t.elapsed().as_secs_f64();
+        t_analysis += spent;
+        t_by_truth[c.edited as usize] += spent;
+        n_by_truth[c.edited as usize] += 1;
         let e = by_kind.entry(c.kind.clone()).or_default();
         e.0 += 1;
         e.1 += !a.changed as usize;
@@ -70,8 +79,15 @@ fn main() -> anyhow::Result<()> {
                 big_edits += 1;
                 if !a.changed {
                     false_skips += 1;
-                    worst.push(format!("{} (area {:.3}, residual {:.2})", c.id, c.edit_area, a.max_residual));
+                    worst.push(format!(
+                        "{} (area {:.3}, visibly changed {:.3}, residual {:.2})",
+                        c.id, c.edit_area, c.visible_area, a.max_residual
+                    ));
                 }
+            }
+            if c.visible_area >= 0.005 {
+                visible_edits += 1;
+                visible_skips += !a.changed as usize;
             }
             if a.changed {
                 let truth = c.edit_box.expect("edited cases have a box");
@@ -84,7 +100,12 @@ fn main() -> anyhow::Result<()> {
                     a if a < 0.1 => "3-10 %",
                     _ => "≥ 10 %",
                 };
-                ious.entry(bucket).or_default().push(union.map_or(0.0, |u| iou(u, truth)));
+                let v = union.map_or(0.0, |u| iou(u, truth));
+                if verbose {
+                    println!("  {}: IoU {v:.2}, truth {truth:?}, regions {:?}", c.id, a.regions);
+                }
+                ious.entry(bucket).or_default().push(v);
+                by_kind.get_mut(&c.kind).expect("counted above").2.push(v);
             }
         } else {
             unedited_res.push((a.max_residual, c.id.clone()));
@@ -102,9 +123,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("Change analysis on {} cases (threshold {CHANGED_THRESHOLD}):", cases.len());
-    println!("| kind | pairs | skipped (found unchanged) |\n|---|---|---|");
-    for (kind, (n, skipped)) in &by_kind {
-        println!("| {kind} | {n} | {:.1} % |", 100.0 * *skipped as f64 / *n as f64);
+    println!("| kind | pairs | skipped (found unchanged) | mean IoU of the detected |\n|---|---|---|---|");
+    for (kind, (n, skipped, v)) in &by_kind {
+        let iou = if v.is_empty() { "".into() } else { format!("{:.2}", v.iter().sum::<f64>() / v.len() as f64) };
+        println!("| {kind} | {n} | {:.1} % | {iou} |", 100.0 * *skipped as f64 / *n as f64);
     }
     let unedited_skipped = unedited_res.iter().filter(|r| r.0 <= CHANGED_THRESHOLD).count();
     println!(
@@ -112,6 +134,11 @@ fn main() -> anyhow::Result<()> {
         unedited_res.len(),
         100.0 * unedited_skipped as f64 / unedited_res.len() as f64,
         100.0 * false_skips as f64 / big_edits.max(1) as f64
+    );
+    println!(
+        "edited that visibly changed ≥ 0.5 % of the image (≥ {} levels) wrongly skipped: {visible_skips}/{visible_edits} = {:.2} %",
+        devtools::edits::VISIBLE_LEVELS,
+        100.0 * visible_skips as f64 / visible_edits.max(1) as f64
     );
     for (bucket, v) in &ious {
         println!("  IoU, edits {bucket}: mean {:.2} over {} detected", v.iter().sum::<f64>() / v.len() as f64, v.len());
@@ -139,7 +166,7 @@ fn main() -> anyhow::Result<()> {
         q(&ed, 0.01),
         q(&ed, 0.05)
     );
-    for w in worst.iter().take(15) {
+    for w in worst.iter().take(40) {
         println!("  miss: {w}");
     }
     println!(
@@ -147,6 +174,11 @@ fn main() -> anyhow::Result<()> {
         1e3 * t_analysis / cases.len() as f64,
         1e3 * t_decode / cases.len() as f64,
         t_analysis / t_decode
+    );
+    println!(
+        "  analysis per unedited pair {:.2} ms, per edited pair {:.2} ms",
+        1e3 * t_by_truth[0] / n_by_truth[0].max(1) as f64,
+        1e3 * t_by_truth[1] / n_by_truth[1].max(1) as f64
     );
     Ok(())
 }

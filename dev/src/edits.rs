@@ -35,10 +35,16 @@ pub struct Case {
     /// The republished file as it would be fetched, and its extension.
     pub republished_file: Vec<u8>,
     pub republished_ext: &'static str,
-    /// The edit's box in the original's pixels, `[x0, y0, x1, y1)`; `None` when unedited.
+    /// The box of the pixels the edit changed, in the original's pixels, `[x0, y0, x1, y1)`; `None`
+    /// when unedited.
     pub edit_box: Option<[u32; 4]>,
-    /// The box's share of the original's area (0 when unedited).
+    /// The edit's size as made: its box's share of the original's area (0 when unedited; a logo's
+    /// ring or a text's glyphs change less than their box, `edit_box` holds what they changed).
     pub edit_area: f64,
+    /// The share of the original's area the edit visibly changed: pixels whose value moved by at
+    /// least [`VISIBLE_LEVELS`] on some channel, before the copy was encoded (0 when unedited). A blur
+    /// of a clear sky or a recolour of a black one has a box but changes few pixels visibly.
+    pub visible_area: f64,
     /// The C2PA actions the ground truth supports, sorted.
     pub actions: Vec<&'static str>,
 }
@@ -68,6 +74,30 @@ pub const UNEDITED: [&str; 22] = [
     "brightness",
     "contrast-gamma",
 ];
+
+/// A pixel counts as visibly changed by an edit when some channel moved by at least this (out of
+/// 255; JPEG at quality 90 moves few pixels by more than 6).
+pub const VISIBLE_LEVELS: u8 = 16;
+
+/// The share of `a`'s pixels that differ visibly from `b`'s (same size).
+fn visible_share(a: &RgbImage, b: &RgbImage) -> f64 {
+    let changed =
+        a.pixels().zip(b.pixels()).filter(|(p, q)| (0..3).any(|c| p.0[c].abs_diff(q.0[c]) >= VISIBLE_LEVELS)).count();
+    changed as f64 / (a.width() as f64 * a.height() as f64).max(1.0)
+}
+
+/// The bounding box of the pixels that differ between `a` and `b` (same size).
+fn changed_box(a: &RgbImage, b: &RgbImage) -> Option<[u32; 4]> {
+    let mut out: Option<[u32; 4]> = None;
+    for (x, y, p) in a.enumerate_pixels() {
+        if p != b.get_pixel(x, y) {
+            out = Some(
+                out.map_or([x, y, x + 1, y + 1], |m| [m[0].min(x), m[1].min(y), m[2].max(x + 1), m[3].max(y + 1)]),
+            );
+        }
+    }
+    out
+}
 
 /// The edit kinds, and the edit areas each is made at.
 pub const EDITED: [&str; 8] =
@@ -149,14 +179,17 @@ fn fill_from_border(img: &mut RgbImage, b: [u32; 4]) {
 /// Block letters: each character a 3 × 5 grid of cells, drawn in `colour` inside `b`.
 fn draw_text(img: &mut RgbImage, b: [u32; 4], colour: [u8; 3], rng: &mut SplitMix) {
     let (w, h) = (b[2] - b[0], b[3] - b[1]);
-    let cell = (h / 5).max(1);
-    let chars = (w / (4 * cell)).max(1);
+    let ch = (h / 5).max(1);
+    // As many characters as fit with square cells, then the cells widened to fill the box's width.
+    let chars = ((w + ch) / (4 * ch)).max(1);
+    let cw = (w / (4 * chars - 1)).max(1);
     for c in 0..chars {
-        let glyph = rng.next_u64() | 0b010_101_111; // never blank
+        // Never blank; the first and last rows and columns always inked, so the text spans its box.
+        let glyph = rng.next_u64() | 0b111_000_000_000_111 | 0b001_001_001_001_001 | 0b100_100_100_100_100;
         for i in 0..15u32 {
             if glyph >> i & 1 == 1 {
-                let (cx, cy) = (b[0] + c * 4 * cell + (i % 3) * cell, b[1] + (i / 3) * cell);
-                map_box(img, [cx, cy, (cx + cell).min(b[2]), (cy + cell).min(b[3])], |_, _, _| colour);
+                let (cx, cy) = (b[0] + c * 4 * cw + (i % 3) * cw, b[1] + (i / 3) * ch);
+                map_box(img, [cx, cy, (cx + cw).min(b[2]), (cy + ch).min(b[3])], |_, _, _| colour);
             }
         }
     }
@@ -334,6 +367,7 @@ pub fn cases_of(source: &str, original: &RgbImage, donor: &RgbImage, seed: u64) 
             republished_ext: ext,
             edit_box: None,
             edit_area: 0.0,
+            visible_area: 0.0,
             actions: sorted(actions),
         });
     }
@@ -342,6 +376,9 @@ pub fn cases_of(source: &str, original: &RgbImage, donor: &RgbImage, seed: u64) 
             let (edited, orig, b) = apply_edit(kind, &decoded, donor, area, &mut rng);
             let mut actions = actions_of_edit(kind);
             actions.push("c2pa.transcoded");
+            let visible_area = visible_share(&edited, &orig);
+            // The truth is where pixels changed (text leaves the box's last columns blank).
+            let truth = changed_box(&edited, &orig).unwrap_or(b);
             let republished = if (i + j) % 3 == 0 {
                 actions.push("c2pa.resized");
                 imageops::resize(&edited, (w * 3 / 4).max(1), (h * 3 / 4).max(1), FilterType::CatmullRom)
@@ -363,8 +400,9 @@ pub fn cases_of(source: &str, original: &RgbImage, donor: &RgbImage, seed: u64) 
                 original_file,
                 republished_file: crate::jpeg(&republished, 90),
                 republished_ext: "jpg",
-                edit_box: Some(b),
+                edit_box: Some(truth),
                 edit_area: area_of(b, w, h),
+                visible_area,
                 actions: sorted(actions),
             });
         }
@@ -389,12 +427,7 @@ pub fn evaluation_set(photos: &[(String, RgbImage)], synthetic: usize) -> Vec<Ca
         let (edited, republished, edit_box, kind) = if n % 2 == 0 {
             (false, crate::jpeg(&original, 80), None, "jpeg-q80")
         } else {
-            let diff = (0..a.height())
-                .flat_map(|y| (0..a.width()).map(move |x| (x, y)))
-                .filter(|&(x, y)| a.get_pixel(x, y) != b.get_pixel(x, y));
-            let bbox = diff.fold(None, |acc: Option<[u32; 4]>, (x, y)| {
-                Some(acc.map_or([x, y, x + 1, y + 1], |m| [m[0].min(x), m[1].min(y), m[2].max(x + 1), m[3].max(y + 1)]))
-            });
+            let bbox = changed_box(&a, &b);
             (bbox.is_some(), crate::jpeg(&b, 90), bbox, "synthetic-edit")
         };
         let actions = if edited { vec!["c2pa.edited", "c2pa.transcoded"] } else { vec!["c2pa.transcoded"] };
@@ -409,6 +442,7 @@ pub fn evaluation_set(photos: &[(String, RgbImage)], synthetic: usize) -> Vec<Ca
             republished_ext: "jpg",
             edit_box,
             edit_area: edit_box.map_or(0.0, |bx| area_of(bx, 512, 512)),
+            visible_area: visible_share(&a, &b),
             actions,
         });
     }
@@ -429,7 +463,7 @@ pub fn write_set(cases: &[Case], dir: &std::path::Path) -> anyhow::Result<()> {
         std::fs::write(dir.join(&r), &c.republished_file)?;
         manifest.push(serde_json::json!({
             "id": c.id, "source": c.source, "kind": c.kind, "edited": c.edited, "original": o, "republished": r,
-            "box": c.edit_box, "area": c.edit_area, "actions": c.actions,
+            "box": c.edit_box, "area": c.edit_area, "visible_area": c.visible_area, "actions": c.actions,
         }));
     }
     std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;

@@ -14,6 +14,10 @@ pub const FINE: usize = 128;
 /// 70 % of one side, or 84 % of both).
 const MIN_SIDE: f32 = 0.62;
 
+/// The correlation above which the untouched framing is taken without searching for a crop (a 2 %
+/// crop correlates less at the coarse size).
+const IDENTICAL: f32 = 0.99;
+
 /// How the republished image maps onto the original.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Alignment {
@@ -118,6 +122,10 @@ pub fn align(orig_coarse: &Plane, rep_coarse: &Plane, orig_fine: &Plane, rep_fin
             if score > best.0 {
                 best = (score, d, x, y, bw);
             }
+            // The whole picture, untouched, already fits almost perfectly: no crop to look for.
+            if d == 0 && bw == ow && bh == oh && score > IDENTICAL {
+                break;
+            }
         }
         found.push(best);
         // Most copies keep their orientation: stop when it already fits well.
@@ -126,16 +134,35 @@ pub fn align(orig_coarse: &Plane, rep_coarse: &Plane, orig_fine: &Plane, rep_fin
         }
     }
     found.sort_by(|a, b| b.0.total_cmp(&a.0));
-    found.into_iter().take(3).map(|(_, d, x, y, bw)| refine(orig_fine, rep_fine, d, (x, y, bw), ow)).collect()
+    found.truncate(3);
+    // The untouched framing is always a candidate when the aspect ratios agree: an edit lowers its
+    // correlation, and a crop of the edited copy may correlate better.
+    let aspect = |w: usize, h: usize| w as f32 / h as f32;
+    let identity = (0.0, 0, 0, 0, ow);
+    if (aspect(rep_coarse.w, rep_coarse.h) / aspect(ow, oh) - 1.0).abs() < 0.03
+        && !found.iter().any(|f| (f.1, f.2, f.3, f.4) == (0, 0, 0, ow))
+    {
+        found.insert(1.min(found.len()), identity);
+    }
+    found
+        .into_iter()
+        .map(|(score, d, x, y, bw)| {
+            // An untouched framing that already fits needs only a pixel of slack.
+            let radius = if score > IDENTICAL && (d, x, y, bw) == (0, 0, 0, ow) { 1 } else { 4 };
+            refine(orig_fine, rep_fine, d, (x, y, bw), ow, radius)
+        })
+        .collect()
 }
 
-/// Refines a coarse alignment at the fine size: offsets ± 3 px, widths ± 2 %.
+/// Refines a coarse alignment at the fine size: offsets ± `radius` - 1 px, widths ± `radius` · 0.5 %
+/// (`radius` 4: ± 3 px, ± 2 %).
 fn refine(
     orig_fine: &Plane,
     rep_fine: &Plane,
     d: u8,
     (cx, cy, cbw): (usize, usize, usize),
     coarse_w: usize,
+    radius: i32,
 ) -> Alignment {
     let r = rep_fine.orient(d);
     let aspect = r.w as f32 / r.h as f32;
@@ -144,13 +171,14 @@ fn refine(
     let fi = Integral::new(orig_fine);
     let mut refined = (f32::MIN, 0usize, 0usize, 1usize, 1usize);
     let centre = cbw as f32 * k;
-    for step in -4i32..=4 {
+    let slack = (radius - 1).max(1) as usize;
+    for step in -radius..=radius {
         let bw = ((centre * (1.0 + 0.005 * step as f32)).round() as usize).clamp(1, fw);
         let bh = ((bw as f32 / aspect).round() as usize).clamp(1, fh);
         let t = normalised(&r.resized(bw, bh));
         let (x, y) = ((cx as f32 * k).round() as usize, (cy as f32 * k).round() as usize);
-        let xs = x.saturating_sub(3).min(fw - bw)..=(x + 3).min(fw - bw);
-        let ys = y.saturating_sub(3).min(fh - bh)..=(y + 3).min(fh - bh);
+        let xs = x.saturating_sub(slack).min(fw - bw)..=(x + slack).min(fw - bw);
+        let ys = y.saturating_sub(slack).min(fh - bh)..=(y + slack).min(fh - bh);
         let found = best_offset(orig_fine, &fi, &t, (bw, bh), xs, ys);
         if found.0 > refined.0 {
             refined = (found.0, found.1, found.2, bw, bh);

@@ -17,6 +17,9 @@ pub const BLOCK: usize = 8;
 /// Block scores (`bw × bh` blocks) of the republished image `rep` against the original's region `orig`
 /// (same size, RGB).
 pub struct Residual {
+    /// The compared planes' size, in pixels.
+    pub w: usize,
+    pub h: usize,
     pub bw: usize,
     pub bh: usize,
     /// Each block's score: its pixel residual plus its texture-loss term.
@@ -29,25 +32,61 @@ pub struct Residual {
     /// The global tone map's mean distance from the identity, in levels (the largest of the three
     /// channels): a brightness, contrast, gamma or colour-balance change when large.
     pub tone_shift: f32,
+    /// Each pixel's residual (outside the tolerated range, normalised by texture; `w × h`).
+    pub err: Vec<f32>,
 }
 
+/// The 3 × 3 mean of each pixel (the window clipped at the borders), per channel: separable sums.
 fn box3(p: &Plane) -> Plane {
-    let mut out = p.clone();
-    for y in 0..p.h {
-        for x in 0..p.w {
-            for ch in 0..p.c {
-                let (mut s, mut n) = (0.0, 0.0);
-                for yy in y.saturating_sub(1)..=(y + 1).min(p.h - 1) {
-                    for xx in x.saturating_sub(1)..=(x + 1).min(p.w - 1) {
-                        s += p.at(xx, yy, ch);
-                        n += 1.0;
-                    }
-                }
-                out.data[(y * p.w + x) * p.c + ch] = s / n;
+    let (w, h, c) = (p.w, p.h, p.c);
+    let mut rows = vec![0f32; p.data.len()];
+    for (src, dst) in p.data.chunks_exact(w * c).zip(rows.chunks_exact_mut(w * c)) {
+        for x in 0..w {
+            let (a, b) = (x.saturating_sub(1), (x + 1).min(w - 1));
+            for ch in 0..c {
+                dst[x * c + ch] = (a..=b).map(|xx| src[xx * c + ch]).sum::<f32>() / (b - a + 1) as f32;
             }
         }
     }
+    let mut out = Plane::new(w, h, c);
+    let stride = w * c;
+    for y in 0..h {
+        let (a, b) = (y.saturating_sub(1), (y + 1).min(h - 1));
+        let n = (b - a + 1) as f32;
+        let dst = &mut out.data[y * stride..(y + 1) * stride];
+        for yy in a..=b {
+            for (d, s) in dst.iter_mut().zip(&rows[yy * stride..(yy + 1) * stride]) {
+                *d += s;
+            }
+        }
+        dst.iter_mut().for_each(|d| *d /= n);
+    }
     out
+}
+
+/// The minimum and maximum of each value's 3 × 3 neighbourhood (clipped at the borders) in a
+/// `w × h` one-channel image: separable, rows then columns.
+fn range3(v: &[f32], w: usize, h: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut rlo, mut rhi) = (vec![0f32; v.len()], vec![0f32; v.len()]);
+    for y in 0..h {
+        let row = &v[y * w..(y + 1) * w];
+        for x in 0..w {
+            let (a, b) = (x.saturating_sub(1), (x + 1).min(w - 1));
+            let win = &row[a..=b];
+            rlo[y * w + x] = win.iter().cloned().fold(f32::MAX, f32::min);
+            rhi[y * w + x] = win.iter().cloned().fold(f32::MIN, f32::max);
+        }
+    }
+    let (mut lo, mut hi) = (vec![f32::MAX; v.len()], vec![f32::MIN; v.len()]);
+    for y in 0..h {
+        for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
+            for x in 0..w {
+                lo[y * w + x] = lo[y * w + x].min(rlo[yy * w + x]);
+                hi[y * w + x] = hi[y * w + x].max(rhi[yy * w + x]);
+            }
+        }
+    }
+    (lo, hi)
 }
 
 /// The texture-loss term: a block's share of lost gradient energy beyond `TEXTURE_SLACK`, times
@@ -62,21 +101,43 @@ const LEVELS: usize = 32;
 /// The tone map: for each bin of original values, a knot at (median original, median copy),
 /// interpolated linearly into a 256-entry table (the identity stays exact) and extended past the
 /// outer knots with the neighbouring slope; values clamp to 0–255 as pixels do.
-fn tone_map(xs: &[f32], ys: &[f32]) -> [f32; 256] {
-    let mut bins: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); LEVELS];
-    for (&x, &y) in xs.iter().zip(ys) {
-        let b = &mut bins[((x as usize) * LEVELS / 256).min(LEVELS - 1)];
-        b.0.push(x);
-        b.1.push(y);
+fn tone_map(xs: &[f32], ys: &[f32], excluded: Option<&[bool]>) -> [f32; 256] {
+    // Per bin, histograms of the original's and the copy's values at a quarter level: the medians
+    // in one pass over the pixels and a scan of the counts.
+    const Q: usize = 4;
+    let mut hx = vec![0u32; LEVELS * 256 * Q];
+    let mut hy = vec![0u32; LEVELS * 256 * Q];
+    let mut counts = [0usize; LEVELS];
+    let quarter = |v: f32| ((v * Q as f32) as usize).min(256 * Q - 1);
+    for (i, (&x, &y)) in xs.iter().zip(ys).enumerate() {
+        if excluded.is_some_and(|e| e[i]) {
+            continue;
+        }
+        let b = ((x as usize) * LEVELS / 256).min(LEVELS - 1);
+        counts[b] += 1;
+        hx[b * 256 * Q + quarter(x)] += 1;
+        hy[b * 256 * Q + quarter(y.clamp(0.0, 255.0))] += 1;
     }
     let min_count = (xs.len() / 2000).max(4);
-    let median = |v: &mut Vec<f32>| {
-        let mid = v.len() / 2;
-        *v.select_nth_unstable_by(mid, f32::total_cmp).1
+    // The value (a quarter level's centre) below which half of the bin's `n` values lie.
+    let median = |h: &[u32], n: usize| {
+        let mut seen = 0usize;
+        let i = h.iter().position(|&c| {
+            seen += c as usize;
+            2 * seen > n
+        });
+        (i.unwrap_or(0) as f32 + 0.5) / Q as f32
     };
-    let mut knots: Vec<(f32, f32)> =
-        bins.iter_mut().filter(|b| b.0.len() >= min_count).map(|b| (median(&mut b.0), median(&mut b.1))).collect();
+    let mut knots: Vec<(f32, f32, f32)> = (0..LEVELS)
+        .filter(|&b| counts[b] >= min_count)
+        .map(|b| {
+            let range = b * 256 * Q..(b + 1) * 256 * Q;
+            (median(&hx[range.clone()], counts[b]), median(&hy[range], counts[b]), counts[b] as f32)
+        })
+        .collect();
     knots.dedup_by(|b, a| b.0 <= a.0);
+    monotone(&mut knots);
+    let knots: Vec<(f32, f32)> = knots.iter().map(|k| (k.0, k.1)).collect();
     if knots.is_empty() {
         return std::array::from_fn(|v| v as f32);
     }
@@ -99,10 +160,58 @@ fn tone_map(xs: &[f32], ys: &[f32]) -> [f32; 256] {
     })
 }
 
-/// The residual of `rep` against `orig` (RGB planes of one size).
-pub fn residual(orig: &Plane, rep: &Plane) -> Residual {
+/// Makes the knots' copy values non-decreasing (weighted pool-adjacent-violators on `(x, y, weight)`):
+/// brightness, contrast, gamma and colour balance keep the order of values, while a recoloured region
+/// that owns a level (a uniform red square turned green) would otherwise bend the curve onto itself
+/// and vanish from the residual.
+fn monotone(knots: &mut [(f32, f32, f32)]) {
+    // Pools of consecutive knots: (mean y, total weight, knots in the pool).
+    let mut pools: Vec<(f32, f32, usize)> = Vec::with_capacity(knots.len());
+    for &(_, y, w) in knots.iter() {
+        pools.push((y, w, 1));
+        while pools.len() > 1 && pools[pools.len() - 2].0 > pools[pools.len() - 1].0 {
+            let (y1, w1, n1) = pools.pop().expect("two pools");
+            let p = pools.last_mut().expect("two pools");
+            *p = ((p.0 * p.1 + y1 * w1) / (p.1 + w1), p.1 + w1, p.2 + n1);
+        }
+    }
+    let mut k = knots.iter_mut();
+    for (y, _, n) in pools {
+        for knot in k.by_ref().take(n) {
+            knot.1 = y;
+        }
+    }
+}
+
+/// The residual of `rep` against `orig` (RGB planes of one size). When a block exceeds `changed`, the
+/// tone maps are fitted again without the pixels of the blocks above `0.6 · changed` and their
+/// neighbours: a large edit (a third of the picture recoloured) would otherwise pull the medians, and
+/// the unedited rest would light up as changed.
+pub fn residual(orig: &Plane, rep: &Plane, changed: f32) -> Residual {
     assert_eq!((orig.w, orig.h, orig.c, rep.c), (rep.w, rep.h, 3, 3));
     let (o, r) = (box3(orig), box3(rep));
+    let first = residual_with(&o, &r, None);
+    if first.max() <= changed {
+        return first;
+    }
+    let grow = 0.6 * changed;
+    let excluded: Vec<bool> = (0..o.w * o.h)
+        .map(|i| {
+            let (bx, by) = ((i % o.w) / BLOCK, (i / o.w) / BLOCK);
+            (by.saturating_sub(1)..=(by + 1).min(first.bh - 1)).any(|y| {
+                (bx.saturating_sub(1)..=(bx + 1).min(first.bw - 1)).any(|x| first.blocks[y * first.bw + x] > grow)
+            })
+        })
+        .collect();
+    // Keep the first fit when the edit covers most of the picture (too few pixels left to fit).
+    if excluded.iter().filter(|&&e| !e).count() < o.w * o.h / 3 {
+        return first;
+    }
+    residual_with(&o, &r, Some(&excluded))
+}
+
+/// [`residual`] on the 3 × 3-smoothed planes, fitting the tone maps without the `excluded` pixels.
+fn residual_with(o: &Plane, r: &Plane, excluded: Option<&[bool]>) -> Residual {
     let (w, h) = (o.w, o.h);
     let n = w * h;
     let mut err = vec![0f32; n];
@@ -110,48 +219,45 @@ pub fn residual(orig: &Plane, rep: &Plane) -> Residual {
     for ch in 0..3 {
         let xs: Vec<f32> = (0..n).map(|i| o.data[i * 3 + ch].clamp(0.0, 255.0)).collect();
         let ys: Vec<f32> = (0..n).map(|i| r.data[i * 3 + ch]).collect();
-        let lut = tone_map(&xs, &ys);
-        let mapped: Vec<f32> = xs.iter().map(|&x| lut[(x.round() as usize).min(255)]).collect();
+        let lut = tone_map(&xs, &ys, excluded);
+        // `x` is in 0..=255: adding a half and truncating rounds it.
+        let mapped: Vec<f32> = xs.iter().map(|&x| lut[((x + 0.5) as usize).min(255)]).collect();
         let shift = xs.iter().zip(&mapped).map(|(x, m)| (x - m).abs()).sum::<f32>() / n.max(1) as f32;
         tone_shift = tone_shift.max(shift);
-        for y in 0..h {
-            for x in 0..w {
-                // Distance from the copy's value to the mapped original's 3 × 3 range.
-                let (mut lo, mut hi) = (f32::MAX, f32::MIN);
-                for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
-                    for xx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
-                        let m = mapped[yy * w + xx];
-                        lo = lo.min(m);
-                        hi = hi.max(m);
-                    }
-                }
-                let v = ys[y * w + x];
-                err[y * w + x] += (lo - v).max(v - hi).max(0.0) / 3.0;
-            }
+        // Distance from the copy's value to the mapped original's 3 × 3 range.
+        let (lo, hi) = range3(&mapped, w, h);
+        for (((e, &v), &lo), &hi) in err.iter_mut().zip(&ys).zip(&lo).zip(&hi) {
+            *e += (lo - v).max(v - hi).max(0.0) / 3.0;
         }
     }
     // Texture: the mean absolute luminance gradient around each pixel, in both images.
     let gradient = |p: &Plane| {
-        let luma = p.luma();
-        move |x: usize, y: usize| {
-            let gx = (luma.at((x + 1).min(w - 1), y, 0) - luma.at(x.saturating_sub(1), y, 0)).abs();
-            let gy = (luma.at(x, (y + 1).min(h - 1), 0) - luma.at(x, y.saturating_sub(1), 0)).abs();
-            gx + gy
+        let l = p.luma().data;
+        let mut g = vec![0f32; w * h];
+        for y in 0..h {
+            let (up, down) = (y.saturating_sub(1) * w, (y + 1).min(h - 1) * w);
+            for x in 0..w {
+                let gx = (l[y * w + (x + 1).min(w - 1)] - l[y * w + x.saturating_sub(1)]).abs();
+                let gy = (l[down + x] - l[up + x]).abs();
+                g[y * w + x] = gx + gy;
+            }
         }
+        g
     };
-    let (go, gr) = (gradient(&o), gradient(&r));
+    let (go, gr) = (gradient(o), gradient(r));
     let (bw, bh) = (w.div_ceil(BLOCK), h.div_ceil(BLOCK));
     let mut blocks = vec![0f32; bw * bh];
     let mut counts = vec![0f32; bw * bh];
     let (mut tex_o, mut tex_r) = (vec![0f32; bw * bh], vec![0f32; bw * bh]);
     for y in 0..h {
         for x in 0..w {
-            let g = go(x, y);
+            let g = go[y * w + x];
             let b = (y / BLOCK) * bw + x / BLOCK;
-            blocks[b] += err[y * w + x] / (4.0 + 0.25 * g);
+            err[y * w + x] /= 4.0 + 0.25 * g;
+            blocks[b] += err[y * w + x];
             counts[b] += 1.0;
             tex_o[b] += g;
-            tex_r[b] += gr(x, y);
+            tex_r[b] += gr[y * w + x];
         }
     }
     let mut pixel = Vec::with_capacity(blocks.len());
@@ -166,7 +272,7 @@ pub fn residual(orig: &Plane, rep: &Plane) -> Residual {
         texture.push(change);
         *b += TEXTURE_WEIGHT * (-change - TEXTURE_SLACK).max(0.0);
     }
-    Residual { bw, bh, blocks, pixel, texture, tone_shift }
+    Residual { w, h, bw, bh, blocks, pixel, texture, tone_shift, err }
 }
 
 impl Residual {
@@ -175,12 +281,12 @@ impl Residual {
     }
 
     /// The pixel residual and texture change averaged over the blocks above `t` inside `regions`
-    /// (boxes in blocks).
+    /// (boxes in pixels).
     pub fn local_evidence(&self, regions: &[[usize; 4]], t: f32) -> super::actions::Local {
         let (mut pixel, mut texture, mut n) = (0.0, 0.0, 0.0);
         for r in regions {
-            for y in r[1]..r[3] {
-                for x in r[0]..r[2] {
+            for y in r[1] / BLOCK..r[3].div_ceil(BLOCK).min(self.bh) {
+                for x in r[0] / BLOCK..r[2].div_ceil(BLOCK).min(self.bw) {
                     let i = y * self.bw + x;
                     if self.blocks[i] > t {
                         pixel += self.pixel[i];
@@ -194,12 +300,30 @@ impl Residual {
         super::actions::Local { pixel: pixel / n, texture: texture / n }
     }
 
-    /// Bounding boxes (in blocks, `[x0, y0, x1, y1)`) of the 8-connected groups of blocks above `t`.
-    pub fn regions(&self, t: f32) -> Vec<[usize; 4]> {
+    /// The share of blocks above `t`.
+    pub fn share_above(&self, t: f32) -> f32 {
+        self.blocks.iter().filter(|&&b| b > t).count() as f32 / self.blocks.len().max(1) as f32
+    }
+
+    /// The share of blocks at or below `t` is at least half: the median block score, which an edit
+    /// of less than half the picture does not move (a wrong alignment moves it everywhere).
+    pub fn median(&self) -> f32 {
+        let mut v = self.blocks.clone();
+        let mid = v.len() / 2;
+        *v.select_nth_unstable_by(mid, f32::total_cmp).1
+    }
+
+    /// The changed regions, in pixels (`[x0, y0, x1, y1)`): 8-connected groups of blocks above `grow`
+    /// that hold at least one block above `seed` (hysteresis: noise near the threshold does not start
+    /// a region of its own), each box then tightened to the pixels whose residual exceeds
+    /// [`PIXEL_CHANGED`] inside it and its ring of neighbouring blocks (a block is 8 pixels: 3 % of the
+    /// comparison's side, far coarser than an edit's edge). A region changed only in texture (a blur)
+    /// keeps its block box.
+    pub fn regions(&self, seed: f32, grow: f32) -> Vec<[usize; 4]> {
         let mut seen = vec![false; self.blocks.len()];
         let mut out = Vec::new();
         for start in 0..self.blocks.len() {
-            if seen[start] || self.blocks[start] <= t {
+            if seen[start] || self.blocks[start] <= seed {
                 continue;
             }
             let mut bb = [usize::MAX, usize::MAX, 0, 0];
@@ -211,15 +335,46 @@ impl Residual {
                 for yy in y.saturating_sub(1)..=(y + 1).min(self.bh - 1) {
                     for xx in x.saturating_sub(1)..=(x + 1).min(self.bw - 1) {
                         let j = yy * self.bw + xx;
-                        if !seen[j] && self.blocks[j] > t {
+                        if !seen[j] && self.blocks[j] > grow {
                             seen[j] = true;
                             stack.push(j);
                         }
                     }
                 }
             }
-            out.push(bb);
+            out.push(self.tighten(bb));
         }
         out
     }
+
+    /// The pixel box of the pixels above [`PIXEL_CHANGED`] in the block box `bb` and the blocks around
+    /// it; the block box (in pixels) when too few pixels are.
+    fn tighten(&self, bb: [usize; 4]) -> [usize; 4] {
+        let px = |v: usize, n: usize| (v * BLOCK).min(n);
+        let blocks = [px(bb[0], self.w), px(bb[1], self.h), px(bb[2], self.w), px(bb[3], self.h)];
+        let window = [
+            px(bb[0].saturating_sub(1), self.w),
+            px(bb[1].saturating_sub(1), self.h),
+            px(bb[2] + 1, self.w),
+            px(bb[3] + 1, self.h),
+        ];
+        let (mut found, mut n) = ([usize::MAX, usize::MAX, 0, 0], 0usize);
+        for y in window[1]..window[3] {
+            for x in window[0]..window[2] {
+                if self.err[y * self.w + x] > PIXEL_CHANGED {
+                    found = [found[0].min(x), found[1].min(y), found[2].max(x + 1), found[3].max(y + 1)];
+                    n += 1;
+                }
+            }
+        }
+        let block_pixels = (blocks[2] - blocks[0]) * (blocks[3] - blocks[1]);
+        if n * 10 < block_pixels {
+            blocks
+        } else {
+            found
+        }
+    }
 }
+
+/// A pixel counts as changed, when a region's box is tightened, above this normalised residual.
+pub const PIXEL_CHANGED: f32 = 1.5;

@@ -101,7 +101,7 @@ fn compare(
     };
     let region = (fx * orig.w as f32, fy * orig.h as f32, fw * orig.w as f32, fh * orig.h as f32);
     let orig_region = orig.crop_resized(region, rep.w, rep.h);
-    let residual = diff::residual(&orig_region, &rep);
+    let residual = diff::residual(&orig_region, &rep, CHANGED_THRESHOLD);
     (rep, residual)
 }
 
@@ -118,7 +118,13 @@ pub fn analyze_thumbnails(original: &Thumbnail, republished: &Thumbnail) -> Anal
     let mut thumbnails: Vec<Plane> = Vec::new();
     for alignment in align::align(&orig_coarse, &rep_coarse, &orig_fine, &rep_fine) {
         let (rep, residual) = compare(original, &mut thumbnails, &rep_thumb, &alignment);
-        let better = best.as_ref().is_none_or(|b| residual.max() < b.2.max());
+        // The alignment that leaves the least changed: an edit raises the maximum of the right one,
+        // a wrong one differs almost everywhere (flat backgrounds aside: then the typical block).
+        let key = |r: &diff::Residual| (r.share_above(CHANGED_THRESHOLD * 0.6), r.median());
+        let better = best.as_ref().is_none_or(|b| {
+            let ((s, m), (bs, bm)) = (key(&residual), key(&b.2));
+            s < bs - 0.005 || (s <= bs + 0.005 && (m < bm - 0.02 || (m <= bm + 0.02 && residual.max() < b.2.max())))
+        });
         if better {
             best = Some((alignment, rep, residual));
         }
@@ -131,10 +137,10 @@ pub fn analyze_thumbnails(original: &Thumbnail, republished: &Thumbnail) -> Anal
     let max_residual = residual.max();
     let changed = max_residual > CHANGED_THRESHOLD;
     let (ow, oh) = (original.full.0 as f32, original.full.1 as f32);
-    let mut found = if changed { residual.regions(CHANGED_THRESHOLD * 0.6) } else { Vec::new() };
+    let mut found = if changed { residual.regions(CHANGED_THRESHOLD, CHANGED_THRESHOLD * 0.6) } else { Vec::new() };
     found.sort_by_key(|b| std::cmp::Reverse((b[2] - b[0]) * (b[3] - b[1])));
     let to = |v: usize, n: usize, f0: f32, f: f32, full: f32| {
-        (((f0 + f * (v * diff::BLOCK).min(n) as f32 / n as f32) * full).round() as u32).min(full as u32)
+        (((f0 + f * v.min(n) as f32 / n as f32) * full).round() as u32).min(full as u32)
     };
     let regions = found
         .iter()

@@ -89,6 +89,9 @@ impl Plane {
             ((img.width as f64 * scale).round() as usize).max(1),
             ((img.height as f64 * scale).round() as usize).max(1),
         );
+        if (w, h) == (img.width, img.height) {
+            return Plane { w, h, c: 3, data: img.data.iter().map(|&b| b as f32).collect() };
+        }
         let bytes = blip2idc_resample::resize(img, w, h, PassOrder::Legacy);
         Plane { w, h, c: 3, data: bytes.iter().map(|&b| b as f32).collect() }
     }
@@ -148,18 +151,27 @@ impl Plane {
     pub fn crop_resized(&self, (x0, y0, w, h): (f32, f32, f32, f32), ow: usize, oh: usize) -> Plane {
         let mut out = Plane::new(ow, oh, self.c);
         let (sx, sy) = (w / ow as f32, h / oh as f32);
-        for y in 0..oh {
-            let fy = (y0 + (y as f32 + 0.5) * sy - 0.5).clamp(0.0, (self.h - 1) as f32);
-            let (ya, ty) = (fy.floor() as usize, fy.fract());
-            let yb = (ya + 1).min(self.h - 1);
-            for x in 0..ow {
+        // Each output column's two source columns (as data offsets) and weight, computed once.
+        let cols: Vec<(usize, usize, f32)> = (0..ow)
+            .map(|x| {
                 let fx = (x0 + (x as f32 + 0.5) * sx - 0.5).clamp(0.0, (self.w - 1) as f32);
-                let (xa, tx) = (fx.floor() as usize, fx.fract());
-                let xb = (xa + 1).min(self.w - 1);
-                for ch in 0..self.c {
-                    let top = self.at(xa, ya, ch) * (1.0 - tx) + self.at(xb, ya, ch) * tx;
-                    let bottom = self.at(xa, yb, ch) * (1.0 - tx) + self.at(xb, yb, ch) * tx;
-                    out.data[(y * ow + x) * self.c + ch] = top * (1.0 - ty) + bottom * ty;
+                let xa = fx as usize;
+                (xa * self.c, (xa + 1).min(self.w - 1) * self.c, fx - xa as f32)
+            })
+            .collect();
+        let c = self.c;
+        for (y, row) in out.data.chunks_exact_mut(ow * c).enumerate() {
+            let fy = (y0 + (y as f32 + 0.5) * sy - 0.5).clamp(0.0, (self.h - 1) as f32);
+            let ya = fy as usize;
+            let ty = fy - ya as f32;
+            let top = &self.data[ya * self.w * c..(ya + 1) * self.w * c];
+            let yb = (ya + 1).min(self.h - 1);
+            let bottom = &self.data[yb * self.w * c..(yb + 1) * self.w * c];
+            for (px, &(xa, xb, tx)) in row.chunks_exact_mut(c).zip(&cols) {
+                for ch in 0..c {
+                    let t = top[xa + ch] + (top[xb + ch] - top[xa + ch]) * tx;
+                    let b = bottom[xa + ch] + (bottom[xb + ch] - bottom[xa + ch]) * tx;
+                    px[ch] = t + (b - t) * ty;
                 }
             }
         }
