@@ -4,7 +4,12 @@
 //! `cargo bench --bench pipeline [-- --events N --pairs P --size S --batch B]`
 //! `cargo bench --bench pipeline -- --photos 12 [--events N --pairs P] [--decode-only N]`   (or `--photos 3`)
 //! `cargo bench --bench pipeline -- --square 8000 [--events 48]`   (the 8000² flood: peak RSS vs the budget)
-//! Any workload: `--mode fast` for `preprocess.mode = "fast"` (default exact).
+//! Any workload: `--mode fast` for `preprocess.mode = "fast"` (default exact); `--unedited F` makes
+//! that share of the pairs unedited copies (the original re-encoded at JPEG q80), which the change
+//! analysis keeps from the model; `--analysis off` turns the analysis off (the reference for its
+//! cost); `--model-ms M` makes the captioner take M ms per pair (a stand-in for GPU time).
+//! The change-analysis figures: `cargo bench --bench pipeline -- --size 224 --unedited 0.7
+//! [--analysis off] [--model-ms 20]` and `-- --square 1024 --events 240 --unedited 0.7`.
 //!
 //! Prints pairs/s end to end and, as the reference measured in the same run on the same machine, the
 //! rate at which the same objects can merely be fetched from S3 with the same concurrency (the
@@ -33,7 +38,10 @@ use blip2idc_dev as devtools;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-struct CheapCaptioner(ImageProcessorConfig);
+/// Captions in no time, or — with `--model-ms M` — holds its thread for `M` ms per pair, standing in
+/// for a GPU's captioning time so that the pairs the change analysis keeps from the model show as
+/// throughput.
+struct CheapCaptioner(ImageProcessorConfig, Duration);
 
 impl Captioner for CheapCaptioner {
     fn model_version(&self) -> &str {
@@ -43,6 +51,7 @@ impl Captioner for CheapCaptioner {
         &self.0
     }
     fn caption_batch(&mut self, pv: &[&[f32]]) -> anyhow::Result<Vec<blip2idc::caption::Caption>> {
+        std::thread::sleep(self.1 * pv.len() as u32);
         Ok(pv.iter().map(|p| format!("a change starting with {:.3}", p[0]).into()).collect())
     }
 }
@@ -89,6 +98,11 @@ async fn main() -> anyhow::Result<()> {
     cfg.s3.max_concurrency = num("--fetch-concurrency", cfg.s3.max_concurrency);
     cfg.admin.listen = "127.0.0.1:0".parse()?;
     cfg.model.reload_poll_interval = Duration::ZERO; // no promotion checks during the measurement
+                                                     // `--analysis off`: caption every pair, as before the change analysis (the reference for its cost).
+    cfg.analysis.enabled = common::arg("--analysis").is_none_or(|a| a != "off");
+    cfg.analysis.skip_unchanged = cfg.analysis.enabled;
+    let unedited_share: f64 = common::arg("--unedited").map_or(Ok(0.0), |v| v.parse())?;
+    let model_time = Duration::from_secs_f64(num("--model-ms", 0) as f64 / 1e3);
     if let Some(mode) = common::arg("--mode") {
         cfg.preprocess.mode = mode.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     }
@@ -113,13 +127,27 @@ async fn main() -> anyhow::Result<()> {
     } else {
         format!("{size}x{size} synthetic JPEG")
     };
+    let workload = if unedited_share > 0.0 {
+        format!("{workload}, {:.0} % unedited copies (the original re-encoded, JPEG q80)", 100.0 * unedited_share)
+    } else {
+        workload
+    };
+    // Pair `i` is an unedited copy when it falls in the first `unedited_share` of each hundred.
+    let unedited = |i: usize| ((i % 100) as f64) < 100.0 * unedited_share;
     let make = |i: usize| -> (Vec<u8>, Vec<u8>) {
-        if real {
+        let (a, b, q) = if real {
             let (a, b) = devtools::photos::photo_pair(&photos, i, width, height, scale);
-            (devtools::jpeg(&a, 90), devtools::jpeg(&b, 90))
+            (a, b, 90)
         } else {
             let (a, b, _) = devtools::synthetic_pair(i as u64, size as u32);
-            (devtools::jpeg(&a, 85), devtools::jpeg(&b, 85))
+            (a, b, 85)
+        };
+        if unedited(i) {
+            let original = devtools::jpeg(&a, q);
+            let decoded = image::load_from_memory(&original).expect("own JPEG").to_rgb8();
+            (original, devtools::jpeg(&decoded, 80))
+        } else {
+            (devtools::jpeg(&a, q), devtools::jpeg(&b, q))
         }
     };
     eprintln!("setup: {pairs} distinct pairs ({workload}), {events} events");
@@ -226,8 +254,9 @@ async fn main() -> anyhow::Result<()> {
     // The pipeline.
     let health = Arc::new(Health::default());
     let shutdown = CancellationToken::new();
-    let factory: CaptionerFactory =
-        Box::new(|| Ok(Box::new(CheapCaptioner(ImageProcessorConfig::for_image_size(224))) as Box<dyn Captioner>));
+    let factory: CaptionerFactory = Box::new(move || {
+        Ok(Box::new(CheapCaptioner(ImageProcessorConfig::for_image_size(224), model_time)) as Box<dyn Captioner>)
+    });
     let (run_cfg, h, s) = (cfg.clone(), health.clone(), shutdown.clone());
     // The peak RSS of the pipeline phase alone (the workload's setup is forgotten).
     let peak_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
@@ -287,7 +316,26 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("  batch size: mean {:.1}", stat("blip2idc_batch_size", "sum") / stat("blip2idc_batch_size", "count"));
+    let analysed = metric_sum(&text, blip2idc::metrics::PAIRS_ANALYSED);
+    let skipped = metric(&text, blip2idc::metrics::MODEL_SKIPPED).unwrap_or(0.0);
+    println!(
+        "  change analysis {}: {analysed} pairs analysed (mean {:.2} ms), {skipped} kept from the model ({:.1} %; \
+         {:.1} s of model time saved at --model-ms {})",
+        if cfg.analysis.enabled { "on" } else { "off" },
+        1e3 * stat("blip2idc_analysis_seconds", "sum") / stat("blip2idc_analysis_seconds", "count"),
+        100.0 * skipped / events as f64,
+        skipped * model_time.as_secs_f64(),
+        model_time.as_millis()
+    );
     Ok(())
+}
+
+/// The sum of every sample of `name` (all label sets) in Prometheus text.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The value of the first sample of `name` (unlabelled, or its first label set) in Prometheus text.

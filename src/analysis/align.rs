@@ -18,6 +18,9 @@ const MIN_SIDE: f32 = 0.62;
 /// crop correlates less at the coarse size).
 const IDENTICAL: f32 = 0.99;
 
+/// The correlation of the best unrotated alignment above which no other orientation is searched.
+const KEEP_ORIENTATION: f32 = 0.9;
+
 /// How the republished image maps onto the original.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Alignment {
@@ -102,8 +105,15 @@ fn best_offset(
 
 /// Alignments of `rep` to `orig` (luminance thumbnails: `coarse` pairs at [`COARSE`], `fine` at
 /// [`FINE`]), best first: the best region for each orientation tried, the first three refined. Only
-/// the untouched orientation is tried when it already correlates well.
-pub fn align(orig_coarse: &Plane, rep_coarse: &Plane, orig_fine: &Plane, rep_fine: &Plane) -> Vec<Alignment> {
+/// the untouched orientation is tried when it already correlates well, unless `every_orientation`
+/// (for a symmetric picture, which correlates well with its own rotation).
+pub fn align(
+    orig_coarse: &Plane,
+    rep_coarse: &Plane,
+    orig_fine: &Plane,
+    rep_fine: &Plane,
+    every_orientation: bool,
+) -> Vec<Alignment> {
     let oi = Integral::new(orig_coarse);
     let (ow, oh) = (orig_coarse.w, orig_coarse.h);
     // Per orientation: (score, orientation, x, y, bw).
@@ -128,8 +138,9 @@ pub fn align(orig_coarse: &Plane, rep_coarse: &Plane, orig_fine: &Plane, rep_fin
             }
         }
         found.push(best);
-        // Most copies keep their orientation: stop when it already fits well.
-        if d == 0 && best.0 > 0.97 {
+        // Most copies keep their orientation: stop when it already fits well (a local edit lowers
+        // the correlation of the right alignment less than a wrong orientation does).
+        if d == 0 && best.0 > KEEP_ORIENTATION && !every_orientation {
             break;
         }
     }

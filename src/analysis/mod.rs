@@ -116,7 +116,22 @@ pub fn analyze_thumbnails(original: &Thumbnail, republished: &Thumbnail) -> Anal
     // correlation) only while the residual says the pair differs.
     let mut best: Option<(align::Alignment, Plane, diff::Residual)> = None;
     let mut thumbnails: Vec<Plane> = Vec::new();
-    for alignment in align::align(&orig_coarse, &rep_coarse, &orig_fine, &rep_fine) {
+    // Unchanged, or changed locally (a fifth of the blocks at most): the alignment is right.
+    let settled = |b: &diff::Residual| b.max() <= CHANGED_THRESHOLD || b.share_above(CHANGED_THRESHOLD * 0.6) < 0.2;
+    let quick = align::align(&orig_coarse, &rep_coarse, &orig_fine, &rep_fine, false);
+    let mut candidates = quick.clone().into_iter().chain(std::iter::from_fn({
+        // When the unrotated candidates leave most of the picture changed, every orientation.
+        let mut thorough = None;
+        move || {
+            let all = thorough.get_or_insert_with(|| {
+                let mut all = align::align(&orig_coarse, &rep_coarse, &orig_fine, &rep_fine, true);
+                all.retain(|a| !quick.contains(a));
+                all.into_iter()
+            });
+            all.next()
+        }
+    }));
+    while let Some(alignment) = candidates.next() {
         let (rep, residual) = compare(original, &mut thumbnails, &rep_thumb, &alignment);
         // The alignment that leaves the least changed: an edit raises the maximum of the right one,
         // a wrong one differs almost everywhere (flat backgrounds aside: then the typical block).
@@ -128,7 +143,7 @@ pub fn analyze_thumbnails(original: &Thumbnail, republished: &Thumbnail) -> Anal
         if better {
             best = Some((alignment, rep, residual));
         }
-        if best.as_ref().is_some_and(|b| b.2.max() <= CHANGED_THRESHOLD) {
+        if best.as_ref().is_some_and(|b| settled(&b.2)) {
             break;
         }
     }
