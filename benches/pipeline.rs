@@ -132,8 +132,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         workload
     };
-    // Pair `i` is an unedited copy when it falls in the first `unedited_share` of each hundred.
-    let unedited = |i: usize| ((i % 100) as f64) < 100.0 * unedited_share;
+    // Pair `i` is an unedited copy when it falls in the first `unedited_share` of each ten.
+    let unedited = |i: usize| ((i % 10) as f64) < 10.0 * unedited_share;
     let make = |i: usize| -> (Vec<u8>, Vec<u8>) {
         let (a, b, q) = if real {
             let (a, b) = devtools::photos::photo_pair(&photos, i, width, height, scale);

@@ -74,19 +74,20 @@ fn normalised(p: &Plane) -> Vec<f32> {
     p.data.iter().map(|&v| if norm > 1e-6 { ((v as f64 - mean) / norm) as f32 } else { 0.0 }).collect()
 }
 
-/// The best offset of the normalised patch `t` (`bw × bh`) in `o`, within `xs × ys`: (ncc, x, y).
+/// The best offset of the normalised patch `t` (`bw × bh`) in `o`, within `xs × ys` every `step`
+/// pixels: (ncc, x, y).
 fn best_offset(
     o: &Plane,
     integral: &Integral,
     t: &[f32],
     (bw, bh): (usize, usize),
-    xs: std::ops::RangeInclusive<usize>,
-    ys: std::ops::RangeInclusive<usize>,
+    (xs, ys): (std::ops::RangeInclusive<usize>, std::ops::RangeInclusive<usize>),
+    step: usize,
 ) -> (f32, usize, usize) {
     let n = (bw * bh) as f64;
     let mut best = (f32::MIN, 0, 0);
-    for y in ys {
-        for x in xs.clone() {
+    for y in ys.step_by(step) {
+        for x in xs.clone().step_by(step) {
             let mut dot = 0f32;
             for r in 0..bh {
                 let row = &o.data[(y + r) * o.w + x..(y + r) * o.w + x + bw];
@@ -128,7 +129,8 @@ pub fn align(
                 continue;
             }
             let t = normalised(&r.resized(bw, bh));
-            let (score, x, y) = best_offset(orig_coarse, &oi, &t, (bw, bh), 0..=ow - bw, 0..=oh - bh);
+            // Every offset (every other one loses 30 % crops and saves little: 20.6 -> 19.9 ms).
+            let (score, x, y) = best_offset(orig_coarse, &oi, &t, (bw, bh), (0..=ow - bw, 0..=oh - bh), 1);
             if score > best.0 {
                 best = (score, d, x, y, bw);
             }
@@ -190,7 +192,7 @@ fn refine(
         let (x, y) = ((cx as f32 * k).round() as usize, (cy as f32 * k).round() as usize);
         let xs = x.saturating_sub(slack).min(fw - bw)..=(x + slack).min(fw - bw);
         let ys = y.saturating_sub(slack).min(fh - bh)..=(y + slack).min(fh - bh);
-        let found = best_offset(orig_fine, &fi, &t, (bw, bh), xs, ys);
+        let found = best_offset(orig_fine, &fi, &t, (bw, bh), (xs, ys), 1);
         if found.0 > refined.0 {
             refined = (found.0, found.1, found.2, bw, bh);
         }

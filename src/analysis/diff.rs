@@ -41,7 +41,17 @@ fn box3(p: &Plane) -> Plane {
     let (w, h, c) = (p.w, p.h, p.c);
     let mut rows = vec![0f32; p.data.len()];
     for (src, dst) in p.data.chunks_exact(w * c).zip(rows.chunks_exact_mut(w * c)) {
-        for x in 0..w {
+        // Interior values: the three neighbours along the row (`c` apart).
+        if w >= 3 {
+            for ((d, l), (m, r)) in dst[c..(w - 1) * c]
+                .iter_mut()
+                .zip(&src[..(w - 2) * c])
+                .zip(src[c..(w - 1) * c].iter().zip(&src[2 * c..]))
+            {
+                *d = (l + m + r) * (1.0 / 3.0);
+            }
+        }
+        for x in [0, w - 1] {
             let (a, b) = (x.saturating_sub(1), (x + 1).min(w - 1));
             for ch in 0..c {
                 dst[x * c + ch] = (a..=b).map(|xx| src[xx * c + ch]).sum::<f32>() / (b - a + 1) as f32;
@@ -67,23 +77,26 @@ fn box3(p: &Plane) -> Plane {
 /// The minimum and maximum of each value's 3 × 3 neighbourhood (clipped at the borders) in a
 /// `w × h` one-channel image: separable, rows then columns.
 fn range3(v: &[f32], w: usize, h: usize) -> (Vec<f32>, Vec<f32>) {
+    // Plain comparisons (the values are never NaN): they vectorise where `f32::min` does not.
+    let min = |a: f32, b: f32| if a < b { a } else { b };
+    let max = |a: f32, b: f32| if a > b { a } else { b };
     let (mut rlo, mut rhi) = (vec![0f32; v.len()], vec![0f32; v.len()]);
-    for y in 0..h {
-        let row = &v[y * w..(y + 1) * w];
-        for x in 0..w {
-            let (a, b) = (x.saturating_sub(1), (x + 1).min(w - 1));
-            let win = &row[a..=b];
-            rlo[y * w + x] = win.iter().cloned().fold(f32::MAX, f32::min);
-            rhi[y * w + x] = win.iter().cloned().fold(f32::MIN, f32::max);
+    for ((row, lo), hi) in v.chunks_exact(w).zip(rlo.chunks_exact_mut(w)).zip(rhi.chunks_exact_mut(w)) {
+        lo[0] = min(row[0], row[1.min(w - 1)]);
+        hi[0] = max(row[0], row[1.min(w - 1)]);
+        for x in 1..w {
+            let (a, b, c) = (row[x - 1], row[x], row[(x + 1).min(w - 1)]);
+            lo[x] = min(min(a, b), c);
+            hi[x] = max(max(a, b), c);
         }
     }
-    let (mut lo, mut hi) = (vec![f32::MAX; v.len()], vec![f32::MIN; v.len()]);
+    let (mut lo, mut hi) = (rlo.clone(), rhi.clone());
     for y in 0..h {
-        for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
-            for x in 0..w {
-                lo[y * w + x] = lo[y * w + x].min(rlo[yy * w + x]);
-                hi[y * w + x] = hi[y * w + x].max(rhi[yy * w + x]);
-            }
+        for yy in [y.saturating_sub(1), (y + 1).min(h - 1)] {
+            let (dl, sl) = (&mut lo[y * w..(y + 1) * w], &rlo[yy * w..(yy + 1) * w]);
+            dl.iter_mut().zip(sl).for_each(|(d, &s)| *d = min(*d, s));
+            let (dh, sh) = (&mut hi[y * w..(y + 1) * w], &rhi[yy * w..(yy + 1) * w]);
+            dh.iter_mut().zip(sh).for_each(|(d, &s)| *d = max(*d, s));
         }
     }
     (lo, hi)
