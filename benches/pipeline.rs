@@ -316,7 +316,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("  batch size: mean {:.1}", stat("blip2idc_batch_size", "sum") / stat("blip2idc_batch_size", "count"));
-    let analysed = metric_sum(&text, blip2idc::metrics::PAIRS_ANALYSED);
+    let analysed = metric_sum(&text, blip2idc::metrics::PAIRS_ANALYSED) + 0.0; // never "-0"
     let skipped = metric(&text, blip2idc::metrics::MODEL_SKIPPED).unwrap_or(0.0);
     println!(
         "  change analysis {}: {analysed} pairs analysed (mean {:.2} ms), {skipped} kept from the model ({:.1} %; \

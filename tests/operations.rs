@@ -221,9 +221,12 @@ async fn dashboards_sql_runs_on_the_migrated_schema() {
         INSERT INTO image_pairs (event_id, original_uri, republished_uri, source_url, observed_at, kafka_topic, kafka_partition, kafka_offset)
             VALUES ('e1', 's3://b/a', 's3://b/b', 'https://news.example/x', now() - interval '1 day', 't', 0, 1),
                    ('e2', 's3://b/c', 's3://b/d', NULL, NULL, 't', 0, 2);
-        INSERT INTO captions (event_id, model_version, caption, inference_seconds, end_to_end_seconds, batch_size)
-            VALUES ('e1', 'v1', 'a logo was removed', 0.1, 0.5, 4), ('e1', 'v2', 'the logo was removed', 0.1, 0.4, 4),
-                   ('e2', 'v2', 'text was added', 0.1, 0.4, 4);
+        INSERT INTO captions (event_id, model_version, caption, inference_seconds, end_to_end_seconds, batch_size,
+                              changed, regions, actions, model_skipped)
+            VALUES ('e1', 'v1', 'a logo was removed', 0.1, 0.5, 4, NULL, NULL, '{}', false),
+                   ('e1', 'v2', 'the logo was removed', 0.1, 0.4, 4, true, '[[10, 20, 110, 80]]',
+                    '{c2pa.edited,c2pa.removed,c2pa.transcoded}', false),
+                   ('e2', 'v2', 'no visible change', 0, 0.1, 0, false, '[]', '{c2pa.resized,c2pa.transcoded}', true);
         INSERT INTO labels (original_uri, modified_uri, caption, category, split, labeled_by, event_id)
             VALUES ('s3://b/a', 's3://b/b', 'the logo was removed', 'remove', 'train', 'ana', 'e1'),
                    ('s3://b/c', 's3://b/d', 'a caption was added', NULL, NULL, 'bo', 'e2');
