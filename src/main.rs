@@ -504,10 +504,13 @@ async fn caption_file(a: CaptionArgs, input: PathBuf) -> anyhow::Result<ExitCode
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let summary = blip2idc::caption::offline::run(&run, worker).await?;
+    let unchanged = match summary.unchanged {
+        0 => String::new(),
+        n => format!(" ({n} found unchanged, without the model)"),
+    };
     eprintln!(
-        "{} captioned ({} found unchanged, without the model), {} failed, {} already in {} (skipped)",
+        "{} captioned{unchanged}, {} failed, {} already in {} (skipped)",
         summary.captioned,
-        summary.unchanged,
         summary.failed,
         summary.skipped,
         output.display()

@@ -8,32 +8,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::outcomes::Outcomes;
 use super::prepare::Prepared;
+use super::store::Captioned;
 use super::summary::Fatal;
 use crate::caption::{BatchOutput, CaptionWorker};
-
-/// A captioned batch on its way to the store.
-pub struct Captioned {
-    pub items: Vec<(Prepared, String)>,
-    pub model_version: String,
-    pub inference_seconds: f64,
-    pub batch_size: usize,
-    /// The change analysis found the pairs unchanged and the model did not run.
-    pub model_skipped: bool,
-}
-
-impl Captioned {
-    /// A pair stored without the model: `caption` is the fixed unchanged caption, `model_version`
-    /// the captioner's at the time.
-    pub fn skipped(pair: Prepared, caption: String, model_version: String) -> Self {
-        Captioned {
-            items: vec![(pair, caption)],
-            model_version,
-            inference_seconds: 0.0,
-            batch_size: 0,
-            model_skipped: true,
-        }
-    }
-}
 
 /// The step: cuts batches ([`crate::batch::next_batch`]) and hands up to `in_flight` of them to the
 /// captioner thread at once (so that a continuous-batching decoder always has pairs to admit);

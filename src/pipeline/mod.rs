@@ -6,9 +6,9 @@
 //! | step | file | in → out |
 //! |---|---|---|
 //! | consume | [`crate::source`] | Kafka message → [`Job`] (the message, its offset ticket, its permit) |
-//! | prepare | [`prepare`] (→ [`crate::event`], [`crate::fetch`], [`crate::budget`], [`crate::decode`], [`crate::model::preprocess`], [`crate::analysis`]) | [`Job`] → [`crate::event::ImagePairEvent`] → [`Prepared`] (pixels, change analysis); an unchanged pair → [`caption::Captioned`] straight to the store |
-//! | batch + caption | [`caption`] (→ [`crate::batch`], [`crate::caption`]) | [`Prepared`]s → [`caption::Captioned`] |
-//! | store | [`store`] (→ [`crate::store`]) | [`caption::Captioned`] → [`crate::store::CaptionRecord`] rows |
+//! | prepare | [`prepare`] (→ [`crate::event`], [`crate::fetch`], [`crate::budget`], [`crate::decode`], [`crate::model::preprocess`], [`crate::analysis`]) | [`Job`] → [`crate::event::ImagePairEvent`] → [`Prepared`] (pixels, change analysis); an unchanged pair, without its pixels, past the captioner (`unchanged_to_store`) to the store |
+//! | batch + caption | [`caption`] (→ [`crate::batch`], [`crate::caption`]) | [`Prepared`]s → [`store::Captioned`] |
+//! | store | [`store`] (→ [`crate::store`]) | [`store::Captioned`] → [`crate::store::CaptionRecord`] rows |
 //! | finish | [`outcomes`] (→ [`crate::dlq`]) | stored or dead-lettered: the job's ticket completes |
 //! | commit | [`crate::source::commit`] | completed tickets → committed offsets |
 //!
@@ -40,9 +40,9 @@ use crate::health::Health;
 use crate::retry::Backoff;
 use crate::source::{Job, Source};
 use crate::store::Store;
-use caption::Captioned;
 use outcomes::Outcomes;
 use prepare::{Prepare, Prepared};
+use store::Captioned;
 pub use summary::{Fatal, RunSummary};
 
 /// Runs the service until `shutdown` fires (or a fatal condition), then drains and commits.
@@ -129,13 +129,20 @@ pub async fn run_with(
         preprocess: cfg.preprocess.clone(),
         analysis: cfg.analysis.clone(),
         processor: worker.processor().clone(),
-        worker: worker.clone(),
         decode_slots: Arc::new(Semaphore::new(p.decode_concurrency)),
         outcomes: outcomes.clone(),
         budget: budget.clone(),
         max_event_bytes: cfg.kafka.max_event_bytes,
     });
-    let prepare_task = tokio::spawn(prepare::step(prepare, job_rx, prep_tx, cap_tx.clone(), cfg.s3.max_concurrency));
+    // Pairs found unchanged skip the captioner: stored with the fixed caption.
+    let (skip_tx, skip_rx) = mpsc::channel::<Prepared>(p.max_batch_size * 2);
+    let skip_task = tokio::spawn(unchanged_to_store(
+        skip_rx,
+        cap_tx.clone(),
+        worker.clone(),
+        cfg.analysis.unchanged_caption.clone(),
+    ));
+    let prepare_task = tokio::spawn(prepare::step(prepare, job_rx, prep_tx, skip_tx, cfg.s3.max_concurrency));
     // Enough batches with the captioner that a continuous-batching decoder's rows stay full.
     let in_flight = 1 + cfg.model.max_running.div_ceil(p.max_batch_size).max(1);
     let caption_task = tokio::spawn(caption::step(
@@ -190,10 +197,12 @@ pub async fn run_with(
     // Drain: stop consuming; the steps finish what they hold and end as their inputs close.
     stop_consuming.cancel();
     let _ = source_task.await;
-    let aborts = [prepare_task.abort_handle(), caption_task.abort_handle(), store_task.abort_handle()];
+    let aborts =
+        [prepare_task.abort_handle(), skip_task.abort_handle(), caption_task.abort_handle(), store_task.abort_handle()];
     let draining = outcomes.clone();
     let drain = async move {
         let _ = prepare_task.await;
+        let _ = skip_task.await;
         let _ = caption_task.await;
         if !store_task.is_finished() {
             let _ = store_task.await;
@@ -232,4 +241,19 @@ pub async fn run_with(
     drop(source);
     committer.close(cfg.shutdown.consumer_close_timeout).await;
     Ok(RunSummary { committed, fatal, drain_timed_out })
+}
+
+/// Passes the pairs the change analysis found unchanged to the store, captioned `caption` under the
+/// captioner's current model version, without running the model.
+async fn unchanged_to_store(
+    mut skipped: mpsc::Receiver<Prepared>,
+    out: mpsc::Sender<Captioned>,
+    worker: Arc<CaptionWorker>,
+    caption: String,
+) {
+    while let Some(p) = skipped.recv().await {
+        if out.send(Captioned::skipped(p, caption.clone(), worker.model_version())).await.is_err() {
+            return;
+        }
+    }
 }

@@ -13,11 +13,9 @@ use futures::StreamExt;
 use rdkafka::message::Message;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::caption::Captioned;
 use super::outcomes::Outcomes;
 use crate::analysis::Analysis;
 use crate::budget::{ByteBudget, Reservation};
-use crate::caption::CaptionWorker;
 use crate::config::{AnalysisConfig, DecodeConfig, PreprocessConfig};
 use crate::error::{RejectKind, Rejection, StepError};
 use crate::event::ImagePairEvent;
@@ -43,8 +41,6 @@ pub struct Prepare {
     pub preprocess: PreprocessConfig,
     pub analysis: AnalysisConfig,
     pub processor: ImageProcessorConfig,
-    /// The captioner: skipped pairs are stored under its current model version.
-    pub worker: Arc<CaptionWorker>,
     pub decode_slots: Arc<Semaphore>,
     pub outcomes: Arc<Outcomes>,
     pub budget: Arc<ByteBudget>,
@@ -143,12 +139,12 @@ impl Prepare {
 }
 
 /// The step: runs [`Prepare::run`] on up to `concurrency` jobs at once and passes on the prepared ones:
-/// to the captioner (`out`), or, found unchanged, to the store (`skipped`).
+/// to the captioner (`out`), or, found unchanged and without their pixels, past it (`skipped`).
 pub async fn step(
     prepare: Arc<Prepare>,
     jobs: mpsc::Receiver<Job>,
     out: mpsc::Sender<Prepared>,
-    skipped: mpsc::Sender<Captioned>,
+    skipped: mpsc::Sender<Prepared>,
     concurrency: usize,
 ) {
     let stream = tokio_stream_from(jobs);
@@ -165,8 +161,7 @@ pub async fn step(
             metrics::counter!(crate::metrics::MODEL_SKIPPED).increment(1);
             p.pixel_values = Vec::new();
             p.memory = None;
-            let caption = prepare.analysis.unchanged_caption.clone();
-            skipped.send(Captioned::skipped(p, caption, prepare.worker.model_version())).await.is_ok()
+            skipped.send(p).await.is_ok()
         } else {
             out.send(p).await.is_ok()
         };

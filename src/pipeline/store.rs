@@ -5,12 +5,36 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::caption::Captioned;
 use super::outcomes::Outcomes;
+use super::prepare::Prepared;
 use crate::store::{CaptionRecord, Store};
 
 /// Most caption rows written in one transaction (group commit).
 const STORE_MAX_ROWS: usize = 1024;
+
+/// A captioned batch on its way to the store.
+pub struct Captioned {
+    pub items: Vec<(Prepared, String)>,
+    pub model_version: String,
+    pub inference_seconds: f64,
+    pub batch_size: usize,
+    /// The change analysis found the pairs unchanged and the model did not run.
+    pub model_skipped: bool,
+}
+
+impl Captioned {
+    /// A pair stored without the model: `caption` is the fixed unchanged caption, `model_version`
+    /// the captioner's at the time.
+    pub fn skipped(pair: Prepared, caption: String, model_version: String) -> Self {
+        Captioned {
+            items: vec![(pair, caption)],
+            model_version,
+            inference_seconds: 0.0,
+            batch_size: 0,
+            model_skipped: true,
+        }
+    }
+}
 
 /// Stores captioned batches. Whatever is queued when a transaction starts goes into it (group commit:
 /// one WAL flush for many batches), so the store keeps up with the captioner however short its batches.
