@@ -370,8 +370,12 @@ fn the_captioner_thread_batches_continuously_and_swaps_between_requests() {
         assert_eq!(swapped.unwrap(), "base");
         let (with_adapter, base) = (reference("adapter"), reference("base"));
         // Requests started before the swap finish on the adapter; one not started yet runs after
-        // it, on the base: either way a request's captions all come from the version it names.
-        assert_eq!(outputs[0].model_version, "with-adapter");
+        // it, on the base: either way a request's captions all come from the version it names, and
+        // once one request ran on the base, the later ones do too (on a loaded machine the swap can
+        // land before even the first request started).
+        let versions: Vec<&str> = outputs.iter().map(|o| o.model_version.as_str()).collect();
+        let first_base = versions.iter().position(|&v| v == "base").unwrap_or(versions.len());
+        assert!(versions[first_base..].iter().all(|&v| v == "base"), "versions out of order: {versions:?}");
         let ranges = [0..2, 2..pvs.len(), 0..1];
         for (out, range) in outputs.iter().zip(ranges) {
             let want = match out.model_version.as_str() {
