@@ -207,6 +207,14 @@ pub struct AnalysisConfig {
     pub unchanged_caption: String,
 }
 
+impl AnalysisConfig {
+    /// Whether a pair with this analysis is stored without the model: found unchanged, and
+    /// `skip_unchanged` set.
+    pub fn skips(&self, analysis: Option<&crate::analysis::Analysis>) -> bool {
+        self.skip_unchanged && analysis.is_some_and(|a| !a.changed)
+    }
+}
+
 /// `[database]`: PostgreSQL.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -420,7 +420,7 @@ async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
         None => blip2idc::model::DEFAULT_MAX_NEW_TOKENS.min(model.model.max_new_tokens_limit()),
     };
     // Decoded and preprocessed as the service does (`preprocess.mode` included).
-    let (analyse, skip) = (cfg.analysis.enabled, cfg.analysis.skip_unchanged);
+    let analyse = cfg.analysis.enabled;
     let pair = blip2idc::decode::decode_pair_analysed(
         &original,
         &modified,
@@ -432,7 +432,7 @@ async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {
     .map_err(|r| anyhow::anyhow!("{original_spec} / {modified_spec}: {r}"))?;
     let analysis = pair.analysis.as_ref();
     // A pair found unchanged gets the fixed caption without the model, as in the service.
-    let (caption, token_ids) = if skip && analysis.is_some_and(|a| !a.changed) {
+    let (caption, token_ids) = if cfg.analysis.skips(analysis) {
         (None, Vec::new())
     } else {
         let g = model.caption_pixels(&[&pair.pixel_values], max_new_tokens)?.remove(0);

@@ -7,9 +7,9 @@
 //! of `caption --json` plus the id and the model version:
 //! `{"id", "caption", "token_ids", "model_version", "changed", "regions", "actions", "model_skipped"}`
 //! (the change analysis, [`crate::analysis`]; with `analysis.skip_unchanged` a pair found unchanged
-//! gets `analysis.unchanged_caption` without the model, and empty `token_ids`). A line that cannot be captioned (bad JSON, a
-//! missing field or file, an image that does not decode) gets `{"id", "error", "kind"}` and the
-//! rest goes on.
+//! gets `analysis.unchanged_caption` without the model, and empty `token_ids`). A line that cannot
+//! be captioned (bad JSON, a missing field or file, an image that does not decode) gets
+//! `{"id", "error", "kind"}` and the rest goes on.
 //!
 //! The output is appended to and flushed line by line, so an interrupted run loses at most the
 //! batches in flight: run again with the same output and the ids already captioned are skipped
@@ -177,7 +177,7 @@ pub async fn run(opts: &Options, worker: Arc<CaptionWorker>) -> anyhow::Result<S
         let (mut ids, mut pixels) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
         for (id, loaded) in batch {
             match loaded {
-                Ok(p) if opts.analysis.skip_unchanged && p.analysis.as_ref().is_some_and(|a| !a.changed) => {
+                Ok(p) if opts.analysis.skips(p.analysis.as_ref()) => {
                     summary.captioned += 1;
                     summary.unchanged += 1;
                     let mut line = json!({"id": id, "caption": opts.analysis.unchanged_caption, "token_ids": [],

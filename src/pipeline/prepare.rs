@@ -156,8 +156,7 @@ pub async fn step(
         .buffer_unordered(concurrency);
     while let Some(item) = prepared.next().await {
         let Some(mut p) = item else { continue };
-        let unchanged = p.analysis.as_ref().is_some_and(|a| !a.changed);
-        let sent = if unchanged && prepare.analysis.skip_unchanged {
+        let sent = if prepare.analysis.skips(p.analysis.as_ref()) {
             metrics::counter!(crate::metrics::MODEL_SKIPPED).increment(1);
             p.pixel_values = Vec::new();
             p.memory = None;
