@@ -4,8 +4,10 @@
 //! touches Kafka. Secrets (the database URL's password) are wrapped in [`Secret`] and never printed.
 
 pub mod choices;
+pub mod review;
 pub mod training;
 pub use choices::{BlasChoice, DeviceSpec, Dtype, LogFormat, OffsetReset, PreprocessMode};
+pub use review::{ReviewConfig, ReviewUser, Role};
 pub use training::{AugmentConfig, PadMasking, RetrainConfig, TrainConfig};
 
 use std::collections::BTreeMap;
@@ -57,6 +59,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The periodic LoRA fine-tuning job (`blip2idc retrain`).
     pub retrain: RetrainConfig,
+    /// The analysts' web app (`blip2idc review`).
+    pub review: ReviewConfig,
 }
 
 /// `[kafka]`: the consumer and the topics.
@@ -616,6 +620,7 @@ impl Config {
         );
 
         self.retrain.check(&mut errs);
+        self.review.check(&mut errs);
         if errs.is_empty() {
             Ok(())
         } else {

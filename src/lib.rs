@@ -55,6 +55,7 @@ pub mod model;
 pub mod operator;
 pub mod pipeline;
 pub mod retry;
+pub mod review;
 pub mod s3uri;
 pub mod source;
 pub mod store;

@@ -153,6 +153,31 @@ enum Command {
     /// promoted adapter on the frozen holdout, upload and register it, and promote it when it is
     /// better. Runs once (for cron / a Kubernetes CronJob) or, with --every, on retrain.interval.
     Retrain(RetrainArgs),
+    /// The analysts' web app on review.listen: search captions, compare a pair's images, accept or
+    /// correct captions (each decision a row of `labels`, which `retrain` trains on), the model
+    /// registry. Users and roles come from [[review.users]] in --config. Subcommands make password
+    /// hashes and API tokens for that list.
+    Review(ReviewArgs),
+}
+
+#[derive(clap::Args)]
+struct ReviewArgs {
+    #[command(subcommand)]
+    action: Option<ReviewAction>,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Subcommand)]
+enum ReviewAction {
+    /// Serve the app (the default). Stops on SIGTERM/SIGINT.
+    Serve,
+    /// Read a password from stdin (one line; e.g. `read -rs p; echo "$p" | blip2idc review
+    /// hash-password`) and print its Argon2id hash for a [[review.users]] password_hash.
+    HashPassword,
+    /// Print a new random API token (give it to the client, for `Authorization: Bearer`) and its
+    /// SHA-256 (for the user's token_sha256).
+    NewToken,
 }
 
 #[derive(clap::Args)]
@@ -278,6 +303,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(d) => dlq(d).await,
         Command::Caption(a) => caption(a).await,
         Command::Retrain(a) => retrain(a).await,
+        Command::Review(a) => review(a).await,
         Command::Eval(args) => {
             blip2idc::eval::cli::run(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -382,6 +408,40 @@ async fn retrain(a: RetrainArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn review(a: ReviewArgs) -> anyhow::Result<ExitCode> {
+    use blip2idc::review::auth;
+    match a.action.unwrap_or(ReviewAction::Serve) {
+        ReviewAction::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\n', '\r']);
+            anyhow::ensure!(password.chars().count() >= 12, "the password must be at least 12 characters");
+            println!("{}", auth::hash_password(password)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        ReviewAction::NewToken => {
+            let token = auth::random_token();
+            println!("token:        {token}\ntoken_sha256: {}", auth::sha256_hex(&token));
+            Ok(ExitCode::SUCCESS)
+        }
+        ReviewAction::Serve => {
+            let cfg = Config::load(a.config.config.as_deref())?;
+            blip2idc::telemetry::init(cfg.log.format, &cfg.log.filter);
+            let store = blip2idc::store::Store::connect_lazy(&cfg.database)?;
+            if cfg.database.migrate_on_start {
+                store.migrate().await?;
+            }
+            let stop = CancellationToken::new();
+            spawn_signal_handler(stop.clone());
+            let (addr, task) = blip2idc::review::spawn(cfg, stop).await?;
+            tracing::info!(%addr, "review app: http://{addr}/");
+            eprintln!("review app listening on http://{addr}/ (Ctrl-C stops it)");
+            task.await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 async fn caption(a: CaptionArgs) -> anyhow::Result<ExitCode> {

@@ -31,6 +31,9 @@ pub const PAIRS_ANALYSED: &str = "blip2idc_pairs_analysed_total";
 pub const MODEL_SKIPPED: &str = "blip2idc_model_skipped_total";
 pub const EDIT_ACTIONS: &str = "blip2idc_edit_actions_total";
 pub const ANALYSIS_SECONDS: &str = "blip2idc_analysis_seconds";
+pub const REVIEW_LOGINS: &str = "blip2idc_review_logins_total";
+pub const REVIEW_DECISIONS: &str = "blip2idc_review_decisions_total";
+pub const REVIEW_REQUEST_SECONDS: &str = "blip2idc_review_request_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -89,6 +92,12 @@ fn describe() {
     );
     describe_gauge!(MODEL_LOADED, "1 for the model version this consumer captions with (label version).");
     describe_gauge!(MODEL_STALE, "1 while this consumer runs another version than the registry's promoted one.");
+    describe_counter!(REVIEW_LOGINS, "Sign-ins to the review app, by outcome (ok, failed, limited).");
+    describe_counter!(
+        REVIEW_DECISIONS,
+        "Review decisions written as labels, by decision (accepted, corrected, undone)."
+    );
+    describe_histogram!(REVIEW_REQUEST_SECONDS, Unit::Seconds, "Review app response time, by page.");
     describe_counter!(PAIRS_ANALYSED, "Pairs compared by the change analysis, by outcome (changed = true/false).");
     describe_counter!(MODEL_SKIPPED, "Pairs found unchanged and stored without running the model.");
     describe_counter!(EDIT_ACTIONS, "Stored pairs per C2PA edit action named (label action).");

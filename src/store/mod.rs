@@ -21,6 +21,7 @@ use crate::retry::{Backoff, Retry};
 pub mod breaker;
 pub mod read;
 mod registry;
+pub mod review;
 pub mod training;
 pub use registry::{
     ModelVersion, Promoted, Promotion, PromotionAction, PromotionListener, PromotionRow, VersionRow, PROMOTION_CHANNEL,

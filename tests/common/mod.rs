@@ -3,6 +3,8 @@
 //! Every test gets its own topics, consumer group, bucket and event-id prefix.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
