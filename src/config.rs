@@ -822,6 +822,47 @@ mod tests {
     }
 
     #[test]
+    fn review_users_are_checked_with_their_names() {
+        let mut c = defaults();
+        assert!(c.review.users.is_empty() && c.review.check_serving().is_err(), "nobody can sign in by default");
+        c.review.users = vec![
+            ReviewUser {
+                name: "alice".into(),
+                role: Role::Reviewer,
+                password_hash: Some("hunter2".into()),
+                token_sha256: None,
+            },
+            ReviewUser {
+                name: "bob".into(),
+                role: Role::Viewer,
+                password_hash: None,
+                token_sha256: Some("abc".into()),
+            },
+            ReviewUser { name: "bob".into(), role: Role::Admin, password_hash: None, token_sha256: None },
+        ];
+        c.review.categories.push("Not OK".into());
+        c.review.proxy_user_header = "X-Auth-Request-Email".into();
+        let err = c.validate().unwrap_err().to_string();
+        for needle in [
+            "review.users[0] (\"alice\"): password_hash is not an Argon2 PHC string",
+            "review.users[1] (\"bob\"): token_sha256 must be 64 hex digits",
+            "review.users[2] (\"bob\"): the name appears more than once",
+            "review.categories entry \"Not OK\"",
+            "review.proxy_user_header is set but review.trusted_proxies is empty",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+        assert!(!err.contains("hunter2"), "a misplaced password is not echoed: {err}");
+        let hash = crate::review::auth::hash_password("a long enough password").unwrap();
+        c.review.users =
+            vec![ReviewUser { name: "alice".into(), role: Role::Admin, password_hash: Some(hash), token_sha256: None }];
+        c.review.categories.pop();
+        c.review.trusted_proxies = vec!["10.0.0.1".parse().unwrap()];
+        c.validate().unwrap();
+        c.review.check_serving().unwrap();
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("c.toml", "[pipeline]\nmax_bach_size = 3\n")?;

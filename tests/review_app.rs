@@ -374,6 +374,8 @@ fn browse(b: &Browser, base: &str, ids: &[String], shots: &Path) {
     b.find("button[data-mode=side]").click();
 
     // Correct its caption.
+    assert_eq!(b.find("#correction").text(), "the red logo was removed from the top left corner", "prefilled");
+    b.find("#correction").clear();
     b.find("#correction").send_keys("the logo was removed from the top left");
     b.find("#category option[value=remove]").click();
     b.find("#correct").click();
@@ -588,4 +590,49 @@ async fn labels_made_in_the_app_are_what_retrain_trains_on() {
     .await
     .unwrap();
     stop.cancel();
+}
+
+/// Behind an authenticating (OIDC) proxy: the proxy's header names the user, trusted from the
+/// configured proxy addresses only; the user must be listed; a session follows the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_authenticating_proxy_signs_listed_users_in_by_its_header() {
+    let mut scope = Scope::new("review-proxy").await;
+    let listed = |name: &str, role| ReviewUser { name: name.into(), role, password_hash: None, token_sha256: None };
+    scope.cfg.review.users = vec![listed("alice@example.org", Role::Reviewer), listed("bob@example.org", Role::Viewer)];
+    scope.cfg.review.listen = "127.0.0.1:0".parse().unwrap();
+    scope.cfg.review.proxy_user_header = "X-Auth-Request-Email".into();
+    scope.cfg.review.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let (trusted, stop) = start_app(&scope).await;
+    // The same app with another proxy address: this test's requests are not from a proxy.
+    scope.cfg.review.trusted_proxies = vec!["10.9.9.9".parse().unwrap()];
+    let (untrusted, stop2) = start_app(&scope).await;
+    tokio::task::spawn_blocking(move || {
+        let alice = [("X-Auth-Request-Email", "alice@example.org")];
+        let mut http = Http::new(&trusted);
+        let r = http.get("/search", &alice);
+        assert_eq!((r.status, r.location.as_deref()), (303, Some("/login?next=%2Fsearch")));
+        let r = http.get("/login?next=%2Fsearch", &alice);
+        assert_eq!((r.status, r.location.as_deref()), (303, Some("/search")), "signed in at once: {}", r.body);
+        let r = http.get("/search", &alice);
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("alice@example.org") && r.body.contains("reviewer"));
+        // The proxy now vouches for bob: alice's session is not used for him.
+        let r = http.get("/search", &[("X-Auth-Request-Email", "bob@example.org")]);
+        assert_eq!(r.status, 303);
+        // A name that is not listed is refused.
+        let mut other = Http::new(&trusted);
+        let r = other.get("/login", &[("X-Auth-Request-Email", "mallory@example.org")]);
+        assert_eq!(r.status, 403);
+        assert!(r.body.contains("not a user of this app"));
+        // From an address that is not a trusted proxy, the header means nothing.
+        let mut direct = Http::new(&untrusted);
+        let r = direct.get("/login", &alice);
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("id=\"password\""), "the password form");
+        assert_eq!(direct.get("/search", &alice).status, 303);
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    stop2.cancel();
 }

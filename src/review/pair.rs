@@ -59,6 +59,11 @@ pub fn render(
                 input.slider type="range" min="0" max="100" value="50" aria-label="Slider position";
             }
         }
+        @if who.can_review() {
+            @if let Some(c) = latest {
+                (decision_form(s, who, &pair.event_id, c, labels.iter().find(|l| l.decision.is_some()), from))
+            }
+        }
         section.details {
             div {
                 h2 { "Captions" }
@@ -76,11 +81,6 @@ pub fn render(
                                 td { (layout::when(c.created_at)) " (" (format!("{:.0} ms", c.inference_seconds * 1e3)) ")" }
                             }
                         }
-                    }
-                }
-                @if who.can_review() {
-                    @if let Some(c) = latest {
-                        (decision_form(s, who, &pair.event_id, c, labels.iter().find(|l| l.decision.is_some()), from))
                     }
                 }
                 h2 { "Labels" }
@@ -133,6 +133,7 @@ pub fn decision_form(
             (layout::csrf(who))
             input type="hidden" name="model_version" value=(caption.model_version);
             input type="hidden" name="from" value=(from);
+            p.judged { "Caption by " code { (caption.model_version) } ": " strong #judged-caption { (caption.caption) } }
             @if let Some(l) = existing {
                 p.existing #existing-decision { "Current decision: " span.tag { (l.decision.as_deref().unwrap_or("")) } " by " (l.labeled_by)
                     @if l.split.is_some() { " (used for training: final)" } }
@@ -144,7 +145,7 @@ pub fn decision_form(
             div.row {
                 label { "Correction" textarea #correction name="caption" rows="2" maxlength="500"
                     placeholder="What changed, in the captions' style (c to focus)" {
-                    @if let Some(l) = corrected { (l.caption) } } }
+                    (corrected.map_or(caption.caption.as_str(), |l| l.caption.as_str())) } }
                 label { "Category " select #category name="category" {
                     option value="" { "—" }
                     @for c in &s.cfg.review.categories {

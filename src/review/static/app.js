@@ -7,23 +7,31 @@ document.addEventListener("DOMContentLoaded", () => {
     // Changed regions: boxes in the original's pixels, drawn once its natural size is known.
     const fig = compare.querySelector("figure.original");
     const img = document.getElementById("original");
+    // The picture inside the <img> box (object-fit: contain letterboxes it), in the frame's pixels.
+    const picture = () => {
+      const W = img.clientWidth, H = img.clientHeight, w = img.naturalWidth, h = img.naturalHeight;
+      const k = img.classList.contains("zoomed") ? 1 : Math.min(W / w, H / h);
+      return { k, x: img.offsetLeft + (W - w * k) / 2, y: img.offsetTop + (H - h * k) / 2 };
+    };
     const draw = () => {
       const boxes = JSON.parse(fig.dataset.regions || "[]");
       const frame = fig.querySelector(".frame");
       frame.querySelectorAll(".region").forEach((r) => r.remove());
       if (!img.naturalWidth) return;
+      const p = picture();
       for (const [x0, y0, x1, y1] of boxes) {
         const r = document.createElement("div");
         r.className = "region";
-        r.style.left = (100 * x0 / img.naturalWidth) + "%";
-        r.style.top = (100 * y0 / img.naturalHeight) + "%";
-        r.style.width = (100 * (x1 - x0) / img.naturalWidth) + "%";
-        r.style.height = (100 * (y1 - y0) / img.naturalHeight) + "%";
+        r.style.left = (p.x + x0 * p.k) + "px";
+        r.style.top = (p.y + y0 * p.k) + "px";
+        r.style.width = ((x1 - x0) * p.k) + "px";
+        r.style.height = ((y1 - y0) * p.k) + "px";
         frame.appendChild(r);
       }
     };
     if (img.complete) draw(); else img.addEventListener("load", draw);
-    compare.querySelectorAll("img").forEach((i) => i.addEventListener("click", () => i.classList.toggle("zoomed")));
+    window.addEventListener("resize", draw);
+    compare.querySelectorAll("img").forEach((i) => i.addEventListener("click", () => { i.classList.toggle("zoomed"); draw(); }));
     const slider = compare.querySelector(".slider");
     const republished = compare.querySelector("figure.republished");
     const clip = () => { republished.style.clipPath = `inset(0 0 0 ${slider.value}%)`; };
@@ -34,6 +42,7 @@ document.addEventListener("DOMContentLoaded", () => {
       compare.classList.add(mode);
       republished.style.clipPath = "";
       if (mode === "slider") clip();
+      draw();
       clearInterval(timer);
       if (mode === "flicker") timer = setInterval(() => compare.classList.toggle("show-republished"), 600);
       document.querySelectorAll(".compare-modes button").forEach((b) => b.classList.toggle("active", b.dataset.mode === mode));
