@@ -853,7 +853,9 @@ mod tests {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
         assert!(!err.contains("hunter2"), "a misplaced password is not echoed: {err}");
-        let hash = crate::review::auth::hash_password("a long enough password").unwrap();
+        // From `blip2idc review hash-password` (its format is what is checked here).
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$i6uxlT0vgBxGgLy2uh4X8A$jRuBtH+AD69D4XhkyhX/aRJjGU+8y/1IwjoIC/g8/U4"
+            .to_owned();
         c.review.users =
             vec![ReviewUser { name: "alice".into(), role: Role::Admin, password_hash: Some(hash), token_sha256: None }];
         c.review.categories.pop();
