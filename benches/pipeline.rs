@@ -25,7 +25,7 @@
 static ALLOC: blip2idc::GlobalAllocator = blip2idc::GlobalAllocator {};
 
 mod common;
-use common::num;
+use common::{load_env, num};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,17 +53,6 @@ impl Captioner for CheapCaptioner {
     fn caption_batch(&mut self, pv: &[&[f32]]) -> anyhow::Result<Vec<blip2idc::caption::Caption>> {
         std::thread::sleep(self.1 * pv.len() as u32);
         Ok(pv.iter().map(|p| format!("a change starting with {:.3}", p[0]).into()).collect())
-    }
-}
-
-fn load_env() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/env");
-    for line in std::fs::read_to_string(path).expect("deploy/local/env").lines() {
-        if let Some((k, v)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
-            if std::env::var_os(k.trim()).is_none() {
-                std::env::set_var(k.trim(), v.trim());
-            }
-        }
     }
 }
 

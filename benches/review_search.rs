@@ -13,24 +13,13 @@
 //! Without `--bench` (as `cargo test --benches` runs it) it does nothing.
 
 mod common;
-use common::num;
+use common::{load_env, num};
 
 use std::time::{Duration, Instant};
 
 use blip2idc::config::{Config, ReviewUser, Role, Secret};
 use blip2idc::store::review::{CaptionSearch, SearchSort};
 use blip2idc::store::Store;
-
-fn load_env() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/env");
-    for line in std::fs::read_to_string(path).expect("deploy/local/env").lines() {
-        if let Some((k, v)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
-            if std::env::var_os(k.trim()).is_none() {
-                std::env::set_var(k.trim(), v.trim());
-            }
-        }
-    }
-}
 
 const DB: &str = "blip2idc_bench_review";
 

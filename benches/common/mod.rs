@@ -166,3 +166,16 @@ pub fn decode_continuously(
     }
     Ok(s)
 }
+
+/// Loads `deploy/local/env` (the local stack's endpoints) into the environment, without overriding
+/// what is already set.
+pub fn load_env() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/local/env");
+    for line in std::fs::read_to_string(path).expect("deploy/local/env").lines() {
+        if let Some((k, v)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+            if std::env::var_os(k.trim()).is_none() {
+                std::env::set_var(k.trim(), v.trim());
+            }
+        }
+    }
+}

@@ -162,22 +162,13 @@ pub async fn page(State(s): State<AppState>, who: Authed) -> Result<Markup, AppE
 mod tests {
     use super::*;
 
-    fn summary(cider: f64, cats: &[(&str, f64)]) -> EvalSummary {
-        EvalSummary {
-            version: "v".into(),
-            cider,
-            bleu4: 0.0,
-            rouge_l: 0.0,
-            meteor: None,
-            by_category: cats.iter().map(|(c, v)| (c.to_string(), *v)).collect(),
-            holdout_pairs: 10,
-        }
-    }
-
     #[test]
     fn the_plot_has_a_line_per_series_with_its_points_in_the_frame() {
         let t = |h: i64| DateTime::<Utc>::from_timestamp(1_790_000_000 + h * 3600, 0).unwrap();
-        let pts = vec![(t(0), summary(0.5, &[("add", 0.4)])), (t(24), summary(0.9, &[("add", 0.7), ("remove", 1.2)]))];
+        let pts = vec![
+            (t(0), EvalSummary::scored(0.5, &[("add", 0.4)])),
+            (t(24), EvalSummary::scored(0.9, &[("add", 0.7), ("remove", 1.2)])),
+        ];
         let s = series(&pts);
         assert_eq!(s.keys().collect::<Vec<_>>(), ["add", "overall", "remove"]);
         let svg = plot(&s).into_string();

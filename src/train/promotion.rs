@@ -87,10 +87,9 @@ pub fn decide(baseline: &EvalSummary, candidate: &EvalSummary, rc: &RetrainConfi
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn summary(cider: f64, cats: &[(&str, f64)]) -> EvalSummary {
+impl EvalSummary {
+    /// A summary with these CIDEr-D scores (overall and per category), for tests.
+    pub(crate) fn scored(cider: f64, cats: &[(&str, f64)]) -> EvalSummary {
         EvalSummary {
             version: "v".into(),
             cider,
@@ -100,6 +99,15 @@ mod tests {
             by_category: cats.iter().map(|(c, v)| (c.to_string(), *v)).collect(),
             holdout_pairs: 10,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(cider: f64, cats: &[(&str, f64)]) -> EvalSummary {
+        EvalSummary::scored(cider, cats)
     }
 
     #[test]
