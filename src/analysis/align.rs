@@ -167,6 +167,14 @@ pub fn align(
         .collect()
 }
 
+/// The untouched framing (orientation 0, the whole original), refined by a pixel and half a percent
+/// of scale at the fine size; `None` when the aspect ratios differ by more than 3 %.
+pub fn untouched(orig_fine: &Plane, rep_fine: &Plane) -> Option<Alignment> {
+    let aspect = |p: &Plane| p.w as f32 / p.h as f32;
+    ((aspect(rep_fine) / aspect(orig_fine) - 1.0).abs() < 0.03)
+        .then(|| refine(orig_fine, rep_fine, 0, (0, 0, orig_fine.w), orig_fine.w, 1))
+}
+
 /// Refines a coarse alignment at the fine size: offsets ± `radius` - 1 px, widths ± `radius` · 0.5 %
 /// (`radius` 4: ± 3 px, ± 2 %).
 fn refine(
