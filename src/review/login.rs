@@ -83,7 +83,10 @@ pub struct LoginQuery {
 /// Only paths of this app (no `//host` or scheme) are followed after a sign-in.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        // Browsers drop tabs and newlines from URLs ("/\t/host" becomes "//host") and read a backslash as "/".
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.chars().any(|c| c == '\\' || c.is_control()) => {
+            n.to_owned()
+        }
         _ => "/".to_owned(),
     }
 }
@@ -238,7 +241,8 @@ mod tests {
     #[test]
     fn only_local_paths_are_followed_after_sign_in() {
         assert_eq!(safe_next(Some("/pairs/a?b=1")), "/pairs/a?b=1");
-        for bad in ["//evil.example/", "https://evil.example/", "/\\evil.example", "pairs"] {
+        for bad in ["//evil.example/", "https://evil.example/", "/\\evil.example", "pairs", "/\t/evil.example", "/\n/x"]
+        {
             assert_eq!(safe_next(Some(bad)), "/", "{bad}");
         }
         assert_eq!(safe_next(None), "/");
