@@ -602,6 +602,24 @@ async fn an_authenticating_proxy_signs_listed_users_in_by_its_header() {
     scope.cfg.review.listen = "127.0.0.1:0".parse().unwrap();
     scope.cfg.review.proxy_user_header = "X-Auth-Request-Email".into();
     scope.cfg.review.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    // Pairs whose objects the app must not stream: a bucket outside s3.allowed_buckets, and an object
+    // of the allowed bucket that is not an image (an SVG could carry script).
+    let store = scope.store();
+    blip2idc_dev::put(&scope.s3().await, &scope.bucket, "page.svg", b"<svg onload=alert(1)/>".to_vec()).await.unwrap();
+    for (id, uri) in
+        [("elsewhere", "s3://not-allowed-bucket/a.jpg".to_owned()), ("svg", format!("s3://{}/page.svg", scope.bucket))]
+    {
+        sqlx::query(
+            "INSERT INTO image_pairs (event_id, original_uri, republished_uri, kafka_topic, kafka_partition, kafka_offset)
+             VALUES ($1, $2, $2, 't', 0, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(format!("{}-{id}", scope.prefix))
+        .bind(uri)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    let prefix = scope.prefix.clone();
     let (trusted, stop) = start_app(&scope).await;
     // The same app with another proxy address: this test's requests are not from a proxy.
     scope.cfg.review.trusted_proxies = vec!["10.9.9.9".parse().unwrap()];
@@ -616,6 +634,11 @@ async fn an_authenticating_proxy_signs_listed_users_in_by_its_header() {
         let r = http.get("/search", &alice);
         assert_eq!(r.status, 200);
         assert!(r.body.contains("alice@example.org") && r.body.contains("reviewer"));
+        let image = |http: &mut Http, id: &str| http.get(&format!("/img/{prefix}-{id}/original"), &alice).status;
+        assert_eq!(image(&mut http, "elsewhere"), 403, "a bucket outside s3.allowed_buckets");
+        assert_eq!(image(&mut http, "svg"), 415, "not a JPEG, PNG or WebP");
+        assert_eq!(http.get(&format!("/thumb/{prefix}-svg/original"), &alice).status, 415);
+        assert_eq!(image(&mut http, "missing"), 404);
         // The proxy now vouches for bob: alice's session is not used for him.
         let r = http.get("/search", &[("X-Auth-Request-Email", "bob@example.org")]);
         assert_eq!(r.status, 303);
