@@ -61,6 +61,11 @@ pub fn sha256_hex(s: &str) -> String {
     Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An Argon2id hash with the parameters of [`hash_password`] that no configured user has: a sign-in
+/// naming an unknown user is verified against it, so timing does not tell which names exist.
+pub const UNKNOWN_USER_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$i6uxlT0vgBxGgLy2uh4X8A$jRuBtH+AD69D4XhkyhX/aRJjGU+8y/1IwjoIC/g8/U4";
+
 /// An Argon2id PHC string of `password` (OWASP's parameters: 19 MiB, 2 passes).
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
     let salt: [u8; 16] = rand::random();
@@ -90,21 +95,13 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// How a request was authenticated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Via {
-    Session,
-    Token,
-}
-
-/// A signed-in user: who, with which role, and the session's CSRF token (none for API tokens, which
-/// a browser never sends on its own).
+/// A signed-in user: who, with which role, and the session's CSRF token (`None`: signed in with an
+/// API token, which a browser never sends on its own).
 #[derive(Clone, Debug)]
 pub struct Authed {
     pub user: String,
     pub role: Role,
     pub csrf: Option<String>,
-    pub via: Via,
     pub client: String,
 }
 
@@ -125,9 +122,9 @@ impl Authed {
 
     /// Checks a form's CSRF token against the session's (API tokens need none).
     pub fn check_csrf(&self, token: &str) -> Result<(), AppError> {
-        match (&self.via, &self.csrf) {
-            (Via::Token, _) => Ok(()),
-            (Via::Session, Some(expected)) if equal(expected, token) => Ok(()),
+        match &self.csrf {
+            None => Ok(()),
+            Some(expected) if equal(expected, token) => Ok(()),
             _ => Err(AppError::Forbidden(
                 "the form's CSRF token is missing or stale: reload the page and try again".into(),
             )),
@@ -187,7 +184,7 @@ impl FromRequestParts<AppState> for Authed {
             let user =
                 cfg.users.iter().find(|u| u.token_sha256.as_deref().is_some_and(|t| equal(&t.to_lowercase(), &digest)));
             return match user {
-                Some(u) => Ok(Authed { user: u.name.clone(), role: u.role, csrf: None, via: Via::Token, client }),
+                Some(u) => Ok(Authed { user: u.name.clone(), role: u.role, csrf: None, client }),
                 None => Err(AppError::Unauthorized("unknown API token".into())),
             };
         }
@@ -208,7 +205,7 @@ impl FromRequestParts<AppState> for Authed {
         let Some(u) = cfg.user(&user) else {
             return Err(unauthenticated());
         };
-        Ok(Authed { user, role: u.role, csrf: Some(csrf), via: Via::Session, client })
+        Ok(Authed { user, role: u.role, csrf: Some(csrf), client })
     }
 }
 
@@ -224,6 +221,10 @@ mod tests {
         assert!(!verify_password("correct horsf", &h));
         assert!(!verify_password("correct horse", "not a hash"));
         assert_ne!(hash_password("correct horse").unwrap(), h, "salted");
+        // The unknown-user hash costs what a real one does: the same algorithm and parameters.
+        let params = |h: &str| h.rsplitn(3, '$').nth(2).unwrap().to_owned();
+        assert_eq!(params(UNKNOWN_USER_HASH), params(&h));
+        assert!(!verify_password("no user has this password", UNKNOWN_USER_HASH));
     }
 
     #[test]
@@ -236,16 +237,11 @@ mod tests {
 
     #[test]
     fn csrf_is_needed_for_sessions_only() {
-        let mut who = Authed {
-            user: "a".into(),
-            role: Role::Reviewer,
-            csrf: Some("tok".into()),
-            via: Via::Session,
-            client: "127.0.0.1".into(),
-        };
+        let mut who =
+            Authed { user: "a".into(), role: Role::Reviewer, csrf: Some("tok".into()), client: "127.0.0.1".into() };
         assert!(who.check_csrf("tok").is_ok());
         assert!(who.check_csrf("tok2").is_err() && who.check_csrf("").is_err());
-        who.via = Via::Token;
+        who.csrf = None;
         assert!(who.check_csrf("").is_ok());
         assert!(who.require(Role::Reviewer).is_ok() && who.require(Role::Admin).is_err());
     }

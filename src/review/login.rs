@@ -162,10 +162,10 @@ pub async fn login(
         return Err(AppError::TooManyAttempts(wait));
     }
     let hash = cfg.user(&f.username).and_then(|u| u.password_hash.clone());
-    let (password, dummy) = (f.password.clone(), s.dummy_hash.clone());
+    let password = f.password.clone();
     let ok = tokio::task::spawn_blocking(move || {
         // An unknown user costs a verification too, so timing does not tell which names exist.
-        let matches = auth::verify_password(&password, hash.as_deref().unwrap_or(&dummy));
+        let matches = auth::verify_password(&password, hash.as_deref().unwrap_or(auth::UNKNOWN_USER_HASH));
         matches && hash.is_some()
     })
     .await

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -44,8 +44,6 @@ pub struct AppState {
     pub fetcher: Arc<Fetcher>,
     pub thumbs: Arc<images::ThumbCache>,
     pub limiter: Arc<login::LoginLimiter>,
-    /// Verified against when a sign-in names an unknown user (equal timing).
-    pub dummy_hash: Arc<String>,
     pub prometheus: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -139,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_page))
         .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(timed))
         .with_state(state)
 }
 
@@ -147,12 +146,20 @@ async fn metrics_page(State(s): State<AppState>, who: auth::Authed) -> Result<St
     Ok(s.prometheus.render())
 }
 
+/// Records each response's time by page (the path's first segment; others as "other").
+async fn timed(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    const PAGES: [&str; 9] = ["search", "pairs", "review", "models", "audit", "img", "thumb", "login", "labels"];
+    let segment = req.uri().path().split('/').nth(1).unwrap_or("");
+    let page = PAGES.iter().copied().find(|p| *p == segment).unwrap_or("other");
+    let r = next.run(req).await;
+    metrics::histogram!(crate::metrics::REVIEW_REQUEST_SECONDS, "page" => page).record(started.elapsed().as_secs_f64());
+    r
+}
+
 /// Headers on every response: a strict content security policy (scripts and styles from this app
 /// only, no framing), no MIME sniffing, no referrer leaving the app; pages are never cached.
 async fn security_headers(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let page = req.uri().path().split('/').nth(1).unwrap_or("").to_owned();
-    let is_get = req.method() == Method::GET;
     let mut r = next.run(req).await;
     let h = r.headers_mut();
     h.insert(
@@ -168,14 +175,6 @@ async fn security_headers(req: Request, next: Next) -> Response {
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    let page = match page.as_str() {
-        "search" | "pairs" | "review" | "models" | "audit" | "img" | "thumb" | "login" | "labels" => page,
-        _ => "other".to_owned(),
-    };
-    if is_get || page == "labels" || page == "pairs" {
-        metrics::histogram!(crate::metrics::REVIEW_REQUEST_SECONDS, "page" => page)
-            .record(started.elapsed().as_secs_f64());
-    }
     r
 }
 
@@ -189,14 +188,12 @@ pub async fn state(cfg: Config) -> anyhow::Result<AppState> {
     s3.retry_max_backoff = s3.retry_max_backoff.min(s3.retry_timeout);
     s3.retry_initial_backoff = s3.retry_initial_backoff.min(s3.retry_max_backoff);
     let fetcher = Fetcher::new(crate::fetch::s3_client(&s3).await, &s3);
-    let dummy = tokio::task::spawn_blocking(|| auth::hash_password("no user has this password")).await??;
     Ok(AppState {
         thumbs: Arc::new(images::ThumbCache::new(cfg.review.thumbnail_cache_bytes)),
         limiter: Arc::new(login::LoginLimiter::new(cfg.review.login_max_failures, cfg.review.login_window)),
         cfg: Arc::new(cfg),
         store,
         fetcher: Arc::new(fetcher),
-        dummy_hash: Arc::new(dummy),
         prometheus: crate::metrics::install(),
     })
 }

@@ -92,8 +92,9 @@ pub async fn page(State(s): State<AppState>, who: Authed) -> Result<Markup, AppE
     let promotions = s.store.promotion_history(base, 20).await?;
     let runs = s.store.training_runs(base, 50).await?;
     let holdout = |m: &serde_json::Value| serde_json::from_value::<EvalSummary>(m.get("holdout")?.clone()).ok();
+    let holdouts: Vec<Option<EvalSummary>> = versions.iter().map(|v| holdout(&v.metrics)).collect();
     let mut scored: Vec<(DateTime<Utc>, EvalSummary)> =
-        versions.iter().filter_map(|v| holdout(&v.metrics).map(|h| (v.created_at, h))).collect();
+        versions.iter().zip(&holdouts).filter_map(|(v, h)| h.clone().map(|h| (v.created_at, h))).collect();
     scored.sort_by_key(|(t, _)| *t);
     let categories: Vec<String> = {
         let mut c: Vec<String> = scored.iter().flat_map(|(_, s)| s.by_category.keys().cloned()).collect();
@@ -116,8 +117,7 @@ pub async fn page(State(s): State<AppState>, who: Authed) -> Result<Markup, AppE
                     @for c in &categories { th { (c) } }
                 } }
                 tbody {
-                    @for v in &versions {
-                        @let h = holdout(&v.metrics);
+                    @for (v, h) in versions.iter().zip(&holdouts) {
                         tr.promoted[v.promoted] {
                             td { code { (v.version) } @if v.promoted { " " span.tag { "promoted" } }
                                  @if let Some(e) = &v.load_error { " " span.tag.error title=(e) { "load failed" } } }
@@ -128,7 +128,7 @@ pub async fn page(State(s): State<AppState>, who: Authed) -> Result<Markup, AppE
                             td { (f(h.as_ref().map(|h| h.bleu4))) }
                             td { (f(h.as_ref().map(|h| h.rouge_l))) }
                             td { (f(h.as_ref().and_then(|h| h.meteor))) }
-                            td { @if let Some(h) = &h { (h.holdout_pairs) } }
+                            td { @if let Some(h) = h { (h.holdout_pairs) } }
                             @for c in &categories { td { (f(h.as_ref().and_then(|h| h.by_category.get(c).copied()))) } }
                         }
                     }

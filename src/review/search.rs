@@ -134,7 +134,6 @@ pub async fn page(State(s): State<AppState>, who: Authed, Query(form): Query<Sea
         f.after.clear();
         format!("/search?{}", query_string(&f))
     };
-    let selected = |a: &str, b: &str| a == b;
     Ok(layout::page(
         "Search",
         &who,
@@ -144,7 +143,7 @@ pub async fn page(State(s): State<AppState>, who: Authed, Query(form): Query<Sea
                 label { "Source " input name="source" value=(form.source) placeholder="host"; }
                 label { "Model " select name="version" {
                     option value="" { "any" }
-                    @for v in &versions { option value=(v) selected[selected(v, &form.version)] { (v) } }
+                    @for v in &versions { option value=(v) selected[*v == form.version] { (v) } }
                 } }
                 label { "Changed " select name="changed" {
                     option value="" { "any" }
