@@ -21,7 +21,7 @@ use common::num;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use blip2idc::analysis::{analyze, CHANGED_THRESHOLD};
+use blip2idc::analysis::{analyze, CHANGED_THRESHOLD, LOST_CHANGED};
 use blip2idc::config::DecodeConfig;
 use blip2idc::model::preprocess::rgb_view;
 use blip2idc_dev as devtools;
@@ -52,6 +52,9 @@ fn main() -> anyhow::Result<()> {
     // action -> (true positives, predicted, actual)
     let mut actions: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
     let (mut unedited_res, mut edited_res) = (Vec::new(), Vec::new());
+    // The largest group's texture loss of the unedited copies.
+    let mut unedited_lost = Vec::new();
+    let mut unedited_skipped = 0usize;
     let (mut t_decode, mut t_analysis) = (0.0, 0.0);
     // Analysis time and pairs, unedited [0] and edited [1].
     let (mut t_by_truth, mut n_by_truth) = ([0.0f64; 2], [0usize; 2]);
@@ -80,8 +83,8 @@ fn main() -> anyhow::Result<()> {
                 if !a.changed {
                     false_skips += 1;
                     worst.push(format!(
-                        "{} (area {:.3}, visibly changed {:.3}, residual {:.2})",
-                        c.id, c.edit_area, c.visible_area, a.max_residual
+                        "{} (area {:.3}, visibly changed {:.3}, residual {:.2}, texture lost {:.2})",
+                        c.id, c.edit_area, c.visible_area, a.max_residual, a.lost_texture
                     ));
                 }
             }
@@ -109,9 +112,13 @@ fn main() -> anyhow::Result<()> {
             }
         } else {
             unedited_res.push((a.max_residual, c.id.clone()));
+            unedited_lost.push((a.lost_texture, c.id.clone()));
+            unedited_skipped += !a.changed as usize;
             if a.changed {
-                worst
-                    .push(format!("{} unedited, residual {:.2}, score {:.3}", c.id, a.max_residual, a.alignment.score));
+                worst.push(format!(
+                    "{} unedited, residual {:.2}, texture lost {:.2}, score {:.3}",
+                    c.id, a.max_residual, a.lost_texture, a.alignment.score
+                ));
             }
         }
         for act in blip2idc::analysis::actions::ORDER {
@@ -122,13 +129,15 @@ fn main() -> anyhow::Result<()> {
             e.2 += truth as usize;
         }
     }
-    println!("Change analysis on {} cases (threshold {CHANGED_THRESHOLD}):", cases.len());
+    println!(
+        "Change analysis on {} cases (thresholds: residual {CHANGED_THRESHOLD}, texture lost {LOST_CHANGED}):",
+        cases.len()
+    );
     println!("| kind | pairs | skipped (found unchanged) | mean IoU of the detected |\n|---|---|---|---|");
     for (kind, (n, skipped, v)) in &by_kind {
         let iou = if v.is_empty() { "".into() } else { format!("{:.2}", v.iter().sum::<f64>() / v.len() as f64) };
         println!("| {kind} | {n} | {:.1} % | {iou} |", 100.0 * *skipped as f64 / *n as f64);
     }
-    let unedited_skipped = unedited_res.iter().filter(|r| r.0 <= CHANGED_THRESHOLD).count();
     println!(
         "unedited skipped: {unedited_skipped}/{} = {:.1} % (goal ≥ 99 %); edited of ≥ 0.5 % area wrongly skipped: {false_skips}/{big_edits} = {:.2} % (goal ≤ 0.5 %)",
         unedited_res.len(),
@@ -165,6 +174,15 @@ fn main() -> anyhow::Result<()> {
         edited_res.iter().find(|r| r.1 >= 0.005).map_or("", |r| r.2.as_str()),
         q(&ed, 0.01),
         q(&ed, 0.05)
+    );
+    unedited_lost.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let lost: Vec<f32> = unedited_lost.iter().map(|r| r.0).collect();
+    println!(
+        "  texture lost (largest group, blocks): unedited p50 {:.2}, p99 {:.2}, max {:.2} ({})",
+        q(&lost, 0.5),
+        q(&lost, 0.99),
+        lost[lost.len() - 1],
+        unedited_lost.last().map_or("", |r| r.1.as_str())
     );
     for w in worst.iter().take(40) {
         println!("  miss: {w}");
