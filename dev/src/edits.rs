@@ -413,14 +413,18 @@ pub fn cases_of(source: &str, original: &RgbImage, donor: &RgbImage, seed: u64) 
 /// The whole set: every photograph's variants, and `synthetic` pairs of the synthetic world
 /// ([`crate::synthetic_pair`] at 512², half re-encoded unedited copies, half its own edits with their
 /// boxes from the pixels that differ).
-pub fn evaluation_set(photos: &[(String, RgbImage)], synthetic: usize) -> Vec<Case> {
+///
+/// `variant` 0 is the set the thresholds were chosen on; any other draws every edit's place, every
+/// crop, donor and synthetic world anew from the same photographs (a held-out check of the
+/// thresholds, `benches/analysis.rs --variant N`).
+pub fn evaluation_set(photos: &[(String, RgbImage)], synthetic: usize, variant: u64) -> Vec<Case> {
     let mut out = Vec::new();
     for (i, (name, img)) in photos.iter().enumerate() {
-        let donor = &photos[(i + 1) % photos.len()].1;
-        out.extend(cases_of(name, img, donor, 1000 + i as u64));
+        let donor = &photos[(i + 1 + variant as usize) % photos.len()].1;
+        out.extend(cases_of(name, img, donor, 1000 + i as u64 + variant * 7919));
     }
     for n in 0..synthetic {
-        let (a, b, _) = crate::synthetic_pair(n as u64, 512);
+        let (a, b, _) = crate::synthetic_pair(n as u64 + variant * 100_000, 512);
         let source = format!("synthetic-{n}");
         let original_file = crate::jpeg(&a, 95);
         let original = image::load_from_memory(&original_file).expect("own JPEG").to_rgb8();

@@ -129,6 +129,10 @@ enum Command {
         /// Pairs of the synthetic world (half unedited, half edited).
         #[arg(long, default_value_t = 100)]
         synthetic: usize,
+        /// 0: the set the analysis' thresholds were chosen on; another number draws the edits,
+        /// crops and synthetic pairs anew (a held-out set).
+        #[arg(long, default_value_t = 0)]
+        variant: u64,
     },
     /// Wait until COUNT captions with the prefix are stored (or TIMEOUT passes).
     Wait {
@@ -262,9 +266,9 @@ async fn main() -> anyhow::Result<()> {
             let budget = budget.unwrap_or(cfg.pipeline.max_in_flight_bytes);
             blip2idc_dev::bench_memory::bench_memory(&cfg, size, pairs, budget).await?;
         }
-        Command::EditSet { out, synthetic } => {
+        Command::EditSet { out, synthetic, variant } => {
             let photos = devtools::photos::sample_photos(&devtools::photos::cache_dir())?;
-            let cases = devtools::edits::evaluation_set(&photos, synthetic);
+            let cases = devtools::edits::evaluation_set(&photos, synthetic, variant);
             devtools::edits::write_set(&cases, &out)?;
             let edited = cases.iter().filter(|c| c.edited).count();
             println!("{} cases ({} unedited, {edited} edited) in {}", cases.len(), cases.len() - edited, out.display());
