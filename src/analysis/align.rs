@@ -67,7 +67,7 @@ impl Integral {
 }
 
 /// Zero mean, unit norm (a flat patch stays zero).
-fn normalised(p: &Plane) -> Vec<f32> {
+pub(super) fn normalised(p: &Plane) -> Vec<f32> {
     let n = p.data.len() as f64;
     let mean = p.data.iter().map(|&v| v as f64).sum::<f64>() / n;
     let norm = p.data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>().sqrt();

@@ -39,9 +39,9 @@ pub const LOST_BLOCK: f32 = 0.25;
 /// largest group measures 2.6 (`benches/analysis.rs`).
 pub const LOST_CHANGED: f32 = 3.2;
 
-/// A framing whose residual exceeds this is not [`polish`]ed: no fraction of a pixel explains it (the
-/// held-out crops a pixel off scored up to 5.9; edits score up to 45), and each polish that moves
-/// the framing costs a second comparison (5–10 ms).
+/// A framing whose residual exceeds this is not [`polish`]ed: no fraction of a pixel explains it
+/// (before the polish, the held-out unedited crops scored up to 5.9, `benches/analysis.rs --variant
+/// 1`), and each polish that moves the framing costs a second comparison.
 const POLISH_BELOW: f32 = 8.0;
 
 /// A best alignment whose median block score is below this is taken without searching the other
@@ -150,10 +150,10 @@ fn polish(
     alignment: &align::Alignment,
 ) -> align::Alignment {
     let rep = rep_thumb.orient(alignment.orientation).luma();
-    // On every fourth pixel (a polish costs 0.5–1.5 ms): the samples still sit at fractional places
+    // On every fourth pixel (a sixteenth of the work): the samples still sit at fractional places
     // of the original, so the correlation still tells a fraction of a pixel.
     let (gw, gh) = ((rep.w / POLISH_GRID).max(1), (rep.h / POLISH_GRID).max(1));
-    let target = normalised(&rep.resized(gw, gh).data);
+    let target = align::normalised(&rep.resized(gw, gh));
     let orig = original_for(original, thumbnails, alignment.region).luma();
     let (x0, y0, w0, h0) = pixels(&orig, alignment.region);
     let ncc = |(x, y, s): (f32, f32, f32)| {
@@ -164,7 +164,7 @@ fn polish(
             return f32::MIN;
         }
         let sample = orig.crop_resized((x, y, w, h), gw, gh);
-        normalised(&sample.data).iter().zip(&target).map(|(a, b)| a * b).sum::<f32>()
+        align::normalised(&sample).iter().zip(&target).map(|(a, b)| a * b).sum::<f32>()
     };
     let mut best = ((x0, y0, 1.0f32), ncc((x0, y0, 1.0)));
     let try_all = |candidates: Vec<(f32, f32, f32)>, best: &mut ((f32, f32, f32), f32)| {
@@ -194,13 +194,6 @@ fn polish(
     let (x, y) = (x + (w0 - w) / 2.0, y + (h0 - h) / 2.0);
     let (ow, oh) = (orig.w as f32, orig.h as f32);
     align::Alignment { orientation: alignment.orientation, region: (x / ow, y / oh, w / ow, h / oh), score }
-}
-
-/// Zero mean, unit norm (a flat plane stays zero).
-fn normalised(v: &[f32]) -> Vec<f32> {
-    let mean = v.iter().sum::<f32>() / v.len().max(1) as f32;
-    let norm = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>().sqrt();
-    v.iter().map(|x| if norm > 1e-6 { (x - mean) / norm } else { 0.0 }).collect()
 }
 
 /// [`analyze`] on the thumbnails.
