@@ -106,20 +106,16 @@ impl EvalSummary {
 mod tests {
     use super::*;
 
-    fn summary(cider: f64, cats: &[(&str, f64)]) -> EvalSummary {
-        EvalSummary::scored(cider, cats)
-    }
-
     #[test]
     fn promotion_needs_a_cider_gain_and_no_large_category_regression() {
         let rc = RetrainConfig { promotion_min_cider_gain: 0.05, max_category_regression: 0.1, ..Default::default() };
-        let base = summary(1.0, &[("add", 1.0), ("remove", 1.0)]);
-        assert!(decide(&base, &summary(1.2, &[("add", 1.3), ("remove", 0.95)]), &rc).0);
-        let (ok, why) = decide(&base, &summary(1.03, &[("add", 1.1), ("remove", 1.0)]), &rc);
+        let base = EvalSummary::scored(1.0, &[("add", 1.0), ("remove", 1.0)]);
+        assert!(decide(&base, &EvalSummary::scored(1.2, &[("add", 1.3), ("remove", 0.95)]), &rc).0);
+        let (ok, why) = decide(&base, &EvalSummary::scored(1.03, &[("add", 1.1), ("remove", 1.0)]), &rc);
         assert!(!ok && why.contains("gain"), "{why}");
-        let (ok, why) = decide(&base, &summary(1.5, &[("add", 2.0), ("remove", 0.8)]), &rc);
+        let (ok, why) = decide(&base, &EvalSummary::scored(1.5, &[("add", 2.0), ("remove", 0.8)]), &rc);
         assert!(!ok && why.contains("remove"), "{why}");
-        let (ok, _) = decide(&base, &summary(1.5, &[("add", 2.0)]), &rc);
+        let (ok, _) = decide(&base, &EvalSummary::scored(1.5, &[("add", 2.0)]), &rc);
         assert!(!ok, "a category missing from the candidate counts as a regression to 0");
     }
 }
