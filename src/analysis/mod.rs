@@ -537,6 +537,34 @@ mod tests {
     }
 
     #[test]
+    fn a_square_that_owns_its_level_is_not_recoloured_by_the_tone_map() {
+        // Flat colours: the square is the only dark green of the picture, so the green tone map's
+        // lowest knot is the square's alone.
+        let mut original = RgbImage::from_pixel(300, 240, image::Rgb([250, 250, 250]));
+        let fill = |img: &mut RgbImage, (x0, y0, x1, y1): (u32, u32, u32, u32), c: [u8; 3]| {
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    img.put_pixel(x, y, image::Rgb(c));
+                }
+            }
+        };
+        fill(&mut original, (20, 20, 120, 100), [240, 200, 40]);
+        fill(&mut original, (160, 130, 280, 220), [40, 170, 60]);
+        fill(&mut original, (150, 30, 210, 90), [220, 30, 30]);
+        let brighter =
+            RgbImage::from_fn(300, 240, |x, y| image::Rgb(original.get_pixel(x, y).0.map(|v| v.saturating_add(15))));
+        let a = analyze(view(&original), view(&jpeg(&brighter, 90))).expect("analysed");
+        assert!(!a.changed, "residual {}", a.max_residual);
+        assert!(a.actions.contains(&"c2pa.color_adjustments"), "{:?}", a.actions);
+        let mut edited = original.clone();
+        fill(&mut edited, (150, 30, 210, 90), [240, 140, 30]);
+        let a = analyze(view(&original), view(&jpeg(&edited, 90))).expect("analysed");
+        assert!(a.changed, "residual {}", a.max_residual);
+        let hit = a.regions.iter().any(|r| r[0] < 210 && r[2] > 150 && r[1] < 90 && r[3] > 30);
+        assert!(hit, "no region over the recoloured square: {:?}", a.regions);
+    }
+
+    #[test]
     fn a_blur_of_a_faint_texture_is_found_by_the_texture_it_lost() {
         let original = faint_field();
         // Re-encoded, even at a low quality that flattens much of the noise: unchanged.
