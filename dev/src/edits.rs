@@ -424,7 +424,7 @@ pub fn evaluation_set(photos: &[(String, RgbImage)], synthetic: usize, variant: 
         out.extend(cases_of(name, img, donor, 1000 + i as u64 + variant * 7919));
     }
     for n in 0..synthetic {
-        let (a, b, _) = crate::synthetic_pair(n as u64 + variant * 100_000, 512);
+        let (a, b, caption) = crate::synthetic_pair(n as u64 + variant * 100_000, 512);
         let source = format!("synthetic-{n}");
         let original_file = crate::jpeg(&a, 95);
         let original = image::load_from_memory(&original_file).expect("own JPEG").to_rgb8();
@@ -434,7 +434,7 @@ pub fn evaluation_set(photos: &[(String, RgbImage)], synthetic: usize, variant: 
             let bbox = changed_box(&a, &b);
             (bbox.is_some(), crate::jpeg(&b, 90), bbox, "synthetic-edit")
         };
-        let actions = if edited { vec!["c2pa.edited", "c2pa.transcoded"] } else { vec!["c2pa.transcoded"] };
+        let actions = if edited { synthetic_actions(&caption) } else { vec!["c2pa.transcoded"] };
         out.push(Case {
             id: format!("{source}/{kind}"),
             source,
@@ -451,6 +451,23 @@ pub fn evaluation_set(photos: &[(String, RgbImage)], synthetic: usize, variant: 
         });
     }
     out
+}
+
+/// The actions a synthetic edit supports, from its caption ("a red square was added", "the red
+/// square was removed", "the red square turned blue", "the red square moved"), sorted.
+fn synthetic_actions(caption: &str) -> Vec<&'static str> {
+    let specific: &[&'static str] = if caption.ends_with("was added") {
+        &["c2pa.placed"]
+    } else if caption.ends_with("was removed") {
+        &["c2pa.removed"]
+    } else if caption.contains(" turned ") {
+        &["c2pa.color_adjustments"]
+    } else {
+        &[]
+    };
+    let mut out = vec!["c2pa.edited", "c2pa.transcoded"];
+    out.extend_from_slice(specific);
+    sorted(out)
 }
 
 /// Writes the set under `dir`: `original/ID.jpg`, `republished/ID.EXT` (`/` in ids becomes `__`) and
