@@ -143,6 +143,9 @@ fn main() -> anyhow::Result<()> {
         for act in blip2idc::analysis::actions::ORDER {
             let e = actions.entry(act).or_default();
             let (pred, truth) = (a.actions.contains(&act), c.actions.contains(&act));
+            if verbose && pred != truth {
+                println!("  {act} {}: {} ({:?})", if pred { "named wrongly" } else { "not named" }, c.id, a.local);
+            }
             e.0 += (pred && truth) as usize;
             e.1 += pred as usize;
             e.2 += truth as usize;

@@ -2,7 +2,8 @@
 //! (<https://c2pa.org/specifications/specifications/2.1/specs/C2PA_Specification.html#_actions>):
 //! from the alignment (`c2pa.orientation`, `c2pa.cropped`, `c2pa.resized`), the files
 //! (`c2pa.transcoded`), the global tone map (`c2pa.color_adjustments`), the local differences
-//! (`c2pa.edited`, and by their texture `c2pa.filtered`, `c2pa.removed`, `c2pa.placed`) and the
+//! (`c2pa.edited`, and by their texture `c2pa.filtered`, `c2pa.removed`, `c2pa.placed`, by their
+//! colours over edges that stayed `c2pa.color_adjustments`) and the
 //! caption's words ([`from_caption`]). `benches/analysis.rs` reports each one's precision and recall
 //! on the evaluation set.
 
@@ -27,6 +28,10 @@ pub struct Local {
     pub pixel: f32,
     /// Relative texture change, copy against original (−1 flattened, > 0 texture added).
     pub texture: f32,
+    /// The edges kept: correlation of the two luminance gradients (1: the same edges).
+    pub structure: f32,
+    /// The share of the changed blocks' pixels whose colour changed.
+    pub colour: f32,
 }
 
 /// What the analysis measured, before naming.
@@ -47,6 +52,11 @@ const FLATTENED: f32 = -0.3;
 const BLURRED_PIXEL: f32 = 0.5;
 const ADDED: f32 = 0.3;
 
+/// A changed area whose edges stayed (structure above `KEPT`) while a share of its pixels above
+/// `RECOLOURED_SHARE` changed colour was recoloured: `c2pa.color_adjustments`, locally.
+const KEPT: f32 = 0.8;
+const RECOLOURED_SHARE: f32 = 0.2;
+
 impl Evidence {
     pub fn actions(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
@@ -60,6 +70,8 @@ impl Evidence {
         add(self.orientation, "c2pa.orientation");
         add(self.tone_shift > super::TONE_SHIFT, "c2pa.color_adjustments");
         if let Some(l) = self.local {
+            let kept = l.structure > KEPT && l.texture >= FLATTENED && l.texture <= ADDED;
+            add(kept && l.colour > RECOLOURED_SHARE, "c2pa.color_adjustments");
             add(l.texture < FLATTENED && l.pixel < BLURRED_PIXEL, "c2pa.filtered");
             add(true, "c2pa.edited");
             add(l.texture > ADDED, "c2pa.placed");
@@ -128,9 +140,16 @@ mod tests {
     fn evidence_names_geometry_tone_and_local_edits() {
         let e = Evidence { orientation: true, cropped: false, resized: true, tone_shift: 8.0, local: None };
         assert_eq!(e.actions(), ["c2pa.resized", "c2pa.orientation", "c2pa.color_adjustments"]);
-        let blur = Local { pixel: 0.2, texture: -0.6 };
+        let blur = Local { pixel: 0.2, texture: -0.6, structure: 0.7, colour: 0.0 };
         let e = Evidence { orientation: false, cropped: false, resized: false, tone_shift: 0.5, local: Some(blur) };
         assert_eq!(e.actions(), ["c2pa.filtered", "c2pa.edited"]);
+        // Colours changed over edges that stayed: recoloured; over new edges: something placed.
+        let recolour = Local { pixel: 3.0, texture: 0.05, structure: 0.95, colour: 0.6 };
+        let e = Evidence { local: Some(recolour), ..e };
+        assert_eq!(e.actions(), ["c2pa.color_adjustments", "c2pa.edited"]);
+        let pasted = Local { pixel: 3.0, texture: 0.5, structure: 0.3, colour: 0.6 };
+        assert_eq!(Evidence { local: Some(pasted), ..e }.actions(), ["c2pa.edited", "c2pa.placed"]);
+        let e = Evidence { local: Some(blur), ..e };
         let mut merged = e.actions();
         merge(&mut merged, &["c2pa.transcoded", "c2pa.edited"]);
         assert_eq!(merged, ["c2pa.transcoded", "c2pa.filtered", "c2pa.edited"]);

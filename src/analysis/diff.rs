@@ -52,6 +52,10 @@ pub struct Residual {
     /// Each pixel's colour residual ([`chroma_residual`]: the copy's colour differences outside the
     /// range of the mapped original's, normalised by their own texture; `w × h`).
     pub chroma: Vec<f32>,
+    /// Each block's structure kept: the correlation of the original's and the copy's luminance
+    /// gradients over its pixels (1: the same edges, whatever their colours; a recolour keeps it, a
+    /// pasted object or removed watermark does not).
+    pub structure: Vec<f32>,
 }
 
 /// The 3 × 3 mean of each pixel (the window clipped at the borders), per channel: separable sums.
@@ -326,7 +330,11 @@ fn residual_with(
         }
         // `x` is in 0..=255: adding a half and truncating rounds it.
         let mapped: Vec<f32> = xs.iter().map(|&x| lut[((x + 0.5) as usize).min(255)]).collect();
-        let shift = xs.iter().zip(&mapped).map(|(x, m)| (x - m).abs()).sum::<f32>() / n.max(1) as f32;
+        // Over the pixels the map was fitted on: an edit's own pixels, mapped by the curve's
+        // interpolation between levels it does not own, say nothing of a global adjustment.
+        let kept = |i: &usize| excluded.is_none_or(|e| !e[*i]);
+        let shift = (0..n).filter(kept).map(|i| (xs[i] - mapped[i]).abs()).sum::<f32>()
+            / (0..n).filter(kept).count().max(1) as f32;
         tone_shift = tone_shift.max(shift);
         // Distance from the copy's value to the mapped original's 3 × 3 range.
         let (lo, hi) = range3(&mapped, w, h);
@@ -340,6 +348,8 @@ fn residual_with(
     let mut blocks = vec![0f32; bw * bh];
     let mut counts = vec![0f32; bw * bh];
     let (mut tex_o, mut tex_r, mut tex_m) = (vec![0f32; bw * bh], vec![0f32; bw * bh], vec![0f32; bw * bh]);
+    // Per block: Σ o², Σ r², Σ o·r of the two gradients (their sums are `tex_o` and `tex_r`).
+    let mut moments = vec![[0f32; 3]; bw * bh];
     let gm = gradient(&mapped_raw);
     for y in 0..h {
         for x in 0..w {
@@ -351,6 +361,11 @@ fn residual_with(
             tex_o[b] += g;
             tex_r[b] += gr[y * w + x];
             tex_m[b] += gm[y * w + x];
+            let r = gr[y * w + x];
+            let m = &mut moments[b];
+            m[0] += g * g;
+            m[1] += r * r;
+            m[2] += g * r;
         }
     }
     let mut pixel = Vec::with_capacity(blocks.len());
@@ -367,7 +382,22 @@ fn residual_with(
     }
     let mean = |v: &[f32]| v.iter().zip(&counts).map(|(t, n)| t / n.max(1.0)).collect::<Vec<f32>>();
     let lost = texture_lost(&mean(&tex_m), &mean(&tex_r));
-    Residual { w, h, bw, bh, blocks, pixel, texture, tone_shift, err, lost, chroma }
+    let structure = moments
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let n = counts[i].max(1.0);
+            let (mo, mr) = (tex_o[i] / n, tex_r[i] / n);
+            let (vo, vr) = ((m[0] / n - mo * mo).max(0.0), (m[1] / n - mr * mr).max(0.0));
+            // A flat block (either side) has no edges to keep: its structure counts as kept.
+            if vo < 1.0 || vr < 1.0 {
+                1.0
+            } else {
+                (m[2] / n - mo * mr) / (vo * vr).sqrt()
+            }
+        })
+        .collect();
+    Residual { w, h, bw, bh, blocks, pixel, texture, tone_shift, err, lost, chroma, structure }
 }
 
 /// The colour residual: per pixel, the copy's colour differences (red − green, blue − green) outside
@@ -428,22 +458,43 @@ impl Residual {
     /// beyond `lost` ([`Residual::lost`]), inside `regions` (boxes in pixels). A block's texture
     /// change is the larger loss of the two measures.
     pub fn local_evidence(&self, regions: &[[usize; 4]], t: f32, lost: f32) -> super::actions::Local {
-        let (mut pixel, mut texture, mut n) = (0.0, 0.0, 0.0);
+        let (mut pixel, mut texture, mut structure, mut colour, mut n) = (0.0, 0.0, 0.0, 0usize, 0.0);
         for r in regions {
             for y in r[1] / BLOCK..r[3].div_ceil(BLOCK).min(self.bh) {
                 for x in r[0] / BLOCK..r[2].div_ceil(BLOCK).min(self.bw) {
                     let i = y * self.bw + x;
-                    if self.blocks[i] > t || self.lost[i] > lost {
+                    let recoloured = self.recoloured_in(x, y);
+                    if self.blocks[i] > t || self.lost[i] > lost || recoloured > 0 {
                         pixel += self.pixel[i];
                         texture +=
                             if self.lost[i] > lost { self.texture[i].min(-self.lost[i]) } else { self.texture[i] };
+                        structure += self.structure[i];
+                        colour += recoloured;
                         n += 1.0;
                     }
                 }
             }
         }
         let n = f32::max(n, 1.0);
-        super::actions::Local { pixel: pixel / n, texture: texture / n }
+        super::actions::Local {
+            pixel: pixel / n,
+            texture: texture / n,
+            structure: structure / n,
+            colour: colour as f32 / (n * (BLOCK * BLOCK) as f32),
+        }
+    }
+
+    /// How many pixels of block `(bx, by)` changed colour ([`CHROMA_PIXEL`]).
+    fn recoloured_in(&self, bx: usize, by: usize) -> usize {
+        let (x0, y0) = (bx * BLOCK, by * BLOCK);
+        (y0..(y0 + BLOCK).min(self.h))
+            .map(|y| {
+                self.chroma[y * self.w + x0..y * self.w + (x0 + BLOCK).min(self.w)]
+                    .iter()
+                    .filter(|&&c| c > CHROMA_PIXEL)
+                    .count()
+            })
+            .sum()
     }
 
     /// The share of the pixels whose colour changed ([`CHROMA_PIXEL`]).

@@ -76,6 +76,8 @@ pub struct Analysis {
     pub regions: Vec<[u32; 4]>,
     /// The C2PA actions the evidence supports ([`actions`]), in [`actions::ORDER`].
     pub actions: Vec<&'static str>,
+    /// What the changed areas look like (when changed): the evidence the local actions are named from.
+    pub local: Option<actions::Local>,
 }
 
 /// Both images' thumbnails, made where the pair is decoded ([`Thumbnail::new`] with
@@ -369,7 +371,8 @@ fn conclude(
     };
     evidence.resized = (rw / shown.0 - 1.0).abs() > 0.02 || (rh / shown.1 - 1.0).abs() > 0.02;
     let actions = evidence.actions();
-    Analysis { changed, alignment, max_residual, lost_texture, recoloured, regions, actions }
+    let local = evidence.local;
+    Analysis { changed, alignment, max_residual, lost_texture, recoloured, regions, actions, local }
 }
 
 /// The actions stored with a caption: the analysis' (when the pair was analysed) and, for a caption
