@@ -454,22 +454,23 @@ impl Residual {
         self.blocks.iter().cloned().fold(0.0, f32::max)
     }
 
-    /// The pixel residual and texture change averaged over the blocks above `t`, or that lost texture
-    /// beyond `lost` ([`Residual::lost`]), inside `regions` (boxes in pixels). A block's texture
-    /// change is the larger loss of the two measures.
+    /// The pixel residual, texture change and structure kept averaged over the blocks above `t`, or
+    /// that lost texture beyond `lost` ([`Residual::lost`]), or hold pixels whose colour changed,
+    /// inside `regions` (boxes in pixels), and the share of those blocks' pixels whose colour
+    /// changed. A block's texture change is the larger loss of the two measures.
     pub fn local_evidence(&self, regions: &[[usize; 4]], t: f32, lost: f32) -> super::actions::Local {
-        let (mut pixel, mut texture, mut structure, mut colour, mut n) = (0.0, 0.0, 0.0, 0usize, 0.0);
+        let recoloured = self.recoloured_per_block();
+        let (mut pixel, mut texture, mut structure, mut colour, mut n) = (0.0, 0.0, 0.0, 0.0, 0.0);
         for r in regions {
             for y in r[1] / BLOCK..r[3].div_ceil(BLOCK).min(self.bh) {
                 for x in r[0] / BLOCK..r[2].div_ceil(BLOCK).min(self.bw) {
                     let i = y * self.bw + x;
-                    let recoloured = self.recoloured_in(x, y);
-                    if self.blocks[i] > t || self.lost[i] > lost || recoloured > 0 {
+                    if self.blocks[i] > t || self.lost[i] > lost || recoloured[i] > 0.0 {
                         pixel += self.pixel[i];
                         texture +=
                             if self.lost[i] > lost { self.texture[i].min(-self.lost[i]) } else { self.texture[i] };
                         structure += self.structure[i];
-                        colour += recoloured;
+                        colour += recoloured[i];
                         n += 1.0;
                     }
                 }
@@ -480,21 +481,17 @@ impl Residual {
             pixel: pixel / n,
             texture: texture / n,
             structure: structure / n,
-            colour: colour as f32 / (n * (BLOCK * BLOCK) as f32),
+            colour: colour / (n * (BLOCK * BLOCK) as f32),
         }
     }
 
-    /// How many pixels of block `(bx, by)` changed colour ([`CHROMA_PIXEL`]).
-    fn recoloured_in(&self, bx: usize, by: usize) -> usize {
-        let (x0, y0) = (bx * BLOCK, by * BLOCK);
-        (y0..(y0 + BLOCK).min(self.h))
-            .map(|y| {
-                self.chroma[y * self.w + x0..y * self.w + (x0 + BLOCK).min(self.w)]
-                    .iter()
-                    .filter(|&&c| c > CHROMA_PIXEL)
-                    .count()
-            })
-            .sum()
+    /// How many pixels of each block changed colour ([`CHROMA_PIXEL`]).
+    fn recoloured_per_block(&self) -> Vec<f32> {
+        let mut counts = vec![0f32; self.bw * self.bh];
+        for (i, _) in self.chroma.iter().enumerate().filter(|(_, &c)| c > CHROMA_PIXEL) {
+            counts[(i / self.w / BLOCK) * self.bw + (i % self.w) / BLOCK] += 1.0;
+        }
+        counts
     }
 
     /// The share of the pixels whose colour changed ([`CHROMA_PIXEL`]).
@@ -504,15 +501,11 @@ impl Residual {
 
     /// The groups of neighbouring blocks (8-connected) holding pixels whose colour changed
     /// ([`CHROMA_PIXEL`]), at least `seed` in one of them: each one's box tightened to those
-    /// pixels, with their count.
-    pub fn recolour_regions(&self, seed: usize) -> Vec<([usize; 4], usize)> {
-        let mut counts = vec![0f32; self.bw * self.bh];
-        for (i, _) in self.chroma.iter().enumerate().filter(|(_, &c)| c > CHROMA_PIXEL) {
-            counts[(i / self.w / BLOCK) * self.bw + (i % self.w) / BLOCK] += 1.0;
-        }
-        self.groups(&counts, seed as f32 - 0.5, 0.5)
+    /// pixels.
+    pub fn recolour_regions(&self, seed: usize) -> Vec<[usize; 4]> {
+        self.groups(&self.recoloured_per_block(), seed as f32 - 0.5, 0.5)
             .into_iter()
-            .map(|(bb, n)| {
+            .map(|(bb, _)| {
                 let (mut found, px) = ([usize::MAX, usize::MAX, 0, 0], |v: usize, n: usize| (v * BLOCK).min(n));
                 for y in px(bb[1], self.h)..px(bb[3], self.h) {
                     for x in px(bb[0], self.w)..px(bb[2], self.w) {
@@ -521,7 +514,7 @@ impl Residual {
                         }
                     }
                 }
-                (shrink(found, self.w, self.h), n as usize)
+                shrink(found, self.w, self.h)
             })
             .collect()
     }

@@ -335,7 +335,7 @@ fn conclude(
     }
     // Likewise a group of pixels that changed colour inside the tolerated range (a recoloured galaxy).
     if recoloured > RECOLOURED {
-        for (b, _) in residual.recolour_regions(RECOLOUR_SEED) {
+        for b in residual.recolour_regions(RECOLOUR_SEED) {
             if !found.iter().any(|f| overlaps(f, &b)) {
                 found.push(b);
             }
