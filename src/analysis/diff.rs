@@ -257,18 +257,21 @@ pub fn residual(orig: &Plane, rep: &Plane, changed: f32) -> Residual {
 
 /// Texture: the absolute luminance gradient at each pixel (central differences, both directions).
 fn gradient(p: &Plane) -> Vec<f32> {
-    let l = p.luma().data;
-    let (w, h) = (p.w, p.h);
-    let mut g = vec![0f32; w * h];
+    let mut g = vec![0f32; p.w * p.h];
+    add_gradient(&p.luma().data, p.w, p.h, &mut g);
+    g
+}
+
+/// Adds each value's absolute central differences, both directions (clipped at the borders), of
+/// the `w × h` one-channel image `v` to `g`.
+fn add_gradient(v: &[f32], w: usize, h: usize, g: &mut [f32]) {
     for y in 0..h {
         let (up, down) = (y.saturating_sub(1) * w, (y + 1).min(h - 1) * w);
         for x in 0..w {
-            let gx = (l[y * w + (x + 1).min(w - 1)] - l[y * w + x.saturating_sub(1)]).abs();
-            let gy = (l[down + x] - l[up + x]).abs();
-            g[y * w + x] = gx + gy;
+            let gx = (v[y * w + (x + 1).min(w - 1)] - v[y * w + x.saturating_sub(1)]).abs();
+            g[y * w + x] += gx + (v[down + x] - v[up + x]).abs();
         }
     }
-    g
 }
 
 /// [`texture_lost`]'s constants: texture levels are a third of an octave of the mean gradient;
@@ -420,13 +423,7 @@ fn chroma_residual(mapped: &[Vec<f32>], r: &Plane) -> Vec<f32> {
             // resampled once more) leaves one value inside the other's range; a new colour neither.
             *e += outside(c[i], lo[i], hi[i]).min(outside(o[i], clo[i], chi[i])) / 2.0;
         }
-        for y in 0..h {
-            let (up, down) = (y.saturating_sub(1) * w, (y + 1).min(h - 1) * w);
-            for x in 0..w {
-                let gx = (o[y * w + (x + 1).min(w - 1)] - o[y * w + x.saturating_sub(1)]).abs();
-                gradient[y * w + x] += gx + (o[down + x] - o[up + x]).abs();
-            }
-        }
+        add_gradient(&o, w, h, &mut gradient);
     }
     for (i, (e, g)) in out.iter_mut().zip(&gradient).enumerate() {
         // Not on the outer frame: where a crop's edge was resampled, a sliver of colour from beyond

@@ -452,14 +452,21 @@ mod tests {
 
     /// A dark, faintly textured field (a night sky, a deep-field photograph): noise of a few levels.
     fn faint_field() -> RgbImage {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         RgbImage::from_fn(320, 320, |_, _| {
+            let v = 12 + next(14) as u8;
+            image::Rgb([v, v, v + 4])
+        })
+    }
+
+    /// A deterministic draw below `n` (xorshift64).
+    fn xorshift(mut state: u64) -> impl FnMut(u64) -> u32 {
+        move |n| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            let v = 12 + (state % 14) as u8;
-            image::Rgb([v, v, v + 4])
-        })
+            (state % n) as u32
+        }
     }
 
     fn jpeg(img: &RgbImage, quality: u8) -> RgbImage {
@@ -491,13 +498,7 @@ mod tests {
     /// wide: under a pixel or two at the comparison's size.
     fn spot_field() -> RgbImage {
         let mut img = RgbImage::from_pixel(400, 400, image::Rgb([8, 8, 12]));
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n) as u32
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..260 {
             let (x, y, r) = (next(394), next(394), 1 + next(2));
             let colour = [[230, 150, 70], [90, 140, 235], [220, 200, 120]][next(3) as usize];
